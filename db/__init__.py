@@ -1,0 +1,11 @@
+"""codx-db: the user database of codx-api, persistent Python objects in ZODB.
+
+``from db import db`` is the process-wide database. Importing opens nothing: the settings are
+read and the storage opened on first use (``db.transaction()``, ``db.run()``, ``db.open()``).
+"""
+
+from db.database import Database, UnitOfWork
+
+db: Database = Database()
+
+__all__ = ["Database", "UnitOfWork", "db"]

@@ -1,0 +1,5 @@
+"""``python -m db`` runs the codx-db command line."""
+
+from db.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,351 @@
+"""The ``codx-db`` command line (also ``python -m db``).
+
+Exit codes: 0 success; 1 a codx-db error (not found, exists, invalid, unavailable...), printed
+as one line on stderr; 2 a usage error. ``--json`` prints the result as JSON on stdout.
+Passwords are read from a prompt or from stdin, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from db.errors import CodxDBError, InvalidUserData
+from db.schemas import CodxUser
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+class CommandError(CodxDBError):
+    """A problem with what was asked on the command line (exit 1, one line)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="codx-db: %(levelname)s: %(message)s",
+    )
+    try:
+        result = args.handler(args)
+    except CodxDBError as exc:
+        _fail(args, str(exc))
+        return 1
+    except KeyboardInterrupt:
+        print("codx-db: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        _fail(args, f"unexpected {type(exc).__name__}: {exc} (run with -v for details)")
+        return 1
+    finally:
+        _close_database()
+    if result is not None:
+        _emit(args, result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one sub-command per operation)."""
+    parser = argparse.ArgumentParser(
+        prog="codx-db",
+        description="codx-db: the user database of codx-api (ZODB on a file or PostgreSQL).",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    # The same options after a sub-command; SUPPRESS keeps a sub-parser's default from
+    # overwriting a value given before the sub-command ("codx-db --json user list").
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = commands.add_parser(
+        "info", parents=[common], help="backend, location, generation, users"
+    )
+    info.set_defaults(handler=cmd_info)
+
+    migrate = commands.add_parser(
+        "migrate", parents=[common], help="show pending generations; --apply runs them"
+    )
+    mode = migrate.add_mutually_exclusive_group()
+    mode.add_argument("--apply", action="store_true", help="run the pending steps")
+    mode.add_argument("--dry-run", action="store_true", help="run the steps, then abort")
+    migrate.add_argument("--to", type=int, metavar="N", help="target generation (default: latest)")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    user = commands.add_parser("user", parents=[common], help="manage users")
+    users = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+
+    add = users.add_parser("add", parents=[common], help="create a user (password prompted)")
+    add.add_argument("username")
+    add.add_argument("--email")
+    add.add_argument("--full-name", default="")
+    add.add_argument("--superuser", action="store_true")
+    add.add_argument("--inactive", action="store_true")
+    pw = add.add_mutually_exclusive_group()
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    pw.add_argument("--no-password", action="store_true", help="create without a password")
+    add.set_defaults(handler=cmd_user_add)
+
+    get = users.add_parser("get", parents=[common], help="show a user (by username or email)")
+    get.add_argument("username", help="username, or an email address")
+    get.set_defaults(handler=cmd_user_get)
+
+    ls = users.add_parser("list", parents=[common], help="list users sorted by username")
+    ls.add_argument("--offset", type=int, default=0)
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--prefix")
+    state = ls.add_mutually_exclusive_group()
+    state.add_argument("--active", dest="active", action="store_const", const=True)
+    state.add_argument("--inactive", dest="active", action="store_const", const=False)
+    ls.set_defaults(handler=cmd_user_list, active=None)
+
+    upd = users.add_parser("update", parents=[common], help="change fields of a user")
+    upd.add_argument("username")
+    upd.add_argument("--rename", metavar="NEW_USERNAME", help="new username")
+    email = upd.add_mutually_exclusive_group()
+    email.add_argument("--email")
+    email.add_argument("--no-email", action="store_true", help="remove the email address")
+    upd.add_argument("--full-name")
+    su = upd.add_mutually_exclusive_group()
+    su.add_argument("--superuser", dest="is_superuser", action="store_const", const=True)
+    su.add_argument("--no-superuser", dest="is_superuser", action="store_const", const=False)
+    act = upd.add_mutually_exclusive_group()
+    act.add_argument("--active", dest="is_active", action="store_const", const=True)
+    act.add_argument("--inactive", dest="is_active", action="store_const", const=False)
+    upd.set_defaults(handler=cmd_user_update, is_superuser=None, is_active=None)
+
+    passwd = users.add_parser("passwd", parents=[common], help="set a user's password")
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true")
+    passwd.set_defaults(handler=cmd_user_passwd)
+
+    delete = users.add_parser("delete", parents=[common], help="delete a user")
+    delete.add_argument("username")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(handler=cmd_user_delete)
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    """Backend, location (secrets masked), generation and user count."""
+    from db import db
+    from migrations import GENERATION
+    from migrations.runner import GENERATION_KEY
+
+    settings = db.settings
+    with db.transaction() as uow:
+        generation = uow.root.get(GENERATION_KEY)
+    from db.user_db import UserDB
+
+    return {
+        "backend": settings.kind,
+        "location": settings.location,
+        "generation": generation,
+        "code_generation": GENERATION,
+        "users": UserDB(db).count(),
+    }
+
+
+def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
+    """Show the generation status; ``--apply`` or ``--dry-run`` run the pending steps."""
+    from db import db
+    from migrations.runner import evolve, open_for_migration, status
+
+    def progress(message: str, done: int, total: int | None) -> None:
+        if not args.json:
+            suffix = f" ({done}/{total})" if total else ""
+            print(f"  {message}{suffix}", file=sys.stderr)
+
+    with open_for_migration(db.settings) as zodb:
+        before = status(zodb, args.to)
+        report: dict[str, Any] = {
+            "current": before.current,
+            "target": before.target,
+            "minimum": before.minimum,
+            "pending": [
+                {"generation": s.generation, "description": s.description} for s in before.pending
+            ],
+            "applied": [],
+            "dry_run": bool(args.dry_run),
+        }
+        if args.apply or args.dry_run:
+            ran = evolve(zodb, args.to, dry_run=args.dry_run, progress=progress)
+            report["applied"] = [s.generation for s in ran]
+            report["current"] = status(zodb).current if not args.dry_run else before.current
+    return report
+
+
+def cmd_user_add(args: argparse.Namespace) -> CodxUser:
+    """Create a user."""
+    password = None if args.no_password else _read_password(args.password_stdin, confirm=True)
+    return _users().create(
+        username=args.username,
+        email=args.email,
+        full_name=args.full_name,
+        password=password,
+        is_superuser=args.superuser,
+        is_active=not args.inactive,
+    )
+
+
+def cmd_user_get(args: argparse.Namespace) -> CodxUser:
+    """Show one user."""
+    users = _users()
+    if "@" in args.username:
+        return users.get_by_email(args.username)
+    return users.get(args.username)
+
+
+def cmd_user_list(args: argparse.Namespace) -> list[CodxUser]:
+    """A page of users."""
+    return _users().list(
+        offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix
+    )
+
+
+def cmd_user_update(args: argparse.Namespace) -> CodxUser:
+    """Change the fields given."""
+    changes: dict[str, Any] = {}
+    if args.rename is not None:
+        changes["username"] = args.rename
+    if args.no_email:
+        changes["email"] = None
+    elif args.email is not None:
+        changes["email"] = args.email
+    for name in ("full_name", "is_superuser", "is_active"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if not changes:
+        raise CommandError("nothing to change: give --rename, --email, --full-name, ...")
+    return _users().update(args.username, **changes)
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> dict[str, Any]:
+    """Set a password."""
+    users = _users()
+    users.get(args.username)  # fail before prompting for a user that does not exist
+    users.set_password(args.username, _read_password(args.password_stdin, confirm=True))
+    return {"username": args.username, "password": "changed"}
+
+
+def cmd_user_delete(args: argparse.Namespace) -> dict[str, Any]:
+    """Delete a user, after confirmation."""
+    users = _users()
+    user = users.get(args.username)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError("refusing to delete without confirmation: pass --yes")
+        answer = input(f"Delete user {user.username!r}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CommandError("not deleted")
+    users.delete(user.username)
+    return {"deleted": user.username}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _users() -> Any:
+    from db import db
+    from db.user_db import UserDB
+
+    return UserDB(db)
+
+
+def _close_database() -> None:
+    from db import db
+
+    db.close()
+
+
+def _read_password(from_stdin: bool, confirm: bool) -> str:
+    if from_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            raise InvalidUserData(["password: nothing was read from stdin"])
+        return line.rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Repeat password: ") != password:
+        raise InvalidUserData(["password: the two entries differ"])
+    return password
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}))
+    print(f"codx-db: error: {message}", file=sys.stderr)
+
+
+def _emit(args: argparse.Namespace, result: Any) -> None:
+    if args.json:
+        print(json.dumps(_jsonable(result), indent=2, ensure_ascii=False))
+        return
+    if isinstance(result, CodxUser):
+        _print_user(result)
+    elif isinstance(result, list):
+        _print_table(result)
+    elif isinstance(result, dict) and "pending" in result:
+        _print_migration(result)
+    elif isinstance(result, dict):
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, CodxUser):
+        return result.model_dump(mode="json")
+    if isinstance(result, list):
+        return [_jsonable(item) for item in result]
+    return result
+
+
+def _print_user(user: CodxUser) -> None:
+    for key, value in user.model_dump(mode="json").items():
+        print(f"{key:<13} {'' if value is None else value}")
+
+
+def _print_table(users: list[CodxUser]) -> None:
+    columns = ("username", "email", "full_name", "is_active", "is_superuser")
+    headers = ("USERNAME", "EMAIL", "FULL NAME", "ACTIVE", "SUPERUSER")
+    rows = [[_cell(getattr(u, c)) for c in columns] for u in users]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(f"({len(users)} user{'s' if len(users) != 1 else ''})")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _print_migration(report: dict[str, Any]) -> None:
+    current = "new database" if report["current"] is None else report["current"]
+    print(f"current generation: {current}")
+    print(f"target generation:  {report['target']} (minimum {report['minimum']})")
+    if not report["pending"]:
+        print("up to date: nothing to do")
+    for step in report["pending"]:
+        done = "applied" if step["generation"] in report["applied"] else "pending"
+        if report["dry_run"] and done == "applied":
+            done = "ran (dry run, aborted)"
+        print(f"  {step['generation']:>3}  {done:<8}  {step['description']}")
+    if report["pending"] and not report["applied"]:
+        print("run `codx-db migrate --apply` to apply")

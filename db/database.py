@@ -1,0 +1,225 @@
+"""The database: one ``ZODB.DB`` per process and a connection per unit of work.
+
+``Database.transaction()`` is the unit of work: a pooled connection with its own explicit
+transaction manager, committed at the end and aborted on error. A nested call in the same
+thread joins the open unit of work; only the outermost one commits. ``Database.run(fn)``
+does the same around a function and retries it after a conflict when it owns the
+transaction (a ``with`` block cannot be replayed, a function can).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import transaction
+import ZODB
+from persistent.mapping import PersistentMapping
+from transaction.interfaces import TransientError
+from ZODB.Connection import Connection
+
+from db.errors import DatabaseUnavailable
+from db.settings import CodxJuniorGlobalSettings
+from db.storage import storage_spec
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class UnitOfWork:
+    """One open transaction on one connection; only valid inside its ``with`` block."""
+
+    def __init__(self, connection: Connection, manager: transaction.TransactionManager) -> None:
+        self.connection = connection
+        self.transaction_manager = manager
+        self.root: PersistentMapping = connection.root()
+
+    @property
+    def transaction(self) -> transaction.Transaction:
+        """The ``transaction.Transaction`` under way (for notes, user, extended info)."""
+        return self.transaction_manager.get()
+
+    def note(self, text: str) -> None:
+        """Add a line to the transaction's description (shown by history and undo logs)."""
+        self.transaction.note(text)
+
+
+class Database:
+    """A codx-db database: opened lazily from settings, closed explicitly."""
+
+    def __init__(self, settings: CodxJuniorGlobalSettings | None = None) -> None:
+        self._settings = settings
+        self._zodb: ZODB.DB | None = None
+        self._open_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- configuration and lifecycle ---------------------------------------------------------
+
+    @property
+    def settings(self) -> CodxJuniorGlobalSettings:
+        """The settings in force (loaded from the environment on first use)."""
+        if self._settings is None:
+            self._settings = CodxJuniorGlobalSettings.load()
+        return self._settings
+
+    def configure(self, settings: CodxJuniorGlobalSettings | None = None, **overrides: Any) -> None:
+        """Use these settings from now on (closing the database if it was open).
+
+        ``db.configure(my_settings)`` for an application's own settings object;
+        ``db.configure(db_backend="memory")`` to override single settings from the environment.
+        """
+        self.close()
+        if settings is not None and overrides:
+            settings = settings.model_copy(update=overrides)
+        elif settings is None:
+            settings = CodxJuniorGlobalSettings.load(**overrides)
+        self._settings = settings
+
+    @property
+    def is_open(self) -> bool:
+        """True once the storage has been opened (by ``open()`` or the first unit of work)."""
+        return self._zodb is not None
+
+    def open(self) -> ZODB.DB:
+        """Open storage and database once; install or check generations under the startup lock."""
+        zodb = self._zodb
+        if zodb is not None:
+            return zodb
+        with self._open_lock:
+            if self._zodb is None:
+                self._zodb = self._open_zodb()
+            return self._zodb
+
+    def _open_zodb(self) -> ZODB.DB:
+        from db.storage import startup_lock
+        from migrations.runner import on_open
+
+        settings = self.settings
+        spec = storage_spec(settings)
+        with startup_lock(spec.dsn):
+            storage = spec.open()
+            zodb = ZODB.DB(
+                storage,
+                pool_size=settings.db_pool_size,
+                cache_size=settings.db_cache_size,
+                database_name="codx-db",
+            )
+            try:
+                # Install a fresh database, or apply the startup policy to an old one,
+                # while still holding the lock so concurrent starters take turns.
+                on_open(zodb, settings.db_startup)
+            except BaseException:
+                zodb.close()
+                raise
+        log.info("opened codx-db database (%s: %s)", settings.kind, settings.location)
+        return zodb
+
+    def close(self) -> None:
+        """Close the database (FileStorage writes its index, RelStorage its persistent cache)."""
+        with self._open_lock:
+            zodb, self._zodb = self._zodb, None
+        if zodb is not None:
+            zodb.close()
+
+    # -- units of work -----------------------------------------------------------------------
+
+    def current(self) -> UnitOfWork | None:
+        """The unit of work open in this thread, if any."""
+        return getattr(self._local, "uow", None)
+
+    @contextlib.contextmanager
+    def transaction(self, note: str | None = None, user: str | None = None) -> Iterator[UnitOfWork]:
+        """A unit of work: commit at the end, abort on error; nested calls join the open one."""
+        current = self.current()
+        if current is not None:
+            if note:
+                current.note(note)
+            yield current
+            return
+        with self._own_unit(note, user) as uow:
+            yield uow
+
+    def run(
+        self,
+        fn: Callable[[UnitOfWork], T],
+        note: str | None = None,
+        user: str | None = None,
+        retries: int | None = None,
+    ) -> T:
+        """Call ``fn(uow)`` in a unit of work, retried after transient errors when it owns it."""
+        current = self.current()
+        if current is not None:
+            if note:
+                current.note(note)
+            return fn(current)
+        attempts = (self.settings.db_conflict_retries if retries is None else retries) + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._own_unit(note, user) as uow:
+                    return fn(uow)
+            except TransientError as exc:
+                if attempt == attempts:
+                    raise
+                log.debug(
+                    "retrying unit of work after %s (attempt %d)", type(exc).__name__, attempt
+                )
+                # Small jittered backoff so two conflicting writers do not collide again.
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _own_unit(self, note: str | None, user: str | None) -> Iterator[UnitOfWork]:
+        zodb = self.open()
+        # Explicit mode: the connection polls the storage once, at begin(), instead of also
+        # at open and after completion (each poll is an SQL round trip on RelStorage).
+        manager = transaction.TransactionManager(explicit=True)
+        with _storage_errors():
+            connection = zodb.open(transaction_manager=manager)
+        try:
+            with _storage_errors():
+                txn = manager.begin()
+            if note:
+                txn.note(note)
+            if user:
+                txn.user = user
+            uow = UnitOfWork(connection, manager)
+            self._local.uow = uow
+            try:
+                yield uow
+            except BaseException:
+                manager.abort()
+                raise
+            finally:
+                self._local.uow = None
+            with _storage_errors():
+                manager.commit()
+        finally:
+            if manager.explicit and _in_transaction(manager):
+                manager.abort()
+            connection.close()
+
+
+def _in_transaction(manager: transaction.TransactionManager) -> bool:
+    try:
+        manager.get()
+    except transaction.interfaces.NoTransaction:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Turn a lost database connection into one clear ``DatabaseUnavailable``."""
+    import psycopg2
+
+    try:
+        yield
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseUnavailable(f"the database is unreachable: {first_line}") from None

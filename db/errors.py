@@ -1,0 +1,51 @@
+"""One shallow tree of errors: callers catch ``CodxDBError`` or one of its children."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CodxDBError(Exception):
+    """Base of every error codx-db raises on purpose."""
+
+
+class ConfigurationError(CodxDBError):
+    """The settings are wrong; the message names the setting (never its secret value)."""
+
+
+class StorageInUse(CodxDBError):
+    """The FileStorage file is locked by another process."""
+
+
+class DatabaseUnavailable(CodxDBError):
+    """The storage cannot be reached (PostgreSQL down, network lost)."""
+
+
+class GenerationError(CodxDBError):
+    """The database's generation does not fit the code, or a migration step failed."""
+
+
+class UserNotFound(CodxDBError):
+    """No user has this username (or email)."""
+
+    def __init__(self, key: str, field: str = "username") -> None:
+        self.key = key
+        self.field = field
+        super().__init__(f"no user with {field} {key!r}")
+
+
+class UserAlreadyExists(CodxDBError):
+    """Another user already has this username or email."""
+
+    def __init__(self, field: str, value: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"a user with {field} {value!r} already exists")
+
+
+class InvalidUserData(CodxDBError):
+    """The input does not pass validation; ``errors`` holds one message per problem."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid user data: " + "; ".join(self.errors))

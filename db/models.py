@@ -1,0 +1,148 @@
+"""Persistent models: ``User`` and the ``UserContainer`` with its BTree indexes.
+
+These objects live in the database; they never leave a unit of work (callers get
+``db.schemas.CodxUser`` snapshots). Rules that keep them safe in ZODB:
+
+* index keys are normalised ``str`` only (a total, stable order for BTrees);
+* no plain mutable ``dict``/``list`` attributes (ZODB would not notice in-place changes):
+  reassign, or use persistent containers;
+* ``Length`` for the count: O(1) and it resolves concurrent increments without conflicts.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from BTrees.Length import Length
+from BTrees.OOBTree import OOBTree
+from persistent import Persistent
+
+USERS_KEY = "codx_db.users"
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only kind of timestamp stored."""
+    return datetime.now(UTC)
+
+
+def username_key(username: str) -> str:
+    """Index key of a username: NFKC, trimmed, case-folded (a fullwidth "ALICE " and "alice" collide)."""
+    return unicodedata.normalize("NFKC", username).strip().casefold()
+
+
+def email_key(email: str) -> str:
+    """Index key of an email address: NFKC, trimmed, case-folded."""
+    return unicodedata.normalize("NFKC", email).strip().casefold()
+
+
+class User(Persistent):
+    """A stored user. Attributes are plain immutable values; the hash never leaves UserDB."""
+
+    # Class-level defaults give old pickles a value for attributes added later
+    # (a generation then writes them into each object).
+    email: str | None = None
+    full_name: str = ""
+    is_active: bool = True
+    is_superuser: bool = False
+    password_hash: str | None = None
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        username: str,
+        email: str | None = None,
+        full_name: str = "",
+        is_active: bool = True,
+        is_superuser: bool = False,
+        password_hash: str | None = None,
+        created_at: datetime | None = None,
+    ) -> None:
+        self.id = id
+        self.username = username
+        self.email = email
+        self.full_name = full_name
+        self.is_active = is_active
+        self.is_superuser = is_superuser
+        self.password_hash = password_hash
+        self.created_at = created_at or utcnow()
+        self.updated_at = self.created_at
+
+    def touch(self) -> None:
+        """Record a change now."""
+        self.updated_at = utcnow()
+
+    def __repr__(self) -> str:  # never shows the hash
+        return f"<User {self.username!r} id={self.id}>"
+
+
+class UserContainer(Persistent):
+    """All users: ``users`` by id, unique indexes by username key and email key, a count."""
+
+    def __init__(self) -> None:
+        self.users: OOBTree = OOBTree()  # id -> User
+        self.by_username: OOBTree = OOBTree()  # username_key -> User (sorted listing)
+        self.by_email: OOBTree = OOBTree()  # email_key -> User
+        self.length = Length(0)
+
+    def __len__(self) -> int:
+        return self.length()
+
+    def add(self, user: User) -> None:
+        """Insert a user the caller has checked is unique."""
+        self.users[user.id] = user
+        self.by_username[username_key(user.username)] = user
+        if user.email:
+            self.by_email[email_key(user.email)] = user
+        self.length.change(1)
+
+    def remove(self, user: User) -> None:
+        """Remove a user and its index entries."""
+        del self.users[user.id]
+        del self.by_username[username_key(user.username)]
+        if user.email:
+            self.by_email.pop(email_key(user.email), None)
+        self.length.change(-1)
+
+    def reindex(self, user: User, old_username: str, old_email: str | None) -> None:
+        """Move index entries after the username or email of ``user`` changed."""
+        old_ukey, new_ukey = username_key(old_username), username_key(user.username)
+        if old_ukey != new_ukey:
+            del self.by_username[old_ukey]
+        self.by_username[new_ukey] = user
+        old_ekey = email_key(old_email) if old_email else None
+        new_ekey = email_key(user.email) if user.email else None
+        if old_ekey is not None and old_ekey != new_ekey:
+            self.by_email.pop(old_ekey, None)
+        if new_ekey is not None:
+            self.by_email[new_ekey] = user
+
+    def find_by_username(self, username: str) -> User | None:
+        """O(log n) lookup by username (case-insensitive)."""
+        return self.by_username.get(username_key(username))
+
+    def find_by_email(self, email: str) -> User | None:
+        """O(log n) lookup by email (case-insensitive)."""
+        return self.by_email.get(email_key(email))
+
+    def iter_sorted(self, prefix: str | None = None) -> Iterator[tuple[str, User]]:
+        """Users in username order (only those whose username starts with ``prefix``)."""
+        if not prefix:
+            yield from self.by_username.items()
+            return
+        start = username_key(prefix)
+        for key, user in self.by_username.items(min=start):
+            if not key.startswith(start):
+                return
+            yield key, user
+
+
+def install_root(root: Any) -> UserContainer:
+    """Create the root containers if missing; return the user container."""
+    container = root.get(USERS_KEY)
+    if container is None:
+        container = root[USERS_KEY] = UserContainer()
+    return container

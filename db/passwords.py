@@ -1,0 +1,96 @@
+"""Password hashing: argon2id (argon2-cffi), with bcrypt hashes imported from codx-junior.
+
+A password is only ever held in memory long enough to hash or verify it. Verification
+reports whether the stored hash should be replaced (old parameters, or bcrypt), so UserDB
+can rehash on the next successful login.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import argon2
+import bcrypt
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from db.errors import InvalidUserData
+
+MIN_PASSWORD_LENGTH = 8
+# Argon2 itself accepts any length; the cap stops a megabyte "password" from being a cheap DoS.
+MAX_PASSWORD_LENGTH = 1024
+
+# OWASP Password Storage Cheat Sheet (argon2id): m=19 MiB, t=2, p=1 is the minimum
+# configuration; we use exactly that, which costs ~20 ms per hash on a 2-core machine.
+ARGON2_TIME_COST = 2
+ARGON2_MEMORY_KIB = 19_456
+ARGON2_PARALLELISM = 1
+
+_hasher = argon2.PasswordHasher(
+    time_cost=ARGON2_TIME_COST,
+    memory_cost=ARGON2_MEMORY_KIB,
+    parallelism=ARGON2_PARALLELISM,
+    type=argon2.Type.ID,
+)
+
+
+def check_password(password: object) -> str:
+    """Return the password if it meets the rules, else raise InvalidUserData (never echoing it)."""
+    if not isinstance(password, str):
+        raise InvalidUserData(["password: must be a string"])
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidUserData([f"password: must be at least {MIN_PASSWORD_LENGTH} characters"])
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidUserData([f"password: must be at most {MAX_PASSWORD_LENGTH} characters"])
+    if "\x00" in password:
+        raise InvalidUserData(["password: must not contain NUL characters"])
+    return password
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of a password that passed ``check_password``."""
+    return _hasher.hash(password)
+
+
+def is_bcrypt(stored_hash: str) -> bool:
+    """True for the ``$2a$``/``$2b$``/``$2y$`` hashes codx-junior wrote."""
+    return stored_hash.startswith(("$2a$", "$2b$", "$2y$"))
+
+
+def verify_password(stored_hash: str | None, password: str) -> tuple[bool, bool]:
+    """(password matches, hash should be replaced). A missing hash never matches.
+
+    The work done does not depend on whether there was a hash: a missing one is checked
+    against a dummy hash, so timing does not tell who has an account.
+    """
+    if not stored_hash:
+        _verify_argon2(_dummy_hash(), password)
+        return False, False
+    if is_bcrypt(stored_hash):
+        try:
+            ok = bcrypt.checkpw(password.encode("utf-8"), stored_hash.encode("ascii"))
+        except ValueError:
+            ok = False
+        return ok, ok
+    ok = _verify_argon2(stored_hash, password)
+    return ok, ok and _hasher.check_needs_rehash(stored_hash)
+
+
+def dummy_verify(password: str) -> None:
+    """Spend the time of a real verification (for unknown or inactive users)."""
+    _verify_argon2(_dummy_hash(), password)
+
+
+def _verify_argon2(stored_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(stored_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # A hash of a random secret with the current parameters: verifying against it costs
+    # what a real verification costs, and no password can match it.
+    import secrets
+
+    return _hasher.hash(secrets.token_urlsafe(32))

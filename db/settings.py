@@ -1,0 +1,178 @@
+"""Settings: which storage codx-db opens, and how (env prefix ``CODX_JUNIOR_``).
+
+Sources, highest priority first: constructor arguments, environment variables, a ``.env`` file
+in the working directory, then a secrets directory (one file per setting, e.g.
+``/run/secrets/codx_junior_db_dsn``; ``CODX_JUNIOR_SECRETS_DIR`` names another one).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.errors import ConfigurationError
+
+ENV_PREFIX = "CODX_JUNIOR_"
+DEFAULT_SECRETS_DIR = "/run/secrets"
+
+Backend = Literal["file", "postgres", "memory"]
+StartupPolicy = Literal["evolve", "minimum", "refuse"]
+
+
+def default_file_path() -> Path:
+    """Per-user data file: ``$XDG_DATA_HOME/codx-junior/codx-db/users.fs`` (``~/.local/share``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "codx-junior" / "codx-db" / "users.fs"
+
+
+def _secrets_dir() -> str | None:
+    # pydantic-settings warns about a missing secrets directory; most machines have none.
+    path = os.environ.get(ENV_PREFIX + "SECRETS_DIR", DEFAULT_SECRETS_DIR)
+    return path if os.path.isdir(path) else None
+
+
+def mask_dsn(dsn: str) -> str:
+    """Return the DSN with its password replaced by ``***`` (URI or ``key=value`` form)."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    try:
+        params = parse_dsn(dsn)
+    except Exception:  # noqa: BLE001 - an unparsable DSN must not be echoed: it may hold a password
+        return "<unparsable DSN>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_dsn(**params)
+
+
+class CodxJuniorGlobalSettings(BaseSettings):
+    """Where and how the codx-db database is stored."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # Errors must never echo what was typed: a DSN holds a password.
+        hide_input_in_errors=True,
+        validate_default=True,
+        secrets_dir=_secrets_dir(),
+    )
+
+    db_backend: Backend = Field("file", description="file (default) | postgres | memory")
+    db_file_path: Path = Field(
+        default_factory=default_file_path, description="FileStorage file (file backend)"
+    )
+    db_dsn: SecretStr | None = Field(
+        None, description="libpq DSN or postgresql:// URI (postgres backend); a secret"
+    )
+    db_config_file: Path | None = Field(
+        None, description="ZConfig file (e.g. relstorage.conf); when set it wins over the backend"
+    )
+    db_keep_history: bool = Field(
+        False, description="RelStorage keeps history (fixed once the schema exists)"
+    )
+    db_pool_size: int = Field(7, ge=1, le=1000, description="ZODB connection pool size")
+    db_cache_size: int = Field(10_000, ge=100, description="objects cached per connection")
+    db_cache_local_mb: int = Field(
+        64, ge=0, le=65_536, description="RelStorage local (shared, in-process) cache, MB"
+    )
+    db_cache_dir: Path | None = Field(
+        None, description="RelStorage persistent cache directory (survives restarts)"
+    )
+    db_blob_dir: Path | None = Field(None, description="blob directory (none: no blobs)")
+    db_commit_lock_timeout: int = Field(
+        30, ge=1, le=3600, description="seconds to wait for the commit lock"
+    )
+    db_conflict_retries: int = Field(
+        5, ge=0, le=100, description="retries of a unit of work after a conflict"
+    )
+    db_startup: StartupPolicy = Field(
+        "refuse",
+        description="old database on open: evolve | minimum | refuse (run `codx-db migrate`)",
+    )
+
+    @field_validator("db_dsn")
+    @classmethod
+    def _dsn_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from psycopg2.extensions import parse_dsn
+
+        try:
+            parse_dsn(value.get_secret_value())
+        except Exception:  # noqa: BLE001 - psycopg2's message quotes the DSN; never show it
+            raise ValueError("not a valid libpq DSN or postgresql:// URI (value hidden)") from None
+        return value
+
+    @field_validator("db_file_path", "db_config_file", "db_cache_dir", "db_blob_dir")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> CodxJuniorGlobalSettings:
+        if self.db_config_file is not None:
+            if not self.db_config_file.is_file():
+                raise ValueError(f"db_config_file: {self.db_config_file} is not a readable file")
+            return self
+        if self.db_backend == "postgres" and self.db_dsn is None:
+            raise ValueError(
+                "db_dsn: the postgres backend needs a DSN "
+                f"(set {ENV_PREFIX}DB_DSN, e.g. postgresql://user@host:5432/codx)"
+            )
+        if self.db_backend == "file":
+            _check_creatable(self.db_file_path, "db_file_path")
+        return self
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, safe to print (DSN password masked)."""
+        if self.db_config_file is not None:
+            return f"config file {self.db_config_file}"
+        if self.db_backend == "file":
+            return str(self.db_file_path)
+        if self.db_backend == "postgres" and self.db_dsn is not None:
+            return mask_dsn(self.db_dsn.get_secret_value())
+        return "memory"
+
+    @property
+    def kind(self) -> str:
+        """The backend actually used: ``config`` when a ZConfig file wins."""
+        return "config" if self.db_config_file is not None else self.db_backend
+
+    @classmethod
+    def load(cls, **overrides: Any) -> CodxJuniorGlobalSettings:
+        """Load settings, turning validation errors into one ConfigurationError per setting."""
+        try:
+            return cls(_secrets_dir=_secrets_dir(), **overrides)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+
+def _check_creatable(path: Path, setting: str) -> None:
+    """Fail now if the file at ``path`` could never be created (no side effect)."""
+    if path.exists() and path.is_dir():
+        raise ValueError(f"{setting}: {path} is a directory, expected a file path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{setting}: cannot create {path.parent}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) and not path.parent.exists():
+        raise ValueError(f"{setting}: cannot create {path.parent}: {parent} is not writable")
+    if path.parent.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{setting}: directory {path.parent} is not writable")
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        # Model-level messages already start with the setting's name.
+        lines.append(msg if not loc else f"{loc}: {msg}")
+    return "invalid settings: " + "; ".join(lines)

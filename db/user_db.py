@@ -1,0 +1,282 @@
+"""UserDB: the user CRUD API codx-api calls, the same whatever the storage below.
+
+Each call is one unit of work: outside ``db.transaction()`` it runs (and commits) on its
+own, retried after a conflict; inside one it joins the caller's transaction. Input is
+validated and passwords hashed *before* the transaction starts, so a retry never re-hashes
+and a bad call writes nothing. Callers get ``CodxUser`` snapshots, never stored objects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from db.database import Database, UnitOfWork
+from db.errors import InvalidUserData, UserAlreadyExists, UserNotFound
+from db.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.passwords import check_password, dummy_verify, hash_password, verify_password
+from db.schemas import CodxUser, UserCreate, UserUpdate
+
+T = TypeVar("T")
+
+MAX_PAGE = 1000
+_NOT_NULL_FIELDS = ("username", "full_name", "is_active", "is_superuser")
+
+
+class UserDB:
+    """Users stored in a codx-db ``Database`` (the global ``db`` by default)."""
+
+    def __init__(self, database: Database | None = None) -> None:
+        if database is None:
+            from db import db as database
+        self.database: Database = database
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, username: str) -> CodxUser:
+        """The user with this username (case-insensitive); raises UserNotFound."""
+        _require_str("username", username)
+        return self._read(lambda users: CodxUser.from_model(_get(users, username)))
+
+    def find(self, username: str) -> CodxUser | None:
+        """The user with this username, or None."""
+        _require_str("username", username)
+
+        def find(users: UserContainer) -> CodxUser | None:
+            user = users.find_by_username(username)
+            return None if user is None else CodxUser.from_model(user)
+
+        return self._read(find)
+
+    def get_by_email(self, email: str) -> CodxUser:
+        """The user with this email address (case-insensitive); raises UserNotFound."""
+        _require_str("email", email)
+
+        def get_by_email(users: UserContainer) -> CodxUser:
+            user = users.find_by_email(email)
+            if user is None:
+                raise UserNotFound(email, field="email")
+            return CodxUser.from_model(user)
+
+        return self._read(get_by_email)
+
+    def list(
+        self,
+        offset: int = 0,
+        limit: int = 50,
+        active: bool | None = None,
+        prefix: str | None = None,
+    ) -> list[CodxUser]:
+        """A page of users sorted by username; ``active`` filters, ``prefix`` narrows by name."""
+        problems = []
+        if not _is_int(offset) or offset < 0:
+            problems.append("offset: must be an integer >= 0")
+        if not _is_int(limit) or not 0 <= limit <= MAX_PAGE:
+            problems.append(f"limit: must be an integer from 0 to {MAX_PAGE}")
+        if active is not None and not isinstance(active, bool):
+            problems.append("active: must be true, false or None")
+        if prefix is not None and not isinstance(prefix, str):
+            problems.append("prefix: must be a string")
+        if problems:
+            raise InvalidUserData(problems)
+
+        def page(users: UserContainer) -> list[CodxUser]:
+            result: list[CodxUser] = []
+            skipped = 0
+            for _, user in users.iter_sorted(prefix):
+                if len(result) >= limit:
+                    break
+                if active is not None and user.is_active != active:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                result.append(CodxUser.from_model(user))
+            return result
+
+        return self._read(page)
+
+    def count(self) -> int:
+        """How many users there are (O(1))."""
+        return self._read(len)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        username: str,
+        email: str | None = None,
+        full_name: str = "",
+        password: str | None = None,
+        is_superuser: bool = False,
+        is_active: bool = True,
+    ) -> CodxUser:
+        """Create a user; raises UserAlreadyExists (naming the field) or InvalidUserData.
+
+        A user without a password exists but cannot log in until one is set.
+        """
+        data = UserCreate.parse(
+            {
+                "username": username,
+                "email": email,
+                "full_name": full_name,
+                "is_superuser": is_superuser,
+                "is_active": is_active,
+            }
+        )
+        password_hash = None if password is None else hash_password(check_password(password))
+        user_id = uuid.uuid4().hex
+
+        def create(uow: UnitOfWork) -> CodxUser:
+            users = _users(uow)
+            _check_unique(users, data.username, data.email)
+            user = User(id=user_id, password_hash=password_hash, **data.model_dump())
+            users.add(user)
+            return CodxUser.from_model(user)
+
+        return self._write(create, f"create user {data.username}")
+
+    def update(self, username: str, /, **changes: Any) -> CodxUser:
+        """Change fields of a user (``username=`` renames, ``email=None`` clears the email)."""
+        _require_str("username", username)
+        if "password" in changes:
+            raise InvalidUserData(["password: use set_password() to change a password"])
+        data = UserUpdate.parse(changes)
+        fields = data.changes()
+        nulls = [
+            f"{name}: must not be None"
+            for name in _NOT_NULL_FIELDS
+            if name in fields and fields[name] is None
+        ]
+        if nulls:
+            raise InvalidUserData(nulls)
+
+        def update(uow: UnitOfWork) -> CodxUser:
+            users = _users(uow)
+            user = _get(users, username)
+            old_username, old_email = user.username, user.email
+            new_username = fields.get("username", old_username)
+            new_email = fields.get("email", old_email)
+            _check_unique(users, new_username, new_email, exclude=user)
+            changed = {
+                name: value for name, value in fields.items() if getattr(user, name) != value
+            }
+            if changed:
+                for name, value in changed.items():
+                    setattr(user, name, value)
+                user.touch()
+                users.reindex(user, old_username, old_email)
+                uow.note(f"update user {old_username}: {', '.join(sorted(changed))}")
+            return CodxUser.from_model(user)
+
+        return self._write(update, None)
+
+    def set_password(self, username: str, password: str) -> None:
+        """Replace a user's password (hashed with argon2id)."""
+        _require_str("username", username)
+        password_hash = hash_password(check_password(password))
+
+        def set_password(uow: UnitOfWork) -> None:
+            user = _get(_users(uow), username)
+            user.password_hash = password_hash
+            user.touch()
+
+        self._write(set_password, f"set password of {username}")
+
+    def authenticate(self, username_or_email: str, password: str) -> CodxUser | None:
+        """The user if the password matches and the user is active, else None.
+
+        Unknown and inactive users cost the same time as a wrong password. An old hash
+        (other argon2 parameters, or bcrypt from codx-junior) is replaced on success.
+        """
+        if not isinstance(username_or_email, str) or not isinstance(password, str):
+            return None
+        login = username_or_email
+
+        def lookup(users: UserContainer) -> tuple[CodxUser | None, str | None]:
+            user = _find_login(users, login)
+            if user is None:
+                return None, None
+            return CodxUser.from_model(user), user.password_hash
+
+        found, stored_hash = self._read(lookup)
+        if found is None:
+            dummy_verify(password)
+            return None
+        ok, needs_rehash = verify_password(stored_hash, password)
+        if not ok or not found.is_active:
+            return None
+        if not needs_rehash:
+            return found
+        user_id = found.id
+        new_hash = hash_password(password)
+
+        def rehash(uow: UnitOfWork) -> CodxUser | None:
+            user = _users(uow).users.get(user_id)
+            if user is None or not user.is_active:
+                return None
+            # Only replace the hash we verified: a concurrent set_password wins.
+            if user.password_hash == stored_hash:
+                user.password_hash = new_hash
+            return CodxUser.from_model(user)
+
+        return self._write(rehash, f"rehash password of {login}")
+
+    def delete(self, username: str) -> None:
+        """Delete a user; raises UserNotFound."""
+        _require_str("username", username)
+
+        def delete(uow: UnitOfWork) -> None:
+            users = _users(uow)
+            users.remove(_get(users, username))
+
+        self._write(delete, f"delete user {username}")
+
+    # -- units of work -----------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[UserContainer], T]) -> T:
+        return self.database.run(lambda uow: fn(_users(uow)))
+
+    def _write(self, fn: Callable[[UnitOfWork], T], note: str | None) -> T:
+        return self.database.run(fn, note=f"codx-db: {note}" if note else None)
+
+
+def _users(uow: UnitOfWork) -> UserContainer:
+    return uow.root[USERS_KEY]
+
+
+def _get(users: UserContainer, username: str) -> User:
+    user = users.find_by_username(username)
+    if user is None:
+        raise UserNotFound(username)
+    return user
+
+
+def _find_login(users: UserContainer, login: str) -> User | None:
+    user = users.find_by_username(login)
+    if user is None and "@" in login:
+        user = users.find_by_email(login)
+    return user
+
+
+def _check_unique(
+    users: UserContainer, username: str, email: str | None, exclude: User | None = None
+) -> None:
+    other = users.by_username.get(username_key(username))
+    if other is not None and other is not exclude:
+        raise UserAlreadyExists("username", username)
+    if email:
+        other = users.by_email.get(email_key(email))
+        if other is not None and other is not exclude:
+            raise UserAlreadyExists("email", email)
+
+
+def _require_str(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidUserData([f"{name}: must be a string"])
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

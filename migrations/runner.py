@@ -1,0 +1,260 @@
+"""The generations runner: read, check and advance the generation stored in the database.
+
+Why our own runner rather than zope.generations: zope.generations finds steps through
+zope.component utilities, commits on the thread-local transaction manager, and only *logs*
+a failing step above the minimum generation. codx-db needs a failing step to raise (and
+leave the database at the last completed generation), batched steps that commit along the
+way, and a dry run; that is about a hundred lines on top of ZODB.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal
+
+import transaction
+import ZODB
+from persistent.mapping import PersistentMapping
+
+import migrations
+from db.errors import GenerationError
+from db.models import USERS_KEY
+from db.settings import CodxJuniorGlobalSettings
+
+log = logging.getLogger(__name__)
+
+GENERATION_KEY = "codx_db.generation"
+
+Progress = Callable[[str, int, int | None], None]  # (message, done, total or None)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generation step: ``evolve{generation}.py``; its docstring's first line describes it."""
+
+    generation: int
+    description: str
+    module: ModuleType = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """Where a database stands against this code."""
+
+    current: int | None  # None: a new, empty database
+    target: int
+    minimum: int
+    pending: list[Step]
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current is not None and not self.pending
+
+
+class EvolveContext:
+    """What a step gets: the connection, its root, and a way to commit a batch."""
+
+    def __init__(
+        self,
+        connection: ZODB.Connection.Connection,
+        manager: transaction.TransactionManager,
+        step_note: str,
+        progress: Progress | None,
+        dry_run: bool,
+    ) -> None:
+        self.connection = connection
+        self.root: PersistentMapping = connection.root()
+        self._manager = manager
+        self._note = step_note
+        self._progress = progress
+        self.dry_run = dry_run
+        self.batches = 0
+
+    def commit_batch(self, done: int, total: int | None = None) -> None:
+        """Commit the work so far (steps over many objects); the generation is not yet stamped.
+
+        A step that calls this must be idempotent: after an interruption it runs again from
+        the start and must skip what a committed batch already did. In a dry run the batch is
+        kept in the same (finally aborted) transaction.
+        """
+        self.batches += 1
+        if not self.dry_run:
+            txn = self._manager.get()
+            txn.note(f"{self._note} (batch {self.batches}, {done} done)")
+            self._manager.commit()
+            self._manager.begin()
+        self.report(f"{done} done", done, total)
+
+    def report(self, message: str, done: int = 0, total: int | None = None) -> None:
+        """Tell the caller (the CLI's progress display) how far the step is."""
+        if self._progress is not None:
+            self._progress(message, done, total)
+
+
+def load_step(generation: int) -> Step:
+    """Import ``migrations.evolve{generation}``; its docstring is its description."""
+    module = importlib.import_module(f"migrations.evolve{generation}")
+    if not callable(getattr(module, "evolve", None)):
+        raise GenerationError(f"migrations/evolve{generation}.py has no evolve(context) function")
+    doc = (module.__doc__ or "").strip().splitlines()
+    return Step(generation, doc[0] if doc else f"generation {generation}", module)
+
+
+def read_generation(root: Any) -> int | None:
+    """The generation stamped in a root, or None for an empty database.
+
+    A database holding users but no stamp predates the generation key: generation 0.
+    """
+    generation = root.get(GENERATION_KEY)
+    if generation is not None:
+        return int(generation)
+    return 0 if USERS_KEY in root else None
+
+
+@contextmanager
+def _connection(zodb: ZODB.DB) -> Iterator[tuple[Any, transaction.TransactionManager]]:
+    manager = transaction.TransactionManager(explicit=True)
+    connection = zodb.open(transaction_manager=manager)
+    try:
+        manager.begin()
+        yield connection, manager
+    finally:
+        with suppress(transaction.interfaces.NoTransaction):
+            manager.abort()
+        connection.close()
+
+
+def status(zodb: ZODB.DB, target: int | None = None) -> MigrationStatus:
+    """Current generation, target, and the steps that would run."""
+    target = migrations.GENERATION if target is None else target
+    with _connection(zodb) as (connection, _):
+        current = read_generation(connection.root())
+    _check_not_newer(current)
+    if target > migrations.GENERATION or target < 0:
+        raise GenerationError(
+            f"target generation {target} does not exist (this code knows 0..{migrations.GENERATION})"
+        )
+    start = 0 if current is None else current
+    pending = [] if current is None else [load_step(n) for n in range(start + 1, target + 1)]
+    return MigrationStatus(current, target, migrations.MINIMUM_GENERATION, pending)
+
+
+def _check_not_newer(current: int | None) -> None:
+    if current is not None and current > migrations.GENERATION:
+        raise GenerationError(
+            f"the database is at generation {current}, newer than this code "
+            f"(generation {migrations.GENERATION}): upgrade codx-db before opening it"
+        )
+
+
+def install(zodb: ZODB.DB) -> bool:
+    """Install and stamp a new database at the latest generation; False if it was not empty."""
+    from migrations import install as install_step
+
+    with _connection(zodb) as (connection, manager):
+        root = connection.root()
+        if read_generation(root) is not None:
+            return False
+        install_step.evolve(EvolveContext(connection, manager, "install", None, False))
+        root[GENERATION_KEY] = migrations.GENERATION
+        manager.get().note(f"codx-db: install at generation {migrations.GENERATION}")
+        manager.commit()
+    log.info("installed a new codx-db database at generation %d", migrations.GENERATION)
+    return True
+
+
+def evolve(
+    zodb: ZODB.DB,
+    target: int | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> list[Step]:
+    """Run the pending steps up to ``target``, one transaction per generation.
+
+    A failing step is aborted and raised as GenerationError; the database stays at the
+    last completed generation. With ``dry_run`` every step runs and is then aborted.
+    """
+    if not dry_run:
+        install(zodb)
+    plan = status(zodb, target)
+    if plan.current is None:
+        return []
+    with _connection(zodb) as (connection, manager):
+        for step in plan.pending:
+            note = f"codx-db: evolve to generation {step.generation}: {step.description}"
+            context = EvolveContext(connection, manager, note, progress, dry_run)
+            context.report(f"generation {step.generation}: {step.description}")
+            try:
+                step.module.evolve(context)
+                connection.root()[GENERATION_KEY] = step.generation
+                if dry_run:
+                    continue  # later steps see this one's effect; all is aborted at the end
+                manager.get().note(note)
+                manager.commit()
+            except Exception as exc:
+                manager.abort()
+                raise GenerationError(
+                    f"generation {step.generation} ({step.description}) failed: "
+                    f"{type(exc).__name__}: {exc}; the database stays at generation "
+                    f"{_last_completed(plan, step, dry_run)}"
+                ) from exc
+            finally:
+                manager.begin()
+            log.info("evolved the database to generation %d", step.generation)
+    return plan.pending
+
+
+def _last_completed(plan: MigrationStatus, failed: Step, dry_run: bool) -> int | None:
+    return plan.current if dry_run else failed.generation - 1
+
+
+StartupPolicy = Literal["evolve", "minimum", "refuse"]
+
+
+def on_open(zodb: ZODB.DB, policy: StartupPolicy) -> None:
+    """Install a new database, then apply the startup policy to an old one."""
+    if install(zodb):
+        return
+    plan = status(zodb)
+    if plan.up_to_date:
+        return
+    current = plan.current or 0
+    if policy == "evolve":
+        evolve(zodb)
+    elif current < migrations.MINIMUM_GENERATION:
+        if policy == "minimum":
+            evolve(zodb, migrations.MINIMUM_GENERATION)
+        else:
+            raise GenerationError(
+                f"the database is at generation {current}; this code needs at least "
+                f"{migrations.MINIMUM_GENERATION} (latest {migrations.GENERATION}): "
+                "run `codx-db migrate --apply` first"
+            )
+    else:
+        log.warning(
+            "the database is at generation %d, the code's latest is %d: run `codx-db migrate`",
+            current,
+            migrations.GENERATION,
+        )
+
+
+@contextmanager
+def open_for_migration(settings: CodxJuniorGlobalSettings) -> Iterator[ZODB.DB]:
+    """Open the database *without* the startup policy, holding the startup lock throughout.
+
+    Used by ``codx-db migrate``: other processes opening the database wait until it is done.
+    """
+    from db.storage import startup_lock, storage_spec
+
+    spec = storage_spec(settings)
+    with startup_lock(spec.dsn):
+        zodb = ZODB.DB(spec.open(), database_name="codx-db migrate")
+        try:
+            yield zodb
+        finally:
+            zodb.close()
