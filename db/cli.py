@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="codx-db: %(levelname)s: %(message)s",
     )
+    if not args.verbose:
+        # RelStorage logs connection failures as warnings before raising; the CLI's own
+        # one-line error says the same thing.
+        logging.getLogger("relstorage").setLevel(logging.ERROR)
     try:
         result = args.handler(args)
     except CodxDBError as exc:
@@ -68,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    info = commands.add_parser(
-        "info", parents=[common], help="backend, location, generation, users"
-    )
+    info = commands.add_parser("info", parents=[common], help="backend, location, generation, users")
     info.set_defaults(handler=cmd_info)
 
     migrate = commands.add_parser(
@@ -175,9 +177,7 @@ def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
             "current": before.current,
             "target": before.target,
             "minimum": before.minimum,
-            "pending": [
-                {"generation": s.generation, "description": s.description} for s in before.pending
-            ],
+            "pending": [{"generation": s.generation, "description": s.description} for s in before.pending],
             "applied": [],
             "dry_run": bool(args.dry_run),
         }
@@ -211,9 +211,7 @@ def cmd_user_get(args: argparse.Namespace) -> CodxUser:
 
 def cmd_user_list(args: argparse.Namespace) -> list[CodxUser]:
     """A page of users."""
-    return _users().list(
-        offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix
-    )
+    return _users().list(offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix)
 
 
 def cmd_user_update(args: argparse.Namespace) -> CodxUser:
@@ -284,6 +282,7 @@ def _read_password(from_stdin: bool, confirm: bool) -> str:
 
 
 def _fail(args: argparse.Namespace, message: str) -> None:
+    message = " ".join(message.split())  # one line, whatever the library wrote
     if getattr(args, "json", False):
         print(json.dumps({"error": message}))
     print(f"codx-db: error: {message}", file=sys.stderr)

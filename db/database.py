@@ -166,9 +166,7 @@ class Database:
             except TransientError as exc:
                 if attempt == attempts:
                     raise
-                log.debug(
-                    "retrying unit of work after %s (attempt %d)", type(exc).__name__, attempt
-                )
+                log.debug("retrying unit of work after %s (attempt %d)", type(exc).__name__, attempt)
                 # Small jittered backoff so two conflicting writers do not collide again.
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover

@@ -71,9 +71,7 @@ def normalize_username(value: str) -> str:
     bad = sorted({c for c in name if not (c.isalnum() or c in USERNAME_PUNCTUATION)})
     if bad:
         shown = "".join(c if c.isprintable() and not c.isspace() else repr(c) for c in bad[:5])
-        raise ValueError(
-            f"may hold only letters, digits and {USERNAME_PUNCTUATION!r}, not {shown!r}"
-        )
+        raise ValueError(f"may hold only letters, digits and {USERNAME_PUNCTUATION!r}, not {shown!r}")
     return name
 
 

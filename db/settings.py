@@ -48,6 +48,17 @@ def mask_dsn(dsn: str) -> str:
     return make_dsn(**params)
 
 
+def keyword_dsn(dsn: str) -> str:
+    """The DSN in libpq ``key=value`` form.
+
+    RelStorage appends `` application_name=...`` to the DSN it is given, which only works
+    with the keyword form: a ``postgresql://`` URI would swallow it into the database name.
+    """
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    return make_dsn(**parse_dsn(dsn))
+
+
 class CodxJuniorGlobalSettings(BaseSettings):
     """Where and how the codx-db database is stored."""
 
@@ -84,9 +95,7 @@ class CodxJuniorGlobalSettings(BaseSettings):
         None, description="RelStorage persistent cache directory (survives restarts)"
     )
     db_blob_dir: Path | None = Field(None, description="blob directory (none: no blobs)")
-    db_commit_lock_timeout: int = Field(
-        30, ge=1, le=3600, description="seconds to wait for the commit lock"
-    )
+    db_commit_lock_timeout: int = Field(30, ge=1, le=3600, description="seconds to wait for the commit lock")
     db_conflict_retries: int = Field(
         5, ge=0, le=100, description="retries of a unit of work after a conflict"
     )

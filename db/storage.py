@@ -18,13 +18,11 @@ import ZODB.config
 from ZODB.interfaces import IStorage
 
 from db.errors import ConfigurationError, DatabaseUnavailable, StorageInUse
-from db.settings import CodxJuniorGlobalSettings
+from db.settings import CodxJuniorGlobalSettings, keyword_dsn
 
 # One PostgreSQL advisory lock key for "someone is opening (creating, evolving) this database".
 # Derived from a fixed name so every codx-db version agrees on it.
-STARTUP_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"codx-db startup").digest()[:8], "big", signed=True
-)
+STARTUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"codx-db startup").digest()[:8], "big", signed=True)
 
 
 class StorageSpec:
@@ -45,7 +43,7 @@ def storage_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
         return StorageSpec(lambda: open_file_storage(settings.db_file_path, settings.db_blob_dir))
     if settings.db_backend == "postgres":
         assert settings.db_dsn is not None  # guaranteed by the settings validator
-        dsn = settings.db_dsn.get_secret_value()
+        dsn = keyword_dsn(settings.db_dsn.get_secret_value())
         return StorageSpec(lambda: _open_relstorage(settings, dsn), dsn=dsn)
     raise ConfigurationError(f"db_backend: unknown backend {settings.db_backend!r}")
 
@@ -140,7 +138,8 @@ def _open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
 def _config_file_spec(path: Path) -> StorageSpec:
     try:
         schema = ZODB.config.getStorageSchema()
-        config, _ = ZConfig.loadConfigFile(schema, str(path))
+        with open(path, encoding="utf-8") as file:
+            config, _ = ZConfig.loadConfigFile(schema, file, url=path.resolve().as_uri())
     except (ZConfig.ConfigurationError, OSError) as exc:
         raise ConfigurationError(f"db_config_file: {path}: {_scrub(str(exc), None)}") from None
     factory = config.storage
@@ -158,9 +157,13 @@ def _relstorage_dsn(factory: Any) -> str | None:
     adapter = getattr(getattr(factory, "config", None), "adapter", None)
     adapter_config = getattr(adapter, "config", None)
     dsn = getattr(adapter_config, "dsn", None)
-    if dsn is not None and type(adapter).__name__.startswith("PostgreSQL"):
-        return str(dsn)
-    return None
+    if dsn is None or not type(adapter).__name__.startswith("PostgreSQL"):
+        return None
+    try:
+        adapter_config.dsn = keyword_dsn(str(dsn))
+    except Exception:  # noqa: BLE001 - the message would quote the DSN
+        raise ConfigurationError("db_config_file: the <postgresql> dsn does not parse") from None
+    return str(adapter_config.dsn)
 
 
 @contextlib.contextmanager

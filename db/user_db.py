@@ -160,9 +160,7 @@ class UserDB:
             new_username = fields.get("username", old_username)
             new_email = fields.get("email", old_email)
             _check_unique(users, new_username, new_email, exclude=user)
-            changed = {
-                name: value for name, value in fields.items() if getattr(user, name) != value
-            }
+            changed = {name: value for name, value in fields.items() if getattr(user, name) != value}
             if changed:
                 for name, value in changed.items():
                     setattr(user, name, value)

@@ -86,7 +86,7 @@ clean_containers() {
 case "${1:-}" in
 --stop) stop_service; exit 0 ;;
 --clean) command -v podman >/dev/null || exit 0; clean_containers; exit 0 ;;
--h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+-h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 '') ;;
 *) die "unknown argument: $1 (use --stop, --clean or no argument)" ;;
 esac
@@ -123,6 +123,7 @@ fi
 if [ ${#pkgs[@]} -gt 0 ]; then
 	log "installing Debian packages: ${pkgs[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	export NEEDRESTART_SUSPEND=1 # needrestart's apt hook is noisy and useless here
 	apt-get update -qq || die "apt-get update failed"
 	apt-get install -y -qq "${pkgs[@]}" >/dev/null || die "apt-get install ${pkgs[*]} failed"
 fi
@@ -276,8 +277,10 @@ build_rootfs_debootstrap() {
 		die "debootstrap failed, see $rootfs.log"
 	rm -f "$rootfs.log"
 	# postgresql-common created a "main" cluster in the chroot: the entrypoint makes its own.
+	# JIT is removed as in option B, so both images behave the same (no JIT).
 	rm -rf "$rootfs/var/lib/postgresql/$PG_MAJOR" "$rootfs/etc/postgresql/$PG_MAJOR" "$rootfs"/var/cache/apt/archives/*.deb \
-		"$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/{doc,man,info,locale}/* "$rootfs/usr/lib/postgresql/$PG_MAJOR/lib/bitcode"
+		"$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/{doc,man,info,locale}/* \
+		"$rootfs/usr/lib/postgresql/$PG_MAJOR/lib/bitcode" "$rootfs/usr/lib/postgresql/$PG_MAJOR/lib"/llvmjit*
 	mkdir -p "$rootfs/docker-entrypoint-initdb.d" "$rootfs/var/run/postgresql"
 }
 

@@ -1,0 +1,209 @@
+"""Fixtures: every backend (memory, file, postgres) behind one ``settings``/``database`` pair.
+
+PostgreSQL comes from testcontainers when a Docker-compatible engine answers (``DOCKER_HOST``,
+e.g. the rootful podman that ``scripts/provision-testcontainers.sh`` starts), otherwise from
+the server named by ``CODX_JUNIOR_TEST_PG_DSN`` (default: the local server on 127.0.0.1:5432).
+Each test gets a fresh database on that server. With ``CI=true`` a Postgres test fails,
+never skips, when no server can be had. The run ends with the source each Postgres test used.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from db.database import Database
+from db.settings import CodxJuniorGlobalSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEST_PG_DSN = "host=127.0.0.1 port=5432 dbname=postgres user=postgres"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Settings must come from the tests, not from the developer's environment or .env file.
+for _name in list(os.environ):
+    if _name.startswith("CODX_JUNIOR_") and _name != "CODX_JUNIOR_TEST_PG_DSN":
+        del os.environ[_name]
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server the tests may create databases on."""
+
+    admin_dsn: str  # keyword DSN of a maintenance database
+    source: str  # how it was obtained, for the report
+
+    def create_database(self) -> str:
+        """Create a fresh, empty database; return its DSN."""
+        name = f"codx_test_{uuid.uuid4().hex[:12]}"
+        with _admin(self.admin_dsn) as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        return make_dsn(self.admin_dsn, dbname=name)
+
+    def drop_database(self, dsn: str) -> None:
+        name = parse_dsn(dsn)["dbname"]
+        with _admin(self.admin_dsn) as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class _admin:
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg2.connect(dsn, connect_timeout=10)
+        self.conn.autocommit = True
+
+    def __enter__(self) -> Any:
+        self.cur = self.conn.cursor()
+        return self.cur
+
+    def __exit__(self, *exc: object) -> None:
+        self.cur.close()
+        self.conn.close()
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+        return False
+    return True
+
+
+_pg_sources: dict[str, str] = {}
+_pg_failure: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run: a testcontainer, else a running server."""
+    if _docker_engine_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:15", driver=None)
+        container.start()
+        try:
+            admin = make_dsn(
+                host=container.get_container_host_ip(),
+                port=container.get_exposed_port(5432),
+                dbname=container.dbname,
+                user=container.username,
+                password=container.password,
+            )
+            yield PostgresServer(admin, f"testcontainers postgres:15 ({container.image})")
+        finally:
+            container.stop()
+        return
+    dsn = os.environ.get("CODX_JUNIOR_TEST_PG_DSN", DEFAULT_TEST_PG_DSN)
+    masked = make_dsn(dsn, password="***") if "password" in parse_dsn(dsn) else dsn
+    try:
+        psycopg2.connect(dsn, connect_timeout=5).close()
+    except psycopg2.OperationalError as exc:
+        message = f"no PostgreSQL for the tests (no Docker engine; {masked}: {exc})".strip()
+        _pg_failure.append(message)
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    yield PostgresServer(make_dsn(dsn), f"local server ({masked}; no Docker engine answered)")
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test."""
+    _pg_sources[request.node.nodeid] = pg_server.source
+    dsn = pg_server.create_database()
+    try:
+        yield dsn
+    finally:
+        pg_server.drop_database(dsn)
+
+
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("file", id="file"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+PERSISTENT_BACKENDS = [p for p in BACKENDS if p.values[0] != "memory"]
+
+
+def make_settings(backend: str, request: pytest.FixtureRequest, tmp_path: Path, **extra: Any) -> CodxJuniorGlobalSettings:
+    """Settings for ``backend``, on a fresh file or PostgreSQL database."""
+    if backend == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        return CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=dsn, **extra)
+    if backend == "file":
+        return CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "data" / "users.fs", **extra)
+    return CodxJuniorGlobalSettings.load(db_backend="memory", **extra)
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> CodxJuniorGlobalSettings:
+    """Settings for each backend in turn."""
+    return make_settings(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=PERSISTENT_BACKENDS)
+def persistent_settings(request: pytest.FixtureRequest, tmp_path: Path) -> CodxJuniorGlobalSettings:
+    """Settings for the backends another process can open (file, postgres)."""
+    return make_settings(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def database(settings: CodxJuniorGlobalSettings) -> Iterator[Database]:
+    """An open Database on each backend, closed after the test."""
+    database = Database(settings)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def settings_env(settings: CodxJuniorGlobalSettings) -> dict[str, str]:
+    """Environment variables that make a child process use the same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODX_JUNIOR_")}
+    env["CODX_JUNIOR_DB_BACKEND"] = settings.db_backend
+    if settings.db_backend == "file":
+        env["CODX_JUNIOR_DB_FILE_PATH"] = str(settings.db_file_path)
+    if settings.db_dsn is not None:
+        env["CODX_JUNIOR_DB_DSN"] = settings.db_dsn.get_secret_value()
+    return env
+
+
+def run_python(code: str, env: dict[str, str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run Python code in a child process from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where every Postgres test got its server."""
+    if not _pg_sources and not _pg_failure:
+        return
+    terminalreporter.section("PostgreSQL source per test")
+    for message in _pg_failure:
+        terminalreporter.write_line(f"NO SERVER: {message}")
+    by_source: dict[str, list[str]] = {}
+    for nodeid, source in _pg_sources.items():
+        by_source.setdefault(source, []).append(nodeid)
+    for source, nodeids in by_source.items():
+        terminalreporter.write_line(f"{len(nodeids)} tests used: {source}")
+        for nodeid in nodeids:
+            terminalreporter.write_line(f"  {nodeid} -> {source}")
