@@ -137,13 +137,17 @@ BACKENDS = [
 PERSISTENT_BACKENDS = [p for p in BACKENDS if p.values[0] != "memory"]
 
 
-def make_settings(backend: str, request: pytest.FixtureRequest, tmp_path: Path, **extra: Any) -> CodxJuniorGlobalSettings:
+def make_settings(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, **extra: Any
+) -> CodxJuniorGlobalSettings:
     """Settings for ``backend``, on a fresh file or PostgreSQL database."""
     if backend == "postgres":
         dsn = request.getfixturevalue("pg_dsn")
         return CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=dsn, **extra)
     if backend == "file":
-        return CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "data" / "users.fs", **extra)
+        return CodxJuniorGlobalSettings.load(
+            db_backend="file", db_file_path=tmp_path / "data" / "users.fs", **extra
+        )
     return CodxJuniorGlobalSettings.load(db_backend="memory", **extra)
 
 
@@ -180,7 +184,9 @@ def settings_env(settings: CodxJuniorGlobalSettings) -> dict[str, str]:
     return env
 
 
-def run_python(code: str, env: dict[str, str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, env: dict[str, str], timeout: float = 120, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run Python code in a child process from the repository root."""
     return subprocess.run(
         [sys.executable, "-c", code],

@@ -103,10 +103,12 @@ def test_many_threads_never_share_a_connection(database: Database) -> None:
 
     def work(i: int) -> None:
         for j in range(10):
+
             def write(uow):  # type: ignore[no-untyped-def]
                 with lock:
                     seen.setdefault(id(uow.connection), set()).add(threading.get_ident())
                 uow.root["tree"][f"t{i}-{j}"] = j
+
             database.run(write)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
@@ -209,7 +211,14 @@ def test_eight_processes_open_an_empty_postgres_database_together(pg_dsn: str) -
         "db.close(); print('ok')\n"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(8)
     ]
     results = [p.communicate(timeout=180) for p in procs]
@@ -261,7 +270,9 @@ def test_relstorage_conf_works_with_zodbpack_and_zodbconvert(pg_dsn: str, tmp_pa
     )
     env = {**os.environ, "CODX_JUNIOR_DB_DSN": pg_dsn}
     bin_dir = Path(sys.executable).parent
-    result = subprocess.run([str(bin_dir / "zodbconvert"), str(convert)], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(bin_dir / "zodbconvert"), str(convert)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     result = subprocess.run(
         [str(bin_dir / "zodbpack"), "--days", "0", str(ROOT / "relstorage.conf")],

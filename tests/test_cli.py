@@ -1,0 +1,163 @@
+"""The codx-db command line, run as a real subprocess on the file and postgres backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from db.settings import CodxJuniorGlobalSettings
+from tests.conftest import ROOT, settings_env
+
+PASSWORD = "s3cret-Passw0rd"
+
+
+class CLI:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "db", *args],
+            env=self.env,
+            cwd=ROOT,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def json(self, *args: str, input: str | None = None) -> object:
+        result = self(*args, "--json", input=input)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def cli(persistent_settings: CodxJuniorGlobalSettings) -> CLI:
+    return CLI(settings_env(persistent_settings))
+
+
+def test_user_session(cli: CLI) -> None:
+    added = cli(
+        "user",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--full-name",
+        "Alice A",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+    )
+    assert added.returncode == 0, added.stderr
+    assert "alice@example.com" in added.stdout
+    cli("user", "add", "bob", "--no-password")
+
+    listed = cli("user", "list")
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:2] == ["USERNAME", "EMAIL"]
+    assert lines[1].startswith("alice") and lines[2].startswith("bob")
+    assert "(2 users)" in listed.stdout
+
+    got = cli.json("user", "get", "ALICE")
+    assert isinstance(got, dict) and got["username"] == "alice" and got["full_name"] == "Alice A"
+    assert cli.json("user", "get", "alice@EXAMPLE.com") == got
+
+    updated = cli.json(
+        "user", "update", "alice", "--rename", "alicia", "--email", "alicia@example.com", "--superuser"
+    )
+    assert isinstance(updated, dict)
+    assert updated["username"] == "alicia" and updated["is_superuser"] is True
+
+    passwd = cli("user", "passwd", "alicia", "--password-stdin", input="another-passw0rd\n")
+    assert passwd.returncode == 0, passwd.stderr
+
+    info = cli.json("info")
+    assert isinstance(info, dict) and info["users"] == 2
+
+    listed_json = cli.json("user", "list", "--prefix", "ali")
+    assert [u["username"] for u in listed_json] == ["alicia"]  # type: ignore[union-attr]
+
+    deleted = cli("user", "delete", "bob", "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert cli.json("info")["users"] == 1  # type: ignore[index]
+
+
+def test_password_is_never_in_output_or_argv_options(cli: CLI) -> None:
+    result = cli("user", "add", "carol", "--password-stdin", "--json", input=PASSWORD + "\n")
+    assert result.returncode == 0
+    assert PASSWORD not in result.stdout + result.stderr
+    assert "argon2" not in result.stdout
+    # There is no option to pass a password on the command line.
+    bad = cli("user", "add", "dave", "--password", PASSWORD)
+    assert bad.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "fragment"),
+    [
+        (("user", "get", "nobody"), None, "no user with username 'nobody'"),
+        (("user", "delete", "nobody", "--yes"), None, "no user with username 'nobody'"),
+        (("user", "add", "bad name", "--no-password"), None, "username"),
+        (("user", "add", "eve", "--password-stdin"), "short\n", "password: must be at least 8"),
+        (("user", "update", "nobody", "--full-name", "x"), None, "no user"),
+    ],
+)
+def test_domain_errors_exit_1_with_one_line(
+    cli: CLI, args: tuple[str, ...], stdin: str | None, fragment: str
+) -> None:
+    result = cli(*args, input=stdin)
+    assert result.returncode == 1
+    assert fragment in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_duplicate_user_exit_1(cli: CLI) -> None:
+    assert cli("user", "add", "frank", "--no-password").returncode == 0
+    result = cli("user", "add", "FRANK", "--no-password", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"error": "a user with username 'FRANK' already exists"}
+
+
+def test_delete_needs_confirmation_without_a_terminal(cli: CLI) -> None:
+    cli("user", "add", "gina", "--no-password")
+    result = cli("user", "delete", "gina")
+    assert result.returncode == 1
+    assert "--yes" in result.stderr
+    assert cli.json("user", "get", "gina")
+
+
+@pytest.mark.parametrize("args", [(), ("user",), ("frobnicate",), ("user", "list", "--limit", "many")])
+def test_usage_errors_exit_2(cli: CLI, args: tuple[str, ...]) -> None:
+    assert cli(*args).returncode == 2
+
+
+def test_console_script_and_module_agree(tmp_path: Path) -> None:
+    env = {**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(tmp_path / "users.fs")}
+    script = Path(sys.executable).parent / "codx-db"
+    result = subprocess.run(
+        [str(script), "info", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["backend"] == "file" and info["location"] == str(tmp_path / "users.fs")
+
+
+@pytest.mark.postgres
+def test_info_masks_the_dsn_password(pg_dsn: str) -> None:
+    from psycopg2.extensions import make_dsn
+
+    dsn_with_password = make_dsn(pg_dsn, password="Sup3rSecretPw")  # trust auth ignores it
+    env = {**os.environ, "CODX_JUNIOR_DB_BACKEND": "postgres", "CODX_JUNIOR_DB_DSN": dsn_with_password}
+    result = CLI(env)("info")
+    assert result.returncode == 0, result.stderr
+    assert "Sup3rSecretPw" not in result.stdout + result.stderr
+    assert "password=***" in result.stdout
+    assert "backend: postgres" in result.stdout

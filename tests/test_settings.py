@@ -1,0 +1,147 @@
+"""Settings: sources, validation that names the setting, and DSN secrecy."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from db.errors import ConfigurationError
+from db.settings import CodxJuniorGlobalSettings, default_file_path, mask_dsn
+from tests.conftest import ROOT, run_python
+
+SECRET = "Hunter2-secret"
+
+
+def test_defaults() -> None:
+    settings = CodxJuniorGlobalSettings.load()
+    assert settings.db_backend == "file"
+    assert settings.db_file_path == default_file_path()
+    assert settings.db_file_path.name == "users.fs"
+    assert settings.db_startup == "refuse"
+
+
+def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CODX_JUNIOR_DB_BACKEND", "memory")
+    monkeypatch.setenv("CODX_JUNIOR_DB_POOL_SIZE", "3")
+    monkeypatch.setenv("CODX_JUNIOR_DB_CONFLICT_RETRIES", "9")
+    settings = CodxJuniorGlobalSettings.load()
+    assert (settings.db_backend, settings.db_pool_size, settings.db_conflict_retries) == ("memory", 3, 9)
+
+
+def test_dotenv_file_and_secrets_dir(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "codx_junior_db_dsn").write_text(f"host=db user=codx password={SECRET}")
+    (tmp_path / ".env").write_text("CODX_JUNIOR_DB_BACKEND=postgres\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODX_JUNIOR_")}
+    env["CODX_JUNIOR_SECRETS_DIR"] = str(secrets)
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [
+            "python",
+            "-c",
+            "from db.settings import CodxJuniorGlobalSettings as S; s = S.load(); print(s.db_backend, s.location)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "postgres"
+    assert "password=***" in result.stdout and SECRET not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"db_backend": "postgres"}, "db_dsn"),
+        ({"db_backend": "mysql"}, "db_backend"),
+        ({"db_file_path": "/etc/hostname/sub/users.fs"}, "db_file_path"),
+        ({"db_file_path": "/tmp"}, "db_file_path"),
+        ({"db_pool_size": 0}, "db_pool_size"),
+        ({"db_pool_size": "many"}, "db_pool_size"),
+        ({"db_conflict_retries": -1}, "db_conflict_retries"),
+        ({"db_startup": "sometimes"}, "db_startup"),
+        ({"db_config_file": "/nonexistent/relstorage.conf"}, "db_config_file"),
+        ({"db_commit_lock_timeout": 0}, "db_commit_lock_timeout"),
+        ({"db_backend": "postgres", "db_dsn": f"postgresql://u:{SECRET}@h:notaport/x"}, "db_dsn"),
+    ],
+)
+def test_wrong_settings_fail_at_load_naming_the_setting(overrides: dict, setting: str) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        CodxJuniorGlobalSettings.load(**overrides)
+    assert setting in str(excinfo.value)
+    assert SECRET not in str(excinfo.value)
+
+
+def test_environment_errors_name_the_setting_in_the_cli(tmp_path: Path) -> None:
+    env = {**os.environ, "CODX_JUNIOR_DB_BACKEND": "postgres"}
+    result = run_python("from db.cli import main; raise SystemExit(main(['info']))", env)
+    assert result.returncode == 1
+    assert "db_dsn" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://codx:{SECRET}@db.example:5432/codx",
+        f"host=db.example user=codx password={SECRET} dbname=codx",
+        f"host=db.example user=codx password='{SECRET}' dbname=codx sslmode=verify-full",
+    ],
+)
+def test_dsn_password_never_shows(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=dsn)
+    for text in (repr(settings), str(settings), settings.location, settings.model_dump_json(), caplog.text):
+        assert SECRET not in text
+    assert "***" in settings.location
+    assert mask_dsn(dsn).count("***") == 1
+    assert "db.example" in settings.location
+
+
+def test_tls_options_pass_through_to_the_dsn() -> None:
+    from db.settings import keyword_dsn
+
+    settings = CodxJuniorGlobalSettings.load(
+        db_backend="postgres",
+        db_dsn="postgresql://codx@db:5432/codx?sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem",
+    )
+    assert settings.db_dsn is not None
+    dsn = keyword_dsn(settings.db_dsn.get_secret_value())
+    assert "sslmode=verify-full" in dsn and "sslrootcert=/etc/ssl/ca.pem" in dsn
+
+
+def test_unparsable_dsn_is_not_echoed() -> None:
+    assert mask_dsn(f"host=x password={SECRET} 'unterminated") == "<unparsable DSN>"
+
+
+def test_docker_compose_file_is_valid(tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose is not installed (Debian package docker-compose; .ci/run installs it)")
+    env = {**os.environ}
+    # The committed file reads credentials from compose.env, which is never committed.
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    shutil.copy(ROOT / "compose.env.example", tmp_path / "compose.env")
+    shutil.copy(ROOT / "Dockerfile", tmp_path / "Dockerfile")
+    result = subprocess.run(
+        [compose, "-f", str(tmp_path / "docker-compose.yml"), "config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    config = result.stdout
+    assert "image: postgres:15." in config  # pinned
+    assert "healthcheck" in config and "pg_isready" in config
+    assert "CODX_JUNIOR_DB_BACKEND: postgres" in config
+    assert "codx-db-pgdata" in config or "pgdata" in config
