@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", parents=[common], help="backend, location, generation, users")
     info.set_defaults(handler=cmd_info)
 
-    migrate = commands.add_parser(
-        "migrate", parents=[common], help="show pending generations; --apply runs them"
-    )
+    migrate = commands.add_parser("migrate", parents=[common], help="show pending generations; --apply runs them")
     mode = migrate.add_mutually_exclusive_group()
     mode.add_argument("--apply", action="store_true", help="run the pending steps")
     mode.add_argument("--dry-run", action="store_true", help="run the steps, then abort")

@@ -74,31 +74,19 @@ class CodxJuniorGlobalSettings(BaseSettings):
     )
 
     db_backend: Backend = Field("file", description="file (default) | postgres | memory")
-    db_file_path: Path = Field(
-        default_factory=default_file_path, description="FileStorage file (file backend)"
-    )
-    db_dsn: SecretStr | None = Field(
-        None, description="libpq DSN or postgresql:// URI (postgres backend); a secret"
-    )
+    db_file_path: Path = Field(default_factory=default_file_path, description="FileStorage file (file backend)")
+    db_dsn: SecretStr | None = Field(None, description="libpq DSN or postgresql:// URI (postgres backend); a secret")
     db_config_file: Path | None = Field(
         None, description="ZConfig file (e.g. relstorage.conf); when set it wins over the backend"
     )
-    db_keep_history: bool = Field(
-        False, description="RelStorage keeps history (fixed once the schema exists)"
-    )
+    db_keep_history: bool = Field(False, description="RelStorage keeps history (fixed once the schema exists)")
     db_pool_size: int = Field(7, ge=1, le=1000, description="ZODB connection pool size")
     db_cache_size: int = Field(10_000, ge=100, description="objects cached per connection")
-    db_cache_local_mb: int = Field(
-        64, ge=0, le=65_536, description="RelStorage local (shared, in-process) cache, MB"
-    )
-    db_cache_dir: Path | None = Field(
-        None, description="RelStorage persistent cache directory (survives restarts)"
-    )
+    db_cache_local_mb: int = Field(64, ge=0, le=65_536, description="RelStorage local (shared, in-process) cache, MB")
+    db_cache_dir: Path | None = Field(None, description="RelStorage persistent cache directory (survives restarts)")
     db_blob_dir: Path | None = Field(None, description="blob directory (none: no blobs)")
     db_commit_lock_timeout: int = Field(30, ge=1, le=3600, description="seconds to wait for the commit lock")
-    db_conflict_retries: int = Field(
-        5, ge=0, le=100, description="retries of a unit of work after a conflict"
-    )
+    db_conflict_retries: int = Field(5, ge=0, le=100, description="retries of a unit of work after a conflict")
     db_startup: StartupPolicy = Field(
         "refuse",
         description="old database on open: evolve | minimum | refuse (run `codx-db migrate`)",
@@ -112,9 +100,12 @@ class CodxJuniorGlobalSettings(BaseSettings):
         from psycopg2.extensions import parse_dsn
 
         try:
-            parse_dsn(value.get_secret_value())
+            params = parse_dsn(value.get_secret_value())
         except Exception:  # noqa: BLE001 - psycopg2's message quotes the DSN; never show it
             raise ValueError("not a valid libpq DSN or postgresql:// URI (value hidden)") from None
+        # libpq only checks the port when connecting; a typo should fail at load time.
+        if not all(p.strip().isdigit() for p in params.get("port", "5432").split(",")):
+            raise ValueError("the port in the DSN is not a number")
         return value
 
     @field_validator("db_file_path", "db_config_file", "db_cache_dir", "db_blob_dir")

@@ -145,11 +145,7 @@ class UserDB:
             raise InvalidUserData(["password: use set_password() to change a password"])
         data = UserUpdate.parse(changes)
         fields = data.changes()
-        nulls = [
-            f"{name}: must not be None"
-            for name in _NOT_NULL_FIELDS
-            if name in fields and fields[name] is None
-        ]
+        nulls = [f"{name}: must not be None" for name in _NOT_NULL_FIELDS if name in fields and fields[name] is None]
         if nulls:
             raise InvalidUserData(nulls)
 
@@ -259,9 +255,7 @@ def _find_login(users: UserContainer, login: str) -> User | None:
     return user
 
 
-def _check_unique(
-    users: UserContainer, username: str, email: str | None, exclude: User | None = None
-) -> None:
+def _check_unique(users: UserContainer, username: str, email: str | None, exclude: User | None = None) -> None:
     other = users.by_username.get(username_key(username))
     if other is not None and other is not exclude:
         raise UserAlreadyExists("username", username)

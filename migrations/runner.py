@@ -136,9 +136,7 @@ def status(zodb: ZODB.DB, target: int | None = None) -> MigrationStatus:
         current = read_generation(connection.root())
     _check_not_newer(current)
     if target > migrations.GENERATION or target < 0:
-        raise GenerationError(
-            f"target generation {target} does not exist (this code knows 0..{migrations.GENERATION})"
-        )
+        raise GenerationError(f"target generation {target} does not exist (this code knows 0..{migrations.GENERATION})")
     start = 0 if current is None else current
     pending = [] if current is None else [load_step(n) for n in range(start + 1, target + 1)]
     return MigrationStatus(current, target, migrations.MINIMUM_GENERATION, pending)

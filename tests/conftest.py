@@ -145,9 +145,7 @@ def make_settings(
         dsn = request.getfixturevalue("pg_dsn")
         return CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=dsn, **extra)
     if backend == "file":
-        return CodxJuniorGlobalSettings.load(
-            db_backend="file", db_file_path=tmp_path / "data" / "users.fs", **extra
-        )
+        return CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "data" / "users.fs", **extra)
     return CodxJuniorGlobalSettings.load(db_backend="memory", **extra)
 
 
@@ -184,9 +182,7 @@ def settings_env(settings: CodxJuniorGlobalSettings) -> dict[str, str]:
     return env
 
 
-def run_python(
-    code: str, env: dict[str, str], timeout: float = 120, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
+def run_python(code: str, env: dict[str, str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run Python code in a child process from the repository root."""
     return subprocess.run(
         [sys.executable, "-c", code],

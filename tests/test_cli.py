@@ -69,9 +69,7 @@ def test_user_session(cli: CLI) -> None:
     assert isinstance(got, dict) and got["username"] == "alice" and got["full_name"] == "Alice A"
     assert cli.json("user", "get", "alice@EXAMPLE.com") == got
 
-    updated = cli.json(
-        "user", "update", "alice", "--rename", "alicia", "--email", "alicia@example.com", "--superuser"
-    )
+    updated = cli.json("user", "update", "alice", "--rename", "alicia", "--email", "alicia@example.com", "--superuser")
     assert isinstance(updated, dict)
     assert updated["username"] == "alicia" and updated["is_superuser"] is True
 
@@ -109,9 +107,7 @@ def test_password_is_never_in_output_or_argv_options(cli: CLI) -> None:
         (("user", "update", "nobody", "--full-name", "x"), None, "no user"),
     ],
 )
-def test_domain_errors_exit_1_with_one_line(
-    cli: CLI, args: tuple[str, ...], stdin: str | None, fragment: str
-) -> None:
+def test_domain_errors_exit_1_with_one_line(cli: CLI, args: tuple[str, ...], stdin: str | None, fragment: str) -> None:
     result = cli(*args, input=stdin)
     assert result.returncode == 1
     assert fragment in result.stderr
@@ -142,9 +138,7 @@ def test_usage_errors_exit_2(cli: CLI, args: tuple[str, ...]) -> None:
 def test_console_script_and_module_agree(tmp_path: Path) -> None:
     env = {**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(tmp_path / "users.fs")}
     script = Path(sys.executable).parent / "codx-db"
-    result = subprocess.run(
-        [str(script), "info", "--json"], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([str(script), "info", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["backend"] == "file" and info["location"] == str(tmp_path / "users.fs")

@@ -45,7 +45,7 @@ def test_dotenv_file_and_secrets_dir(tmp_path: Path) -> None:
         [
             "python",
             "-c",
-            "from db.settings import CodxJuniorGlobalSettings as S; s = S.load(); print(s.db_backend, s.location)",
+            "from db.settings import CodxJuniorGlobalSettings as S\ns = S.load(); print(s.db_backend, s.location)",
         ],
         cwd=tmp_path,
         env=env,
@@ -72,6 +72,7 @@ def test_dotenv_file_and_secrets_dir(tmp_path: Path) -> None:
         ({"db_config_file": "/nonexistent/relstorage.conf"}, "db_config_file"),
         ({"db_commit_lock_timeout": 0}, "db_commit_lock_timeout"),
         ({"db_backend": "postgres", "db_dsn": f"postgresql://u:{SECRET}@h:notaport/x"}, "db_dsn"),
+        ({"db_backend": "postgres", "db_dsn": f"host=h password={SECRET} 'x"}, "db_dsn"),
     ],
 )
 def test_wrong_settings_fail_at_load_naming_the_setting(overrides: dict, setting: str) -> None:

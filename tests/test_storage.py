@@ -104,7 +104,7 @@ def test_many_threads_never_share_a_connection(database: Database) -> None:
     def work(i: int) -> None:
         for j in range(10):
 
-            def write(uow):  # type: ignore[no-untyped-def]
+            def write(uow, j=j):  # type: ignore[no-untyped-def]
                 with lock:
                     seen.setdefault(id(uow.connection), set()).add(threading.get_ident())
                 uow.root["tree"][f"t{i}-{j}"] = j
