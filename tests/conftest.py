@@ -49,6 +49,12 @@ class PostgresServer:
             cur.execute(f'CREATE DATABASE "{name}"')
         return make_dsn(self.admin_dsn, dbname=name)
 
+    def execute(self, *statements: str) -> None:
+        """Run administrative SQL (roles, ownership) on the server."""
+        with _admin(self.admin_dsn) as cur:
+            for statement in statements:
+                cur.execute(statement)
+
     def drop_database(self, dsn: str) -> None:
         name = parse_dsn(dsn)["dbname"]
         with _admin(self.admin_dsn) as cur:
@@ -89,7 +95,10 @@ _pg_failure: list[str] = []
 def pg_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole run: a testcontainer, else a running server."""
     if _docker_engine_answers():
-        from testcontainers.postgres import PostgresContainer
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:  # testcontainers < 4.14
+            from testcontainers.postgres import PostgresContainer
 
         container = PostgresContainer("postgres:15", driver=None)
         container.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from db.settings import CodxJuniorGlobalSettings
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, PostgresServer, settings_env
 
 PASSWORD = "s3cret-Passw0rd"
 
@@ -145,13 +145,24 @@ def test_console_script_and_module_agree(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_info_masks_the_dsn_password(pg_dsn: str) -> None:
-    from psycopg2.extensions import make_dsn
+def test_info_masks_the_dsn_password(pg_server: PostgresServer, pg_dsn: str) -> None:
+    """A real password-protected role (the container checks it; a trust server ignores it)."""
+    import uuid
 
-    dsn_with_password = make_dsn(pg_dsn, password="Sup3rSecretPw")  # trust auth ignores it
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    role, password = f"codx_{uuid.uuid4().hex[:8]}", "Sup3rSecretPw"
+    dbname = parse_dsn(pg_dsn)["dbname"]
+    pg_server.execute(
+        f"CREATE ROLE {role} LOGIN PASSWORD '{password}'",
+        f'ALTER DATABASE "{dbname}" OWNER TO {role}',
+    )
+    dsn_with_password = make_dsn(pg_dsn, user=role, password=password)
     env = {**os.environ, "CODX_JUNIOR_DB_BACKEND": "postgres", "CODX_JUNIOR_DB_DSN": dsn_with_password}
     result = CLI(env)("info")
     assert result.returncode == 0, result.stderr
-    assert "Sup3rSecretPw" not in result.stdout + result.stderr
+    assert password not in result.stdout + result.stderr
     assert "password=***" in result.stdout
     assert "backend: postgres" in result.stdout
+    wrong = CLI({**env, "CODX_JUNIOR_DB_DSN": make_dsn(dsn_with_password, password="Wr0ngPassw0rd")})("info")
+    assert "Wr0ngPassw0rd" not in wrong.stdout + wrong.stderr
