@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", parents=[common], help="backend, location, generation, users")
     info.set_defaults(handler=cmd_info)
 
+    check = commands.add_parser(
+        "check", parents=[common], help="verify indexes, counts, generation; --repair rebuilds indexes"
+    )
+    check.add_argument("--repair", action="store_true", help="rebuild the indexes and count from the users")
+    check.set_defaults(handler=cmd_check)
+
     migrate = commands.add_parser("migrate", parents=[common], help="show pending generations; --apply runs them")
     mode = migrate.add_mutually_exclusive_group()
     mode.add_argument("--apply", action="store_true", help="run the pending steps")
@@ -184,6 +190,25 @@ def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
             report["applied"] = [s.generation for s in ran]
             report["current"] = status(zodb).current if not args.dry_run else before.current
     return report
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    """Check the database (``--repair``: rebuild the indexes); exit 1 if problems remain.
+
+    The report is printed here rather than returned: on failure it must still be the only
+    document on stdout (``--json``), and the exit code must be 1 without an error line.
+    """
+    from db import db
+    from db.check import check, repair
+
+    settings = db.settings
+    result = repair(db) if args.repair else check(db)
+    if args.json:
+        print(json.dumps({"location": settings.location, **result.to_dict()}, indent=2, ensure_ascii=False))
+    else:
+        _print_check(settings.location, result)
+    if not result.ok:
+        raise SystemExit(1)  # main()'s finally still closes the database
 
 
 def cmd_user_add(args: argparse.Namespace) -> CodxUser:
@@ -331,6 +356,39 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
+
+
+def _print_check(location: str, result: Any) -> None:
+    from db.check import RepairReport
+
+    report = result.after if isinstance(result, RepairReport) else result
+    if isinstance(result, RepairReport):
+        _print_problems("before repair", result.before)
+        if result.repaired:
+            print(f"repaired ({len(result.fixed)} fixes):")
+            for line in result.fixed:
+                print(f"  {line}")
+        elif result.before.problems:
+            print("not repaired: some problems need a person (see above); nothing was changed")
+    print(f"database:   {location}")
+    print(f"generation: {report.generation} (code {report.code_generation})")
+    print(
+        f"users: {report.users}  count: {report.count}  "
+        f"username index: {report.username_entries}  email index: {report.email_entries}"
+    )
+    _print_problems("problems", report)
+    if report.ok:
+        print("ok: no problems found")
+    elif report.repairable:
+        print("run `codx-db check --repair` to rebuild the indexes")
+
+
+def _print_problems(title: str, report: Any) -> None:
+    if not report.problems:
+        return
+    print(f"{title}: {len(report.problems)}")
+    for problem in report.problems:
+        print(f"  {problem.code}: {problem.message}")
 
 
 def _print_migration(report: dict[str, Any]) -> None:

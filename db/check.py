@@ -1,0 +1,316 @@
+"""Consistency check of the user store, and its repair (``codx-db check [--repair]``).
+
+The ``users`` BTree (id -> ``User``) is the source of truth. The username and email indexes
+and the ``Length`` count are derived from it, so they can be verified against it and rebuilt
+from it. A check reads one consistent snapshot (a single unit of work) and never writes.
+
+What cannot be derived is never "repaired": two users sharing a username or an email, a
+user stored under the wrong id, something that is not a user, an unknown generation or a
+damaged BTree need a person to decide. ``repair`` then changes nothing and says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import migrations
+from db.database import Database, UnitOfWork
+from db.models import USERS_KEY, User, UserContainer, email_key, username_key
+from migrations.runner import read_generation
+
+# Problems that ``repair`` fixes by rebuilding the indexes and the count from the users.
+REPAIRABLE = frozenset(
+    {
+        "username-dangling",
+        "username-wrong-key",
+        "username-unindexed",
+        "username-indexed-twice",
+        "email-dangling",
+        "email-wrong-key",
+        "email-unindexed",
+        "email-indexed-twice",
+        "count-mismatch",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One inconsistency: a stable ``code`` for scripts and a one-line ``message`` for people."""
+
+    code: str
+    message: str
+
+    @property
+    def repairable(self) -> bool:
+        """True when rebuilding the indexes from the users fixes it."""
+        return self.code in REPAIRABLE
+
+
+@dataclass
+class CheckReport:
+    """What ``check`` found in one snapshot of the database."""
+
+    generation: int | None
+    code_generation: int
+    users: int  # entries of the users BTree
+    count: int | None  # the stored Length
+    username_entries: int
+    email_entries: int
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+    @property
+    def repairable(self) -> bool:
+        """True when there are problems and ``repair`` can fix every one of them."""
+        return bool(self.problems) and all(p.repairable for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (``--json``)."""
+        data = asdict(self)
+        data["problems"] = [{**asdict(p), "repairable": p.repairable} for p in self.problems]
+        data["ok"] = self.ok
+        return data
+
+
+@dataclass
+class RepairReport:
+    """What ``repair`` did: the state before, whether it changed anything, the state after."""
+
+    before: CheckReport
+    after: CheckReport
+    repaired: bool
+    fixed: list[str] = field(default_factory=list)  # one line per index entry or count fixed
+
+    @property
+    def ok(self) -> bool:
+        """True when the database is consistent after the repair."""
+        return self.after.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (``--json``)."""
+        return {
+            "ok": self.ok,
+            "repaired": self.repaired,
+            "fixed": self.fixed,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+        }
+
+
+def check(database: Database) -> CheckReport:
+    """Check the database in one read-only unit of work."""
+    return database.run(lambda uow: check_root(uow.root))
+
+
+def repair(database: Database) -> RepairReport:
+    """Rebuild the indexes and the count from the users when every problem is repairable.
+
+    Runs as one unit of work (retried after a conflict), then checks again in a new one.
+    """
+
+    def run(uow: UnitOfWork) -> tuple[CheckReport, list[str]]:
+        before = check_root(uow.root)
+        if not before.repairable:
+            return before, []
+        fixed = rebuild_indexes(uow.root[USERS_KEY])
+        uow.note(f"codx-db: check --repair: {len(fixed)} fixes")
+        return before, fixed
+
+    before, fixed = database.run(run, note="codx-db: check --repair")
+    return RepairReport(before=before, after=check(database), repaired=bool(fixed), fixed=fixed)
+
+
+def check_root(root: Any) -> CheckReport:
+    """Check the user container and generation found in a database root (reads only)."""
+    problems: list[Problem] = []
+    generation = _check_generation(root, problems)
+    container = root.get(USERS_KEY)
+    if not isinstance(container, UserContainer):
+        problems.append(Problem("container-missing", f"the root holds no user container at {USERS_KEY!r}"))
+        return CheckReport(generation, migrations.GENERATION, 0, None, 0, 0, problems)
+
+    for name in ("users", "by_username", "by_email"):
+        _check_structure(name, getattr(container, name), problems)
+
+    users = _valid_users(container, problems)
+    _check_index("username", container.by_username, users, _username_key, problems)
+    _check_index("email", container.by_email, users, _email_key, problems)
+    count = container.length()
+    if count != len(container.users):
+        problems.append(
+            Problem("count-mismatch", f"the stored count is {count} but there are {len(container.users)} users")
+        )
+    return CheckReport(
+        generation=generation,
+        code_generation=migrations.GENERATION,
+        users=len(container.users),
+        count=count,
+        username_entries=len(container.by_username),
+        email_entries=len(container.by_email),
+        problems=problems,
+    )
+
+
+def rebuild_indexes(container: UserContainer) -> list[str]:
+    """Make the indexes and the count agree with the users; return one line per fix.
+
+    Changes are made key by key in the existing BTrees rather than by swapping in new
+    ones: a concurrent create or rename touching other keys then merges with the repair
+    through BTrees' conflict resolution, and one touching the same key conflicts and the
+    repair is retried. A swapped-in tree would silently drop the concurrent writer's entry.
+    """
+    users = list(container.users.values())
+    fixed = _sync_index("username", container.by_username, {username_key(u.username): u for u in users})
+    fixed += _sync_index("email", container.by_email, {email_key(u.email): u for u in users if u.email})
+    if container.length() != len(users):
+        fixed.append(f"count: {container.length()} -> {len(users)}")
+        # set() in place: Length's conflict resolution adds concurrent creates on top.
+        container.length.set(len(users))
+    return fixed
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _check_generation(root: Any, problems: list[Problem]) -> int | None:
+    try:
+        generation = read_generation(root)
+    except (TypeError, ValueError):
+        problems.append(Problem("generation-unknown", "the stored generation is not a number"))
+        return None
+    if generation is None:
+        problems.append(Problem("generation-unknown", "the database has no generation (never installed)"))
+    elif not 0 <= generation <= migrations.GENERATION:
+        problems.append(
+            Problem(
+                "generation-unknown",
+                f"the database is at generation {generation}, unknown to this code (0..{migrations.GENERATION})",
+            )
+        )
+    return generation
+
+
+def _check_structure(name: str, tree: Any, problems: list[Problem]) -> None:
+    from BTrees.check import check as check_btree
+
+    try:
+        check_btree(tree)
+    except AssertionError as exc:
+        first = (str(exc).strip().splitlines() or ["damaged"])[0]
+        problems.append(Problem("btree-damaged", f"the {name} BTree is damaged: {first}"))
+
+
+def _valid_users(container: UserContainer, problems: list[Problem]) -> list[User]:
+    """Users stored under their own id; report (and leave out) everything else."""
+    valid: list[User] = []
+    seen_username: dict[str, User] = {}
+    seen_email: dict[str, User] = {}
+    for key, user in container.users.items():
+        if not isinstance(user, User):
+            problems.append(Problem("not-a-user", f"users[{key!r}] holds a {type(user).__name__}, not a User"))
+            continue
+        if getattr(user, "id", None) != key:
+            problems.append(Problem("user-wrong-id", f"user {_name(user)} is stored under id {key!r}, not its own id"))
+            continue
+        if not isinstance(getattr(user, "username", None), str) or not username_key(user.username):
+            problems.append(Problem("user-invalid", f"user id {key!r} has no valid username"))
+            continue
+        if user.email is not None and not isinstance(user.email, str):
+            problems.append(Problem("user-invalid", f"user {_name(user)} has an email that is not a string"))
+            continue
+        ukey = username_key(user.username)
+        if ukey in seen_username:
+            problems.append(
+                Problem(
+                    "username-duplicate",
+                    f"users {_name(seen_username[ukey])} and {_name(user)} share the username key {ukey!r}",
+                )
+            )
+        seen_username.setdefault(ukey, user)
+        if user.email:
+            ekey = email_key(user.email)
+            if ekey in seen_email:
+                problems.append(
+                    Problem(
+                        "email-duplicate",
+                        f"users {_name(seen_email[ekey])} and {_name(user)} share the email key {ekey!r}",
+                    )
+                )
+            seen_email.setdefault(ekey, user)
+        valid.append(user)
+    return valid
+
+
+def _username_key(user: User) -> str | None:
+    return username_key(user.username)
+
+
+def _email_key(user: User) -> str | None:
+    return email_key(user.email) if user.email else None
+
+
+def _check_index(
+    kind: str,
+    index: Any,
+    users: Iterable[User],
+    key_of: Callable[[User], str | None],
+    problems: list[Problem],
+) -> None:
+    """Every entry points to a stored user under that user's key; every user is there once.
+
+    ``key_of`` gives None for a user that must not be in this index (no email).
+    """
+    stored = {user.id: user for user in users}
+    entries_per_user: dict[str, int] = {}
+    for key, user in index.items():
+        user_id = getattr(user, "id", None)
+        if not isinstance(user, User) or stored.get(user_id) is not user:
+            problems.append(Problem(f"{kind}-dangling", f"{kind} index entry {key!r} points to no stored user"))
+            continue
+        entries_per_user[user_id] = entries_per_user.get(user_id, 0) + 1
+        if key != key_of(user):
+            problems.append(
+                Problem(
+                    f"{kind}-wrong-key",
+                    f"{kind} index entry {key!r} points to user {_name(user)}, whose {kind} key is {key_of(user)!r}",
+                )
+            )
+    for user in stored.values():
+        key = key_of(user)
+        if key is None:
+            continue
+        if index.get(key) is not user:
+            problems.append(
+                Problem(f"{kind}-unindexed", f"user {_name(user)} is not in the {kind} index under {key!r}")
+            )
+        if entries_per_user.get(user.id, 0) > 1:
+            problems.append(
+                Problem(
+                    f"{kind}-indexed-twice",
+                    f"user {_name(user)} is in the {kind} index {entries_per_user[user.id]} times",
+                )
+            )
+
+
+def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:
+    fixed: list[str] = []
+    for key in [k for k in index if k not in wanted]:
+        del index[key]
+        fixed.append(f"{kind}: removed entry {key!r}")
+    for key, user in wanted.items():
+        if index.get(key) is not user:
+            index[key] = user
+            fixed.append(f"{kind}: entry {key!r} -> user {_name(user)}")
+    return fixed
+
+
+def _name(user: Any) -> str:
+    username = getattr(user, "username", None)
+    return f"{username!r} (id {getattr(user, 'id', '?')})"
