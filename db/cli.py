@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("username")
     add.add_argument("--email")
     add.add_argument("--full-name", default="")
-    add.add_argument("--superuser", action="store_true")
+    add.add_argument("--superuser", action="store_true", help="same as --role admin")
     add.add_argument("--inactive", action="store_true")
+    _add_profile_options(add)
     pw = add.add_mutually_exclusive_group()
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     pw.add_argument("--no-password", action="store_true", help="create without a password")
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     act = upd.add_mutually_exclusive_group()
     act.add_argument("--active", dest="is_active", action="store_const", const=True)
     act.add_argument("--inactive", dest="is_active", action="store_const", const=False)
+    _add_profile_options(upd)
+    upd.add_argument("--no-projects", action="store_true", help="remove every project permission")
     upd.set_defaults(handler=cmd_user_update, is_superuser=None, is_active=None)
 
     passwd = users.add_parser("passwd", parents=[common], help="set a user's password")
@@ -140,6 +143,48 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(handler=cmd_user_delete)
     return parser
+
+
+def _add_profile_options(parser: argparse.ArgumentParser) -> None:
+    """codx-junior's profile fields, shared by ``user add`` and ``user update``."""
+    parser.add_argument("--avatar", help="avatar URL or path")
+    parser.add_argument("--theme", help="UI theme (codx-junior default: dim)")
+    parser.add_argument("--role", choices=["user", "admin"], help="admin also makes the user a superuser")
+    parser.add_argument("--github", help="GitHub login")
+    parser.add_argument(
+        "--project",
+        dest="projects",
+        action="append",
+        type=_project(children=True),
+        metavar="ID=PERMISSIONS",
+        help="permission on a project and its children (repeat; replaces the list)",
+    )
+    parser.add_argument(
+        "--project-no-children",
+        dest="projects",
+        action="append",
+        type=_project(children=False),
+        metavar="ID=PERMISSIONS",
+        help="permission on that project only",
+    )
+
+
+def _project(children: bool) -> Callable[[str], dict[str, Any]]:
+    def parse(spec: str) -> dict[str, Any]:
+        project_id, sep, permissions = spec.partition("=")
+        if not sep or not project_id.strip():
+            raise argparse.ArgumentTypeError(f"expected PROJECT_ID=PERMISSIONS, got {spec!r}")
+        return {"project_id": project_id, "permissions": permissions, "children": children}
+
+    return parse
+
+
+def _profile_changes(args: argparse.Namespace) -> dict[str, Any]:
+    changes = {name: getattr(args, name) for name in ("avatar", "theme", "role", "github")}
+    changes = {name: value for name, value in changes.items() if value is not None}
+    if args.projects is not None:
+        changes["projects"] = args.projects
+    return changes
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -186,7 +231,13 @@ def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
             "dry_run": bool(args.dry_run),
         }
         if args.apply or args.dry_run:
-            ran = evolve(zodb, args.to, dry_run=args.dry_run, progress=progress)
+            ran = evolve(
+                zodb,
+                args.to,
+                dry_run=args.dry_run,
+                progress=progress,
+                batch_size=db.settings.db_migrate_batch_size,
+            )
             report["applied"] = [s.generation for s in ran]
             report["current"] = status(zodb).current if not args.dry_run else before.current
     return report
@@ -219,8 +270,9 @@ def cmd_user_add(args: argparse.Namespace) -> CodxUser:
         email=args.email,
         full_name=args.full_name,
         password=password,
-        is_superuser=args.superuser,
+        is_superuser=True if args.superuser else None,
         is_active=not args.inactive,
+        **_profile_changes(args),
     )
 
 
@@ -249,8 +301,13 @@ def cmd_user_update(args: argparse.Namespace) -> CodxUser:
     for name in ("full_name", "is_superuser", "is_active"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    changes.update(_profile_changes(args))
+    if args.no_projects:
+        if args.projects:
+            raise CommandError("--no-projects and --project contradict each other")
+        changes["projects"] = []
     if not changes:
-        raise CommandError("nothing to change: give --rename, --email, --full-name, ...")
+        raise CommandError("nothing to change: give --rename, --email, --full-name, --role, ...")
     return _users().update(args.username, **changes)
 
 
@@ -336,12 +393,16 @@ def _jsonable(result: Any) -> Any:
 
 def _print_user(user: CodxUser) -> None:
     for key, value in user.model_dump(mode="json").items():
+        if key == "projects":
+            value = ", ".join(
+                f"{p['project_id']}={p['permissions']}{'' if p['children'] else ' (no children)'}" for p in value
+            )
         print(f"{key:<13} {'' if value is None else value}")
 
 
 def _print_table(users: list[CodxUser]) -> None:
-    columns = ("username", "email", "full_name", "is_active", "is_superuser")
-    headers = ("USERNAME", "EMAIL", "FULL NAME", "ACTIVE", "SUPERUSER")
+    columns = ("username", "email", "full_name", "role", "is_active")
+    headers = ("USERNAME", "EMAIL", "FULL NAME", "ROLE", "ACTIVE")
     rows = [[_cell(getattr(u, c)) for c in columns] for u in users]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())

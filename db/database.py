@@ -113,7 +113,7 @@ class Database:
             try:
                 # Install a fresh database, or apply the startup policy to an old one,
                 # while still holding the lock so concurrent starters take turns.
-                on_open(zodb, settings.db_startup)
+                on_open(zodb, settings.db_startup, settings.db_migrate_batch_size)
             except BaseException:
                 zodb.close()
                 raise

@@ -11,13 +11,14 @@ These objects live in the database; they never leave a unit of work (callers get
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from BTrees.Length import Length
-from BTrees.OOBTree import OOBTree
+from BTrees.OOBTree import OOBTree, OOTreeSet
 from persistent import Persistent
 
 USERS_KEY = "codx_db.users"
@@ -48,6 +49,14 @@ class User(Persistent):
     is_active: bool = True
     is_superuser: bool = False
     password_hash: str | None = None
+    # Generation 1: codx-junior's own user fields. ``projects`` is an immutable tuple of
+    # ``(project_id, permissions, children)`` sorted by project id: replaced whole, never
+    # changed in place, so ZODB always sees the change.
+    avatar: str = ""
+    theme: str = "dim"
+    role: str = "user"
+    github: str = ""
+    projects: tuple[tuple[str, str, bool], ...] = ()
 
     def __init__(
         self,
@@ -60,6 +69,11 @@ class User(Persistent):
         is_superuser: bool = False,
         password_hash: str | None = None,
         created_at: datetime | None = None,
+        avatar: str = "",
+        theme: str = "dim",
+        role: str = "user",
+        github: str = "",
+        projects: tuple[tuple[str, str, bool], ...] = (),
     ) -> None:
         self.id = id
         self.username = username
@@ -70,6 +84,11 @@ class User(Persistent):
         self.password_hash = password_hash
         self.created_at = created_at or utcnow()
         self.updated_at = self.created_at
+        self.avatar = avatar
+        self.theme = theme
+        self.role = role
+        self.github = github
+        self.projects = projects
 
     def touch(self) -> None:
         """Record a change now."""
@@ -81,6 +100,10 @@ class User(Persistent):
 
 class UserContainer(Persistent):
     """All users: ``users`` by id, unique indexes by username key and email key, a count."""
+
+    # Generation 2: username keys of inactive users, so ``list(active=...)`` filters on keys
+    # without loading every user. None in a database not yet evolved to generation 2.
+    inactive: OOTreeSet | None = None
 
     def __init__(self) -> None:
         self.users: OOBTree = OOBTree()  # id -> User
@@ -97,6 +120,8 @@ class UserContainer(Persistent):
         self.by_username[username_key(user.username)] = user
         if user.email:
             self.by_email[email_key(user.email)] = user
+        if not user.is_active and self.inactive is not None:
+            self.inactive.add(username_key(user.username))
         self.length.change(1)
 
     def remove(self, user: User) -> None:
@@ -105,14 +130,20 @@ class UserContainer(Persistent):
         del self.by_username[username_key(user.username)]
         if user.email:
             self.by_email.pop(email_key(user.email), None)
+        if self.inactive is not None:
+            self.inactive.discard(username_key(user.username))
         self.length.change(-1)
 
     def reindex(self, user: User, old_username: str, old_email: str | None) -> None:
-        """Move index entries after the username or email of ``user`` changed."""
+        """Move index entries after the username, email or active flag of ``user`` changed."""
         old_ukey, new_ukey = username_key(old_username), username_key(user.username)
         if old_ukey != new_ukey:
             del self.by_username[old_ukey]
         self.by_username[new_ukey] = user
+        if self.inactive is not None:
+            self.inactive.discard(old_ukey)
+            if not user.is_active:
+                self.inactive.add(new_ukey)
         old_ekey = email_key(old_email) if old_email else None
         new_ekey = email_key(user.email) if user.email else None
         if old_ekey is not None and old_ekey != new_ekey:
@@ -129,7 +160,10 @@ class UserContainer(Persistent):
         return self.by_email.get(email_key(email))
 
     def iter_sorted(self, prefix: str | None = None) -> Iterator[tuple[str, User]]:
-        """Users in username order (only those whose username starts with ``prefix``)."""
+        """(key, user) in username order, only usernames starting with ``prefix``.
+
+        Users come out of the BTree as ghosts: nothing is loaded until an attribute is read.
+        """
         if not prefix:
             yield from self.by_username.items()
             return
@@ -138,6 +172,18 @@ class UserContainer(Persistent):
             if not key.startswith(start):
                 return
             yield key, user
+
+    def page(self, offset: int, limit: int, active: bool | None = None, prefix: str | None = None) -> list[User]:
+        """A page of users in username order, optionally only active (or inactive) ones."""
+        items: Iterator[tuple[str, User]] = self.iter_sorted(prefix)
+        if active is not None:
+            inactive = self.inactive
+            if inactive is not None:
+                # Filter on keys: only the users of the page are loaded.
+                items = ((key, user) for key, user in items if (key not in inactive) == active)
+            else:
+                items = ((key, user) for key, user in items if user.is_active == active)
+        return [user for _, user in itertools.islice(items, offset, offset + limit)]
 
 
 def install_root(root: Any) -> UserContainer:

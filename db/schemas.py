@@ -8,16 +8,32 @@ Rules (documented in the README):
   254 characters; unique ignoring case.
 * full_name: at most 200 characters, no control characters.
 * password: see ``db.passwords`` (8-1024 characters).
+* role: ``user`` or ``admin`` (kept equal to ``is_superuser``: admin <=> superuser).
+* avatar: a URL or path, at most 2048 characters; theme: 1-64 letters, digits, ``_`` or ``-``.
+* github: empty or a GitHub login (1-39 letters, digits or single hyphens).
+* projects: per-project permissions, ``{project_id, permissions, children}``; project ids
+  unique, 1-128 characters; permissions a string of at most 256 characters (codx-junior
+  writes e.g. ``"tasks,coder"``); ``children`` says whether it applies to child projects.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from db.errors import InvalidUserData
 
@@ -28,6 +44,56 @@ USERNAME_MAX = 64
 EMAIL_MAX = 254
 FULL_NAME_MAX = 200
 USERNAME_PUNCTUATION = "._-"
+AVATAR_MAX = 2048
+PROJECT_ID_MAX = 128
+PERMISSIONS_MAX = 256
+MAX_PROJECTS = 1000
+ROLES = ("user", "admin")
+_THEME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_GITHUB_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
+
+
+class ProjectPermission(BaseModel):
+    """What a user may do in one codx-junior project (and, if ``children``, its children)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    project_id: StrictStr
+    permissions: StrictStr = ""
+    children: StrictBool = True
+
+    @field_validator("project_id")
+    @classmethod
+    def _project_id(cls, value: str) -> str:
+        value = value.strip()
+        if not 1 <= len(value) <= PROJECT_ID_MAX:
+            raise ValueError(f"must be 1-{PROJECT_ID_MAX} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("permissions")
+    @classmethod
+    def _permissions(cls, value: str) -> str:
+        value = value.strip()
+        if len(value) > PERMISSIONS_MAX:
+            raise ValueError(f"must be at most {PERMISSIONS_MAX} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+ProjectTuple = tuple[str, str, bool]
+
+
+def projects_to_tuple(projects: list[ProjectPermission]) -> tuple[ProjectTuple, ...]:
+    """The stored form: immutable, sorted by project id."""
+    return tuple(sorted((p.project_id, p.permissions, p.children) for p in projects))
+
+
+def projects_from_tuple(stored: tuple[ProjectTuple, ...]) -> list[ProjectPermission]:
+    """Back to schema objects."""
+    return [ProjectPermission(project_id=p, permissions=perms, children=c) for p, perms, c in stored]
 
 
 class CodxUser(BaseModel):
@@ -41,8 +107,19 @@ class CodxUser(BaseModel):
     full_name: str
     is_active: bool
     is_superuser: bool
+    avatar: str
+    theme: str
+    role: str
+    github: str
+    projects: list[ProjectPermission]
     created_at: datetime
     updated_at: datetime
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def disabled(self) -> bool:
+        """codx-junior's name for ``not is_active``."""
+        return not self.is_active
 
     @classmethod
     def from_model(cls, user: User) -> CodxUser:
@@ -54,6 +131,11 @@ class CodxUser(BaseModel):
             full_name=user.full_name,
             is_active=user.is_active,
             is_superuser=user.is_superuser,
+            avatar=user.avatar,
+            theme=user.theme,
+            role=user.role,
+            github=user.github,
+            projects=projects_from_tuple(user.projects),
             created_at=user.created_at,
             updated_at=user.updated_at,
         )
@@ -86,6 +168,52 @@ def normalize_email(value: str) -> str:
         raise ValueError(f"not a valid email address ({exc})") from None
 
 
+def normalize_avatar(value: str) -> str:
+    """An avatar URL or path: trimmed, bounded, printable."""
+    value = value.strip()
+    if len(value) > AVATAR_MAX:
+        raise ValueError(f"must be at most {AVATAR_MAX} characters")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def normalize_theme(value: str) -> str:
+    """A UI theme name such as ``dim`` or ``dark``."""
+    value = value.strip()
+    if not _THEME_RE.fullmatch(value):
+        raise ValueError("must be 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def normalize_role(value: str) -> str:
+    """``user`` or ``admin`` (case-insensitive)."""
+    role = value.strip().lower()
+    if role not in ROLES:
+        raise ValueError(f"must be one of {', '.join(ROLES)}")
+    return role
+
+
+def normalize_github(value: str) -> str:
+    """Empty, or a GitHub login."""
+    value = value.strip().removeprefix("@")
+    if value and not _GITHUB_RE.fullmatch(value):
+        raise ValueError("must be a GitHub login: 1-39 letters, digits or single hyphens")
+    return value
+
+
+def check_projects(projects: list[ProjectPermission]) -> list[ProjectPermission]:
+    """At most MAX_PROJECTS entries, each project once."""
+    if len(projects) > MAX_PROJECTS:
+        raise ValueError(f"at most {MAX_PROJECTS} projects")
+    seen: set[str] = set()
+    for project in projects:
+        if project.project_id in seen:
+            raise ValueError(f"project {project.project_id!r} is listed twice")
+        seen.add(project.project_id)
+    return projects
+
+
 def normalize_full_name(value: str) -> str:
     """Trim a display name and check its length and characters."""
     name = unicodedata.normalize("NFC", value).strip()
@@ -109,58 +237,119 @@ class _Input(BaseModel):
             raise InvalidUserData(_messages(exc)) from None
 
 
-class UserCreate(_Input):
+class _UserFields(_Input):
+    """Validators shared by create and update (None means "not given" in an update)."""
+
+    @field_validator("username", check_fields=False)
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_username(value)
+
+    @field_validator("email", check_fields=False)
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_email(value)
+
+    @field_validator("full_name", check_fields=False)
+    @classmethod
+    def _full_name(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_full_name(value)
+
+    @field_validator("avatar", check_fields=False)
+    @classmethod
+    def _avatar(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_avatar(value)
+
+    @field_validator("theme", check_fields=False)
+    @classmethod
+    def _theme(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_theme(value)
+
+    @field_validator("role", check_fields=False)
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_role(value)
+
+    @field_validator("github", check_fields=False)
+    @classmethod
+    def _github(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_github(value)
+
+    @field_validator("projects", check_fields=False)
+    @classmethod
+    def _projects(cls, value: list[ProjectPermission] | None) -> list[ProjectPermission] | None:
+        return None if value is None else check_projects(value)
+
+
+class UserCreate(_UserFields):
     """Input of ``UserDB.create`` (the password is checked and hashed separately)."""
 
     username: StrictStr
     email: StrictStr | None = None
     full_name: StrictStr = ""
-    is_superuser: StrictBool = False
+    is_superuser: StrictBool | None = None
     is_active: StrictBool = True
+    avatar: StrictStr = ""
+    theme: StrictStr = "dim"
+    role: StrictStr | None = None
+    github: StrictStr = ""
+    projects: list[ProjectPermission] = []
 
-    @field_validator("username")
-    @classmethod
-    def _username(cls, value: str) -> str:
-        return normalize_username(value)
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, value: str | None) -> str | None:
-        return None if value is None else normalize_email(value)
-
-    @field_validator("full_name")
-    @classmethod
-    def _full_name(cls, value: str) -> str:
-        return normalize_full_name(value)
+    @model_validator(mode="after")
+    def _role_and_superuser_agree(self) -> UserCreate:
+        # codx-junior knows only ``role``; codx-api also reads ``is_superuser``: one follows
+        # the other, and a contradiction is an error rather than a silent choice.
+        if self.role is None:
+            self.role = "admin" if self.is_superuser else "user"
+        elif self.is_superuser is not None and self.is_superuser != (self.role == "admin"):
+            raise ValueError(f"role {self.role!r} contradicts is_superuser={self.is_superuser}")
+        self.is_superuser = self.role == "admin"
+        return self
 
 
-class UserUpdate(_Input):
-    """Input of ``UserDB.update``: only the fields given are changed (``email=None`` clears it)."""
+class UserUpdate(_UserFields):
+    """Input of ``UserDB.update``: only the fields given change (``email=None`` clears it).
+
+    ``disabled`` is codx-junior's spelling of ``not is_active``; ``role`` and ``is_superuser``
+    follow each other.
+    """
 
     username: StrictStr | None = None
     email: StrictStr | None = None
     full_name: StrictStr | None = None
     is_superuser: StrictBool | None = None
     is_active: StrictBool | None = None
-
-    @field_validator("username")
-    @classmethod
-    def _username(cls, value: str | None) -> str | None:
-        return None if value is None else normalize_username(value)
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, value: str | None) -> str | None:
-        return None if value is None else normalize_email(value)
-
-    @field_validator("full_name")
-    @classmethod
-    def _full_name(cls, value: str | None) -> str | None:
-        return None if value is None else normalize_full_name(value)
+    disabled: StrictBool | None = None
+    avatar: StrictStr | None = None
+    theme: StrictStr | None = None
+    role: StrictStr | None = None
+    github: StrictStr | None = None
+    projects: list[ProjectPermission] | None = None
 
     def changes(self) -> dict[str, Any]:
-        """The fields the caller set, with their validated values."""
-        return {name: getattr(self, name) for name in self.model_fields_set}
+        """The stored fields to set, with their validated values."""
+        given = {name: getattr(self, name) for name in self.model_fields_set}
+        not_null = [n for n in given if given[n] is None and n != "email"]
+        if not_null:
+            raise InvalidUserData([f"{name}: must not be None" for name in sorted(not_null)])
+        problems = []
+        if "disabled" in given:
+            active = not given.pop("disabled")
+            if given.get("is_active", active) != active:
+                problems.append("disabled: contradicts is_active")
+            given["is_active"] = active
+        if "role" in given:
+            admin = given["role"] == "admin"
+            if given.get("is_superuser", admin) != admin:
+                problems.append(f"role: {given['role']!r} contradicts is_superuser={given['is_superuser']}")
+            given["is_superuser"] = admin
+        elif "is_superuser" in given:
+            given["role"] = "admin" if given["is_superuser"] else "user"
+        if problems:
+            raise InvalidUserData(problems)
+        if "projects" in given:
+            given["projects"] = projects_to_tuple(given["projects"])
+        return given
 
 
 def _messages(exc: ValidationError) -> list[str]:

@@ -16,12 +16,11 @@ from db.database import Database, UnitOfWork
 from db.errors import InvalidUserData, UserAlreadyExists, UserNotFound
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.passwords import check_password, dummy_verify, hash_password, verify_password
-from db.schemas import CodxUser, UserCreate, UserUpdate
+from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, projects_to_tuple
 
 T = TypeVar("T")
 
 MAX_PAGE = 1000
-_NOT_NULL_FIELDS = ("username", "full_name", "is_active", "is_superuser")
 
 
 class UserDB:
@@ -82,18 +81,7 @@ class UserDB:
             raise InvalidUserData(problems)
 
         def page(users: UserContainer) -> list[CodxUser]:
-            result: list[CodxUser] = []
-            skipped = 0
-            for _, user in users.iter_sorted(prefix):
-                if len(result) >= limit:
-                    break
-                if active is not None and user.is_active != active:
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                    continue
-                result.append(CodxUser.from_model(user))
-            return result
+            return [CodxUser.from_model(user) for user in users.page(offset, limit, active, prefix)]
 
         return self._read(page)
 
@@ -110,12 +98,18 @@ class UserDB:
         email: str | None = None,
         full_name: str = "",
         password: str | None = None,
-        is_superuser: bool = False,
+        is_superuser: bool | None = None,
         is_active: bool = True,
+        avatar: str = "",
+        theme: str = "dim",
+        role: str | None = None,
+        github: str = "",
+        projects: list[ProjectPermission] | list[dict[str, Any]] | None = None,
     ) -> CodxUser:
         """Create a user; raises UserAlreadyExists (naming the field) or InvalidUserData.
 
-        A user without a password exists but cannot log in until one is set.
+        A user without a password exists but cannot log in until one is set. ``role``
+        ("user" or "admin") and ``is_superuser`` follow each other; give either.
         """
         data = UserCreate.parse(
             {
@@ -124,30 +118,36 @@ class UserDB:
                 "full_name": full_name,
                 "is_superuser": is_superuser,
                 "is_active": is_active,
+                "avatar": avatar,
+                "theme": theme,
+                "role": role,
+                "github": github,
+                "projects": [] if projects is None else projects,
             }
         )
         password_hash = None if password is None else hash_password(check_password(password))
+        fields = data.model_dump(exclude={"projects"})
+        fields["projects"] = projects_to_tuple(data.projects)
         user_id = uuid.uuid4().hex
 
         def create(uow: UnitOfWork) -> CodxUser:
             users = _users(uow)
             _check_unique(users, data.username, data.email)
-            user = User(id=user_id, password_hash=password_hash, **data.model_dump())
+            user = User(id=user_id, password_hash=password_hash, **fields)
             users.add(user)
             return CodxUser.from_model(user)
 
         return self._write(create, f"create user {data.username}")
 
     def update(self, username: str, /, **changes: Any) -> CodxUser:
-        """Change fields of a user (``username=`` renames, ``email=None`` clears the email)."""
+        """Change fields of a user: ``username=`` renames, ``email=None`` clears the email.
+
+        Any field of ``CodxUser`` but the id and timestamps, plus codx-junior's ``disabled``.
+        """
         _require_str("username", username)
         if "password" in changes:
             raise InvalidUserData(["password: use set_password() to change a password"])
-        data = UserUpdate.parse(changes)
-        fields = data.changes()
-        nulls = [f"{name}: must not be None" for name in _NOT_NULL_FIELDS if name in fields and fields[name] is None]
-        if nulls:
-            raise InvalidUserData(nulls)
+        fields = UserUpdate.parse(changes).changes()
 
         def update(uow: UnitOfWork) -> CodxUser:
             users = _users(uow)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import transaction
 import ZODB
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 GENERATION_KEY = "codx_db.generation"
 
 Progress = Callable[[str, int, int | None], None]  # (message, done, total or None)
+T = TypeVar("T")
+DEFAULT_BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class MigrationStatus:
 
 
 class EvolveContext:
-    """What a step gets: the connection, its root, and a way to commit a batch."""
+    """What a step gets: the connection, its root, and batched iteration for large steps."""
 
     def __init__(
         self,
@@ -66,28 +68,42 @@ class EvolveContext:
         step_note: str,
         progress: Progress | None,
         dry_run: bool,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self.connection = connection
         self.root: PersistentMapping = connection.root()
+        self.dry_run = dry_run
+        self.batch_size = batch_size
+        self.batches = 0
         self._manager = manager
         self._note = step_note
         self._progress = progress
-        self.dry_run = dry_run
-        self.batches = 0
+
+    def iter_batched(self, items: Iterable[T], total: int | None = None) -> Iterator[T]:
+        """Yield ``items``, committing after every ``batch_size`` of them.
+
+        A step over many users must not be one giant transaction (RelStorage holds it all in
+        memory and in one commit). The generation is stamped only when the step returns, so
+        a step using this must be idempotent: after an interruption it runs again from the
+        start and must recognise what a committed batch already did.
+        """
+        done = 0
+        for item in items:
+            yield item
+            done += 1
+            if done % self.batch_size == 0:
+                self.commit_batch(done, total)
+        self.report(f"{done} done", done, total)
 
     def commit_batch(self, done: int, total: int | None = None) -> None:
-        """Commit the work so far (steps over many objects); the generation is not yet stamped.
-
-        A step that calls this must be idempotent: after an interruption it runs again from
-        the start and must skip what a committed batch already did. In a dry run the batch is
-        kept in the same (finally aborted) transaction.
-        """
+        """Commit the work so far (not in a dry run, where everything is aborted at the end)."""
         self.batches += 1
         if not self.dry_run:
             txn = self._manager.get()
             txn.note(f"{self._note} (batch {self.batches}, {done} done)")
             self._manager.commit()
             self._manager.begin()
+            self.connection.cacheGC()  # keep memory bounded on a million users
         self.report(f"{done} done", done, total)
 
     def report(self, message: str, done: int = 0, total: int | None = None) -> None:
@@ -171,6 +187,7 @@ def evolve(
     target: int | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[Step]:
     """Run the pending steps up to ``target``, one transaction per generation.
 
@@ -185,36 +202,30 @@ def evolve(
     with _connection(zodb) as (connection, manager):
         for step in plan.pending:
             note = f"codx-db: evolve to generation {step.generation}: {step.description}"
-            context = EvolveContext(connection, manager, note, progress, dry_run)
+            context = EvolveContext(connection, manager, note, progress, dry_run, batch_size)
             context.report(f"generation {step.generation}: {step.description}")
             try:
                 step.module.evolve(context)
                 connection.root()[GENERATION_KEY] = step.generation
-                if dry_run:
-                    continue  # later steps see this one's effect; all is aborted at the end
-                manager.get().note(note)
-                manager.commit()
+                if not dry_run:  # a dry run keeps going in one transaction, aborted at the end
+                    manager.get().note(note)
+                    manager.commit()
+                    manager.begin()
             except Exception as exc:
                 manager.abort()
                 raise GenerationError(
                     f"generation {step.generation} ({step.description}) failed: "
                     f"{type(exc).__name__}: {exc}; the database stays at generation "
-                    f"{_last_completed(plan, step, dry_run)}"
+                    f"{plan.current if dry_run else step.generation - 1}"
                 ) from exc
-            finally:
-                manager.begin()
             log.info("evolved the database to generation %d", step.generation)
     return plan.pending
-
-
-def _last_completed(plan: MigrationStatus, failed: Step, dry_run: bool) -> int | None:
-    return plan.current if dry_run else failed.generation - 1
 
 
 StartupPolicy = Literal["evolve", "minimum", "refuse"]
 
 
-def on_open(zodb: ZODB.DB, policy: StartupPolicy) -> None:
+def on_open(zodb: ZODB.DB, policy: StartupPolicy, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
     """Install a new database, then apply the startup policy to an old one."""
     if install(zodb):
         return
@@ -223,10 +234,10 @@ def on_open(zodb: ZODB.DB, policy: StartupPolicy) -> None:
         return
     current = plan.current or 0
     if policy == "evolve":
-        evolve(zodb)
+        evolve(zodb, batch_size=batch_size)
     elif current < migrations.MINIMUM_GENERATION:
         if policy == "minimum":
-            evolve(zodb, migrations.MINIMUM_GENERATION)
+            evolve(zodb, migrations.MINIMUM_GENERATION, batch_size=batch_size)
         else:
             raise GenerationError(
                 f"the database is at generation {current}; this code needs at least "
