@@ -1,0 +1,182 @@
+"""PostgreSQL helpers: a fresh database per system, and counting SQL round trips.
+
+Round trips are counted in the client: every ``execute`` is one, so is the ``BEGIN`` psycopg2
+sends before the first statement of a transaction, and a ``COMMIT``/``ROLLBACK`` that ends
+one. The same connection class serves RelStorage, SQLAlchemy and raw psycopg2, so the counts
+compare like with like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2.extensions import make_dsn, parse_dsn
+
+DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=postgres user=postgres"
+DATABASE_PREFIX = "codx_bench_"
+
+T = TypeVar("T")
+
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """One logged client call: what it sent, how many round trips, how long it took."""
+
+    what: str
+    trips: int
+    seconds: float
+
+
+class RoundTrips:
+    """Process-wide count of SQL round trips made through ``CountingConnection``.
+
+    Set ``log`` to a list to also record each call with its duration (``python -m bench.profile``).
+    """
+
+    count = 0
+    log: list[Trip] | None = None
+
+
+def roundtrips() -> int:
+    """SQL round trips so far in this process."""
+    return RoundTrips.count
+
+
+def _counted(conn: Any, query: Any, trips: int, call: Callable[[], T]) -> T:
+    # psycopg2 sends BEGIN on its own before the first statement of a transaction.
+    begin = not conn.autocommit and conn.info.transaction_status == _IDLE
+    trips += begin
+    RoundTrips.count += trips
+    if RoundTrips.log is None:
+        return call()
+    started = time.perf_counter()
+    try:
+        return call()
+    finally:
+        text = " ".join((query.decode() if isinstance(query, bytes) else str(query)).split())
+        RoundTrips.log.append(Trip(("BEGIN; " if begin else "") + text[:100], trips, time.perf_counter() - started))
+
+
+class CountingCursor(psycopg2.extensions.cursor):
+    """A cursor that counts its round trips."""
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        _counted(self.connection, query, 1, lambda: super(CountingCursor, self).execute(query, vars))
+
+    def executemany(self, query: Any, vars_list: Any) -> None:
+        params = list(vars_list)
+        # psycopg2 runs one statement per parameter set.
+        _counted(
+            self.connection,
+            query,
+            max(len(params), 1),
+            lambda: super(CountingCursor, self).executemany(query, params),
+        )
+
+    def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
+        _counted(self.connection, sql, 1, lambda: super(CountingCursor, self).copy_expert(sql, file, size))
+
+
+class CountingConnection(psycopg2.extensions.connection):
+    """A psycopg2 connection whose cursors, commits and rollbacks are counted."""
+
+    def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(dsn, *args, **kwargs)
+        self.cursor_factory = CountingCursor
+
+    def _end(self, what: str, call: Callable[[], None]) -> None:
+        if self.info.transaction_status == _IDLE:
+            call()  # nothing to end: psycopg2 sends nothing
+            return
+        # autocommit is False here: _counted must not add a BEGIN.
+        RoundTrips.count += 1
+        if RoundTrips.log is None:
+            call()
+            return
+        started = time.perf_counter()
+        call()
+        RoundTrips.log.append(Trip(what, 1, time.perf_counter() - started))
+
+    def commit(self) -> None:
+        self._end("COMMIT", super().commit)
+
+    def rollback(self) -> None:
+        self._end("ROLLBACK", super().rollback)
+
+
+def install_relstorage_counter() -> None:
+    """Make RelStorage's psycopg2 driver use ``CountingConnection`` (call before opening it).
+
+    RelStorage's psycopg2 driver looks for ``RSPsycopg2Connection`` on the psycopg2 module and
+    only defines its own class when that is missing (relstorage/adapters/postgresql/drivers/
+    psycopg2.py), so a class put there first serves every RelStorage connection. RelStorage sets
+    a ``replica`` attribute on it, which our class (having a ``__dict__``) accepts.
+    """
+    psycopg2.RSPsycopg2Connection = CountingConnection  # type: ignore[attr-defined]
+
+
+def connect(dsn: str, autocommit: bool = False) -> CountingConnection:
+    """A counting psycopg2 connection."""
+    conn = psycopg2.connect(dsn, connection_factory=CountingConnection)
+    conn.autocommit = autocommit
+    return conn  # type: ignore[no-any-return]
+
+
+def _admin(admin_dsn: str) -> Any:
+    conn = psycopg2.connect(admin_dsn, connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+def check_server(admin_dsn: str) -> str | None:
+    """None if the server answers, else why not (for a clear message)."""
+    try:
+        _admin(admin_dsn).close()
+    except psycopg2.OperationalError as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
+def create_database(admin_dsn: str, label: str) -> str:
+    """Create a fresh, empty ``codx_bench_<label>_<random>`` database; return its DSN."""
+    name = f"{DATABASE_PREFIX}{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    conn = _admin(admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    return make_dsn(admin_dsn, dbname=name)
+
+
+def drop_database(admin_dsn: str, dsn: str) -> None:
+    """Drop a database made by ``create_database`` (closing its sessions)."""
+    name = parse_dsn(dsn)["dbname"]
+    if not name.startswith(DATABASE_PREFIX):
+        raise ValueError(f"refusing to drop {name!r}: not a benchmark database")
+    conn = _admin(admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def fresh_database(admin_dsn: str, label: str, keep: bool = False) -> Iterator[str]:
+    """A fresh database for the block, dropped at the end unless ``keep``."""
+    dsn = create_database(admin_dsn, label)
+    try:
+        yield dsn
+    finally:
+        if not keep:
+            drop_database(admin_dsn, dsn)

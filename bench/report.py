@@ -1,0 +1,178 @@
+"""Plain-text tables of a run (ratios first), from its JSON-shaped report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.systems import BASELINE
+from bench.workload import BULK, DESCRIPTIONS, OPERATIONS
+
+ROWS = (*OPERATIONS, BULK)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
+    """Columns separated by two spaces; ``align`` has an ``l`` or ``r`` per column (default: ``lrrr...``)."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+    lines = []
+    for n, row in enumerate([headers, *rows]):
+        cells = [str(c).ljust(widths[i]) if align[i] == "l" else str(c).rjust(widths[i]) for i, c in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _rate(report: dict[str, Any], system: str, op: str) -> float | None:
+    found = report["systems"].get(system)
+    if not found or found.get("error") or op not in found["results"]:
+        return None
+    return float(found["results"][op]["ops_per_s"])
+
+
+def _fmt_rate(rate: float | None) -> str:
+    if rate is None:
+        return "-"
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
+
+
+def ratio_table(report: dict[str, Any]) -> str:
+    """codx-db ops/s divided by each other system's, same storage (> 1: codx-db is faster)."""
+    others = [s for s in report["systems"] if not s.startswith("codx-")]
+    headers = ["codx-db / system", *[f"{s} ({BASELINE[s].removeprefix('codx-')})" for s in others]]
+    rows = []
+    for op in ROWS:
+        row = [op]
+        for system in others:
+            mine, theirs = _rate(report, BASELINE[system], op), _rate(report, system, op)
+            row.append("-" if mine is None or not theirs else f"{mine / theirs:.2f}x")
+        rows.append(row)
+    return table(headers, rows)
+
+
+def rate_table(report: dict[str, Any]) -> str:
+    """Operations per second (bulk: users per second) of every system."""
+    systems = list(report["systems"])
+    rows = [[op, *[_fmt_rate(_rate(report, s, op)) for s in systems]] for op in ROWS]
+    return table(["ops/s", *systems], rows)
+
+
+def roundtrip_table(report: dict[str, Any]) -> str | None:
+    """SQL round trips per operation of the PostgreSQL systems."""
+    systems = [
+        s
+        for s, found in report["systems"].items()
+        if not found.get("error") and any(r.get("roundtrips") is not None for r in found["results"].values())
+    ]
+    if not systems:
+        return None
+    rows = []
+    for op in ROWS:
+        row = [op]
+        for system in systems:
+            found = report["systems"][system]["results"].get(op, {})
+            per_op = found.get("roundtrips_per_op")
+            row.append("-" if per_op is None else f"{per_op:.2f}")
+        rows.append(row)
+    return table(["SQL round trips/op", *systems], rows)
+
+
+def system_notes(report: dict[str, Any]) -> str:
+    rows = []
+    for name, found in report["systems"].items():
+        if found.get("error"):
+            rows.append([name, "ERROR", found["error"], "", ""])
+            continue
+        rows.append(
+            [
+                name,
+                found["description"],
+                f"{found['populate_seconds']:.2f}",
+                f"{found['open_seconds'] * 1000:.0f}",
+                f"{found['peak_rss_mb']:.0f}",
+            ]
+        )
+    return table(["system", "what", "populate s", "reopen ms", "peak RSS MB"], rows, "llrrr")
+
+
+def concurrency_table(report: dict[str, Any]) -> str | None:
+    found = report.get("concurrency")
+    if not found:
+        return None
+    rows = []
+    for system, r in found.items():
+        if "error" in r:
+            rows.append([system, "ERROR: " + r["error"], "", "", ""])
+            continue
+        each = " + ".join(f"{x:,.0f}" for x in r["two_each"])
+        rows.append([system, f"{r['one']:,.0f}", f"{r['two']:,.0f} ({each})", f"{r['ratio']:.2f}x", str(r["retries"])])
+    return table(["creates/s", "1 process", "2 processes (each)", "2 / 1", "conflict retries"], rows)
+
+
+def scaling_table(report: dict[str, Any]) -> str | None:
+    found = report.get("scaling")
+    if not found:
+        return None
+    rows = []
+    for storage, sizes in found.items():
+        for row in sizes:
+            if row.get("error"):
+                rows.append([storage, f"{row['users']:,}", "ERROR: " + row["error"], *[""] * 6])
+                continue
+            us = row["us_per_op"]
+            rows.append(
+                [
+                    storage,
+                    f"{row['users']:,}",
+                    f"{us['get']:,.0f}",
+                    f"{us['get_by_email']:,.0f}",
+                    f"{us['page']:,.0f}",
+                    f"{row['open_seconds']:.2f}",
+                    f"{row['peak_rss_mb']:.0f}",
+                    f"{row['store_mb']:,.0f}" if row.get("store_mb") is not None else "-",
+                    f"{row['users'] / row['populate_seconds']:,.0f}" if row.get("populate_seconds") else "-",
+                ]
+            )
+    headers = ["storage", "users", "get us", "email us", "page us", "open s", "peak RSS MB", "store MB", "fill/s"]
+    return table(headers, rows)
+
+
+def targets_table(report: dict[str, Any]) -> str:
+    rows = [[t["status"], t["target"], t["measured"], t["note"]] for t in report["targets"]]
+    return table(["status", "target", "measured", "note"], rows, "llll")
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole run as text."""
+    meta, config = report["meta"], report["config"]
+    parts = [
+        "codx-db benchmark",
+        f"  {meta['when']}  python {meta['python']}  {meta['cpus']} CPUs  {meta['postgres']}",
+        f"  codx-db tree: {meta['git']}; 1-min load average {meta['load_start']:.1f} at start,"
+        f" {meta.get('load_end', 0):.1f} at end",
+        f"  population {config['users']:,} users; bulk {config['bulk']:,} in batches of {config['batch']:,};"
+        f" up to {config['seconds']}s or {config['max_ops']:,} ops per operation; seed {config['seed']}",
+        "  Users are created WITHOUT a password: argon2id hashing costs ~20 ms per user by design and",
+        "  would dominate every create. Each system runs in its own process on fresh stores;",
+        "  every PostgreSQL system gets its own fresh database on the same server.",
+    ]
+    if config.get("codx_settings"):
+        parts.append(f"  codx-db settings overrides: {config['codx_settings']}")
+    if report["systems"]:
+        parts += ["", "Ratios: codx-db ops/s / system ops/s on the same storage (> 1: codx-db is faster)"]
+        parts.append(ratio_table(report))
+        parts += ["", "Throughput (ops/s; get_many: gets/s; bulk: users/s)", rate_table(report)]
+        trips = roundtrip_table(report)
+        if trips:
+            parts += ["", "SQL round trips per operation (client side: BEGIN, statements, COMMIT/ROLLBACK)", trips]
+        parts += ["", system_notes(report)]
+        parts += ["", "Operations:"] + [f"  {op:13s} {DESCRIPTIONS[op]}" for op in ROWS]
+    conc = concurrency_table(report)
+    if conc:
+        parts += ["", f"Concurrent creates on PostgreSQL ({config['concurrency_seconds']}s per measurement)", conc]
+    scale = scaling_table(report)
+    if scale:
+        parts += ["", "Scaling (codx-db; time per operation in a fresh process per size, cold caches)", scale]
+    parts += ["", "Targets (issue 6)", targets_table(report)]
+    return "\n".join(parts)

@@ -1,0 +1,30 @@
+"""The users table the SQL systems share: unique indexes on lower(username), lower(email)."""
+
+from __future__ import annotations
+
+TABLE_DDL = """
+CREATE TABLE IF NOT EXISTS users (
+    id text PRIMARY KEY,
+    username text NOT NULL,
+    email text,
+    full_name text NOT NULL DEFAULT '',
+    is_active boolean NOT NULL DEFAULT true,
+    is_superuser boolean NOT NULL DEFAULT false,
+    password_hash text,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS users_username_key ON users (lower(username));
+CREATE UNIQUE INDEX IF NOT EXISTS users_email_key ON users (lower(email));
+"""
+
+COLUMNS = (
+    "id",
+    "username",
+    "email",
+    "full_name",
+    "is_active",
+    "is_superuser",
+    "created_at",
+    "updated_at",
+)

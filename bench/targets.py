@@ -1,0 +1,156 @@
+"""The targets of issue 6, each checked against figures measured in the same run.
+
+Targets read the run's JSON-shaped report (``report["systems"][name]["results"][op]["ops_per_s"]``
+and friends), so a saved ``--json`` file can be checked again without re-running anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MET = "MET"
+NOT_MET = "NOT MET"
+NOT_MEASURED = "NOT MEASURED"
+
+
+@dataclass
+class TargetResult:
+    """One target: what was asked, what was measured, and the verdict."""
+
+    target: str
+    measured: str
+    status: str
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rate(report: dict[str, Any], system: str, op: str) -> float | None:
+    found = report.get("systems", {}).get(system)
+    if not found or found.get("error"):
+        return None
+    result = found["results"].get(op)
+    return None if result is None else float(result["ops_per_s"])
+
+
+def _ratio_target(report: dict[str, Any], label: str, system: str, other: str, op: str, minimum: float) -> TargetResult:
+    mine, theirs = _rate(report, system, op), _rate(report, other, op)
+    if mine is None or theirs is None or theirs == 0:
+        return TargetResult(label, "-", NOT_MEASURED, f"needs {system} and {other} in --systems")
+    ratio = mine / theirs
+    return TargetResult(
+        label,
+        f"{ratio:.2f}x ({mine:,.0f} vs {theirs:,.0f} ops/s)",
+        MET if ratio >= minimum else NOT_MET,
+    )
+
+
+def _rate_target(report: dict[str, Any], label: str, system: str, op: str, minimum: float) -> TargetResult:
+    rate = _rate(report, system, op)
+    if rate is None:
+        return TargetResult(label, "-", NOT_MEASURED, f"needs {system} in --systems")
+    return TargetResult(label, f"{rate:,.0f}/s", MET if rate >= minimum else NOT_MET)
+
+
+def comparison_targets(report: dict[str, Any]) -> list[TargetResult]:
+    """Targets on the side-by-side run (per-operation and bulk figures)."""
+    users = report.get("config", {}).get("users", 0)
+    results = [
+        _ratio_target(report, "PG get (own unit of work) >= 2x SQLAlchemy ORM", "codx-pg", "sqlalchemy", "get", 2.0),
+        _ratio_target(report, "PG get (own unit of work) >= 0.6x raw psycopg2", "codx-pg", "psycopg2", "get", 0.6),
+    ]
+    for op in ("create", "update", "delete"):
+        results.append(_ratio_target(report, f"PG {op} >= 1.2x raw ZODB on RelStorage", "codx-pg", "zodb-pg", op, 1.2))
+    for op in ("create", "update", "delete"):
+        found = _ratio_target(report, f"PG {op} vs raw psycopg2 (report only)", "codx-pg", "psycopg2", op, 0.0)
+        if found.status == MET:
+            found.status = "INFO"
+        results.append(found)
+    results += [
+        _ratio_target(report, "file get (own unit of work) >= 0.5x raw ZODB", "codx-file", "zodb-file", "get", 0.5),
+        _rate_target(report, "file gets inside one unit of work >= 150k/s", "codx-file", "get_many", 150_000),
+        _ratio_target(report, "file create >= 0.8x raw ZODB on FileStorage", "codx-file", "zodb-file", "create", 0.8),
+    ]
+    tiny = _ratio_target(
+        report, f"file create >= 50x TinyDB (at {users:,} users)", "codx-file", "tinydb", "create", 50.0
+    )
+    if users != 10_000 and tiny.status != NOT_MEASURED:
+        tiny.note = "the target is stated at 10,000 users; this run used --users " + f"{users:,}"
+    results += [
+        tiny,
+        _rate_target(report, "bulk import >= 30k users/s on file", "codx-file", "bulk", 30_000),
+        _rate_target(report, "bulk import >= 15k users/s on PostgreSQL", "codx-pg", "bulk", 15_000),
+    ]
+    return results
+
+
+def concurrency_targets(report: dict[str, Any]) -> list[TargetResult]:
+    """PostgreSQL, two processes creating at once: aggregate >= 1.5x one process."""
+    label = "PG two processes creating: aggregate >= 1.5x one process"
+    found = report.get("concurrency", {}).get("codx-pg")
+    if not found:
+        return [TargetResult(label, "-", NOT_MEASURED, "needs codx-pg and the concurrency step")]
+    ratio = found["ratio"]
+    return [
+        TargetResult(
+            label,
+            f"{ratio:.2f}x ({found['two']:,.0f} vs {found['one']:,.0f} creates/s)",
+            MET if ratio >= 1.5 else NOT_MET,
+        )
+    ]
+
+
+def scaling_targets(report: dict[str, Any]) -> list[TargetResult]:
+    """At the largest size: get and page within 2x of the smallest; memory; open time."""
+    scaling = report.get("scaling")
+    if not scaling:
+        return [TargetResult("scaling targets (1M users)", "-", NOT_MEASURED, "run with --scaling")]
+    results: list[TargetResult] = []
+    for storage, rows in scaling.items():
+        rows = [row for row in rows if not row.get("error")]
+        if len(rows) < 2:
+            continue
+        small, large = rows[0], rows[-1]
+        sizes = f"{large['users']:,} vs {small['users']:,} users"
+        for op in ("get", "get_by_email", "page"):
+            slow = large["us_per_op"][op] / small["us_per_op"][op]
+            results.append(
+                TargetResult(
+                    f"{storage}: {op} at {large['users']:,} within 2x of {small['users']:,}",
+                    f"{slow:.2f}x ({large['us_per_op'][op]:,.0f} vs {small['us_per_op'][op]:,.0f} us)",
+                    MET if slow <= 2.0 else NOT_MET,
+                )
+            )
+        bound = large["rss_bound_mb"]
+        results.append(
+            TargetResult(
+                f"{storage}: peak RSS at {large['users']:,} within the cache bound ({bound:,.0f} MB)",
+                f"{large['peak_rss_mb']:,.0f} MB ({sizes}: {small['peak_rss_mb']:,.0f} MB)",
+                MET if large["peak_rss_mb"] <= bound else NOT_MET,
+                large.get("rss_bound_note", ""),
+            )
+        )
+        if storage == "file":
+            results.append(
+                TargetResult(
+                    f"file: open the {large['users']:,}-user database <= 2 s",
+                    f"{large['open_seconds']:.2f} s",
+                    MET if large["open_seconds"] <= 2.0 else NOT_MET,
+                )
+            )
+    return results
+
+
+CHECKS: tuple[Callable[[dict[str, Any]], list[TargetResult]], ...] = (
+    comparison_targets,
+    concurrency_targets,
+    scaling_targets,
+)
+
+
+def evaluate(report: dict[str, Any]) -> list[TargetResult]:
+    """Every target, in the order of the issue."""
+    return [result for check in CHECKS for result in check(report)]
