@@ -110,6 +110,7 @@ class UserContainer(Persistent):
         self.by_username: OOBTree = OOBTree()  # username_key -> User (sorted listing)
         self.by_email: OOBTree = OOBTree()  # email_key -> User
         self.length = Length(0)
+        self.inactive = OOTreeSet()
 
     def __len__(self) -> int:
         return self.length()

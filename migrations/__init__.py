@@ -6,7 +6,7 @@ the database and fails loudly when a step fails.
 """
 
 # The generation this code writes. Bump it together with a new evolveN.py module.
-GENERATION = 1
+GENERATION = 2
 
 # The oldest generation this code can still read correctly. A database below it must be
 # evolved before use (see the ``db_startup`` setting and ``codx-db migrate``).

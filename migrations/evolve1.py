@@ -24,12 +24,11 @@ def evolve(context: EvolveContext) -> None:
     """Write the generation-1 fields into every stored user."""
     container = context.root[USERS_KEY]
     total = len(container.users)
-    done = 0
     for user in context.iter_batched(container.users.values(), total):
+        user._p_activate()  # a ghost's __dict__ is empty until its state is loaded
         if "role" not in user.__dict__:  # __dict__ holds what is stored, not class defaults
             user.avatar = ""
             user.theme = "dim"
             user.role = "admin" if user.is_superuser else "user"
             user.github = ""
             user.projects = ()
-        done += 1
