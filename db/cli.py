@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from db.errors import CodxDBError, InvalidUserData
 from db.schemas import CodxUser
 
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    parser.add_argument("--actor", help="who makes the changes, recorded in history (default: your login)")
     # The same options after a sub-command; SUPPRESS keeps a sub-parser's default from
     # overwriting a value given before the sub-command ("codx-db --json user list").
     common = argparse.ArgumentParser(add_help=False)
@@ -142,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("username")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(handler=cmd_user_delete)
+
+    history = users.add_parser("history", parents=[common], help="past versions of a user")
+    history.add_argument("username")
+    history.add_argument("--limit", type=int, default=20)
+    history.set_defaults(handler=cmd_user_history)
+
+    revert = users.add_parser("revert", parents=[common], help="restore a past version as a new change")
+    revert.add_argument("username")
+    revert.add_argument("--to", required=True, metavar="WHEN", help="revision id from `user history`, or an ISO time")
+    revert.set_defaults(handler=cmd_user_revert)
     return parser
 
 
@@ -265,7 +278,7 @@ def cmd_check(args: argparse.Namespace) -> None:
 def cmd_user_add(args: argparse.Namespace) -> CodxUser:
     """Create a user."""
     password = None if args.no_password else _read_password(args.password_stdin, confirm=True)
-    return _users().create(
+    return _users(args).create(
         username=args.username,
         email=args.email,
         full_name=args.full_name,
@@ -278,7 +291,7 @@ def cmd_user_add(args: argparse.Namespace) -> CodxUser:
 
 def cmd_user_get(args: argparse.Namespace) -> CodxUser:
     """Show one user."""
-    users = _users()
+    users = _users(args)
     if "@" in args.username:
         return users.get_by_email(args.username)
     return users.get(args.username)
@@ -286,7 +299,7 @@ def cmd_user_get(args: argparse.Namespace) -> CodxUser:
 
 def cmd_user_list(args: argparse.Namespace) -> list[CodxUser]:
     """A page of users."""
-    return _users().list(offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix)
+    return _users(args).list(offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix)
 
 
 def cmd_user_update(args: argparse.Namespace) -> CodxUser:
@@ -308,12 +321,12 @@ def cmd_user_update(args: argparse.Namespace) -> CodxUser:
         changes["projects"] = []
     if not changes:
         raise CommandError("nothing to change: give --rename, --email, --full-name, --role, ...")
-    return _users().update(args.username, **changes)
+    return _users(args).update(args.username, **changes)
 
 
 def cmd_user_passwd(args: argparse.Namespace) -> dict[str, Any]:
     """Set a password."""
-    users = _users()
+    users = _users(args)
     users.get(args.username)  # fail before prompting for a user that does not exist
     users.set_password(args.username, _read_password(args.password_stdin, confirm=True))
     return {"username": args.username, "password": "changed"}
@@ -321,7 +334,7 @@ def cmd_user_passwd(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_user_delete(args: argparse.Namespace) -> dict[str, Any]:
     """Delete a user, after confirmation."""
-    users = _users()
+    users = _users(args)
     user = users.get(args.username)
     if not args.yes:
         if not sys.stdin.isatty():
@@ -333,14 +346,32 @@ def cmd_user_delete(args: argparse.Namespace) -> dict[str, Any]:
     return {"deleted": user.username}
 
 
+def cmd_user_history(args: argparse.Namespace) -> list[Any]:
+    """Past versions of a user, newest first."""
+    return _users(args).history(args.username, limit=args.limit)
+
+
+def cmd_user_revert(args: argparse.Namespace) -> CodxUser:
+    """Restore the fields a user had at a revision or time."""
+    return _users(args).revert(args.username, args.to)
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _users() -> Any:
+def _users(args: argparse.Namespace) -> Any:
     from db import db
     from db.user_db import UserDB
 
-    return UserDB(db)
+    # Changes made from the command line are recorded as made by the login that ran it.
+    return UserDB(db, actor=getattr(args, "actor", None) or f"{_login()} (codx-db cli)")
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def _close_database() -> None:
@@ -374,6 +405,8 @@ def _emit(args: argparse.Namespace, result: Any) -> None:
         return
     if isinstance(result, CodxUser):
         _print_user(result)
+    elif isinstance(result, list) and result and not isinstance(result[0], CodxUser):
+        _print_revisions(result)
     elif isinstance(result, list):
         _print_table(result)
     elif isinstance(result, dict) and "pending" in result:
@@ -384,7 +417,7 @@ def _emit(args: argparse.Namespace, result: Any) -> None:
 
 
 def _jsonable(result: Any) -> Any:
-    if isinstance(result, CodxUser):
+    if isinstance(result, BaseModel):
         return result.model_dump(mode="json")
     if isinstance(result, list):
         return [_jsonable(item) for item in result]
@@ -409,6 +442,18 @@ def _print_table(users: list[CodxUser]) -> None:
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     print(f"({len(users)} user{'s' if len(users) != 1 else ''})")
+
+
+def _print_revisions(revisions: list[Any]) -> None:
+    for revision in revisions:
+        by = f" by {revision.by}" if revision.by else ""
+        print(f"{revision.tid}  {revision.at.isoformat(timespec='seconds')}{by}  {revision.description}")
+        for name, (old, new) in revision.changes.items():
+            print(f"    {name}: {_literal(old)} -> {_literal(new)}")
+
+
+def _literal(value: Any) -> str:
+    return "-" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def _cell(value: Any) -> str:

@@ -49,3 +49,7 @@ class InvalidUserData(CodxDBError):
     def __init__(self, errors: Sequence[str]) -> None:
         self.errors = list(errors)
         super().__init__("invalid user data: " + "; ".join(self.errors))
+
+
+class HistoryUnavailable(CodxDBError):
+    """The storage keeps no past versions (history-free RelStorage), or none match."""

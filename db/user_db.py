@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
-from db.errors import InvalidUserData, UserAlreadyExists, UserNotFound
+from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound
+from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.passwords import check_password, dummy_verify, hash_password, verify_password
 from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, projects_to_tuple
@@ -26,10 +28,15 @@ MAX_PAGE = 1000
 class UserDB:
     """Users stored in a codx-db ``Database`` (the global ``db`` by default)."""
 
-    def __init__(self, database: Database | None = None) -> None:
+    def __init__(self, database: Database | None = None, actor: str | None = None) -> None:
+        """``actor`` names who makes the changes (recorded as the transaction's user).
+
+        Inside ``db.transaction(user=...)`` the caller's user wins.
+        """
         if database is None:
             from db import db as database
         self.database: Database = database
+        self.actor = actor
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -162,7 +169,7 @@ class UserDB:
                     setattr(user, name, value)
                 user.touch()
                 users.reindex(user, old_username, old_email)
-                uow.note(f"update user {old_username}: {', '.join(sorted(changed))}")
+                uow.note(f"codx-db: update user {old_username}: {', '.join(sorted(changed))}")
             return CodxUser.from_model(user)
 
         return self._write(update, None)
@@ -228,13 +235,79 @@ class UserDB:
 
         self._write(delete, f"delete user {username}")
 
+    # -- history -----------------------------------------------------------------------------
+
+    def history(self, username: str, limit: int = 20) -> list[UserRevision]:
+        """Past versions of a user, newest first: when, by whom, what changed.
+
+        Raises HistoryUnavailable on a storage that keeps no history (history-free RelStorage).
+        """
+        _require_str("username", username)
+        if not _is_int(limit) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidUserData([f"limit: must be an integer from 1 to {MAX_PAGE}"])
+
+        def history(uow: UnitOfWork) -> list[UserRevision]:
+            return revisions(uow.connection, _get(_users(uow), username), limit)
+
+        return self.database.run(history)
+
+    def revert(self, username: str, to: datetime | str) -> CodxUser:
+        """Restore a user's fields as they were at ``to`` (a time, or a revision id from history).
+
+        The restore is a new change (history keeps what it replaced). The password is not
+        reverted: an old password coming back would surprise its owner and the admin.
+        """
+        _require_str("username", username)
+        tid, when = _revision_target(to)
+
+        def revert(uow: UnitOfWork) -> CodxUser:
+            users = _users(uow)
+            user = _get(users, username)
+            state = state_at(uow.connection, user, tid, when)
+            if not state:
+                raise HistoryUnavailable(f"user {username!r} has no version at or before {to}")
+            old = snapshot(state)
+            fields = old.model_dump(include=set(TRACKED_FIELDS))
+            changes = UserUpdate.parse(fields).changes()
+            old_username, old_email = user.username, user.email
+            _check_unique(users, changes["username"], changes.get("email"), exclude=user)
+            for name, value in changes.items():
+                setattr(user, name, value)
+            user.touch()
+            users.reindex(user, old_username, old_email)
+            uow.note(f"codx-db: revert user {old_username} to {to if isinstance(to, str) else to.isoformat()}")
+            return CodxUser.from_model(user)
+
+        return self._write(revert, None)
+
     # -- units of work -----------------------------------------------------------------------
 
     def _read(self, fn: Callable[[UserContainer], T]) -> T:
         return self.database.run(lambda uow: fn(_users(uow)))
 
     def _write(self, fn: Callable[[UnitOfWork], T], note: str | None) -> T:
-        return self.database.run(fn, note=f"codx-db: {note}" if note else None)
+        def write(uow: UnitOfWork) -> T:
+            if self.actor and not uow.transaction.user:
+                uow.transaction.user = self.actor
+            return fn(uow)
+
+        return self.database.run(write, note=f"codx-db: {note}" if note else None)
+
+
+def _revision_target(to: datetime | str) -> tuple[bytes | None, datetime | None]:
+    if isinstance(to, datetime):
+        return None, to if to.tzinfo else to.replace(tzinfo=UTC)
+    if isinstance(to, str):
+        text = to.strip()
+        if len(text) == 16 and all(c in "0123456789abcdefABCDEF" for c in text):
+            return tid_from_str(text), None
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return None, when if when.tzinfo else when.replace(tzinfo=UTC)
+    raise InvalidUserData(["to: must be a revision id (16 hex digits) or an ISO 8601 time"])
 
 
 def _users(uow: UnitOfWork) -> UserContainer:

@@ -1,0 +1,154 @@
+"""Per-user history: past revisions of a stored ``User``, read from the storage's own history.
+
+ZODB keeps every committed revision of an object on storages that keep history (FileStorage,
+MappingStorage, RelStorage with ``keep-history``) until a pack removes old ones. A revision
+of a user is one transaction that wrote that user; its metadata says when, who (the
+transaction's user) and what (the note UserDB writes). Comparing consecutive states gives the
+fields that changed. Password hashes are never shown: a changed hash reads "changed".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from ZODB.utils import p64, u64
+
+from db.errors import HistoryUnavailable
+from db.models import User
+from db.schemas import CodxUser, projects_from_tuple
+
+# Fields shown in a revision's changes, in this order.
+TRACKED_FIELDS = (
+    "username",
+    "email",
+    "full_name",
+    "is_active",
+    "is_superuser",
+    "role",
+    "avatar",
+    "theme",
+    "github",
+    "projects",
+)
+PASSWORD_FIELD = "password_hash"
+# How far back revert looks (FileStorage's history() needs a bound).
+MAX_REVISIONS = 100_000
+
+
+class UserRevision(BaseModel):
+    """One past version of a user."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tid: str  # transaction id, hex: pass it to revert(..., to=tid)
+    at: datetime
+    by: str | None  # the transaction's user, when the caller said who
+    description: str
+    changes: dict[str, list[Any]]  # field -> [old, new]; the first revision has old = None
+    user: CodxUser  # the user as it was after this revision
+
+
+def tid_to_str(tid: bytes) -> str:
+    """A transaction id as 16 hex digits."""
+    return f"{u64(tid):016x}"
+
+
+def tid_from_str(text: str) -> bytes:
+    """Parse 16 hex digits back into a transaction id."""
+    return p64(int(text, 16))
+
+
+def ensure_history(storage: Any) -> None:
+    """Raise HistoryUnavailable if the storage keeps only current states."""
+    if getattr(storage, "keep_history", True) is False:
+        raise HistoryUnavailable(
+            "this database keeps no history (RelStorage with keep-history off): past versions "
+            "of users cannot be shown or restored. A new PostgreSQL database created with "
+            "CODX_JUNIOR_DB_KEEP_HISTORY=true keeps it (copy the data into it with codx-db copy)."
+        )
+
+
+def revisions(connection: Any, user: User, limit: int) -> list[UserRevision]:
+    """The last ``limit`` revisions of ``user``, newest first."""
+    ensure_history(connection.db().storage)
+    # One more entry than asked, so the oldest shown revision can still be diffed.
+    entries = _history(connection, user, limit + 1)
+    states = [_state(connection, user, entry["tid"]) for entry in entries]
+    result = []
+    for index, entry in enumerate(entries[:limit]):
+        state = states[index]
+        previous = states[index + 1] if index + 1 < len(states) else None
+        result.append(
+            UserRevision(
+                tid=tid_to_str(entry["tid"]),
+                at=datetime.fromtimestamp(entry["time"], UTC),
+                by=entry.get("user_name") or None,
+                description=entry.get("description") or "",
+                changes=_changes(previous, state),
+                user=snapshot(state),
+            )
+        )
+    return result
+
+
+def state_at(connection: Any, user: User, tid: bytes | None, when: datetime | None) -> dict[str, Any]:
+    """The stored state of ``user`` written by ``tid``, or the last one at or before ``when``."""
+    ensure_history(connection.db().storage)
+    entries = _history(connection, user, MAX_REVISIONS)
+    for entry in entries:  # newest first
+        if tid is not None and entry["tid"] == tid:
+            return _state(connection, user, entry["tid"])
+        if when is not None and entry["time"] <= when.timestamp():
+            return _state(connection, user, entry["tid"])
+    return {}
+
+
+def snapshot(state: dict[str, Any]) -> CodxUser:
+    """A CodxUser from a stored state (class defaults fill fields older revisions lack)."""
+    values = {name: state.get(name, getattr(User, name, None)) for name in TRACKED_FIELDS}
+    values["projects"] = projects_from_tuple(values["projects"] or ())
+    return CodxUser(
+        id=state["id"],
+        created_at=state["created_at"],
+        updated_at=state.get("updated_at", state["created_at"]),
+        **values,
+    )
+
+
+def _history(connection: Any, user: User, size: int) -> list[dict[str, Any]]:
+    # Ask the connection's own storage instance: on RelStorage it reads the snapshot this
+    # unit of work polled (the shared storage's view is stale and not thread-safe). Call by
+    # keyword: ZODB.DB.history() passes size positionally, which RelStorage's
+    # history(oid, version=None, size=1) takes as its version argument.
+    entries = connection._storage.history(user._p_oid, size=size)
+    for entry in entries:
+        for key in ("user_name", "description"):
+            if isinstance(entry.get(key), bytes):
+                entry[key] = entry[key].decode("utf-8", "replace")
+    return entries
+
+
+def _state(connection: Any, user: User, tid: bytes) -> dict[str, Any]:
+    return dict(connection.oldstate(user, tid))
+
+
+def _changes(previous: dict[str, Any] | None, state: dict[str, Any]) -> dict[str, list[Any]]:
+    changes: dict[str, list[Any]] = {}
+    for name in TRACKED_FIELDS:
+        default = getattr(User, name, None)
+        new = state.get(name, default)
+        old = None if previous is None else previous.get(name, default)
+        if previous is None or old != new:
+            changes[name] = [_show(name, old), _show(name, new)]
+    old_hash = None if previous is None else previous.get(PASSWORD_FIELD)
+    if state.get(PASSWORD_FIELD) != old_hash:
+        changes["password"] = [None, "changed" if state.get(PASSWORD_FIELD) else "removed"]
+    return changes
+
+
+def _show(name: str, value: Any) -> Any:
+    if name == "projects" and value is not None:
+        return [p.model_dump() for p in projects_from_tuple(value)]
+    return value

@@ -1,0 +1,144 @@
+"""Per-user history and revert, on storages that keep history; a clear error on those that do not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from db.database import Database
+from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists
+from db.settings import CodxJuniorGlobalSettings
+from db.user_db import UserDB
+from tests.conftest import ROOT, make_settings, settings_env
+
+HISTORY_BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("file", id="file"),
+    pytest.param("postgres", id="postgres-keep-history", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=HISTORY_BACKENDS)
+def history_db(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = make_settings(request.param, request, tmp_path, db_keep_history=True)
+    database = Database(settings)
+    yield database
+    database.close()
+
+
+def test_history_lists_versions_newest_first_with_who_and_what(history_db: Database) -> None:
+    users = UserDB(history_db, actor="admin@codx")
+    users.create(username="alice", email="alice@example.com", password="first-passw0rd")
+    users.update("alice", full_name="Alice Liddell", role="admin")
+    with history_db.transaction(user="ops-bob"):
+        UserDB(history_db).update("alice", email="alice@wonderland.example")
+    users.set_password("alice", "second-passw0rd")
+
+    revisions = users.history("ALICE")
+    assert [r.description for r in revisions] == [
+        "codx-db: set password of alice",
+        "codx-db: update user alice: email",
+        "codx-db: update user alice: full_name, is_superuser, role",
+        "codx-db: create user alice",
+    ]
+    assert [r.by for r in revisions] == ["admin@codx", "ops-bob", "admin@codx", "admin@codx"]
+    assert revisions[0].changes == {"password": [None, "changed"]}
+    assert revisions[1].changes == {"email": ["alice@example.com", "alice@wonderland.example"]}
+    assert revisions[2].changes["role"] == ["user", "admin"]
+    assert revisions[3].changes["username"] == [None, "alice"]
+    assert revisions[3].user.full_name == "" and revisions[2].user.full_name == "Alice Liddell"
+    assert all(r.at <= datetime.now(UTC) for r in revisions)
+    assert revisions == sorted(revisions, key=lambda r: r.at, reverse=True)
+    assert len(users.history("alice", limit=2)) == 2
+    dumped = json.dumps([r.model_dump(mode="json") for r in revisions])
+    assert "passw0rd" not in dumped and "argon2" not in dumped
+
+
+def test_revert_restores_fields_as_a_new_change_but_not_the_password(history_db: Database) -> None:
+    users = UserDB(history_db)
+    users.create(username="alice", email="alice@example.com", password="first-passw0rd")
+    first = users.history("alice")[0]
+    users.update("alice", username="alicia", email="alicia@example.com", theme="dark", role="admin")
+    users.set_password("alicia", "second-passw0rd")
+
+    restored = users.revert("alicia", first.tid)
+    assert (restored.username, restored.email, restored.theme, restored.role) == (
+        "alice",
+        "alice@example.com",
+        "dim",
+        "user",
+    )
+    assert users.find("alicia") is None and users.get_by_email("alice@example.com").username == "alice"
+    assert users.authenticate("alice", "second-passw0rd") is not None  # the password stays
+    latest = users.history("alice")[0]
+    assert latest.description.startswith("codx-db: revert user alicia to ")
+    assert latest.changes["username"] == ["alicia", "alice"]
+
+
+def test_revert_by_time_and_errors(history_db: Database) -> None:
+    users = UserDB(history_db)
+    users.create(username="alice")
+    before_change = datetime.now(UTC)
+    users.update("alice", full_name="Changed")
+    assert users.revert("alice", before_change.isoformat()).full_name == ""
+    with pytest.raises(HistoryUnavailable):
+        users.revert("alice", (datetime.now(UTC) - timedelta(days=365)).isoformat())
+    with pytest.raises(InvalidUserData):
+        users.revert("alice", "last tuesday")
+
+
+def test_revert_respects_unique_names(history_db: Database) -> None:
+    users = UserDB(history_db)
+    users.create(username="alice")
+    first = users.history("alice")[0].tid
+    users.update("alice", username="alicia")
+    users.create(username="ALICE")  # someone took the old name
+    with pytest.raises(UserAlreadyExists):
+        users.revert("alicia", first)
+    assert users.get("alicia").username == "alicia"
+
+
+@pytest.mark.postgres
+def test_history_free_postgres_says_so(pg_dsn: str) -> None:
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn))
+    try:
+        users = UserDB(database)
+        users.create(username="alice")
+        with pytest.raises(HistoryUnavailable) as excinfo:
+            users.history("alice")
+        assert "keeps no history" in str(excinfo.value) and "KEEP_HISTORY" in str(excinfo.value)
+        with pytest.raises(HistoryUnavailable):
+            users.revert("alice", datetime.now(UTC).isoformat())
+    finally:
+        database.close()
+    env = settings_env(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn))
+    result = subprocess.run(
+        [sys.executable, "-m", "db", "user", "history", "alice"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "keeps no history" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_history_and_revert(tmp_path: Path) -> None:
+    settings = CodxJuniorGlobalSettings.load(db_file_path=tmp_path / "u.fs")
+    env = settings_env(settings)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "db", *args], env=env, cwd=ROOT, capture_output=True, text=True)
+
+    assert cli("user", "add", "alice", "--no-password").returncode == 0
+    assert cli("--actor", "ops-bob", "user", "update", "alice", "--full-name", "Alice").returncode == 0
+    shown = cli("user", "history", "alice")
+    assert shown.returncode == 0, shown.stderr
+    assert "by ops-bob  codx-db: update user alice: full_name" in shown.stdout
+    assert 'full_name: "" -> "Alice"' in shown.stdout
+    assert "(codx-db cli)  codx-db: create user alice" in shown.stdout
+    revisions = json.loads(cli("user", "history", "alice", "--json").stdout)
+    reverted = cli("user", "revert", "alice", "--to", revisions[-1]["tid"], "--json")
+    assert reverted.returncode == 0, reverted.stderr
+    assert json.loads(reverted.stdout)["full_name"] == ""
