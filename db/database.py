@@ -167,8 +167,9 @@ class Database:
                 if attempt == attempts:
                     raise
                 log.debug("retrying unit of work after %s (attempt %d)", type(exc).__name__, attempt)
-                # Small jittered backoff so two conflicting writers do not collide again.
-                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                # Jittered exponential backoff (10 ms doubling, capped at 0.5 s) so writers
+                # that conflicted do not collide again in lockstep.
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager

@@ -86,7 +86,7 @@ class CodxJuniorGlobalSettings(BaseSettings):
     db_cache_dir: Path | None = Field(None, description="RelStorage persistent cache directory (survives restarts)")
     db_blob_dir: Path | None = Field(None, description="blob directory (none: no blobs)")
     db_commit_lock_timeout: int = Field(30, ge=1, le=3600, description="seconds to wait for the commit lock")
-    db_conflict_retries: int = Field(5, ge=0, le=100, description="retries of a unit of work after a conflict")
+    db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")
     db_migrate_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="objects per commit in large migration steps"
     )
