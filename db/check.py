@@ -1,7 +1,8 @@
 """Consistency check of the user store, and its repair (``codx-db check [--repair]``).
 
-The ``users`` BTree (id -> ``User``) is the source of truth. The username and email indexes
-and the ``Length`` count are derived from it, so they can be verified against it and rebuilt
+The ``users`` BTree (id -> ``User``) is the source of truth. The username and email indexes,
+the set of inactive users' username keys (generation 2) and the ``Length`` count are derived
+from it, so they can be verified against it and rebuilt
 from it. A check reads one consistent snapshot (a single unit of work) and never writes.
 
 What cannot be derived is never "repaired": two users sharing a username or an email, a
@@ -20,6 +21,9 @@ from db.database import Database, UnitOfWork
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from migrations.runner import read_generation
 
+# The generation that added ``UserContainer.inactive``; below it the set may be absent.
+INACTIVE_INDEX_GENERATION = 2
+
 # Problems that ``repair`` fixes by rebuilding the indexes and the count from the users.
 REPAIRABLE = frozenset(
     {
@@ -31,6 +35,8 @@ REPAIRABLE = frozenset(
         "email-wrong-key",
         "email-unindexed",
         "email-indexed-twice",
+        "inactive-dangling",
+        "inactive-unindexed",
         "count-mismatch",
     }
 )
@@ -59,6 +65,7 @@ class CheckReport:
     count: int | None  # the stored Length
     username_entries: int
     email_entries: int
+    inactive_entries: int | None = None  # None: no inactive index (before generation 2)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -134,7 +141,7 @@ def check_root(root: Any) -> CheckReport:
     container = root.get(USERS_KEY)
     if not isinstance(container, UserContainer):
         problems.append(Problem("container-missing", f"the root holds no user container at {USERS_KEY!r}"))
-        return CheckReport(generation, migrations.GENERATION, 0, None, 0, 0, problems)
+        return CheckReport(generation, migrations.GENERATION, 0, None, 0, 0, problems=problems)
 
     for name in ("users", "by_username", "by_email"):
         _check_structure(name, getattr(container, name), problems)
@@ -142,6 +149,7 @@ def check_root(root: Any) -> CheckReport:
     users = _valid_users(container, problems)
     _check_index("username", container.by_username, users, _username_key, problems)
     _check_index("email", container.by_email, users, _email_key, problems)
+    _check_inactive(container, users, generation, problems)
     count = container.length()
     if count != len(container.users):
         problems.append(
@@ -154,6 +162,7 @@ def check_root(root: Any) -> CheckReport:
         count=count,
         username_entries=len(container.by_username),
         email_entries=len(container.by_email),
+        inactive_entries=None if container.inactive is None else len(container.inactive),
         problems=problems,
     )
 
@@ -169,6 +178,14 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
     users = list(container.users.values())
     fixed = _sync_index("username", container.by_username, {username_key(u.username): u for u in users})
     fixed += _sync_index("email", container.by_email, {email_key(u.email): u for u in users if u.email})
+    if container.inactive is not None:
+        wanted = {username_key(u.username) for u in users if not u.is_active}
+        for key in [k for k in container.inactive if k not in wanted]:
+            container.inactive.remove(key)
+            fixed.append(f"inactive: removed {key!r}")
+        for key in sorted(wanted):
+            if container.inactive.add(key):
+                fixed.append(f"inactive: added {key!r}")
     if container.length() != len(users):
         fixed.append(f"count: {container.length()} -> {len(users)}")
         # set() in place: Length's conflict resolution adds concurrent creates on top.
@@ -297,6 +314,28 @@ def _check_index(
                     f"user {_name(user)} is in the {kind} index {entries_per_user[user.id]} times",
                 )
             )
+
+
+def _check_inactive(
+    container: UserContainer, users: list[User], generation: int | None, problems: list[Problem]
+) -> None:
+    """The inactive set holds exactly the username keys of the inactive stored users."""
+    inactive = container.inactive
+    if inactive is None:
+        if generation is not None and generation >= INACTIVE_INDEX_GENERATION:
+            problems.append(Problem("inactive-missing", f"generation {generation} but no index of inactive users"))
+        return
+    _check_structure("inactive", inactive, problems)
+    wanted = {username_key(u.username): u for u in users if not u.is_active}
+    active = {username_key(u.username) for u in users if u.is_active}
+    for key in inactive:
+        if key in wanted:
+            continue
+        what = "an active user" if key in active else "no stored user"
+        problems.append(Problem("inactive-dangling", f"inactive index entry {key!r} is {what}"))
+    for key, user in wanted.items():
+        if key not in inactive:
+            problems.append(Problem("inactive-unindexed", f"inactive user {_name(user)} is not in the inactive index"))
 
 
 def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:

@@ -480,7 +480,8 @@ def _print_check(location: str, result: Any) -> None:
     print(f"generation: {report.generation} (code {report.code_generation})")
     print(
         f"users: {report.users}  count: {report.count}  "
-        f"username index: {report.username_entries}  email index: {report.email_entries}"
+        f"username index: {report.username_entries}  email index: {report.email_entries}  "
+        f"inactive index: {'-' if report.inactive_entries is None else report.inactive_entries}"
     )
     _print_problems("problems", report)
     if report.ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ Corruption = Callable[[UserContainer], None]
 def _seed(database: Database) -> UserDB:
     users = UserDB(database)
     users.create(username="alice", email="alice@example.com", full_name="Alice")
-    users.create(username="bob")
+    users.create(username="bob", is_active=False)
     users.create(username="Carol", email="Carol@Example.com")
     return users
 
@@ -54,7 +55,8 @@ def test_a_fresh_database_is_clean(database: Database) -> None:
     _seed(database)
     report = check(database)
     assert report.ok, report.problems
-    assert (report.users, report.count, report.username_entries, report.email_entries) == (3, 3, 3, 2)
+    counts = (report.users, report.count, report.username_entries, report.email_entries, report.inactive_entries)
+    assert counts == (3, 3, 3, 2, 1)
 
 
 def _drop_username(c: UserContainer) -> None:
@@ -93,6 +95,18 @@ def _wrong_count(c: UserContainer) -> None:
     c.length.change(5)
 
 
+def _active_user_marked_inactive(c: UserContainer) -> None:
+    c.inactive.add("alice")
+
+
+def _inactive_user_not_marked(c: UserContainer) -> None:
+    c.inactive.remove("bob")
+
+
+def _deleted_user_still_marked(c: UserContainer) -> None:
+    c.inactive.add("ghost")
+
+
 REPAIRABLE = [
     pytest.param(_drop_username, {"username-unindexed"}, id="username-entry-missing"),
     pytest.param(_move_username, {"username-wrong-key", "username-unindexed"}, id="username-wrong-key"),
@@ -102,6 +116,9 @@ REPAIRABLE = [
     pytest.param(_stale_email, {"email-wrong-key", "email-indexed-twice"}, id="email-stale"),
     pytest.param(_email_of_user_without_email, {"email-wrong-key"}, id="email-of-user-without-one"),
     pytest.param(_wrong_count, {"count-mismatch"}, id="count"),
+    pytest.param(_active_user_marked_inactive, {"inactive-dangling"}, id="inactive-but-active"),
+    pytest.param(_inactive_user_not_marked, {"inactive-unindexed"}, id="inactive-missing-entry"),
+    pytest.param(_deleted_user_still_marked, {"inactive-dangling"}, id="inactive-dangling"),
 ]
 
 
@@ -120,6 +137,7 @@ def test_check_finds_and_repair_fixes(memory_db: Database, corruption: Corruptio
     # The users are reachable again through every index, and the count is right.
     assert users.count() == 3
     assert [u.username for u in users.list()] == ["alice", "bob", "Carol"]
+    assert [u.username for u in users.list(active=False)] == ["bob"]
     assert users.get_by_email("carol@example.com").username == "Carol"
     alice_email = users.get("alice").email
     assert alice_email is not None and users.get_by_email(alice_email).username == "alice"
@@ -148,11 +166,16 @@ def _not_a_user(c: UserContainer) -> None:
     c.length.change(1)
 
 
+def _no_inactive_index(c: UserContainer) -> None:
+    c.inactive = None
+
+
 UNREPAIRABLE = [
     pytest.param(_duplicate_username, "username-duplicate", id="duplicate-username"),
     pytest.param(_duplicate_email, "email-duplicate", id="duplicate-email"),
     pytest.param(_wrong_id, "user-wrong-id", id="wrong-id"),
     pytest.param(_not_a_user, "not-a-user", id="not-a-user"),
+    pytest.param(_no_inactive_index, "inactive-missing", id="no-inactive-index"),
 ]
 
 
@@ -164,9 +187,10 @@ def test_repair_refuses_what_needs_a_person(memory_db: Database, corruption: Cor
     assert code in {p.code for p in report.problems}
     assert not report.repairable
 
-    def snapshot(uow: UnitOfWork) -> tuple[list[str], list[str], int]:
+    def snapshot(uow: UnitOfWork) -> tuple[list[str], list[str], list[str] | None, int]:
         c = uow.root[USERS_KEY]
-        return list(c.by_username), list(c.by_email), c.length()
+        inactive = None if c.inactive is None else list(c.inactive)
+        return list(c.by_username), list(c.by_email), inactive, c.length()
 
     before = memory_db.run(snapshot)
     result = repair(memory_db)
@@ -189,6 +213,20 @@ def test_an_unknown_generation_is_a_problem(memory_db: Database, generation: obj
     codes = _codes(memory_db)
     assert "generation-unknown" in codes
     assert not repair(memory_db).repaired
+
+
+def test_a_generation_1_database_without_an_inactive_index_is_clean(tmp_path: Path) -> None:
+    """Before generation 2 there is no inactive index: that is not a problem."""
+    path = tmp_path / "users.fs"
+    shutil.copy(ROOT / "tests" / "fixtures" / "generation1.fs", path)
+    database = Database(CodxJuniorGlobalSettings.load(db_file_path=path, db_startup="minimum"))
+    try:
+        report = check(database)
+        assert report.ok, report.problems
+        assert (report.generation, report.inactive_entries) == (1, None)
+        assert report.users > 0
+    finally:
+        database.close()
 
 
 def test_repair_of_a_clean_database_changes_nothing(database: Database) -> None:
