@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--dry-run", action="store_true", help="run the steps, then abort")
     migrate.add_argument("--to", type=int, metavar="N", help="target generation (default: latest)")
     migrate.set_defaults(handler=cmd_migrate)
+    _add_data_commands(commands, common)
 
     user = commands.add_parser("user", parents=[common], help="manage users")
     users = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
@@ -354,6 +355,96 @@ def cmd_user_history(args: argparse.Namespace) -> list[Any]:
 def cmd_user_revert(args: argparse.Namespace) -> CodxUser:
     """Restore the fields a user had at a revision or time."""
     return _users(args).revert(args.username, args.to)
+
+
+# -- moving and keeping the data (logic in db/transfer.py and db/importer.py) -------------------
+
+
+def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """copy, import-codx-junior, pack, backup, restore."""
+    from pathlib import Path
+
+    copy = commands.add_parser("copy", parents=[common], help="copy the whole database elsewhere, then verify")
+    to = copy.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-dsn", metavar="DSN", help="a PostgreSQL database (better: password in PGPASSWORD/.pgpass)")
+    to.add_argument("--to-file", metavar="PATH", type=Path, help="a FileStorage file")
+    to.add_argument("--to-config", metavar="FILE", type=Path, help="a ZConfig file such as relstorage.conf")
+    copy.add_argument("--force", action="store_true", help="replace a target holding data (deleted first)")
+    copy.set_defaults(handler=cmd_copy)
+
+    imp = commands.add_parser("import-codx-junior", parents=[common], help="import users from codx-junior")
+    imp.add_argument("path", type=Path, help="codx-junior's global_settings.json")
+    imp.add_argument("--dry-run", action="store_true", help="report what would be imported; write nothing")
+    imp.set_defaults(handler=cmd_import_codx_junior)
+
+    pack = commands.add_parser("pack", parents=[common], help="drop old history and unreachable objects")
+    pack.add_argument("--days", type=float, default=0, metavar="N", help="keep history of the last N days (0)")
+    pack.set_defaults(handler=cmd_pack)
+
+    backup = commands.add_parser("backup", parents=[common], help="snapshot the database into a new file")
+    backup.add_argument("path", type=Path, help="the backup file to create (a FileStorage file)")
+    backup.set_defaults(handler=cmd_backup)
+
+    restore = commands.add_parser("restore", parents=[common], help="load a backup into the configured database")
+    restore.add_argument("path", type=Path, help="a file written by `codx-db backup`")
+    restore.add_argument("--force", action="store_true", help="replace a database holding data (deleted first)")
+    restore.set_defaults(handler=cmd_restore)
+
+
+def cmd_copy(args: argparse.Namespace) -> None:
+    """Copy the configured database to --to-dsn, --to-file or --to-config, then verify."""
+    from db import db
+    from db.progress import Progress
+    from db.transfer import copy_database, target_settings
+
+    target = args.to_file if args.to_file is not None else target_settings(dsn=args.to_dsn, config_file=args.to_config)
+    _print_report(args, copy_database(db.settings, target, force=args.force, progress=Progress("copy")))
+
+
+def cmd_import_codx_junior(args: argparse.Namespace) -> None:
+    """Import codx-junior's users (all or nothing); exit 1 on conflicts."""
+    from db import db
+    from db.importer import import_codx_junior
+
+    actor = getattr(args, "actor", None) or f"{_login()} (codx-db import-codx-junior)"
+    _print_report(args, import_codx_junior(db, args.path, dry_run=args.dry_run, actor=actor))
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    """Pack the configured database; report sizes."""
+    from db import db
+    from db.transfer import pack
+
+    _print_report(args, pack(db.settings, days=args.days))
+
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    """Write a verified snapshot of the configured database to a new file."""
+    from db import db
+    from db.progress import Progress
+    from db.transfer import backup
+
+    _print_report(args, backup(db.settings, args.path, progress=Progress("backup")))
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    """Load a backup file into the configured database, then verify."""
+    from db import db
+    from db.progress import Progress
+    from db.transfer import restore
+
+    _print_report(args, restore(args.path, db.settings, force=args.force, progress=Progress("restore")))
+
+
+def _print_report(args: argparse.Namespace, report: Any) -> None:
+    # Printed here, like `check`: a failed verification or a conflict still prints its full
+    # report (the only document on stdout with --json), then exits 1.
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(report.lines()))
+    if not getattr(report, "ok", True):
+        raise SystemExit(1)
 
 
 # -- helpers ----------------------------------------------------------------------------------
