@@ -1,0 +1,279 @@
+"""Import from codx-junior's global_settings.json: the sample file, logins, dry run, re-runs, conflicts, bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from db.database import Database
+from db.importer import CodxJuniorFileError, import_codx_junior, read_codx_junior_settings
+from db.models import USERS_KEY
+from db.settings import CodxJuniorGlobalSettings
+from db.user_db import UserDB
+from tests.conftest import ROOT, settings_env
+
+SAMPLE = Path(__file__).parent / "fixtures" / "codx_junior_global_settings.json"
+# The passwords behind the sample's bcrypt hashes (generated with the bcrypt package; cost 12
+# for admin, 10 for the others; bob's is a $2y$ hash, erin's a $2a$ one).
+PASSWORDS = {
+    "admin": "codx-admin-2024!",
+    "alice": "wonderland-42",
+    "bob": "builder-bob-7",
+    "carol": "carol-sings-99",
+    "erin": "erin-secure-5",
+    "Frank.Lee": "frank-lee-passw0rd",
+}
+SAMPLE_USERS = ["admin", "alice", "bob", "carol", "dave", "erin", "Frank.Lee"]
+
+
+def stored_hash(database: Database, username: str) -> str | None:
+    with database.transaction() as uow:
+        return uow.root[USERS_KEY].find_by_username(username).password_hash
+
+
+@pytest.fixture
+def memory_db() -> Iterator[Database]:
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="memory"))
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def write_json(tmp_path: Path, data: Any) -> Path:
+    path = tmp_path / "global_settings.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+    return path
+
+
+# -- the sample file -------------------------------------------------------------------------------
+
+
+def test_the_sample_imports_and_its_users_log_in_with_their_codx_junior_passwords(
+    persistent_settings: CodxJuniorGlobalSettings,
+) -> None:
+    database = Database(persistent_settings)
+    try:
+        report = import_codx_junior(database, SAMPLE, actor="tester")
+        assert report.ok and report.written
+        assert report.created == SAMPLE_USERS and report.without_password == ["dave"]
+        assert any("old-intern" in warning for warning in report.warnings)
+
+        users = UserDB(database)
+        assert users.count() == 7
+        alice = users.get("alice")
+        assert (alice.email, alice.theme, alice.github, alice.role) == (
+            "alice@codx.example",
+            "dim",
+            "alice-dev",
+            "user",
+        )
+        assert alice.avatar == "https://avatars.githubusercontent.com/u/5812337?v=4"
+        assert [(p.project_id, p.permissions, p.children) for p in alice.projects] == [
+            ("5d0c6a0e-8a4b-4f57-9a54-3f1d2b7c9e10", "tasks,coder", True),
+            ("docs-site", "tasks", False),
+        ]
+        assert [(p.permissions, p.children) for p in users.get("bob").projects] == [("", True)]  # codx-junior's []
+        erin = users.get("erin")
+        assert erin.email is None and erin.role == "admin" and erin.is_superuser
+        assert users.get("carol").disabled and not users.get("carol").is_active
+        assert users.get_by_email("frank.lee@codx.example").username == "Frank.Lee"
+
+        for username, password in PASSWORDS.items():
+            assert stored_hash(database, username).startswith(("$2a$", "$2b$", "$2y$"))
+            assert users.authenticate(username, password + "x") is None
+            logged_in = users.authenticate(username, password)
+            if username == "carol":
+                assert logged_in is None  # disabled in codx-junior: still cannot log in
+                continue
+            assert logged_in is not None and logged_in.username == username
+            # The first successful login replaced the bcrypt hash with argon2id...
+            assert stored_hash(database, username).startswith("$argon2id$")
+            # ...which still takes the same password.
+            assert users.authenticate(username, password) is not None
+        assert users.authenticate("dave", "anything-at-all") is None  # no login entry: no password
+        assert users.find("old-intern") is None
+    finally:
+        database.close()
+
+
+def test_dry_run_reports_and_writes_nothing(memory_db: Database) -> None:
+    report = import_codx_junior(memory_db, SAMPLE, dry_run=True)
+    assert report.dry_run and not report.written
+    assert report.created == SAMPLE_USERS
+    assert UserDB(memory_db).count() == 0
+    assert "dry run: nothing written" in report.lines()[0]
+
+
+def test_a_rerun_is_idempotent_even_after_logins(memory_db: Database) -> None:
+    first = import_codx_junior(memory_db, SAMPLE)
+    users = UserDB(memory_db)
+    before = {u.username: u for u in users.list()}
+    assert users.authenticate("alice", PASSWORDS["alice"]) is not None  # rehashed to argon2id
+
+    again = import_codx_junior(memory_db, SAMPLE)
+    assert again.ok and not again.written
+    assert (again.created, again.updated, again.skipped) == ([], [], first.created)
+    assert {u.username: u for u in users.list()} == before
+    assert stored_hash(memory_db, "alice").startswith("$argon2id$")  # the upgraded hash is kept
+
+
+def test_conflicts_are_reported_and_nothing_is_written(memory_db: Database) -> None:
+    users = UserDB(memory_db)
+    users.create(username="alice", email="alice@elsewhere.example")
+    users.create(username="robert", email="BOB@codx.example")
+    users.create(username="erin", theme="dim", role="admin")  # same data as the file but projects
+
+    report = import_codx_junior(memory_db, SAMPLE)
+    assert not report.ok and not report.written
+    conflicts = {c.username: c.reason for c in report.conflicts}
+    assert conflicts == {
+        "alice": "exists in codx-db with a different email, avatar, github, projects",
+        "bob": "its email belongs to the codx-db user 'robert'",
+        "erin": "exists in codx-db with a different github, projects",
+    }
+    assert "admin" in report.created  # what would have been created...
+    assert users.count() == 3  # ...but all or nothing: nothing was
+    assert users.get("alice").email == "alice@elsewhere.example"
+    assert "nothing written: resolve the conflicts" in report.lines()[0]
+
+
+def test_an_identical_user_without_a_password_gets_the_hash(memory_db: Database) -> None:
+    UserDB(memory_db).create(
+        username="frank.lee", email="frank.lee@codx.example"
+    )  # e.g. made by hand before the import
+    report = import_codx_junior(memory_db, SAMPLE)
+    assert report.written and report.updated == ["Frank.Lee"] and "Frank.Lee" not in report.created
+    assert UserDB(memory_db).authenticate("Frank.Lee", PASSWORDS["Frank.Lee"]) is not None
+
+
+# -- malformed files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"users": [', "not valid JSON: Expecting value at line 1, column 12"),
+        ([], "expected a JSON object (codx-junior's global settings), found a list"),
+        ({"users": {"alice": {}}}, "users: expected a list, found an object"),
+        ({"users": [{"email": "x@example.com"}]}, "users[0]: username is missing"),
+        ({"users": [{"username": 42}]}, "users[0]: username: expected a string, found a number"),
+        ({"users": ["alice"]}, "users[0]: expected an object, found a string"),
+        ({"users": [{"username": "ann", "disabled": "no"}]}, "users[0] ('ann'): disabled: expected true or false"),
+        ({"users": [{"username": "ann", "email": "not-an-email"}]}, "users[0] ('ann'): email: not a valid email"),
+        ({"users": [{"username": "ann", "role": "root"}]}, "users[0] ('ann'): role: must be one of user, admin"),
+        (
+            {"users": [{"username": "ann", "projects": [{"permissions": "tasks"}]}]},
+            "users[0] ('ann'): projects[0]: project_id is missing",
+        ),
+        (
+            {"users": [{"username": "ann", "projects": [{"project_id": "p", "permissions": 7}]}]},
+            "projects[0] ('p'): permissions: expected a string, found a number",
+        ),
+        (
+            {"users": [{"username": "ann"}, {"username": "ANN"}]},
+            "users[1] ('ANN'): same username as users[0] ('ann') (codx-db usernames ignore case)",
+        ),
+        (
+            {"users": [{"username": "ann", "email": "a@x.example"}, {"username": "bo", "email": "A@X.example"}]},
+            "users[1] ('bo'): same email as users[0] ('ann')",
+        ),
+        ({"user_logins": [{"password": "$2b$"}]}, "user_logins[0]: username is missing"),
+        (
+            {"users": [{"username": "ann"}], "user_logins": [{"username": "ann", "password": "hunter2-plain"}]},
+            "user_logins[0] ('ann'): password is not a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)",
+        ),
+    ],
+)
+def test_a_malformed_file_is_refused_naming_the_entry(
+    content: Any, expected: str, tmp_path: Path, memory_db: Database
+) -> None:
+    path = write_json(tmp_path, content)
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        import_codx_junior(memory_db, path)
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}: ") and expected in message, message
+    assert "hunter2-plain" not in message  # a plain password in the file is never echoed
+    assert UserDB(memory_db).count() == 0
+
+
+def test_every_problem_is_listed_and_a_missing_file_is_named(tmp_path: Path) -> None:
+    path = write_json(tmp_path, {"users": [{"username": "ok"}, {"username": ""}, {"username": "x", "theme": 3}]})
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        read_codx_junior_settings(path)
+    assert "users[1]: username is missing" in str(excinfo.value)
+    assert "users[2] ('x'): theme: expected a string, found a number" in str(excinfo.value)
+    with pytest.raises(CodxJuniorFileError, match="no such file"):
+        read_codx_junior_settings(tmp_path / "missing.json")
+
+
+def test_orphan_and_duplicate_logins_are_warnings_and_extra_fields_are_named_not_shown(tmp_path: Path) -> None:
+    hash_a, hash_b = (json.loads(SAMPLE.read_text())["user_logins"][i]["password"] for i in (1, 2))
+    path = write_json(
+        tmp_path,
+        {
+            "users": [{"username": "ann", "token": "tok-SECRET-123", "api_key": "key-SECRET-456"}],
+            "user_logins": [
+                {"username": "ann", "password": hash_a, "token": "tok-SECRET-789"},
+                {"username": "Ann", "password": hash_b},
+                {"username": "ghost", "password": hash_b},
+                {"username": "ann2", "password": ""},
+            ],
+        },
+    )
+    entries, warnings = read_codx_junior_settings(path)
+    assert [(e.username, e.password_hash) for e in entries] == [("ann", hash_a)]  # the first login counts
+    text = "\n".join(warnings)
+    assert "user_logins[1] ('Ann'): a second login for this user" in text
+    assert "user_logins[2] ('ghost'): no user of that name" in text
+    assert "api_key (1 user), token (1 user)" in text
+    assert "SECRET" not in text
+
+
+# -- the command line -----------------------------------------------------------------------------------
+
+
+def test_cli_dry_run_import_rerun_and_conflict(tmp_path: Path) -> None:
+    settings = CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "data" / "users.fs")
+    env = settings_env(settings)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "db", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+
+    dry = cli("import-codx-junior", str(SAMPLE), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: nothing written" in dry.stdout and "created:      7" in dry.stdout
+
+    done = cli("import-codx-junior", str(SAMPLE), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["written"] and report["created"] == SAMPLE_USERS
+    assert "$2b$" not in done.stdout + done.stderr
+
+    again = json.loads(cli("import-codx-junior", str(SAMPLE), "--json").stdout)
+    assert again["skipped"] == SAMPLE_USERS and not again["written"]
+
+    cli("user", "update", "alice", "--theme", "dark")
+    conflict = cli("import-codx-junior", str(SAMPLE), "--json")
+    assert conflict.returncode == 1
+    assert json.loads(conflict.stdout)["conflicts"] == [
+        {"username": "alice", "reason": "exists in codx-db with a different theme"}
+    ]
+
+    database = Database(settings)
+    try:
+        assert UserDB(database).count() == 7
+        # The import is one transaction, recorded as such in each user's history.
+        created = UserDB(database).history("admin")[-1]
+        assert "import-codx-junior" in created.description
+        assert created.by is not None and created.by.endswith("(codx-db import-codx-junior)")
+    finally:
+        database.close()
