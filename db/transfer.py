@@ -549,7 +549,13 @@ class _FileSource(_Source):
             raise TransferError(f"{self.location}: no such database file")
         # Read-only: no lock is taken, so the application owning the file keeps running; the
         # copy stops at the last complete transaction. Otherwise lock it like an application.
-        storage = FileStorage(str(self.path), read_only=True) if self.read_only else open_file_storage(self.path)
+        try:
+            storage = FileStorage(str(self.path), read_only=True) if self.read_only else open_file_storage(self.path)
+        except StorageInUse as exc:
+            raise StorageInUse(
+                f"{exc} (`codx-db backup` reads a file in use; copy and pack need it to themselves, "
+                "or run db.transfer.pack(database) inside the application)"
+            ) from None
         try:
             yield storage
         finally:
@@ -671,7 +677,7 @@ class _FileTarget(_Target):
         from zc.lockfile import LockError, LockFile
 
         path = self.path
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_dirs(path.parent)
         try:
             lock = LockFile(str(path) + ".lock")
         except LockError:
@@ -797,6 +803,13 @@ def _install_file(partial: Path, path: Path) -> None:
     partial_index = Path(f"{partial}.index")
     if partial_index.exists():
         os.replace(partial_index, index)
+
+
+def _private_dirs(directory: Path) -> None:
+    """Create missing directories 0700, each of them (as the storage factory does)."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
 
 
 def _remove_storage_files(path: Path) -> None:
