@@ -159,16 +159,9 @@ class UserDB:
         def update(uow: UnitOfWork) -> CodxUser:
             users = _users(uow)
             user = _get(users, username)
-            old_username, old_email = user.username, user.email
-            new_username = fields.get("username", old_username)
-            new_email = fields.get("email", old_email)
-            _check_unique(users, new_username, new_email, exclude=user)
-            changed = {name: value for name, value in fields.items() if getattr(user, name) != value}
+            old_username = user.username
+            changed = _apply(users, user, fields)
             if changed:
-                for name, value in changed.items():
-                    setattr(user, name, value)
-                user.touch()
-                users.reindex(user, old_username, old_email)
                 uow.note(f"codx-db: update user {old_username}: {', '.join(sorted(changed))}")
             return CodxUser.from_model(user)
 
@@ -266,15 +259,9 @@ class UserDB:
             state = state_at(uow.connection, user, tid, when)
             if not state:
                 raise HistoryUnavailable(f"user {username!r} has no version at or before {to}")
-            old = snapshot(state)
-            fields = old.model_dump(include=set(TRACKED_FIELDS))
-            changes = UserUpdate.parse(fields).changes()
-            old_username, old_email = user.username, user.email
-            _check_unique(users, changes["username"], changes.get("email"), exclude=user)
-            for name, value in changes.items():
-                setattr(user, name, value)
-            user.touch()
-            users.reindex(user, old_username, old_email)
+            fields = snapshot(state).model_dump(include=set(TRACKED_FIELDS))
+            old_username = user.username
+            _apply(users, user, UserUpdate.parse(fields).changes())
             uow.note(f"codx-db: revert user {old_username} to {to if isinstance(to, str) else to.isoformat()}")
             return CodxUser.from_model(user)
 
@@ -319,6 +306,19 @@ def _get(users: UserContainer, username: str) -> User:
     if user is None:
         raise UserNotFound(username)
     return user
+
+
+def _apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str, Any]:
+    """Set validated fields on a stored user, keeping the indexes right; return what changed."""
+    old_username, old_email = user.username, user.email
+    _check_unique(users, fields.get("username", old_username), fields.get("email", old_email), exclude=user)
+    changed = {name: value for name, value in fields.items() if getattr(user, name) != value}
+    if changed:
+        for name, value in changed.items():
+            setattr(user, name, value)
+        user.touch()
+        users.reindex(user, old_username, old_email)
+    return changed
 
 
 def _find_login(users: UserContainer, login: str) -> User | None:
