@@ -196,6 +196,25 @@ def test_copy_refuses_the_source_itself_an_empty_source_and_a_file_in_use(
         storage.close()
 
 
+@pytest.mark.postgres
+def test_copy_to_a_config_file_target_and_the_same_database_spelled_differently(
+    source: CodxJuniorGlobalSettings, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # relstorage.conf reads its DSN from the environment, as in production.
+    monkeypatch.setenv("CODX_JUNIOR_DB_DSN", pg_dsn)
+    report = copy_database(source, target_settings(config_file=ROOT / "relstorage.conf"))
+    assert report.ok and report.target == f"config file {ROOT / 'relstorage.conf'}"
+    assert stored_states(pg_settings(pg_dsn)) == stored_states(source)
+
+    params = parse_dsn(pg_dsn)
+    uri = f"postgresql://{params['user']}@{params['host']}:{params.get('port', 5432)}/{params['dbname']}"
+    if "password" in params:
+        uri = uri.replace("@", f":{params['password']}@", 1)
+    with pytest.raises(TransferError, match="same database"):
+        copy_database(pg_settings(pg_dsn), target_settings(dsn=uri), force=True)
+    assert stored_states(pg_settings(pg_dsn)) == stored_states(source)  # not zapped
+
+
 def test_verify_names_each_difference_without_showing_values(source: CodxJuniorGlobalSettings, tmp_path: Path) -> None:
     copy = tmp_path / "copy.fs"
     assert copy_database(source, copy).ok
@@ -409,6 +428,21 @@ def test_pack_reports_sizes_and_keeps_every_user(
         assert report.records_after < report.records_before
     assert stored_states(settings) == before
     check_logins(settings)
+
+
+def test_an_application_packs_its_own_open_database(source: CodxJuniorGlobalSettings) -> None:
+    _make_garbage(source)
+    database = Database(source)
+    try:
+        UserDB(database).count()  # open: the application holds the file's lock
+        with pytest.raises(StorageInUse, match="inside the application"):
+            pack(source)
+        report = pack(database)
+        assert report.bytes_after is not None and report.bytes_before is not None
+        assert report.bytes_after < report.bytes_before
+        assert UserDB(database).count() == 5
+    finally:
+        database.close()
 
 
 def test_cli_pack_and_backup_reports(source: CodxJuniorGlobalSettings, tmp_path: Path) -> None:
