@@ -11,6 +11,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _close_database()
     if result is not None:
-        _emit(args, result)
+        try:
+            _emit(args, result)
+        except BrokenPipeError:
+            # `codx-db user list | head`: the reader left; that is not an error. Point stdout
+            # at devnull so the interpreter's final flush does not complain either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

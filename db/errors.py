@@ -53,3 +53,15 @@ class InvalidUserData(CodxDBError):
 
 class HistoryUnavailable(CodxDBError):
     """The storage keeps no past versions (history-free RelStorage), or none match."""
+
+
+class TransferError(CodxDBError):
+    """A copy, backup, restore or pack cannot go ahead; the message says why and what to do."""
+
+
+class TargetNotEmpty(TransferError):
+    """The target already holds a database (pass ``force`` to replace it)."""
+
+
+class CodxJuniorFileError(CodxDBError):
+    """The file is not a usable codx-junior ``global_settings.json``; the message names the entries."""

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from db.database import Database, UnitOfWork
-from db.errors import CodxDBError, InvalidUserData
+from db.errors import CodxJuniorFileError, InvalidUserData
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.schemas import UserCreate
 
@@ -44,10 +44,6 @@ BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}
 USER_FIELDS = frozenset({"username", "email", "avatar", "theme", "projects", "role", "disabled", "github", "full_name"})
 PROJECT_FIELDS = frozenset({"project_id", "permissions", "children"})
 MAX_LISTED_PROBLEMS = 20
-
-
-class CodxJuniorFileError(CodxDBError):
-    """The file is not a usable codx-junior ``global_settings.json``; the message names the entries."""
 
 
 @dataclass(frozen=True)

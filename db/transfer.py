@@ -33,7 +33,13 @@ from ZODB.utils import u64, z64
 
 from db.check import check_root
 from db.database import Database
-from db.errors import CodxDBError, ConfigurationError, DatabaseUnavailable, StorageInUse
+from db.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    StorageInUse,
+    TargetNotEmpty,
+    TransferError,
+)
 from db.models import USERS_KEY, UserContainer
 from db.progress import Progress, QuietProgress
 from db.settings import CodxJuniorGlobalSettings, mask_dsn
@@ -43,14 +49,6 @@ from migrations.runner import read_generation
 # FileStorage files begin with a 4-byte magic number; anything longer holds transactions.
 FILESTORAGE_HEADER = 4
 MAX_LISTED_DIFFERENCES = 50
-
-
-class TransferError(CodxDBError):
-    """A copy, backup, restore or pack cannot go ahead; the message says why and what to do."""
-
-
-class TargetNotEmpty(TransferError):
-    """The target already holds a database (pass ``force`` to replace it)."""
 
 
 # -- reports -------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from db.database import Database
-from db.importer import CodxJuniorFileError, import_codx_junior, read_codx_junior_settings
+from db.errors import CodxJuniorFileError
+from db.importer import import_codx_junior, read_codx_junior_settings
 from db.models import USERS_KEY
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
