@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -405,6 +407,104 @@ def _replaced_stdin(replacement: io.StringIO) -> Iterator[None]:
         yield
     finally:
         sys.stdin = saved
+
+
+# -- codx-junior's settings file (import-codx-junior) ----------------------------------------------
+
+IMPORT_PASSWORD = "imported-password"
+IMPORT_HASH = bcrypt.hashpw(IMPORT_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(any_text, children, max_size=3),
+    max_leaves=12,
+)
+json_wrong = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+
+
+def jloose(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``loose`` for a JSON file (the wrong types JSON can hold), rarer: one bad field spoils a file."""
+    return st.one_of(*[good] * 8, huge_text, json_wrong)
+
+
+junior_users = st.fixed_dictionaries(
+    {"username": jloose(usernames)},
+    optional={
+        "email": jloose(st.one_of(emails, st.just(""))),
+        "avatar": jloose(any_text),
+        "theme": jloose(st.sampled_from(["dim", "dark", "light"])),
+        "role": jloose(st.sampled_from(["user", "admin", "Admin", "root"])),
+        "disabled": jloose(flags),
+        "github": jloose(any_text),
+        "projects": jloose(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"project_id": any_text},
+                    optional={"permissions": st.one_of(any_text, st.lists(any_text, max_size=2)), "children": flags},
+                ),
+                max_size=3,
+            )
+        ),
+        "token": any_text,  # a field codx-db does not store: a warning naming it, never its value
+    },
+)
+# Entries codx-junior itself would write, so that whole files get imported too.
+junior_good_users = st.fixed_dictionaries(
+    {"username": st.one_of(plausible_name, unicode_name, st.just("taken"))},
+    optional={
+        "email": st.one_of(st.emails(), st.just("")),
+        "theme": st.sampled_from(["dim", "dark"]),
+        "role": st.sampled_from(["user", "admin"]),
+        "disabled": flags,
+        "projects": st.lists(
+            st.fixed_dictionaries({"project_id": plausible_name, "permissions": st.just([])}), max_size=2
+        ),
+    },
+)
+junior_logins = st.fixed_dictionaries(
+    {"username": usernames, "password": st.one_of(st.just(IMPORT_HASH), any_text, json_wrong)}
+)
+junior_files = st.one_of(
+    st.fixed_dictionaries(
+        {"users": st.lists(st.one_of(junior_good_users, junior_users), max_size=4)},
+        optional={"user_logins": st.lists(junior_logins, max_size=4)},
+    ),
+    json_values.map(json.dumps),  # any JSON at all
+    any_text,  # not JSON
+)
+
+
+@settings(PROFILE, max_examples=60)
+@given(content=junior_files)
+def test_an_import_file_imports_whole_or_not_at_all(content: Any) -> None:
+    from db.errors import CodxJuniorFileError
+    from db.importer import import_codx_junior
+
+    with tempfile.TemporaryDirectory() as scratch, fresh_users() as users:
+        path = Path(scratch) / "global_settings.json"
+        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+        before = state(users)
+        try:
+            report = import_codx_junior(users.database, path)
+        except (CodxJuniorFileError, *DOCUMENTED):
+            assert state(users) == before, "a refused import wrote something"
+            assert_consistent(users)
+            return
+        if not report.written:
+            assert state(users) == before, "an import with conflicts wrote something"
+        else:
+            assert users.count() == len(before) + len(report.created)
+            for name in report.created:
+                imported = users.get(name)
+                if name not in report.without_password:
+                    assert users.authenticate(imported.username, IMPORT_PASSWORD) is not None or not imported.is_active
+        assert_consistent(users)
 
 
 # -- settings values ----------------------------------------------------------------------------
