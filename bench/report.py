@@ -131,7 +131,7 @@ def scaling_table(report: dict[str, Any]) -> str | None:
                     f"{row['open_seconds']:.2f}",
                     f"{row['peak_rss_mb']:.0f}",
                     f"{row['store_mb']:,.0f}" if row.get("store_mb") is not None else "-",
-                    f"{row['users'] / row['populate_seconds']:,.0f}" if row.get("populate_seconds") else "-",
+                    f"{row['filled'] / row['populate_seconds']:,.0f}" if row.get("populate_seconds") else "-",
                 ]
             )
     headers = ["storage", "users", "get us", "email us", "page us", "open s", "peak RSS MB", "store MB", "fill/s"]
