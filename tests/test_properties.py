@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -370,6 +371,7 @@ def cli_settings() -> Iterator[CodxJuniorGlobalSettings]:
     finally:
         db.close()
         db._settings = previous
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @settings(PROFILE, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
