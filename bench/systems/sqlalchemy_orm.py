@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from bench.pg import connect
@@ -35,6 +36,11 @@ class OrmUser(Base):
     password_hash: Mapped[str | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    avatar: Mapped[str] = mapped_column(default="")
+    theme: Mapped[str] = mapped_column(default="dim")
+    role: Mapped[str] = mapped_column(default="user")
+    github: Mapped[str] = mapped_column(default="")
+    projects: Mapped[list[Any]] = mapped_column(JSONB, default=list)
 
 
 def _new_row(user: UserRecord) -> dict[str, Any]:

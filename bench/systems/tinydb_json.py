@@ -27,6 +27,11 @@ def _document(user: UserRecord) -> dict[str, Any]:
         "password_hash": None,
         "created_at": now,
         "updated_at": now,
+        "avatar": "",
+        "theme": "dim",
+        "role": "user",
+        "github": "",
+        "projects": [],
     }
 
 

@@ -2,8 +2,8 @@
 
 The floor under codx-db's layer: the same storages with the same settings codx-db uses by
 default (object cache 10,000 per connection, pool 7; RelStorage history-free with a 64 MB
-local cache), the same three OOBTree indexes and a ``Length``, and no validation or snapshots
-beyond copying the fields out into a dict.
+local cache), the same fields on each user, the same three OOBTree indexes and a ``Length``,
+and no validation or snapshots beyond copying the fields out into a dict.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ class PlainUser(Persistent):
         self.is_superuser = False
         self.password_hash: str | None = None
         self.created_at = self.updated_at = datetime.now(UTC)
+        # codx-junior's own fields, stored with their defaults like codx-db does.
+        self.avatar = ""
+        self.theme = "dim"
+        self.role = "user"
+        self.github = ""
+        self.projects: tuple[tuple[str, str, bool], ...] = ()
 
 
 def _snapshot(user: PlainUser) -> dict[str, Any]:
@@ -50,6 +56,11 @@ def _snapshot(user: PlainUser) -> dict[str, Any]:
         "is_superuser": user.is_superuser,
         "created_at": user.created_at,
         "updated_at": user.updated_at,
+        "avatar": user.avatar,
+        "theme": user.theme,
+        "role": user.role,
+        "github": user.github,
+        "projects": list(user.projects),
     }
 
 
