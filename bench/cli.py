@@ -183,6 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - one failing system must not hide the others
             report["systems"][name] = {"system": name, "error": f"{type(exc).__name__}: {exc}", "results": {}}
 
+    if "psycopg2" in systems:
+        from bench import floor
+
+        _progress("PostgreSQL round-trip floor: 1 vs 3 round trips per get (psycopg2)")
+        try:
+            report["floor"] = in_child(floor.measure, args.pg_dsn, users, seconds, max_ops, args.seed)
+        except Exception as exc:  # noqa: BLE001
+            report["floor"] = {"error": f"{type(exc).__name__}: {exc}"}
+
     if not args.no_concurrency:
         from bench.concurrency import measure
 

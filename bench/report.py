@@ -168,6 +168,16 @@ def render(report: dict[str, Any]) -> str:
             parts += ["", "SQL round trips per operation (client side: BEGIN, statements, COMMIT/ROLLBACK)", trips]
         parts += ["", system_notes(report)]
         parts += ["", "Operations:"] + [f"  {op:13s} {DESCRIPTIONS[op]}" for op in ROWS]
+    floor = report.get("floor")
+    if floor and "error" not in floor:
+        one, three = floor["one_roundtrip"], floor["three_roundtrips"]
+        parts += [
+            "",
+            "PostgreSQL round-trip floor (psycopg2 alone, same server): a get as 1 statement "
+            f"{one['ops_per_s']:,.0f}/s ({one['us_per_op']:.0f} us);",
+            f"  as BEGIN + statement + ROLLBACK, RelStorage's minimum per unit of work, {three['ops_per_s']:,.0f}/s"
+            f" ({three['us_per_op']:.0f} us): {floor['ratio']:.2f}x of the 1-statement get.",
+        ]
     conc = concurrency_table(report)
     if conc:
         parts += ["", f"Concurrent creates on PostgreSQL ({config['concurrency_seconds']}s per measurement)", conc]

@@ -14,7 +14,7 @@ from bench.systems.base import System
 from bench.systems.sql_schema import COLUMNS, TABLE_DDL
 from bench.workload import UserRecord
 
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM users"
+SELECT = f"SELECT {', '.join(COLUMNS)} FROM users"
 _INSERT = "INSERT INTO users (id, username, email, full_name, created_at, updated_at) VALUES "
 
 
@@ -52,10 +52,10 @@ class Psycopg2Raw(System):
             )
 
     def get(self, username: str) -> Any:
-        return self._one(_SELECT + " WHERE lower(username) = %s", (username.lower(),))
+        return self._one(SELECT + " WHERE lower(username) = %s", (username.lower(),))
 
     def get_by_email(self, email: str) -> Any:
-        return self._one(_SELECT + " WHERE lower(email) = %s", (email.lower(),))
+        return self._one(SELECT + " WHERE lower(email) = %s", (email.lower(),))
 
     def get_many(self, usernames: Sequence[str]) -> list[Any]:
         # One consistent snapshot, one statement per get (like the other systems' loops).
@@ -78,7 +78,7 @@ class Psycopg2Raw(System):
 
     def page(self, offset: int, limit: int) -> list[Any]:
         with self.conn.cursor() as cur:
-            cur.execute(_SELECT + " ORDER BY lower(username) OFFSET %s LIMIT %s", (offset, limit))
+            cur.execute(SELECT + " ORDER BY lower(username) OFFSET %s LIMIT %s", (offset, limit))
             return [_row(found) for found in cur.fetchall()]
 
     def delete(self, username: str) -> None:

@@ -1,0 +1,62 @@
+"""The round-trip floor of a consistent read on PostgreSQL, measured with psycopg2 alone.
+
+RelStorage starts every unit of work with ``BEGIN`` and a poll query on a REPEATABLE READ,
+read-only connection and ends it with ``ROLLBACK``: three round trips even when the object is
+already in its cache. Doing the same three round trips around a plain ``SELECT`` shows what
+any ZODB-on-RelStorage get can reach at best, next to the one-statement get.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench import pg
+from bench.runner import import_users
+from bench.systems.psycopg2_raw import SELECT, Psycopg2Raw
+from bench.workload import Budget, rng, timed_loop, user
+
+# The statement the psycopg2 system's get sends.
+_SELECT = SELECT + " WHERE lower(username) = %s"
+
+
+def measure(admin_dsn: str, users: int, seconds: float, max_ops: int, seed: int) -> dict[str, Any]:
+    """Gets per second: one autocommit statement, and BEGIN + statement + ROLLBACK."""
+    with pg.fresh_database(admin_dsn, "floor") as dsn:
+        system = Psycopg2Raw(dsn)
+        system.open()
+        try:
+            import_users(system, 0, users, 1000)
+        finally:
+            system.close()
+        one = pg.connect(dsn, autocommit=True)
+        three = pg.connect(dsn)
+        three.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        budget = Budget(seconds, max_ops)
+        try:
+            pick = rng(seed, "floor")
+
+            def get_one(_: int) -> int:
+                with one.cursor() as cur:
+                    cur.execute(_SELECT, (user(pick.randrange(users)).username,))
+                    cur.fetchone()
+                return 1
+
+            def get_three(_: int) -> int:
+                with three.cursor() as cur:
+                    cur.execute(_SELECT, (user(pick.randrange(users)).username,))
+                    cur.fetchone()
+                three.rollback()
+                return 1
+
+            started = time.perf_counter()
+            results = {
+                "one_roundtrip": timed_loop("get", get_one, budget, pg.roundtrips).as_dict(),
+                "three_roundtrips": timed_loop("get", get_three, budget, pg.roundtrips).as_dict(),
+            }
+        finally:
+            one.close()
+            three.close()
+    results["ratio"] = results["three_roundtrips"]["ops_per_s"] / results["one_roundtrip"]["ops_per_s"]
+    results["seconds"] = time.perf_counter() - started
+    return results
