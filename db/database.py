@@ -190,18 +190,28 @@ class Database:
             uow = UnitOfWork(connection, manager)
             self._local.uow = uow
             try:
-                yield uow
+                # Loads inside the body may hit a lost PostgreSQL connection too.
+                with _storage_errors():
+                    yield uow
             except BaseException:
-                manager.abort()
+                _abort_quietly(manager)
                 raise
             finally:
                 self._local.uow = None
             with _storage_errors():
                 manager.commit()
         finally:
-            if manager.explicit and _in_transaction(manager):
-                manager.abort()
+            if _in_transaction(manager):
+                _abort_quietly(manager)
             connection.close()
+
+
+def _abort_quietly(manager: transaction.TransactionManager) -> None:
+    """Abort, keeping the error that got us here rather than one from a dead connection."""
+    try:
+        manager.abort()
+    except Exception:
+        log.debug("abort failed after an error", exc_info=True)
 
 
 def _in_transaction(manager: transaction.TransactionManager) -> bool:

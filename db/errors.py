@@ -9,6 +9,12 @@ class CodxDBError(Exception):
     """Base of every error codx-db raises on purpose."""
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """A value quoted for an error message, cut short: a 100 kB username is not a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'"
+
+
 class ConfigurationError(CodxDBError):
     """The settings are wrong; the message names the setting (never its secret value)."""
 
@@ -31,7 +37,7 @@ class UserNotFound(CodxDBError):
     def __init__(self, key: str, field: str = "username") -> None:
         self.key = key
         self.field = field
-        super().__init__(f"no user with {field} {key!r}")
+        super().__init__(f"no user with {field} {shown(key)}")
 
 
 class UserAlreadyExists(CodxDBError):
@@ -40,7 +46,7 @@ class UserAlreadyExists(CodxDBError):
     def __init__(self, field: str, value: str) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"a user with {field} {value!r} already exists")
+        super().__init__(f"a user with {field} {shown(value)} already exists")
 
 
 class InvalidUserData(CodxDBError):

@@ -127,6 +127,11 @@ class UserContainer(Persistent):
 
     def remove(self, user: User) -> None:
         """Remove a user and its index entries."""
+        # Write the user itself too: otherwise an update of the same user committing at the
+        # same moment touches only other BTree buckets, both commits merge, and the update's
+        # new index entries point at a deleted user (who could then still log in by email).
+        # Marking it changed makes the two transactions conflict; the loser is retried.
+        user._p_changed = True
         del self.users[user.id]
         del self.by_username[username_key(user.username)]
         if user.email:

@@ -43,6 +43,10 @@ def check_password(password: object) -> str:
         raise InvalidUserData([f"password: must be at most {MAX_PASSWORD_LENGTH} characters"])
     if "\x00" in password:
         raise InvalidUserData(["password: must not contain NUL characters"])
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidUserData(["password: must be valid Unicode text (no lone surrogates)"]) from None
     return password
 
 
@@ -68,7 +72,7 @@ def verify_password(stored_hash: str | None, password: str) -> tuple[bool, bool]
     if is_bcrypt(stored_hash):
         try:
             ok = bcrypt.checkpw(password.encode("utf-8"), stored_hash.encode("ascii"))
-        except ValueError:
+        except (ValueError, UnicodeEncodeError):
             ok = False
         return ok, ok
     ok = _verify_argon2(stored_hash, password)
@@ -83,7 +87,8 @@ def dummy_verify(password: str) -> None:
 def _verify_argon2(stored_hash: str, password: str) -> bool:
     try:
         return _hasher.verify(stored_hash, password)
-    except (VerificationError, InvalidHashError):
+    except (VerificationError, InvalidHashError, UnicodeEncodeError):
+        # A password that cannot be encoded (lone surrogates) cannot be anyone's password.
         return False
 
 

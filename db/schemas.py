@@ -53,6 +53,12 @@ _THEME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _GITHUB_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
 
 
+def _has_control_chars(value: str) -> bool:
+    # Cc: control characters; Cs: lone surrogates, which cannot be encoded as UTF-8 and would
+    # break every JSON response and terminal that later shows the value.
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
+
+
 class ProjectPermission(BaseModel):
     """What a user may do in one codx-junior project (and, if ``children``, its children)."""
 
@@ -68,8 +74,8 @@ class ProjectPermission(BaseModel):
         value = value.strip()
         if not 1 <= len(value) <= PROJECT_ID_MAX:
             raise ValueError(f"must be 1-{PROJECT_ID_MAX} characters")
-        if any(unicodedata.category(c) == "Cc" for c in value):
-            raise ValueError("must not contain control characters")
+        if _has_control_chars(value):
+            raise ValueError("must not contain control characters or lone surrogates")
         return value
 
     @field_validator("permissions")
@@ -78,8 +84,8 @@ class ProjectPermission(BaseModel):
         value = value.strip()
         if len(value) > PERMISSIONS_MAX:
             raise ValueError(f"must be at most {PERMISSIONS_MAX} characters")
-        if any(unicodedata.category(c) == "Cc" for c in value):
-            raise ValueError("must not contain control characters")
+        if _has_control_chars(value):
+            raise ValueError("must not contain control characters or lone surrogates")
         return value
 
 
@@ -168,13 +174,25 @@ def normalize_email(value: str) -> str:
         raise ValueError(f"not a valid email address ({exc})") from None
 
 
+def email_for_lookup(value: str) -> str:
+    """The stored form of an address typed at login or lookup (punycode domains included).
+
+    Anything that does not validate cannot be stored, so it is looked up as typed (and
+    simply not found).
+    """
+    try:
+        return normalize_email(value)
+    except ValueError:
+        return value
+
+
 def normalize_avatar(value: str) -> str:
     """An avatar URL or path: trimmed, bounded, printable."""
     value = value.strip()
     if len(value) > AVATAR_MAX:
         raise ValueError(f"must be at most {AVATAR_MAX} characters")
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ValueError("must not contain control characters")
+    if _has_control_chars(value):
+        raise ValueError("must not contain control characters or lone surrogates")
     return value
 
 
@@ -219,8 +237,8 @@ def normalize_full_name(value: str) -> str:
     name = unicodedata.normalize("NFC", value).strip()
     if len(name) > FULL_NAME_MAX:
         raise ValueError(f"must be at most {FULL_NAME_MAX} characters")
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        raise ValueError("must not contain control characters")
+    if _has_control_chars(name):
+        raise ValueError("must not contain control characters or lone surrogates")
     return name
 
 

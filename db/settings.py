@@ -114,12 +114,18 @@ class CodxJuniorGlobalSettings(BaseSettings):
     @field_validator("db_file_path", "db_config_file", "db_cache_dir", "db_blob_dir")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
+        if value is not None and "\x00" in str(value):
+            raise ValueError("a path must not contain a NUL character")
         return value.expanduser() if value is not None else None
 
     @model_validator(mode="after")
     def _check_combination(self) -> CodxJuniorGlobalSettings:
         if self.db_config_file is not None:
-            if not self.db_config_file.is_file():
+            try:
+                readable = self.db_config_file.is_file()
+            except OSError as exc:  # e.g. a name longer than the file system allows
+                raise ValueError(f"db_config_file: {exc.strerror}") from None
+            if not readable:
                 raise ValueError(f"db_config_file: {self.db_config_file} is not a readable file")
             return self
         if self.db_backend == "postgres" and self.db_dsn is None:
@@ -128,7 +134,10 @@ class CodxJuniorGlobalSettings(BaseSettings):
                 f"(set {ENV_PREFIX}DB_DSN, e.g. postgresql://user@host:5432/codx)"
             )
         if self.db_backend == "file":
-            _check_creatable(self.db_file_path, "db_file_path")
+            try:
+                _check_creatable(self.db_file_path, "db_file_path")
+            except OSError as exc:  # e.g. a name longer than the file system allows
+                raise ValueError(f"db_file_path: {exc.strerror}") from None
         return self
 
     @property

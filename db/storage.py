@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import ZConfig
 import ZODB.config
+from ZODB.FileStorage import FileStorage
 from ZODB.interfaces import IStorage
 
 from db.errors import ConfigurationError, DatabaseUnavailable, StorageInUse
 from db.settings import CodxJuniorGlobalSettings, keyword_dsn
+
+log = logging.getLogger(__name__)
 
 # One PostgreSQL advisory lock key for "someone is opening (creating, evolving) this database".
 # Derived from a fixed name so every codx-db version agrees on it.
@@ -64,7 +69,6 @@ def _open_memory() -> IStorage:
 def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
     """Open (creating if needed, 0600 in a 0700 directory) a FileStorage file."""
     from zc.lockfile import LockError
-    from ZODB.FileStorage import FileStorage
 
     _make_private_dir(path.parent)
     if not path.exists():
@@ -74,10 +78,34 @@ def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
     if blob_dir is not None:
         _make_private_dir(blob_dir)
         kwargs["blob_dir"] = str(blob_dir)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        log.warning("%s was readable by other users: making it private (0600)", path)
+        path.chmod(0o600)
     try:
-        return FileStorage(str(path), **kwargs)
+        storage = PrivateFileStorage(str(path), **kwargs)
     except LockError:
         raise StorageInUse(_in_use_message(path)) from None
+    storage.make_side_files_private()
+    return storage
+
+
+class PrivateFileStorage(FileStorage):
+    """A FileStorage whose side files are private too.
+
+    FileStorage creates ``.tmp`` (the transaction being committed: password hashes), ``.lock``
+    and ``.index`` with the umask's mode; in a shared directory other users could read them.
+    """
+
+    def make_side_files_private(self) -> None:
+        """chmod 0600 the side files that exist now."""
+        for suffix in (".tmp", ".lock", ".index"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self._file_name + suffix, 0o600)
+
+    def _save_index(self) -> None:
+        # The index is rewritten (a new file) at close and after a pack.
+        super()._save_index()
+        self.make_side_files_private()
 
 
 def _in_use_message(path: Path) -> str:

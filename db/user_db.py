@@ -18,7 +18,7 @@ from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, Us
 from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.passwords import check_password, dummy_verify, hash_password, verify_password
-from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, projects_to_tuple
+from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
 
 T = TypeVar("T")
 
@@ -59,8 +59,10 @@ class UserDB:
         """The user with this email address (case-insensitive); raises UserNotFound."""
         _require_str("email", email)
 
+        address = email_for_lookup(email)
+
         def get_by_email(users: UserContainer) -> CodxUser:
-            user = users.find_by_email(email)
+            user = users.find_by_email(address)
             if user is None:
                 raise UserNotFound(email, field="email")
             return CodxUser.from_model(user)
@@ -324,7 +326,7 @@ def _apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str
 def _find_login(users: UserContainer, login: str) -> User | None:
     user = users.find_by_username(login)
     if user is None and "@" in login:
-        user = users.find_by_email(login)
+        user = users.find_by_email(email_for_lookup(login))
     return user
 
 

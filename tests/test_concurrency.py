@@ -228,11 +228,6 @@ def test_mixed_load_then_check_is_clean(pg_dsn: str) -> None:
     report = json.loads(result.stdout)
     print(json.dumps(report, indent=2))  # the figures, for the test log
     assert report["errors"] == 0, report["error_kinds"]
-    codes = {line.split(":")[0] for line in report["check_problems"]}
-    if codes and codes <= {"email-dangling", "inactive-dangling"}:
-        # The delete/update write skew pinned by the strict xfail tests below: random load
-        # hits it in about one run in six. Any other problem fails this test.
-        pytest.xfail(DELETE_RACES_UPDATE)
     assert report["check_ok"], report["check_problems"]
     assert report["operations"] > 200
     assert report["outcomes"].get("create:ok", 0) > 0 and report["outcomes"].get("create:exists", 0) > 0
@@ -244,16 +239,6 @@ def test_mixed_load_then_check_is_clean(pg_dsn: str) -> None:
 
 
 # -- two units of work interleaved at a chosen point (threads, one process) ---------------------
-
-DELETE_RACES_UPDATE = (
-    "write skew: UserDB.delete does not write the User object, so an update of that user that "
-    "commits just before or after it does not conflict; BTrees conflict resolution merges the "
-    "delete's removal of the username key with the update's re-set of it, and the update's new "
-    "email (or inactive) entry survives, pointing to the deleted user, who can still log in by "
-    "email. Fix: in UserContainer.remove (db/models.py) or UserDB.delete (db/user_db.py) write the "
-    "user before removing it (user._p_changed = True, or user.touch()), so both orders conflict "
-    "on the User and one is retried"
-)
 
 
 def _interleave(database: Database, mine: Callable[[], object], theirs: Callable[[], object]) -> str:
@@ -291,7 +276,6 @@ def shared_database(persistent_settings: CodxJuniorGlobalSettings) -> Iterator[D
     database.close()
 
 
-@pytest.mark.xfail(strict=True, reason=DELETE_RACES_UPDATE)
 @pytest.mark.parametrize("first", ["update-commits-first", "delete-commits-first"])
 def test_delete_racing_an_email_change_leaves_no_dangling_entry(shared_database: Database, first: str) -> None:
     users = UserDB(shared_database)
@@ -316,7 +300,6 @@ def test_delete_racing_an_email_change_leaves_no_dangling_entry(shared_database:
     assert report.ok, [f"{p.code}: {p.message}" for p in report.problems]
 
 
-@pytest.mark.xfail(strict=True, reason=DELETE_RACES_UPDATE)
 def test_delete_racing_a_deactivation_leaves_no_dangling_entry(shared_database: Database) -> None:
     users = UserDB(shared_database)
     users.create(username="anna")

@@ -272,13 +272,6 @@ def test_postgres_outage_fails_clearly_then_recovers_in_the_same_process(
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a connection lost *inside* a unit of work (loading an object) escapes as a raw "
-    "psycopg2.OperationalError: Database._own_unit (db/database.py) wraps only open, begin "
-    "and commit in _storage_errors(). Fix: also wrap the body, i.e. `with _storage_errors(): "
-    "yield uow` inside its try block",
-)
 def test_postgres_lost_in_the_middle_of_a_unit_of_work_is_database_unavailable(
     outage_db: tuple[PrivatePostgres, Database],
 ) -> None:

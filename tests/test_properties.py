@@ -5,8 +5,8 @@ the documented errors (InvalidUserData, UserAlreadyExists, UserNotFound) having 
 nothing. The command line: whatever the arguments, an exit code and at most one error line,
 never a traceback. Settings: a value is accepted or refused with ConfigurationError.
 
-Inputs known to hit a bug are kept out of the random strategies (so these tests stay
-deterministic) and pinned instead by the strict-xfail tests at the end of this file.
+Inputs that once hit a bug (lone surrogates, impossible paths) also have their own tests at
+the end of this file.
 
 Profiles: ``CI=true`` uses a derandomised profile (the same examples on every run), the
 default a random one; both keep the example counts modest so the file runs in seconds.
@@ -53,10 +53,9 @@ SECRET = "S3cret-pw-1234"
 
 # -- strategies ---------------------------------------------------------------------------------
 
-# Lone surrogates (category Cs) are excluded: they are the subject of xfail tests below.
-any_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+any_text = st.text(max_size=40)  # any code point, lone surrogates included
 # Huge strings cost nothing to build this way (and shrink to short ones).
-huge_text = st.builds(lambda c, n: c * n, st.characters(exclude_categories=("Cs",)), st.integers(300, 100_000))
+huge_text = st.builds(lambda c, n: c * n, st.characters(), st.integers(300, 100_000))
 wrong_type = st.one_of(
     st.none(),
     st.booleans(),
@@ -535,7 +534,7 @@ setting_values = st.one_of(
 
 
 def _fits_the_filesystem(value: Any) -> bool:
-    # Paths with a NUL byte or a component longer than NAME_MAX are the subject of an xfail.
+    # The environment cannot carry a NUL byte, and over-long names have their own tests below.
     if not isinstance(value, str):
         return True
     return "\x00" not in value and all(len(part.encode("utf-8", "surrogateescape")) <= 255 for part in value.split("/"))
@@ -601,24 +600,11 @@ def _chdir(path: str) -> Iterator[None]:
 # -- known bugs, pinned -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_password (db/passwords.py) accepts lone surrogates, then argon2 raises "
-    "UnicodeEncodeError while hashing: an undocumented error from create/set_password. Fix: in "
-    "check_password, `password.encode('utf-8')` inside try/except UnicodeEncodeError -> "
-    "InvalidUserData(['password: must be valid Unicode text'])",
-)
 def test_a_password_with_a_lone_surrogate_is_invalid_user_data() -> None:
     with fresh_users() as users, pytest.raises(InvalidUserData):
         users.create(username="surrogate", password="\udcff" * 8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="authenticate (db/user_db.py) with a password holding a lone surrogate raises "
-    "UnicodeEncodeError from argon2 instead of returning None. Fix: in db/passwords.py "
-    "_verify_argon2, also catch UnicodeEncodeError (return False); dummy_verify likewise",
-)
 def test_authenticate_with_a_lone_surrogate_is_just_a_failed_login() -> None:
     with fresh_users() as users:
         users.create(username="someone", password="good-password")
@@ -626,26 +612,11 @@ def test_authenticate_with_a_lone_surrogate_is_just_a_failed_login() -> None:
         assert users.authenticate("nobody", "\udcff" * 8) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="normalize_full_name (db/schemas.py) rejects Cc but not Cs: a lone surrogate is "
-    "stored, then every JSON or UTF-8 output of the user fails (pydantic model_dump_json raises "
-    "PydanticSerializationError; the CLI with a strict UTF-8 stdout shows a traceback). Fix: "
-    "reject category 'Cs' next to 'Cc' in normalize_full_name, normalize_avatar and "
-    "ProjectPermission's validators",
-)
 def test_a_full_name_with_a_lone_surrogate_is_refused() -> None:
     with fresh_users() as users, pytest.raises(InvalidUserData):
         users.create(username="surrogate", full_name="Ren\udce9")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CLI's output (db/cli.py _emit/_print_user) is written outside main()'s error "
-    "handling: a stored value that stdout cannot encode ends in a traceback. Fix: refuse lone "
-    "surrogates in db/schemas.py (see above); belt and braces, sys.stdout.reconfigure("
-    "errors='backslashreplace') at the start of main()",
-)
 def test_cli_output_of_an_unencodable_name_is_not_a_traceback(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODX_JUNIOR_")}
     env.update(CODX_JUNIOR_DB_FILE_PATH=str(tmp_path / "users.fs"), PYTHONIOENCODING="utf-8")
@@ -655,13 +626,6 @@ def test_cli_output_of_an_unencodable_name_is_not_a_traceback(tmp_path: Path) ->
     assert b"Traceback" not in result.stderr, result.stderr.decode(errors="replace")[-500:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get_by_email/authenticate (db/user_db.py) key the lookup with email_key(input), but "
-    "the stored address was normalised by email-validator (an IDNA 'xn--' domain becomes "
-    "Unicode): the address given at sign-up does not find its user. Fix: in get_by_email and "
-    "_find_login, look up email_key(normalize_email(login)) when it validates, else the raw key",
-)
 def test_the_email_given_at_creation_finds_the_user() -> None:
     with fresh_users() as users:
         created = users.create(username="idna", email="user@xn--bcher-kva.example", password="good-password")
@@ -669,25 +633,12 @@ def test_the_email_given_at_creation_finds_the_user() -> None:
         assert users.authenticate("user@xn--bcher-kva.example", "good-password") == created
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a db_file_path (or db_config_file) with a component longer than NAME_MAX makes "
-    "Path.exists() raise OSError(ENAMETOOLONG) inside the validators of db/settings.py, which "
-    "escapes load() as a raw OSError. Fix: in _check_creatable and _check_combination, catch "
-    "OSError and raise ValueError(f'{setting}: {exc.strerror}')",
-)
 @pytest.mark.parametrize("name", ["db_file_path", "db_config_file"])
 def test_an_impossible_path_is_a_configuration_error(name: str) -> None:
     with pytest.raises(ConfigurationError):
         CodxJuniorGlobalSettings.load(**{name: "a" * 300})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a db_file_path holding a NUL byte passes the settings validation and fails at the "
-    "first unit of work with a raw ValueError('embedded null byte') from os.open. Fix: in the "
-    "_expand_user validator of db/settings.py, refuse paths containing '\\x00'",
-)
 def test_a_path_with_a_nul_byte_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         CodxJuniorGlobalSettings.load(db_file_path=str(tmp_path / "a\x00b.fs"))

@@ -309,14 +309,6 @@ def test_database_file_0600_and_directory_0700_whatever_the_umask(tmp_path: Path
     assert all(p.parent == path.parent for p in path.parent.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="in a directory codx-db did not create (e.g. an existing 0755 one), FileStorage's side "
-    "files follow the umask: users.fs.tmp (0644) holds the last transaction, password hash "
-    "included, readable by every local user. Fix in db/storage.py open_file_storage: before "
-    "FileStorage(...), create (or chmod) path.tmp, path.index, path.lock with mode 0600, the way "
-    "the data file itself is created",
-)
 def test_side_files_are_private_in_a_shared_directory(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
