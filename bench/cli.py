@@ -89,6 +89,13 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("CODX_BENCH_PG_DSN", pg.DEFAULT_ADMIN_DSN),
         help="admin DSN of the PostgreSQL server (env CODX_BENCH_PG_DSN); fresh databases are made there",
     )
+    p.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting for every benchmark database, e.g. synchronous_commit=off (repeatable)",
+    )
     p.add_argument("--workdir", default=tempfile.gettempdir(), help="where file stores are made (temporary)")
     p.add_argument("--json", metavar="PATH", help="also write the full report as JSON (- for stdout, no table)")
     return p
@@ -151,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --users must be at least 100", file=sys.stderr)
         return 2
 
+    if args.pg_setting:
+        os.environ[pg.SETTINGS_ENV] = ";".join(args.pg_setting)
+        pg.database_settings()  # fail now on a bad name
     needs_pg = any(STORAGE[s] == "postgres" for s in systems) or bool(scaling and "postgres" in storages)
     if needs_pg:
         problem = pg.check_server(args.pg_dsn)
@@ -170,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "concurrency_seconds": concurrency_seconds,
             "codx_settings": options,
+            "pg_settings": pg.database_settings(),
             "quick": args.quick,
         },
         "systems": {},

@@ -9,6 +9,7 @@ compare like with like.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +22,9 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=postgres user=postgres"
 DATABASE_PREFIX = "codx_bench_"
+# "name=value;name=value": settings given to every benchmark database (ALTER DATABASE ... SET),
+# e.g. synchronous_commit=off. An environment variable so child processes see it too.
+SETTINGS_ENV = "CODX_BENCH_PG_SETTINGS"
 
 T = TypeVar("T")
 
@@ -153,9 +157,23 @@ def create_database(admin_dsn: str, label: str) -> str:
     try:
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
+            for setting, value in database_settings().items():
+                cur.execute(f'ALTER DATABASE "{name}" SET {setting} = %s', (value,))
     finally:
         conn.close()
     return make_dsn(admin_dsn, dbname=name)
+
+
+def database_settings() -> dict[str, str]:
+    """The settings ``--pg-setting`` asked for (from ``CODX_BENCH_PG_SETTINGS``)."""
+    found = {}
+    for item in os.environ.get(SETTINGS_ENV, "").split(";"):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            if not name.strip().replace("_", "").replace(".", "").isalnum():
+                raise ValueError(f"not a PostgreSQL setting name: {name!r}")
+            found[name.strip()] = value.strip()
+    return found
 
 
 def drop_database(admin_dsn: str, dsn: str) -> None:

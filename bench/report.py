@@ -157,6 +157,8 @@ def render(report: dict[str, Any]) -> str:
         "  would dominate every create. Each system runs in its own process on fresh stores;",
         "  every PostgreSQL system gets its own fresh database on the same server.",
     ]
+    if config.get("pg_settings"):
+        parts.append(f"  PostgreSQL settings of the benchmark databases: {config['pg_settings']}")
     if config.get("codx_settings"):
         parts.append(f"  codx-db settings overrides: {config['codx_settings']}")
     if report["systems"]:
