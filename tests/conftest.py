@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,31 @@ def pg_dsn(pg_server: PostgresServer, request: pytest.FixtureRequest) -> Iterato
         yield dsn
     finally:
         pg_server.drop_database(dsn)
+
+
+@pytest.fixture
+def pg_password_dsn(pg_server: PostgresServer, pg_dsn: str) -> Iterator[Callable[[str], str]]:
+    """Make a login role with a given password owning the test database; return its DSN.
+
+    A testcontainers server checks passwords (scram), the local one may trust: a test that
+    puts a password in a DSN needs a role that really has it, to pass on both.
+    """
+    dbname = parse_dsn(pg_dsn)["dbname"]
+    roles: list[str] = []
+
+    def make(password: str) -> str:
+        role = f"codx_role_{uuid.uuid4().hex[:10]}"
+        quoted = password.replace("'", "''")
+        pg_server.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{quoted}'", f'ALTER DATABASE "{dbname}" OWNER TO {role}')
+        roles.append(role)
+        return make_dsn(pg_dsn, user=role, password=password)
+
+    yield make
+    if roles:
+        # The role owns the database and its tables: drop them first (pg_dsn's own drop
+        # afterwards finds nothing), then the role, which is cluster-wide.
+        pg_server.drop_database(pg_dsn)
+        pg_server.execute(*(f"DROP ROLE IF EXISTS {role}" for role in roles))
 
 
 BACKENDS = [

@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from db.settings import CodxJuniorGlobalSettings
-from tests.conftest import ROOT, PostgresServer, settings_env
+from tests.conftest import ROOT, settings_env
 
 PASSWORD = "s3cret-Passw0rd"
 
@@ -145,19 +146,12 @@ def test_console_script_and_module_agree(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_info_masks_the_dsn_password(pg_server: PostgresServer, pg_dsn: str) -> None:
+def test_info_masks_the_dsn_password(pg_password_dsn: Callable[[str], str]) -> None:
     """A real password-protected role (the container checks it; a trust server ignores it)."""
-    import uuid
+    from psycopg2.extensions import make_dsn
 
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    role, password = f"codx_{uuid.uuid4().hex[:8]}", "Sup3rSecretPw"
-    dbname = parse_dsn(pg_dsn)["dbname"]
-    pg_server.execute(
-        f"CREATE ROLE {role} LOGIN PASSWORD '{password}'",
-        f'ALTER DATABASE "{dbname}" OWNER TO {role}',
-    )
-    dsn_with_password = make_dsn(pg_dsn, user=role, password=password)
+    password = "Sup3rSecretPw"
+    dsn_with_password = pg_password_dsn(password)
     env = {**os.environ, "CODX_JUNIOR_DB_BACKEND": "postgres", "CODX_JUNIOR_DB_DSN": dsn_with_password}
     result = CLI(env)("info")
     assert result.returncode == 0, result.stderr

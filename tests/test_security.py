@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +133,9 @@ def test_a_rejected_password_is_not_echoed(memory_db: Database) -> None:
 
 
 @pytest.fixture
-def secret_dsn(pg_dsn: str) -> str:
-    """The test database's DSN with a password (the local server trusts, and ignores it)."""
-    return make_dsn(pg_dsn, password=DSN_SECRET)
+def secret_dsn(pg_password_dsn: Callable[[str], str]) -> str:
+    """The test database's DSN for a role whose password is DSN_SECRET."""
+    return pg_password_dsn(DSN_SECRET)
 
 
 @pytest.fixture
