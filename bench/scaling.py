@@ -86,11 +86,13 @@ def _measure(
     budget = Budget(seconds, max_ops)
     us_per_op: dict[str, float] = {}
     ops: dict[str, int] = {}
+    peak_after: dict[str, float] = {}
     try:
         for op in OPERATIONS:
             result = timed_loop(op, _step(system, op, size, rng(seed, f"scaling-{op}")), budget)
             us_per_op[op] = result.us_per_op
             ops[op] = result.ops
+            peak_after[op] = peak_rss_mb()
         settings = system.database.settings  # type: ignore[attr-defined]
     finally:
         system.close()
@@ -103,6 +105,8 @@ def _measure(
         "base_rss_mb": base_rss,
         "open_rss_mb": open_rss,
         "peak_rss_mb": peak_rss_mb(),
+        # Lookups run first, then pages: the peak after the lookups is what gets alone need.
+        "peak_rss_after_mb": peak_after,
         "rss_bound_mb": bound,
         "rss_bound_note": note,
         "store_mb": _store_mb(storage, location),
