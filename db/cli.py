@@ -28,6 +28,41 @@ class CommandError(CodxDBError):
     """A problem with what was asked on the command line (exit 1, one line)."""
 
 
+class UsageError(CommandError):
+    """The command line itself is incomplete (exit 2, like argparse's own errors)."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("codx-db")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _require_existing_database(args: argparse.Namespace) -> None:
+    """Refuse to read a file database that does not exist, rather than create an empty one.
+
+    A typo in CODX_JUNIOR_DB_FILE_PATH would otherwise show "0 users" and leave a new file
+    behind. Commands that write (user add, import, restore, migrate --apply) may create it,
+    and so may `info` on the default path (the Quick start's first command).
+    """
+    if getattr(args, "creates", False) or getattr(args, "apply", False):
+        return
+    from db import db
+
+    settings = db.settings
+    if settings.kind != "file" or settings.db_file_path.exists():
+        return
+    if args.handler is cmd_info and "db_file_path" not in settings.model_fields_set:
+        return
+    raise CommandError(
+        f"no database at {settings.db_file_path}: check CODX_JUNIOR_DB_FILE_PATH "
+        "(a new database is created by the first write, e.g. codx-db user add)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     # Never a UnicodeEncodeError traceback on a terminal or pipe that is not UTF-8.
@@ -45,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one-line error says the same thing.
         logging.getLogger("relstorage").setLevel(logging.ERROR)
     try:
+        _require_existing_database(args)
         result = args.handler(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"codx-db: error: {exc}", file=sys.stderr)
+        return 2
     except CodxDBError as exc:
         _fail(args, str(exc))
         return 1
@@ -75,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="codx-db",
         description="codx-db: the user database of codx-api (ZODB on a file or PostgreSQL).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     parser.add_argument("--actor", help="who makes the changes, recorded in history (default: your login)")
@@ -115,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     pw = add.add_mutually_exclusive_group()
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     pw.add_argument("--no-password", action="store_true", help="create without a password")
-    add.set_defaults(handler=cmd_user_add)
+    add.set_defaults(handler=cmd_user_add, creates=True)
 
     get = users.add_parser("get", parents=[common], help="show a user (by username or email)")
     get.add_argument("username", help="username, or an email address")
@@ -215,22 +256,33 @@ def _profile_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
-    """Backend, location (secrets masked), generation and user count."""
+    """Backend, location (secrets masked), generation, status and user count."""
     from db import db
+    from db.errors import GenerationError
+    from db.models import USERS_KEY
     from migrations import GENERATION
-    from migrations.runner import GENERATION_KEY
+    from migrations.runner import GENERATION_KEY, open_for_migration, read_generation
 
     settings = db.settings
-    with db.transaction() as uow:
-        generation = uow.root.get(GENERATION_KEY)
-    from db.user_db import UserDB
-
+    try:
+        with db.transaction() as uow:
+            generation, users, status = uow.root.get(GENERATION_KEY), len(uow.root[USERS_KEY]), "ok"
+    except GenerationError as exc:
+        # An old (or newer) database: still say where it stands, without evolving it.
+        with open_for_migration(settings) as zodb, zodb.transaction() as conn:
+            root = conn.root()
+            generation = read_generation(root)
+            users = len(root[USERS_KEY]) if USERS_KEY in root else 0
+        status = str(exc)
+    if status == "ok" and generation is not None and generation < GENERATION:
+        status = "usable; `codx-db migrate --apply` would evolve it to the latest generation"
     return {
         "backend": settings.kind,
         "location": settings.location,
         "generation": generation,
         "code_generation": GENERATION,
-        "users": UserDB(db).count(),
+        "status": status,
+        "users": users,
     }
 
 
@@ -328,10 +380,10 @@ def cmd_user_update(args: argparse.Namespace) -> CodxUser:
     changes.update(_profile_changes(args))
     if args.no_projects:
         if args.projects:
-            raise CommandError("--no-projects and --project contradict each other")
+            raise UsageError("--no-projects and --project contradict each other")
         changes["projects"] = []
     if not changes:
-        raise CommandError("nothing to change: give --rename, --email, --full-name, --role, ...")
+        raise UsageError("nothing to change: give --rename, --email, --full-name, --role, ...")
     return _users(args).update(args.username, **changes)
 
 
@@ -385,7 +437,7 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     imp = commands.add_parser("import-codx-junior", parents=[common], help="import users from codx-junior")
     imp.add_argument("path", type=Path, help="codx-junior's global_settings.json")
     imp.add_argument("--dry-run", action="store_true", help="report what would be imported; write nothing")
-    imp.set_defaults(handler=cmd_import_codx_junior)
+    imp.set_defaults(handler=cmd_import_codx_junior, creates=True)
 
     pack = commands.add_parser("pack", parents=[common], help="drop old history and unreachable objects")
     pack.add_argument("--days", type=float, default=0, metavar="N", help="keep history of the last N days (0)")
@@ -398,7 +450,7 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     restore = commands.add_parser("restore", parents=[common], help="load a backup into the configured database")
     restore.add_argument("path", type=Path, help="a file written by `codx-db backup`")
     restore.add_argument("--force", action="store_true", help="replace a database holding data (deleted first)")
-    restore.set_defaults(handler=cmd_restore)
+    restore.set_defaults(handler=cmd_restore, creates=True)
 
 
 def cmd_copy(args: argparse.Namespace) -> None:

@@ -2,7 +2,7 @@
 
 ``Database.transaction()`` is the unit of work: a pooled connection with its own explicit
 transaction manager, committed at the end and aborted on error. A nested call in the same
-thread joins the open unit of work; only the outermost one commits. ``Database.run(fn)``
+thread (or asyncio task) joins the open unit of work; only the outermost one commits. ``Database.run(fn)``
 does the same around a function and retries it after a conflict when it owns the
 transaction (a ``with`` block cannot be replayed, a function can).
 """
@@ -10,6 +10,7 @@ transaction (a ``with`` block cannot be replayed, a function can).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import random
 import threading
@@ -57,7 +58,11 @@ class Database:
         self._settings = settings
         self._zodb: ZODB.DB | None = None
         self._open_lock = threading.Lock()
-        self._local = threading.local()
+        # The open unit of work, per thread *and* per asyncio task (a thread-local would let
+        # two requests served by one worker thread, or by one event loop, share it).
+        self._current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
+            f"codx_db_uow_{id(self)}", default=None
+        )
 
     # -- configuration and lifecycle ---------------------------------------------------------
 
@@ -131,7 +136,7 @@ class Database:
 
     def current(self) -> UnitOfWork | None:
         """The unit of work open in this thread, if any."""
-        return getattr(self._local, "uow", None)
+        return self._current.get()
 
     @contextlib.contextmanager
     def transaction(self, note: str | None = None, user: str | None = None) -> Iterator[UnitOfWork]:
@@ -188,7 +193,7 @@ class Database:
             if user:
                 txn.user = user
             uow = UnitOfWork(connection, manager)
-            self._local.uow = uow
+            self._current.set(uow)
             try:
                 # Loads inside the body may hit a lost PostgreSQL connection too.
                 with _storage_errors():
@@ -197,7 +202,9 @@ class Database:
                 _abort_quietly(manager)
                 raise
             finally:
-                self._local.uow = None
+                # set(None), not reset(token): the end of a unit may run in another context
+                # (a framework finishing a dependency on another worker thread).
+                self._current.set(None)
             with _storage_errors():
                 manager.commit()
         finally:

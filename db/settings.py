@@ -7,6 +7,7 @@ in the working directory, then a secrets directory (one file per setting, e.g.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "CODX_JUNIOR_"
 DEFAULT_SECRETS_DIR = "/run/secrets"
@@ -95,6 +98,11 @@ class CodxJuniorGlobalSettings(BaseSettings):
         description="old database on open: evolve | minimum | refuse (run `codx-db migrate`)",
     )
 
+    @field_validator("db_backend", "db_startup", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("db_dsn")
     @classmethod
     def _dsn_parses(cls, value: SecretStr | None) -> SecretStr | None:
@@ -116,7 +124,8 @@ class CodxJuniorGlobalSettings(BaseSettings):
     def _expand_user(cls, value: Path | None) -> Path | None:
         if value is not None and "\x00" in str(value):
             raise ValueError("a path must not contain a NUL character")
-        return value.expanduser() if value is not None else None
+        # Absolute, so messages and `codx-db info` say exactly which file is meant.
+        return value.expanduser().absolute() if value is not None else None
 
     @model_validator(mode="after")
     def _check_combination(self) -> CodxJuniorGlobalSettings:
@@ -159,10 +168,34 @@ class CodxJuniorGlobalSettings(BaseSettings):
     @classmethod
     def load(cls, **overrides: Any) -> CodxJuniorGlobalSettings:
         """Load settings, turning validation errors into one ConfigurationError per setting."""
+        _warn_unknown_variables()
         try:
-            return cls(_secrets_dir=_secrets_dir(), **overrides)  # type: ignore[call-arg]
+            settings = cls(_secrets_dir=_secrets_dir(), **overrides)  # type: ignore[call-arg]
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+        if settings.db_dsn is not None and settings.kind == "file":
+            log.warning(
+                "%sDB_DSN is set but the backend is file (%s): the DSN is not used; "
+                "set %sDB_BACKEND=postgres to use PostgreSQL",
+                ENV_PREFIX,
+                settings.db_file_path,
+                ENV_PREFIX,
+            )
+        return settings
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting: db_pool_size -> CODX_JUNIOR_DB_POOL_SIZE."""
+    return ENV_PREFIX + setting.upper()
+
+
+def _warn_unknown_variables() -> None:
+    # CODX_JUNIOR_ is shared with codx-junior's other settings, so unknown names in general
+    # are fine; but CODX_JUNIOR_DB_* are ours, and a typo there should not pass in silence.
+    known = {env_name(name) for name in CodxJuniorGlobalSettings.model_fields}
+    for name in os.environ:
+        if name.startswith(ENV_PREFIX + "DB_") and name not in known:
+            log.warning("unknown setting %s is ignored (known: %sDB_...; see the README)", name, ENV_PREFIX)
 
 
 def _check_creatable(path: Path, setting: str) -> None:
@@ -186,5 +219,11 @@ def _describe(exc: ValidationError) -> str:
         loc = ".".join(str(part) for part in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         # Model-level messages already start with the setting's name.
-        lines.append(msg if not loc else f"{loc}: {msg}")
+        if loc:
+            msg = f"{loc}: {msg}"
+        # Name the environment variable too: that is what an operator sets.
+        setting = msg.split(":", 1)[0]
+        if setting in CodxJuniorGlobalSettings.model_fields:
+            msg = f"{env_name(setting)} ({setting}){msg[len(setting) :]}"
+        lines.append(msg)
     return "invalid settings: " + "; ".join(lines)

@@ -73,7 +73,10 @@ def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
     _make_private_dir(path.parent)
     if not path.exists():
         # Create the file ourselves so its mode is 0600 whatever the umask.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise ConfigurationError(f"db_file_path: cannot create {path}: {exc.strerror}") from None
     kwargs: dict[str, Any] = {}
     if blob_dir is not None:
         _make_private_dir(blob_dir)
@@ -159,8 +162,38 @@ def _open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
 
     options = Options(**relstorage_options(settings))
     with _unavailable_on_connect_error(dsn):
+        _check_history_mode(dsn, settings.db_keep_history)
         adapter = PostgreSQLAdapter(dsn=dsn, options=options)
         return RelStorage(adapter, options=options)
+
+
+def _check_history_mode(dsn: str, keep_history: bool) -> None:
+    """Refuse, naming the setting, a keep-history value that contradicts an existing schema.
+
+    RelStorage fixes the mode when it creates its tables; opening with the other mode fails
+    deep inside RelStorage (a foreign-key error or a schema mismatch) without saying why.
+    """
+    import psycopg2
+
+    with (
+        contextlib.closing(psycopg2.connect(dsn, application_name="codx-db schema check")) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_name IN ('object_state', 'current_object')"
+        )
+        tables = {row[0] for row in cur.fetchall()}
+    if "object_state" not in tables:
+        return  # a new database: RelStorage creates it in the mode asked for
+    existing = "current_object" in tables  # only history-preserving schemas have it
+    if existing != keep_history:
+        mode = "keeps history" if existing else "is history-free"
+        raise ConfigurationError(
+            f"db_keep_history: the PostgreSQL database {mode}, but CODX_JUNIOR_DB_KEEP_HISTORY="
+            f"{str(keep_history).lower()}: set it to {str(existing).lower()}, or copy the data into "
+            "a new database of the other kind with `codx-db copy`"
+        )
 
 
 def _config_file_spec(path: Path) -> StorageSpec:

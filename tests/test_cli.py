@@ -40,6 +40,11 @@ class CLI:
 
 @pytest.fixture
 def cli(persistent_settings: CodxJuniorGlobalSettings) -> CLI:
+    from db.database import Database
+
+    database = Database(persistent_settings)  # an existing, empty database
+    database.open()
+    database.close()
     return CLI(settings_env(persistent_settings))
 
 
@@ -139,6 +144,12 @@ def test_usage_errors_exit_2(cli: CLI, args: tuple[str, ...]) -> None:
 def test_console_script_and_module_agree(tmp_path: Path) -> None:
     env = {**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(tmp_path / "users.fs")}
     script = Path(sys.executable).parent / "codx-db"
+    # An explicitly configured file that does not exist is not silently created by a read.
+    missing = subprocess.run([str(script), "info"], env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no database at" in missing.stderr
+    assert not (tmp_path / "users.fs").exists()
+    added = subprocess.run([sys.executable, "-m", "db", "user", "add", "x", "--no-password"], env=env, cwd=ROOT)
+    assert added.returncode == 0
     result = subprocess.run([str(script), "info", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)

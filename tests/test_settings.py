@@ -146,3 +146,33 @@ def test_docker_compose_file_is_valid(tmp_path: Path) -> None:
     assert "healthcheck" in config and "pg_isready" in config
     assert "CODX_JUNIOR_DB_BACKEND: postgres" in config
     assert "codx-db-pgdata" in config or "pgdata" in config
+
+
+def test_errors_name_the_environment_variable() -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        CodxJuniorGlobalSettings.load(db_pool_size=0)
+    assert "CODX_JUNIOR_DB_POOL_SIZE (db_pool_size)" in str(excinfo.value)
+
+
+def test_choices_ignore_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODX_JUNIOR_DB_BACKEND", "MEMORY")
+    monkeypatch.setenv("CODX_JUNIOR_DB_STARTUP", " Evolve ")
+    settings = CodxJuniorGlobalSettings.load()
+    assert (settings.db_backend, settings.db_startup) == ("memory", "evolve")
+
+
+def test_typos_and_unused_dsn_are_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CODX_JUNIOR_DB_BAKCEND", "postgres")
+    monkeypatch.setenv("CODX_JUNIOR_DB_DSN", f"host=db password={SECRET}")
+    caplog.set_level(logging.WARNING)
+    CodxJuniorGlobalSettings.load()
+    assert "unknown setting CODX_JUNIOR_DB_BAKCEND" in caplog.text
+    assert "DB_DSN is set but the backend is file" in caplog.text
+    assert SECRET not in caplog.text
+
+
+def test_relative_paths_are_made_absolute() -> None:
+    settings = CodxJuniorGlobalSettings.load(db_file_path="relative/users.fs")
+    assert settings.db_file_path.is_absolute() and settings.location == str(Path.cwd() / "relative/users.fs")

@@ -318,3 +318,25 @@ def test_configure_switches_the_global_database(tmp_path: Path) -> None:
     result = run_python(code, dict(os.environ))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "u.fs").exists()
+
+
+@pytest.mark.postgres
+def test_keep_history_contradicting_the_schema_names_the_setting(pg_dsn: str) -> None:
+    from db.errors import ConfigurationError
+
+    Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn)).open().close()
+    with pytest.raises(ConfigurationError) as excinfo:
+        Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn, db_keep_history=True)).open()
+    message = str(excinfo.value)
+    assert "is history-free" in message and "CODX_JUNIOR_DB_KEEP_HISTORY=true" in message and "codx-db copy" in message
+
+
+def test_a_file_that_cannot_be_created_names_the_setting(tmp_path: Path) -> None:
+    from db.errors import ConfigurationError
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(ConfigurationError, match="db_file_path"):
+        CodxJuniorGlobalSettings.load(db_file_path=blocker / "users.fs")
+    with pytest.raises(ConfigurationError, match="db_file_path: cannot create"):
+        Database(CodxJuniorGlobalSettings.load(db_file_path="/proc/codx-users.fs")).open()
