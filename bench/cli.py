@@ -22,7 +22,7 @@ from bench.targets import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY_SYSTEMS = ("codx-pg", "psycopg2")
-QUICK = {"users": 2_000, "bulk": 5_000, "seconds": 0.25, "max_ops": 1_000, "concurrency_seconds": 1.0}
+QUICK = {"users": 2_000, "bulk": 5_000, "seconds": 0.5, "max_ops": 1_000, "concurrency_seconds": 1.0}
 DEFAULTS = {"users": 10_000, "bulk": 20_000, "seconds": 1.5, "max_ops": 5_000, "concurrency_seconds": 3.0}
 
 
