@@ -133,7 +133,7 @@ def test_docker_compose_file_is_valid(tmp_path: Path) -> None:
     shutil.copy(ROOT / "compose.env.example", tmp_path / "compose.env")
     shutil.copy(ROOT / "Dockerfile", tmp_path / "Dockerfile")
     result = subprocess.run(
-        [compose, "-f", str(tmp_path / "docker-compose.yml"), "config"],
+        [compose, "--env-file", str(tmp_path / "compose.env"), "-f", str(tmp_path / "docker-compose.yml"), "config"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -145,6 +145,9 @@ def test_docker_compose_file_is_valid(tmp_path: Path) -> None:
     assert "image: postgres:15." in config  # pinned
     assert "healthcheck" in config and "pg_isready" in config
     assert "CODX_JUNIOR_DB_BACKEND: postgres" in config
+    # The password is written once, in compose.env, and reaches the DSN from there.
+    assert "password=change-me" in config and "POSTGRES_PASSWORD: change-me" in config
+    assert "change-me" not in (ROOT / "docker-compose.yml").read_text()
     assert "codx-db-pgdata" in config or "pgdata" in config
 
 
