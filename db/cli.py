@@ -431,7 +431,11 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     to.add_argument("--to-dsn", metavar="DSN", help="a PostgreSQL database (better: password in PGPASSWORD/.pgpass)")
     to.add_argument("--to-file", metavar="PATH", type=Path, help="a FileStorage file")
     to.add_argument("--to-config", metavar="FILE", type=Path, help="a ZConfig file such as relstorage.conf")
-    copy.add_argument("--force", action="store_true", help="replace a target holding data (deleted first)")
+    copy.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a target holding data (a file is replaced once the copy is verified)",
+    )
     copy.set_defaults(handler=cmd_copy)
 
     imp = commands.add_parser("import-codx-junior", parents=[common], help="import users from codx-junior")

@@ -146,7 +146,7 @@ class TransferReport:
         if self.replaced is not None:
             lines.append(
                 f"replaced:     a database at generation {self.replaced.get('generation')} "
-                f"with {self.replaced.get('users')} users (deleted first: --force)"
+                f"with {_count(self.replaced.get('users'), 'user')} (--force)"
             )
         return lines + self.verification.lines()
 
@@ -278,10 +278,12 @@ def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackRe
         # FileStorage writes the packed file anew with the umask's mode: keep it private.
         os.chmod(path, mode)
     after = measure()
-    if path is not None:
+    if path is not None and Path(f"{path}.old").exists():
         notes.append(f"the file as it was before the pack is kept as {path}.old")
     elif settings.kind == "postgres":
         notes.append("PostgreSQL reuses the freed space; the files shrink after VACUUM FULL")
+    if days:
+        notes.append(f"objects that became unreachable in the last {days} days are kept (--days 0 collects them all)")
     return PackReport(
         location=settings.location,
         backend=settings.kind,
@@ -745,10 +747,14 @@ def _settings_target(settings: CodxJuniorGlobalSettings) -> _Target:
     return _StorageTarget(settings)
 
 
+def _count(number: Any, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _not_empty_message(location: str, found: dict[str, Any]) -> str:
     return (
         f"{location} already holds a database (generation {found.get('generation')}, "
-        f"{found.get('users')} users): pass --force to replace it (everything in it is deleted)"
+        f"{_count(found.get('users'), 'user')}): pass --force to replace it (everything in it is deleted)"
     )
 
 
