@@ -434,7 +434,7 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     copy.add_argument(
         "--force",
         action="store_true",
-        help="replace a target holding data (a file is replaced once the copy is verified)",
+        help="replace a target holding data (a file only once the copy is verified)",
     )
     copy.set_defaults(handler=cmd_copy)
 

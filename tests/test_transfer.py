@@ -170,7 +170,7 @@ def test_copy_refuses_a_target_holding_data_unless_forced(
 
     with pytest.raises(TargetNotEmpty) as excinfo:
         copy_database(source, target)
-    assert "generation 2, 1 users" in str(excinfo.value) and "--force" in str(excinfo.value)
+    assert "generation 2, 1 user)" in str(excinfo.value) and "--force" in str(excinfo.value)
     assert [state["username"] for state in stored_states(occupied).values()] == ["zed"]
 
     report = copy_database(source, target, force=True)
