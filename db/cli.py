@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -594,11 +595,15 @@ def _print_table(users: list[CodxUser]) -> None:
     columns = ("username", "email", "full_name", "role", "is_active")
     headers = ("USERNAME", "EMAIL", "FULL NAME", "ROLE", "ACTIVE")
     rows = [[_cell(getattr(u, c)) for c in columns] for u in users]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    widths = [max([_width(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for row in [list(headers), *rows]:
+        print("  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True)).rstrip())
     print(f"({len(users)} user{'s' if len(users) != 1 else ''})")
+
+
+def _width(text: str) -> int:
+    """Terminal columns: East Asian wide characters take two (名前 is as wide as 'abcd')."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def _print_revisions(revisions: list[Any]) -> None:
