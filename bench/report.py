@@ -192,7 +192,12 @@ def render(report: dict[str, Any]) -> str:
         ]
     conc = concurrency_table(report)
     if conc:
-        parts += ["", f"Concurrent creates on PostgreSQL ({config['concurrency_seconds']}s per measurement)", conc]
+        parts += [
+            "",
+            f"Concurrent creates on PostgreSQL ({config['concurrency_seconds']}s per measurement,"
+            f" on {config['users']:,} users)",
+            conc,
+        ]
     scale = scaling_table(report)
     if scale:
         parts += ["", "Scaling (codx-db; time per operation in a fresh process per size, cold caches)", scale]
