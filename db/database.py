@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Characters of transaction description kept; FileStorage refuses more than 65535 bytes.
+NOTE_LIMIT = 8000
+
 
 class UnitOfWork:
     """One open transaction on one connection; only valid inside its ``with`` block."""
@@ -40,6 +43,7 @@ class UnitOfWork:
         self.connection = connection
         self.transaction_manager = manager
         self.root: PersistentMapping = connection.root()
+        self._omitted_notes = 0
 
     @property
     def transaction(self) -> transaction.Transaction:
@@ -47,8 +51,23 @@ class UnitOfWork:
         return self.transaction_manager.get()
 
     def note(self, text: str) -> None:
-        """Add a line to the transaction's description (shown by history and undo logs)."""
-        self.transaction.note(text)
+        """Add a line to the transaction's description (shown by history and undo logs).
+
+        A unit of work creating thousands of users would write a description longer than
+        FileStorage accepts (64 KiB): past NOTE_LIMIT characters lines are only counted, and
+        the count is added when the unit commits.
+        """
+        txn = self.transaction
+        if len(txn.description) + len(text) < NOTE_LIMIT:
+            txn.note(text)
+        else:
+            self._omitted_notes += 1
+
+    def finish_notes(self) -> None:
+        """Say how many notes did not fit (called just before commit)."""
+        if self._omitted_notes:
+            self.transaction.note(f"... and {self._omitted_notes} more changes")
+            self._omitted_notes = 0
 
 
 class Database:
@@ -188,11 +207,11 @@ class Database:
         try:
             with _storage_errors():
                 txn = manager.begin()
-            if note:
-                txn.note(note)
             if user:
                 txn.user = user
             uow = UnitOfWork(connection, manager)
+            if note:
+                uow.note(note)
             self._current.set(uow)
             try:
                 # Loads inside the body may hit a lost PostgreSQL connection too.
@@ -205,6 +224,7 @@ class Database:
                 # set(None), not reset(token): the end of a unit may run in another context
                 # (a framework finishing a dependency on another worker thread).
                 self._current.set(None)
+            uow.finish_notes()
             with _storage_errors():
                 manager.commit()
         finally:

@@ -408,3 +408,13 @@ def test_default_userdb_uses_the_global_db(tmp_path) -> None:  # type: ignore[no
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
+
+
+def test_thousands_of_writes_in_one_unit_of_work(users: UserDB) -> None:
+    """One note per write would exceed FileStorage's 64 KiB description: notes are capped."""
+    database = users.database
+    with database.transaction():
+        for i in range(3000):
+            users.create(username=f"bulk{i:05d}", email=f"bulk{i}@example.com")
+    assert users.count() == 3000
+    assert users.list(offset=2999, limit=5)[0].username == "bulk02999"
