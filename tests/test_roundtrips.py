@@ -1,0 +1,59 @@
+"""SQL round trips of a read-only unit of work on RelStorage: ours against the naive way.
+
+Counted, not timed: every statement, BEGIN and COMMIT/ROLLBACK psycopg2 sends is one round trip
+(bench/pg.py's counting connection, installed before RelStorage opens its connections).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHILD = """
+import json, sys
+from bench.pg import install_relstorage_counter, roundtrips
+install_relstorage_counter()
+import transaction
+from db.database import Database
+from db.models import USERS_KEY
+from db.settings import CodxJuniorGlobalSettings
+from db.user_db import UserDB
+
+database = Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=sys.argv[1]))
+users = UserDB(database)
+users.create(username="alice")
+users.get("alice")  # warm the caches
+
+n = 50
+before = roundtrips()
+for _ in range(n):
+    users.get("alice")
+ours = (roundtrips() - before) / n
+
+zodb = database.open()
+before = roundtrips()
+for _ in range(n):
+    with zodb.transaction() as conn:  # the naive way: ZODB.DB.transaction()
+        conn.root()[USERS_KEY].find_by_username("alice").username
+naive = (roundtrips() - before) / n
+database.close()
+print(json.dumps({"ours": ours, "naive": naive}))
+"""
+
+
+@pytest.mark.postgres
+def test_a_read_only_unit_of_work_costs_the_fewest_round_trips(pg_dsn: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, pg_dsn], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    print(counts)
+    # BEGIN + the poll for invalidations + ROLLBACK: RelStorage's minimum for a consistent read.
+    assert counts["ours"] <= 3
+    assert counts["naive"] >= counts["ours"] + 3
