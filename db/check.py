@@ -37,6 +37,7 @@ REPAIRABLE = frozenset(
         "email-indexed-twice",
         "inactive-dangling",
         "inactive-unindexed",
+        "inactive-incomplete",
         "count-mismatch",
     }
 )
@@ -186,6 +187,9 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
         for key in sorted(wanted):
             if container.inactive.add(key):
                 fixed.append(f"inactive: added {key!r}")
+        if not container.inactive_complete:
+            container.inactive_complete = True
+            fixed.append("inactive: index marked complete")
     if container.length() != len(users):
         fixed.append(f"count: {container.length()} -> {len(users)}")
         # set() in place: Length's conflict resolution adds concurrent creates on top.
@@ -326,6 +330,10 @@ def _check_inactive(
             problems.append(Problem("inactive-missing", f"generation {generation} but no index of inactive users"))
         return
     _check_structure("inactive", inactive, problems)
+    if not container.inactive_complete and generation is not None and generation >= INACTIVE_INDEX_GENERATION:
+        problems.append(
+            Problem("inactive-incomplete", f"generation {generation} but the inactive index is not complete")
+        )
     wanted = {username_key(u.username): u for u in users if not u.is_active}
     active = {username_key(u.username) for u in users if u.is_active}
     for key in inactive:

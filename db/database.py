@@ -43,6 +43,8 @@ class UnitOfWork:
         self.connection = connection
         self.transaction_manager = manager
         self.root: PersistentMapping = connection.root()
+        self.thread = threading.get_ident()
+        self.closed = False
         self._omitted_notes = 0
 
     @property
@@ -98,11 +100,11 @@ class Database:
         ``db.configure(my_settings)`` for an application's own settings object;
         ``db.configure(db_backend="memory")`` to override single settings from the environment.
         """
-        self.close()
         if settings is not None and overrides:
-            settings = settings.model_copy(update=overrides)
+            settings = settings.with_overrides(**overrides)
         elif settings is None:
             settings = CodxJuniorGlobalSettings.load(**overrides)
+        self.close()
         self._settings = settings
 
     @property
@@ -128,12 +130,16 @@ class Database:
         spec = storage_spec(settings)
         with startup_lock(spec.dsn):
             storage = spec.open()
-            zodb = ZODB.DB(
-                storage,
-                pool_size=settings.db_pool_size,
-                cache_size=settings.db_cache_size,
-                database_name="codx-db",
-            )
+            try:
+                zodb = ZODB.DB(
+                    storage,
+                    pool_size=settings.db_pool_size,
+                    cache_size=settings.db_cache_size,
+                    database_name="codx-db",
+                )
+            except BaseException:
+                storage.close()  # release the FileStorage lock / PostgreSQL connections
+                raise
             try:
                 # Install a fresh database, or apply the startup policy to an old one,
                 # while still holding the lock so concurrent starters take turns.
@@ -154,8 +160,16 @@ class Database:
     # -- units of work -----------------------------------------------------------------------
 
     def current(self) -> UnitOfWork | None:
-        """The unit of work open in this thread, if any."""
-        return self._current.get()
+        """The unit of work this code runs in, if any: open, and opened by this thread.
+
+        A context variable is copied into tasks and threads started inside a unit of work; a
+        copy must neither join a unit that has ended nor share a connection with another
+        thread, so those get None and run their own unit of work.
+        """
+        uow = self._current.get()
+        if uow is None or uow.closed or uow.thread != threading.get_ident():
+            return None
+        return uow
 
     @contextlib.contextmanager
     def transaction(self, note: str | None = None, user: str | None = None) -> Iterator[UnitOfWork]:
@@ -191,9 +205,9 @@ class Database:
                 if attempt == attempts:
                     raise
                 log.debug("retrying unit of work after %s (attempt %d)", type(exc).__name__, attempt)
-                # Jittered exponential backoff (10 ms doubling, capped at 0.5 s) so writers
-                # that conflicted do not collide again in lockstep.
-                time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+                # Jittered exponential backoff (up to 10 ms, then 20, 40... capped at 0.5 s) so
+                # writers that conflicted do not collide again in lockstep.
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** (attempt - 1))))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager
@@ -222,7 +236,9 @@ class Database:
                 raise
             finally:
                 # set(None), not reset(token): the end of a unit may run in another context
-                # (a framework finishing a dependency on another worker thread).
+                # (a framework finishing a dependency on another worker thread). Copies of the
+                # variable elsewhere still point here: `closed` tells them it is over.
+                uow.closed = True
                 self._current.set(None)
             uow.finish_notes()
             with _storage_errors():

@@ -244,7 +244,7 @@ def _differing(user: User, entry: ImportEntry) -> list[str]:
     stored_email = email_key(user.email) if user.email else None
     wanted_email = email_key(wanted["email"]) if wanted["email"] else None
     differing = ["email"] if stored_email != wanted_email else []
-    for name in ("avatar", "theme", "role", "github", "is_active"):
+    for name in ("full_name", "avatar", "theme", "role", "github", "is_active"):
         if getattr(user, name) != wanted[name]:
             differing.append(name)
     if tuple(user.projects) != tuple(

@@ -104,6 +104,9 @@ class UserContainer(Persistent):
     # Generation 2: username keys of inactive users, so ``list(active=...)`` filters on keys
     # without loading every user. None in a database not yet evolved to generation 2.
     inactive: OOTreeSet | None = None
+    # True once the set holds every inactive user: generation 2 fills it in batches, and a
+    # half-built set must not be used to filter (writers keep it up to date all along).
+    inactive_complete: bool = False
 
     def __init__(self) -> None:
         self.users: OOBTree = OOBTree()  # id -> User
@@ -111,6 +114,7 @@ class UserContainer(Persistent):
         self.by_email: OOBTree = OOBTree()  # email_key -> User
         self.length = Length(0)
         self.inactive = OOTreeSet()
+        self.inactive_complete = True
 
     def __len__(self) -> int:
         return self.length()
@@ -184,7 +188,7 @@ class UserContainer(Persistent):
         items: Iterator[tuple[str, User]] = self.iter_sorted(prefix)
         if active is not None:
             inactive = self.inactive
-            if inactive is not None:
+            if inactive is not None and self.inactive_complete:
                 # Filter on keys: only the users of the page are loaded.
                 items = ((key, user) for key, user in items if (key not in inactive) == active)
             else:

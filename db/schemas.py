@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -247,7 +247,7 @@ class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
 
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> Any:
+    def parse(cls, data: dict[str, Any]) -> Self:
         """Validate, turning every problem into one InvalidUserData listing them all."""
         try:
             return cls.model_validate(data)

@@ -165,6 +165,14 @@ class CodxJuniorGlobalSettings(BaseSettings):
         """The backend actually used: ``config`` when a ZConfig file wins."""
         return "config" if self.db_config_file is not None else self.db_backend
 
+    def with_overrides(self, **overrides: Any) -> CodxJuniorGlobalSettings:
+        """A validated copy with some settings changed (``model_copy`` would not validate)."""
+        data = {name: getattr(self, name) for name in self.model_fields_set}
+        try:
+            return type(self).model_validate({**data, **overrides})
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
     @classmethod
     def load(cls, **overrides: Any) -> CodxJuniorGlobalSettings:
         """Load settings, turning validation errors into one ConfigurationError per setting."""

@@ -70,7 +70,7 @@ def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
     """Open (creating if needed, 0600 in a 0700 directory) a FileStorage file."""
     from zc.lockfile import LockError
 
-    _make_private_dir(path.parent)
+    make_private_dir(path.parent)
     if not path.exists():
         # Create the file ourselves so its mode is 0600 whatever the umask.
         try:
@@ -79,7 +79,7 @@ def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
             raise ConfigurationError(f"db_file_path: cannot create {path}: {exc.strerror}") from None
     kwargs: dict[str, Any] = {}
     if blob_dir is not None:
-        _make_private_dir(blob_dir)
+        make_private_dir(blob_dir)
         kwargs["blob_dir"] = str(blob_dir)
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         log.warning("%s was readable by other users: making it private (0600)", path)
@@ -123,7 +123,7 @@ def _in_use_message(path: Path) -> str:
     )
 
 
-def _make_private_dir(directory: Path) -> None:
+def make_private_dir(directory: Path) -> None:
     if directory.is_dir():
         return
     # Every directory we create is private (0700), not only the last one.
@@ -146,10 +146,10 @@ def relstorage_options(settings: CodxJuniorGlobalSettings) -> dict[str, Any]:
         "name": "codx-db postgres",
     }
     if settings.db_cache_dir is not None:
-        _make_private_dir(settings.db_cache_dir)
+        make_private_dir(settings.db_cache_dir)
         options["cache_local_dir"] = str(settings.db_cache_dir)
     if settings.db_blob_dir is not None:
-        _make_private_dir(settings.db_blob_dir)
+        make_private_dir(settings.db_blob_dir)
         options["blob_dir"] = str(settings.db_blob_dir)
         options["shared_blob_dir"] = False
     return options

@@ -16,6 +16,7 @@ already wrong in the source.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -43,8 +44,10 @@ from db.errors import (
 from db.models import USERS_KEY, UserContainer
 from db.progress import Progress, QuietProgress
 from db.settings import CodxJuniorGlobalSettings, mask_dsn
-from db.storage import open_file_storage, startup_lock, storage_spec
+from db.storage import make_private_dir, open_file_storage, startup_lock, storage_spec
 from migrations.runner import read_generation
+
+log = logging.getLogger(__name__)
 
 # FileStorage files begin with a 4-byte magic number; anything longer holds transactions.
 FILESTORAGE_HEADER = 4
@@ -734,9 +737,23 @@ class _StorageTarget(_Target):
                             "(only RelStorage can): empty it, or copy to a new file with --to-file"
                         )
                     zap_all()
-                yield prepared
+                try:
+                    yield prepared
+                except BaseException:
+                    _discard(storage, self.location, "the copy failed")
+                    raise
+                if not prepared.commit:
+                    _discard(storage, self.location, "the copy did not verify")
             finally:
                 prepared.close()
+
+
+def _discard(storage: Any, location: str, why: str) -> None:
+    """Empty a PostgreSQL target again: an application must never start on unverified data."""
+    zap_all = getattr(storage, "zap_all", None)
+    if zap_all is not None:
+        zap_all()
+        log.warning("%s: %s; the target was emptied again", location, why)
 
 
 def _settings_target(settings: CodxJuniorGlobalSettings) -> _Target:
@@ -810,10 +827,8 @@ def _install_file(partial: Path, path: Path) -> None:
 
 
 def _private_dirs(directory: Path) -> None:
-    """Create missing directories 0700, each of them (as the storage factory does)."""
-    missing = [d for d in (directory, *directory.parents) if not d.exists()]
-    for d in reversed(missing):
-        d.mkdir(mode=0o700, exist_ok=True)
+    """Create missing directories 0700, each of them (the storage factory's own helper)."""
+    make_private_dir(directory)
 
 
 def _remove_storage_files(path: Path) -> None:

@@ -6,7 +6,8 @@ of inactive users in an ``OOTreeSet`` on the container (``inactive``), maintaine
 write; this step builds it from the stored users, in batches.
 
 Idempotent: the set is created once (kept if an interrupted run created it) and adding a
-key twice is harmless.
+key twice is harmless. Readers use the set only once ``inactive_complete`` is set, in the
+step's last transaction; writers keep it up to date from the moment it exists.
 """
 
 from __future__ import annotations
@@ -27,5 +28,10 @@ def evolve(context: EvolveContext) -> None:
     if container.inactive is None:
         container.inactive = OOTreeSet()
     for user in context.iter_batched(container.users.values(), len(container.users)):
+        # An application still running may change a user meanwhile: reading it "current"
+        # makes such a change conflict with this batch instead of being missed.
+        context.connection.readCurrent(user)
         if not user.is_active:
             container.inactive.add(username_key(user.username))
+    # Only now may list(active=...) rely on the set (it is committed with the generation).
+    container.inactive_complete = True

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import transaction
 import ZODB
@@ -24,7 +24,7 @@ from persistent.mapping import PersistentMapping
 import migrations
 from db.errors import GenerationError
 from db.models import USERS_KEY
-from db.settings import CodxJuniorGlobalSettings
+from db.settings import CodxJuniorGlobalSettings, StartupPolicy
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +220,6 @@ def evolve(
                 ) from exc
             log.info("evolved the database to generation %d", step.generation)
     return plan.pending
-
-
-StartupPolicy = Literal["evolve", "minimum", "refuse"]
 
 
 def on_open(zodb: ZODB.DB, policy: StartupPolicy, batch_size: int = DEFAULT_BATCH_SIZE) -> None:

@@ -365,7 +365,8 @@ def _old_database_with_many_users(settings: CodxJuniorGlobalSettings, count: int
             for name in ("avatar", "theme", "role", "github", "projects"):
                 delattr(user, name)  # as generation 0 stored it: class defaults only
             container.add(user)
-        del container.inactive  # back to the class default: None
+        del container.inactive  # back to the class defaults: no index, not complete
+        del container.inactive_complete
         uow.root[GENERATION_KEY] = 0
     database.close()
 

@@ -340,3 +340,35 @@ def test_a_file_that_cannot_be_created_names_the_setting(tmp_path: Path) -> None
         CodxJuniorGlobalSettings.load(db_file_path=blocker / "users.fs")
     with pytest.raises(ConfigurationError, match="db_file_path: cannot create"):
         Database(CodxJuniorGlobalSettings.load(db_file_path="/proc/codx-users.fs")).open()
+
+
+def test_a_copied_context_never_joins_a_finished_unit_or_another_threads(database: Database) -> None:
+    """Tasks and threads started inside a unit of work get a copy of its context variable."""
+    import contextvars
+
+    from db.user_db import UserDB
+
+    users = UserDB(database)
+    with database.transaction():
+        users.create(username="a")
+        copied = contextvars.copy_context()
+    copied.run(users.create, username="b")  # the unit above has ended: this one runs alone
+    assert users.count() == 2
+
+    seen: list[object] = []
+    with database.transaction():
+        copied = contextvars.copy_context()
+        thread = threading.Thread(target=copied.run, args=(lambda: seen.append(database.current()),))
+        thread.start()
+        thread.join()
+    assert seen == [None]  # never the other thread's connection
+
+
+def test_configure_with_overrides_validates_them() -> None:
+    from db.errors import ConfigurationError
+
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="memory"))
+    database.configure(database.settings, db_backend="postgres", db_dsn="postgresql://app:hunter2@h/codx")
+    assert "hunter2" not in repr(database.settings) and "password=***" in database.settings.location
+    with pytest.raises(ConfigurationError, match="CODX_JUNIOR_DB_POOL_SIZE"):
+        database.configure(database.settings, db_pool_size=0)
