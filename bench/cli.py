@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         return 0
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     print(render(report))
     return 0
