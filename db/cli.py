@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--offset", type=int, default=0)
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--prefix")
+    ls.add_argument("--after", metavar="USERNAME", help="start after this username (fast deep paging)")
     state = ls.add_mutually_exclusive_group()
     state.add_argument("--active", dest="active", action="store_const", const=True)
     state.add_argument("--inactive", dest="active", action="store_const", const=False)
@@ -363,7 +364,9 @@ def cmd_user_get(args: argparse.Namespace) -> CodxUser:
 
 def cmd_user_list(args: argparse.Namespace) -> list[CodxUser]:
     """A page of users."""
-    return _users(args).list(offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix)
+    return _users(args).list(
+        offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix, after=args.after
+    )
 
 
 def cmd_user_update(args: argparse.Namespace) -> CodxUser:

@@ -169,23 +169,30 @@ class UserContainer(Persistent):
         """O(log n) lookup by email (case-insensitive)."""
         return self.by_email.get(email_key(email))
 
-    def iter_sorted(self, prefix: str | None = None) -> Iterator[tuple[str, User]]:
-        """(key, user) in username order, only usernames starting with ``prefix``.
+    def iter_sorted(self, prefix: str | None = None, after: str | None = None) -> Iterator[tuple[str, User]]:
+        """(key, user) in username order: usernames starting with ``prefix``, after ``after``.
 
-        Users come out of the BTree as ghosts: nothing is loaded until an attribute is read.
+        Starting point found in O(log n). Users come out of the BTree as ghosts: nothing is
+        loaded until an attribute is read.
         """
-        if not prefix:
-            yield from self.by_username.items()
-            return
-        start = username_key(prefix)
-        for key, user in self.by_username.items(min=start):
-            if not key.startswith(start):
+        start = username_key(prefix) if prefix else ""
+        after_key = username_key(after) if after else None
+        if after_key is not None and after_key >= start:
+            items = self.by_username.items(min=after_key, excludemin=True)
+        elif start:
+            items = self.by_username.items(min=start)
+        else:
+            items = self.by_username.items()
+        for key, user in items:
+            if start and not key.startswith(start):
                 return
             yield key, user
 
-    def page(self, offset: int, limit: int, active: bool | None = None, prefix: str | None = None) -> list[User]:
+    def page(
+        self, offset: int, limit: int, active: bool | None = None, prefix: str | None = None, after: str | None = None
+    ) -> list[User]:
         """A page of users in username order, optionally only active (or inactive) ones."""
-        items: Iterator[tuple[str, User]] = self.iter_sorted(prefix)
+        items: Iterator[tuple[str, User]] = self.iter_sorted(prefix, after)
         if active is not None:
             inactive = self.inactive
             if inactive is not None and self.inactive_complete:

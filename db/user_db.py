@@ -75,8 +75,13 @@ class UserDB:
         limit: int = 50,
         active: bool | None = None,
         prefix: str | None = None,
+        after: str | None = None,
     ) -> list[CodxUser]:
-        """A page of users sorted by username; ``active`` filters, ``prefix`` narrows by name."""
+        """A page of users sorted by username; ``active`` filters, ``prefix`` narrows by name.
+
+        ``after`` (the last username of the previous page) pages in O(log n) however deep;
+        ``offset`` walks the index from the start.
+        """
         problems = []
         if not _is_int(offset) or offset < 0:
             problems.append("offset: must be an integer >= 0")
@@ -86,11 +91,13 @@ class UserDB:
             problems.append("active: must be true, false or None")
         if prefix is not None and not isinstance(prefix, str):
             problems.append("prefix: must be a string")
+        if after is not None and not isinstance(after, str):
+            problems.append("after: must be a string")
         if problems:
             raise InvalidUserData(problems)
 
         def page(users: UserContainer) -> list[CodxUser]:
-            return [CodxUser.from_model(user) for user in users.page(offset, limit, active, prefix)]
+            return [CodxUser.from_model(user) for user in users.page(offset, limit, active, prefix, after)]
 
         return self._read(page)
 

@@ -418,3 +418,18 @@ def test_thousands_of_writes_in_one_unit_of_work(users: UserDB) -> None:
             users.create(username=f"bulk{i:05d}", email=f"bulk{i}@example.com")
     assert users.count() == 3000
     assert users.list(offset=2999, limit=5)[0].username == "bulk02999"
+
+
+def test_list_after_a_username_pages_without_offsets(users: UserDB) -> None:
+    for name in ["delta", "Alpha", "charlie", "bravo", "echo", "alpine"]:
+        users.create(username=name)
+    first = users.list(limit=2)
+    assert [u.username for u in first] == ["Alpha", "alpine"]
+    second = users.list(limit=2, after=first[-1].username)
+    assert [u.username for u in second] == ["bravo", "charlie"]
+    assert [u.username for u in users.list(after="ECHO")] == []
+    assert [u.username for u in users.list(after="b", prefix="al")] == []
+    assert [u.username for u in users.list(after="ALPHA", prefix="al")] == ["alpine"]
+    assert [u.username for u in users.list(after="a", prefix="c")] == ["charlie"]
+    with pytest.raises(InvalidUserData):
+        users.list(after=3)  # type: ignore[arg-type]
