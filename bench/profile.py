@@ -22,7 +22,7 @@ from bench.runner import fresh_location, import_users
 from bench.systems import STORAGE, SYSTEMS, System, system_class
 from bench.workload import CREATE_BASE, GET_MANY_BATCH, PAGE_SIZE, rng, user
 
-OPS = ("create", "get", "get_by_email", "get_many", "update", "page", "delete", "bulk")
+OPS = ("create", "get", "get_by_email", "get_many", "update", "page", "page_after", "delete", "bulk")
 
 
 def _op(system: System, op: str, population: int, seed: int, batch: int) -> Callable[[int], None]:
@@ -42,6 +42,8 @@ def _op(system: System, op: str, population: int, seed: int, batch: int) -> Call
             system.update(user(pick.randrange(population)).username, f"Profiled {i}")
         elif op == "page":
             system.page(pick.randrange(population - PAGE_SIZE), PAGE_SIZE)
+        elif op == "page_after":
+            system.page_after(user(pick.randrange(population)).username, PAGE_SIZE)
         elif op == "delete":
             system.delete(user(victims[i]).username)
         else:

@@ -118,7 +118,7 @@ def scaling_table(report: dict[str, Any]) -> str | None:
     for storage, sizes in found.items():
         for row in sizes:
             if row.get("error"):
-                rows.append([storage, f"{row['users']:,}", "ERROR: " + row["error"], *[""] * 6])
+                rows.append([storage, f"{row['users']:,}", "ERROR: " + row["error"], *[""] * 7])
                 continue
             us = row["us_per_op"]
             rows.append(
@@ -128,8 +128,9 @@ def scaling_table(report: dict[str, Any]) -> str | None:
                     f"{us['get']:,.0f}",
                     f"{us['get_by_email']:,.0f}",
                     f"{us['page']:,.0f}",
+                    f"{us['page_after']:,.0f}" if "page_after" in us else "-",
                     f"{row['open_seconds']:.2f}",
-                    f"{row.get('peak_rss_after_mb', {}).get('get_by_email', 0):.0f} / {row['peak_rss_mb']:.0f}",
+                    f"{_before_offset_pages(row):.0f} / {row['peak_rss_mb']:.0f}",
                     f"{row['store_mb']:,.0f}" if row.get("store_mb") is not None else "-",
                     f"{row['filled'] / row['populate_seconds']:,.0f}" if row.get("populate_seconds") else "-",
                 ]
@@ -140,12 +141,18 @@ def scaling_table(report: dict[str, Any]) -> str | None:
         "get us",
         "email us",
         "page us",
+        "after= us",
         "open s",
-        "peak RSS MB lookups / +pages",
+        "peak RSS MB before / after offset pages",
         "store MB",
         "fill/s",
     ]
     return table(headers, rows)
+
+
+def _before_offset_pages(row: dict[str, Any]) -> float:
+    after = row.get("peak_rss_after_mb", {})
+    return float(after.get("page_after", after.get("get_by_email", 0)))
 
 
 def targets_table(report: dict[str, Any]) -> str:

@@ -215,6 +215,17 @@ def _operations(system: System, config: RunConfig, trips: Callable[[], int] | No
 
     results["page"] = timed_loop("page", page, budget, trips)
 
+    after_index = pick("page_after")
+
+    def page_after(i: int) -> int:
+        start = user(after_index(i)).username.lower()
+        found = system.page_after(start, PAGE_SIZE)
+        names = [system.username_of(u).lower() for u in found]
+        _check(names == sorted(names) and all(name > start for name in names), "page_after")
+        return 1
+
+    results["page_after"] = timed_loop("page_after", page_after, budget, trips)
+
     # Distinct victims from the original population, in random order.
     victims = rng(config.seed, "delete").sample(range(n), min(n, config.max_ops))
 

@@ -121,7 +121,9 @@ def scaling_targets(report: dict[str, Any]) -> list[TargetResult]:
             continue
         small, large = rows[0], rows[-1]
         sizes = f"{large['users']:,} vs {small['users']:,} users"
-        for op in ("get", "get_by_email", "page"):
+        for op in ("get", "get_by_email", "page", "page_after"):
+            if op not in large["us_per_op"]:
+                continue
             slow = large["us_per_op"][op] / small["us_per_op"][op]
             results.append(
                 TargetResult(
@@ -131,10 +133,11 @@ def scaling_targets(report: dict[str, Any]) -> list[TargetResult]:
                 )
             )
         bound = large["rss_bound_mb"]
-        lookups = large.get("peak_rss_after_mb", {}).get("get_by_email")
+        after = large.get("peak_rss_after_mb", {})
+        before_offset_pages = after.get("page_after", after.get("get_by_email"))
         note = large.get("rss_bound_note", "")
-        if lookups is not None:
-            note = f"{lookups:,.0f} MB after the lookups, before the pages; " + note
+        if before_offset_pages is not None:
+            note = f"{before_offset_pages:,.0f} MB before the offset pages; " + note
         results.append(
             TargetResult(
                 f"{storage}: peak RSS at {large['users']:,} within the cache bound ({bound:,.0f} MB)",

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Operations in the order they run against a populated store (bulk runs on a store of its own).
-OPERATIONS = ("create", "get", "get_by_email", "get_many", "update", "page", "delete")
+OPERATIONS = ("create", "get", "get_by_email", "get_many", "update", "page", "page_after", "delete")
 BULK = "bulk"
 PAGE_SIZE = 50
 GET_MANY_BATCH = 100
@@ -26,6 +26,7 @@ DESCRIPTIONS = {
     "get_many": f"{GET_MANY_BATCH} gets by username inside one transaction (per get)",
     "update": "update full_name, one transaction each",
     "page": f"page of {PAGE_SIZE} sorted by username at a random offset, own transaction",
+    "page_after": f"page of {PAGE_SIZE} after a random username (keyset paging), own transaction",
     "delete": "delete one user, one transaction each",
     "bulk": "bulk import into an empty store, one transaction per batch (per user)",
 }

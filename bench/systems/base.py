@@ -58,6 +58,10 @@ class System(ABC):
         """``limit`` users sorted by username, from ``offset``."""
 
     @abstractmethod
+    def page_after(self, username: str, limit: int) -> list[Any]:
+        """``limit`` users sorted by username, after ``username`` (keyset paging)."""
+
+    @abstractmethod
     def delete(self, username: str) -> None:
         """Delete a user."""
 

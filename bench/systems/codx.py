@@ -56,6 +56,9 @@ class CodxSystem(System):
     def page(self, offset: int, limit: int) -> list[Any]:
         return self.users.list(offset=offset, limit=limit)
 
+    def page_after(self, username: str, limit: int) -> list[Any]:
+        return self.users.list(after=username, limit=limit)
+
     def delete(self, username: str) -> None:
         self.users.delete(username)
 

@@ -81,6 +81,13 @@ class Psycopg2Raw(System):
             cur.execute(SELECT + " ORDER BY lower(username) OFFSET %s LIMIT %s", (offset, limit))
             return [_row(found) for found in cur.fetchall()]
 
+    def page_after(self, username: str, limit: int) -> list[Any]:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                SELECT + " WHERE lower(username) > %s ORDER BY lower(username) LIMIT %s", (username.lower(), limit)
+            )
+            return [_row(found) for found in cur.fetchall()]
+
     def delete(self, username: str) -> None:
         with self.conn.cursor() as cur:
             cur.execute("DELETE FROM users WHERE lower(username) = %s", (username.lower(),))

@@ -103,6 +103,12 @@ class SqlAlchemyOrm(System):
             query = select(OrmUser).order_by(func.lower(OrmUser.username)).offset(offset).limit(limit)
             return list(session.scalars(query))
 
+    def page_after(self, username: str, limit: int) -> list[Any]:
+        with self.session() as session:
+            key = func.lower(OrmUser.username)
+            query = select(OrmUser).where(key > username.lower()).order_by(key).limit(limit)
+            return list(session.scalars(query))
+
     def delete(self, username: str) -> None:
         with self.session.begin() as session:
             session.delete(session.scalars(_by_username(username)).one())

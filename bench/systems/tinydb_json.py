@@ -86,6 +86,11 @@ class TinyDbJson(System):
         ordered = sorted(self.table.all(), key=lambda d: d["username_key"])
         return [dict(d) for d in ordered[offset : offset + limit]]
 
+    def page_after(self, username: str, limit: int) -> list[Any]:
+        key = username.lower()
+        ordered = sorted((d for d in self.table.all() if d["username_key"] > key), key=lambda d: d["username_key"])
+        return [dict(d) for d in ordered[:limit]]
+
     def delete(self, username: str) -> None:
         if not self.table.remove(self.q.username_key == username.lower()):
             raise KeyError(username)

@@ -8,6 +8,7 @@ and no validation or snapshots beyond copying the fields out into a dict.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -134,6 +135,11 @@ class ZodbSystem(System):
         with self.db.transaction() as conn:
             # BTree item sequences slice in C, a bucket at a time.
             return [_snapshot(u) for u in conn.root()["by_username"].values()[offset : offset + limit]]
+
+    def page_after(self, username: str, limit: int) -> list[Any]:
+        with self.db.transaction() as conn:
+            found = conn.root()["by_username"].values(min=username.lower(), excludemin=True)
+            return [_snapshot(u) for u in itertools.islice(found, limit)]
 
     def delete(self, username: str) -> None:
         with self.db.transaction() as conn:
