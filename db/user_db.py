@@ -8,7 +8,8 @@ and a bad call writes nothing. Callers get ``CodxUser`` snapshots, never stored 
 
 from __future__ import annotations
 
-import uuid
+import secrets
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -144,7 +145,7 @@ class UserDB:
         password_hash = None if password is None else hash_password(check_password(password))
         fields = data.model_dump(exclude={"projects"})
         fields["projects"] = projects_to_tuple(data.projects)
-        user_id = uuid.uuid4().hex
+        user_id = new_user_id()
 
         def create(uow: UnitOfWork) -> CodxUser:
             users = _users(uow)
@@ -288,6 +289,15 @@ class UserDB:
             return fn(uow)
 
         return self.database.run(write, note=f"codx-db: {note}" if note else None)
+
+
+def new_user_id() -> str:
+    """32 hex digits: creation time in microseconds, then 72 random bits.
+
+    Time-ordered ids land next to each other in the ``users`` BTree, so a batch of creates
+    dirties a few buckets instead of one per user (a random uuid4 scatters them).
+    """
+    return f"{time.time_ns() // 1000:014x}{secrets.randbits(72):018x}"
 
 
 def _revision_target(to: datetime | str) -> tuple[bytes | None, datetime | None]:
