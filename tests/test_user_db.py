@@ -433,3 +433,38 @@ def test_list_after_a_username_pages_without_offsets(users: UserDB) -> None:
     assert [u.username for u in users.list(after="a", prefix="c")] == ["charlie"]
     with pytest.raises(InvalidUserData):
         users.list(after=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "Bob@Example.COM",
+        "a.b+c@xn--bcher-kva.example",
+        "a@bücher.example",
+        "A!#$%&'*+/=?^_`{|}~-z@example.org",
+        "ä@example.com",
+        "a" * 64 + "@example.com",
+        "a" * 65 + "@example.com",
+        "x@localhost",
+        "a..b@example.com",
+        "a@example.invalid",
+        "a@[127.0.0.1]",
+        "user@example.com.",
+        '"quoted local"@example.com',
+    ],
+)
+def test_fast_email_normalisation_matches_email_validator(address: str) -> None:
+    """The cached-domain fast path gives email-validator's answer, or its refusal."""
+    from email_validator import EmailNotValidError, validate_email
+
+    from db.schemas import normalize_email
+
+    try:
+        expected: str | None = validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError:
+        expected = None
+    try:
+        got: str | None = normalize_email(address)
+    except ValueError:
+        got = None
+    assert got == expected
