@@ -72,8 +72,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-concurrency", action="store_true", help="skip the two-process create measurement")
     p.add_argument("--scaling", type=_sizes, help="also run the scaling mode at these sizes, e.g. 1000,100000,1000000")
     p.add_argument("--scaling-only", action="store_true", help="run only the scaling mode")
-    # codx-db appends a note per create to the batch's transaction; FileStorage refuses notes
-    # over 64 KiB, so batches above ~2,000 creates fail on file (see bench/README.md).
+    # Before notes were capped (12724cf), codx-db appended a note per create to the batch's
+    # transaction and FileStorage refused it past 64 KiB (~2,000 creates; see bench/README.md).
     p.add_argument("--scaling-batch", type=int, default=1_000, help="users per transaction when filling (1000)")
     p.add_argument("--scaling-storages", default="file,postgres", help="file,postgres (default both)")
     p.add_argument(
