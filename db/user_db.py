@@ -8,6 +8,7 @@ and a bad call writes nothing. Callers get ``CodxUser`` snapshots, never stored 
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -291,13 +292,19 @@ class UserDB:
         return self.database.run(write, note=f"codx-db: {note}" if note else None)
 
 
-def new_user_id() -> str:
-    """32 hex digits: creation time in microseconds, then 72 random bits.
+_ID_SALT = secrets.randbits(16)
 
-    Time-ordered ids land next to each other in the ``users`` BTree, so a batch of creates
-    dirties a few buckets instead of one per user (a random uuid4 scatters them).
+
+def new_user_id() -> str:
+    """32 hex digits: a per-process prefix, the creation time in microseconds, 56 random bits.
+
+    Within a process ids grow with time, so a batch of creates lands in a few buckets of the
+    ``users`` BTree instead of one per user (a random uuid4 scatters them). The per-process
+    prefix keeps two processes creating at once in different buckets, where their inserts do
+    not conflict (one shared "last bucket" would).
     """
-    return f"{time.time_ns() // 1000:014x}{secrets.randbits(72):018x}"
+    prefix = (_ID_SALT ^ os.getpid()) & 0xFFFF
+    return f"{prefix:04x}{time.time_ns() // 1000:014x}{secrets.randbits(56):014x}"
 
 
 def _revision_target(to: datetime | str) -> tuple[bytes | None, datetime | None]:
