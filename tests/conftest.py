@@ -229,6 +229,18 @@ def run_python(code: str, env: dict[str, str], timeout: float = 120, **kwargs: A
     )
 
 
+def run_cli(settings: CodxJuniorGlobalSettings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m db ARGS`` in a child process on the database ``settings`` describe."""
+    return subprocess.run(
+        [sys.executable, "-m", "db", *args],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say where every Postgres test got its server."""
     if not _pg_sources and not _pg_failure:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from db.models import USERS_KEY, User, UserContainer, email_key
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from migrations.runner import GENERATION_KEY
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, run_cli
 
 Corruption = Callable[[UserContainer], None]
 
@@ -268,24 +266,13 @@ def test_repair_keeps_a_user_created_while_it_runs(database: Database) -> None:
 # -- the command line ---------------------------------------------------------------------------
 
 
-def _cli(settings: CodxJuniorGlobalSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "db", *args],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_cli_check_and_repair(tmp_path: Path) -> None:
     settings = CodxJuniorGlobalSettings.load(db_file_path=tmp_path / "users.fs")
     database = Database(settings)
     _seed(database)
     database.close()
 
-    clean = _cli(settings, "check")
+    clean = run_cli(settings, "check")
     assert clean.returncode == 0, clean.stderr
     assert "ok: no problems found" in clean.stdout
 
@@ -294,25 +281,25 @@ def test_cli_check_and_repair(tmp_path: Path) -> None:
     _corrupt(database, _drop_email)
     database.close()
 
-    found = _cli(settings, "check")
+    found = run_cli(settings, "check")
     assert found.returncode == 1
     assert "username-wrong-key" in found.stdout and "email-unindexed" in found.stdout
     assert "codx-db check --repair" in found.stdout
     assert found.stderr == ""
 
-    as_json = _cli(settings, "check", "--json")
+    as_json = run_cli(settings, "check", "--json")
     assert as_json.returncode == 1
     report = json.loads(as_json.stdout)  # the one and only document on stdout
     assert report["ok"] is False
     assert {p["code"] for p in report["problems"]} == {"username-wrong-key", "username-unindexed", "email-unindexed"}
     assert all(p["repairable"] for p in report["problems"])
 
-    repaired = _cli(settings, "--json", "check", "--repair")
+    repaired = run_cli(settings, "--json", "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     result = json.loads(repaired.stdout)
     assert result["repaired"] and result["after"]["ok"] and not result["before"]["ok"]
 
-    again = _cli(settings, "check")
+    again = run_cli(settings, "check")
     assert again.returncode == 0 and "ok: no problems found" in again.stdout
 
 
@@ -322,7 +309,7 @@ def test_cli_repair_refusal_exits_1(tmp_path: Path) -> None:
     _seed(database)
     _corrupt(database, _duplicate_email)
     database.close()
-    result = _cli(settings, "check", "--repair")
+    result = run_cli(settings, "check", "--repair")
     assert result.returncode == 1
     assert "email-duplicate" in result.stdout
     assert "not repaired" in result.stdout

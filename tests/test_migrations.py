@@ -25,7 +25,7 @@ from db.storage import open_storage
 from db.user_db import UserDB
 from migrations import runner
 from migrations.runner import GENERATION_KEY
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, run_cli, settings_env
 from tests.fixtures.make_fixture import FIXTURE_USERS
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -61,17 +61,6 @@ def stored_generation(settings: CodxJuniorGlobalSettings) -> int:
             return conn.root().get(GENERATION_KEY, 0)
     finally:
         zodb.close()
-
-
-def cli(settings: CodxJuniorGlobalSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "db", *args],
-        env=settings_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def has_own(user: User, name: str) -> bool:
@@ -116,19 +105,19 @@ def test_generation0_fixture_evolves_to_latest(backend: str, tmp_path: Path, req
         Database(settings).open()
     assert "generation 0" in str(excinfo.value) and "codx-db migrate" in str(excinfo.value)
 
-    status = cli(settings, "migrate")
+    status = run_cli(settings, "migrate")
     assert status.returncode == 0, status.stderr
     assert "current generation: 0" in status.stdout
     for generation in range(1, migrations.GENERATION + 1):
         assert f"{generation}  pending" in status.stdout
     assert runner.load_step(1).description in status.stdout
 
-    dry = cli(settings, "migrate", "--dry-run", "--json")
+    dry = run_cli(settings, "migrate", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["applied"] == list(range(1, migrations.GENERATION + 1))
     assert stored_generation(settings) == 0
 
-    applied = cli(settings, "migrate", "--apply")
+    applied = run_cli(settings, "migrate", "--apply")
     assert applied.returncode == 0, applied.stderr
     assert f"generation 1: {runner.load_step(1).description}" in applied.stderr  # progress
     assert stored_generation(settings) == migrations.GENERATION
@@ -155,7 +144,7 @@ def test_generation0_fixture_evolves_to_latest(backend: str, tmp_path: Path, req
     finally:
         database.close()
 
-    again = cli(settings, "migrate")
+    again = run_cli(settings, "migrate")
     assert "up to date" in again.stdout
 
 
@@ -176,7 +165,7 @@ def test_generation1_fixture_evolves_keeping_its_fields(
     finally:
         database.close()
 
-    assert cli(settings, "migrate", "--apply").returncode == 0
+    assert run_cli(settings, "migrate", "--apply").returncode == 0
     database = Database(settings)
     try:
         users = UserDB(database)
@@ -215,11 +204,11 @@ def test_migrate_to_a_given_generation(tmp_path: Path) -> None:
     copy = tmp_path / "g0.fs"
     shutil.copy(FIXTURES / "generation0.fs", copy)
     settings = CodxJuniorGlobalSettings.load(db_file_path=copy)
-    result = cli(settings, "migrate", "--apply", "--to", "1", "--json")
+    result = run_cli(settings, "migrate", "--apply", "--to", "1", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["applied"] == [1]
     assert stored_generation(settings) == 1
-    bad = cli(settings, "migrate", "--to", "99")
+    bad = run_cli(settings, "migrate", "--to", "99")
     assert bad.returncode == 1 and "target generation 99 does not exist" in bad.stderr
 
 
@@ -430,8 +419,8 @@ def test_an_interrupted_batched_step_resumes(backend: str, tmp_path: Path, reque
 
 def test_migrate_on_a_new_database_says_so_and_apply_installs_it(tmp_path: Path) -> None:
     settings = CodxJuniorGlobalSettings.load(db_file_path=tmp_path / "new.fs")
-    status = cli(settings, "migrate")
+    status = run_cli(settings, "migrate")
     assert status.returncode == 1 and "no database at" in status.stderr  # a typo is not a database
-    report = json.loads(cli(settings, "migrate", "--apply", "--json").stdout)
+    report = json.loads(run_cli(settings, "migrate", "--apply", "--json").stdout)
     assert report["current"] == migrations.GENERATION and report["pending"] == []
     assert stored_generation(settings) == migrations.GENERATION
