@@ -146,20 +146,23 @@ class UserContainer(Persistent):
 
     def reindex(self, user: User, old_username: str, old_email: str | None) -> None:
         """Move index entries after the username, email or active flag of ``user`` changed."""
+        # Touch an index only where its key changed: re-setting an unchanged entry still
+        # rewrites its bucket (more to commit, and a conflict with every concurrent writer).
         old_ukey, new_ukey = username_key(old_username), username_key(user.username)
         if old_ukey != new_ukey:
             del self.by_username[old_ukey]
-        self.by_username[new_ukey] = user
-        if self.inactive is not None:
+            self.by_username[new_ukey] = user
+        if self.inactive is not None and (old_ukey != new_ukey or (old_ukey in self.inactive) == user.is_active):
             self.inactive.discard(old_ukey)
             if not user.is_active:
                 self.inactive.add(new_ukey)
         old_ekey = email_key(old_email) if old_email else None
         new_ekey = email_key(user.email) if user.email else None
-        if old_ekey is not None and old_ekey != new_ekey:
-            self.by_email.pop(old_ekey, None)
-        if new_ekey is not None:
-            self.by_email[new_ekey] = user
+        if old_ekey != new_ekey:
+            if old_ekey is not None:
+                self.by_email.pop(old_ekey, None)
+            if new_ekey is not None:
+                self.by_email[new_ekey] = user
 
     def find_by_username(self, username: str) -> User | None:
         """O(log n) lookup by username (case-insensitive)."""
