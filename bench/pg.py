@@ -3,7 +3,9 @@
 Round trips are counted in the client: every ``execute`` is one, so is the ``BEGIN`` psycopg2
 sends before the first statement of a transaction, and a ``COMMIT``/``ROLLBACK`` that ends
 one. The same connection class serves RelStorage, SQLAlchemy and raw psycopg2, so the counts
-compare like with like.
+compare like with like. codx-db's reads put ``BEGIN`` in the same message as the poll (one round
+trip) and send their ``ROLLBACK`` without waiting for the reply (db/pg_reads.py): those are
+counted apart, as pipelined.
 """
 
 from __future__ import annotations
@@ -51,8 +53,18 @@ class RoundTrips:
 
 
 def roundtrips() -> int:
-    """SQL round trips so far in this process."""
+    """SQL round trips waited for so far in this process."""
     return RoundTrips.count
+
+
+def pipelined() -> int:
+    """Statements sent without waiting for their reply so far (codx-db's ROLLBACK after a read).
+
+    db/pg_reads.py sends them through libpq directly, past the counting connection.
+    """
+    from db.pg_reads import Counters
+
+    return Counters.pipelined_rollbacks
 
 
 def _counted(conn: Any, query: Any, trips: int, call: Callable[[], T]) -> T:

@@ -73,7 +73,9 @@ def roundtrip_table(report: dict[str, Any]) -> str | None:
         for system in systems:
             found = report["systems"][system]["results"].get(op, {})
             per_op = found.get("roundtrips_per_op")
-            row.append("-" if per_op is None else f"{per_op:.2f}")
+            piped = found.get("pipelined_per_op") or 0
+            cell = "-" if per_op is None else f"{per_op:.2f}"
+            row.append(cell + (f" +{piped:.2f}p" if piped >= 0.005 else ""))
         rows.append(row)
     return table(["SQL round trips/op", *systems], rows)
 
@@ -184,7 +186,12 @@ def render(report: dict[str, Any]) -> str:
         parts += ["", "Throughput (ops/s; get_many: gets/s; bulk: users/s)", rate_table(report)]
         trips = roundtrip_table(report)
         if trips:
-            parts += ["", "SQL round trips per operation (client side: BEGIN, statements, COMMIT/ROLLBACK)", trips]
+            parts += [
+                "",
+                "SQL round trips per operation (client side: BEGIN, statements, COMMIT/ROLLBACK)",
+                trips,
+                "  +Np: statements sent without waiting for their reply (codx-db's ROLLBACK after a read)",
+            ]
         parts += ["", system_notes(report)]
         parts += ["", "Operations:"] + [f"  {op:13s} {DESCRIPTIONS[op]}" for op in ROWS]
     floor = report.get("floor")
@@ -194,9 +201,15 @@ def render(report: dict[str, Any]) -> str:
             "",
             "PostgreSQL round-trip floor (psycopg2 alone, same server): a get as 1 statement "
             f"{one['ops_per_s']:,.0f}/s ({one['us_per_op']:.0f} us);",
-            f"  as BEGIN + statement + ROLLBACK, RelStorage's minimum per unit of work, {three['ops_per_s']:,.0f}/s"
-            f" ({three['us_per_op']:.0f} us): {floor['ratio']:.2f}x of the 1-statement get.",
+            f"  as BEGIN + statement + ROLLBACK, as psycopg2 drives RelStorage, {three['ops_per_s']:,.0f}/s"
+            f" ({three['us_per_op']:.0f} us): {floor['ratio']:.2f}x of the 1-statement get;",
         ]
+        if "pipelined" in floor:
+            piped = floor["pipelined"]
+            parts.append(
+                f"  as codx-db sends it (BEGIN in the statement's message, ROLLBACK not waited for) "
+                f"{piped['ops_per_s']:,.0f}/s ({piped['us_per_op']:.0f} us): {floor['pipelined_ratio']:.2f}x."
+            )
     conc = concurrency_table(report)
     if conc:
         parts += [

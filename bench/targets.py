@@ -63,7 +63,10 @@ def comparison_targets(report: dict[str, Any]) -> list[TargetResult]:
     )
     floor = report.get("floor", {})
     if "ratio" in floor:
-        vs_psycopg2.note = f"3 round trips (RelStorage's minimum) cost {floor['ratio']:.2f}x of 1, same server"
+        vs_psycopg2.note = (
+            f"floor: BEGIN+poll in one message, ROLLBACK pipelined = {floor.get('pipelined_ratio', 0):.2f}x of"
+            f" 1 statement (psycopg2's own 3 round trips: {floor['ratio']:.2f}x)"
+        )
     results = [
         _ratio_target(report, "PG get (own unit of work) >= 2x SQLAlchemy ORM", "codx-pg", "sqlalchemy", "get", 2.0),
         vs_psycopg2,

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench import pg
+
 # Operations in the order they run against a populated store (bulk runs on a store of its own).
 OPERATIONS = ("create", "get", "get_by_email", "get_many", "update", "page", "page_after", "delete")
 BULK = "bulk"
@@ -80,8 +82,9 @@ class OpResult:
     op: str
     ops: int
     seconds: float
-    roundtrips: int | None = None  # SQL round trips in the timed loop (PostgreSQL systems)
+    roundtrips: int | None = None  # SQL round trips waited for in the timed loop (PostgreSQL systems)
     extra: dict[str, Any] = field(default_factory=dict)
+    pipelined: int | None = None  # statements sent without waiting for a reply (codx-db's ROLLBACKs)
 
     @property
     def ops_per_s(self) -> float:
@@ -95,10 +98,15 @@ class OpResult:
     def roundtrips_per_op(self) -> float | None:
         return None if self.roundtrips is None or not self.ops else self.roundtrips / self.ops
 
+    @property
+    def pipelined_per_op(self) -> float | None:
+        return None if self.pipelined is None or not self.ops else self.pipelined / self.ops
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(ops_per_s=self.ops_per_s, us_per_op=self.us_per_op)
         data["roundtrips_per_op"] = self.roundtrips_per_op
+        data["pipelined_per_op"] = self.pipelined_per_op
         return data
 
 
@@ -110,6 +118,7 @@ def timed_loop(
 ) -> OpResult:
     """Call ``step(i)`` for i = 0, 1, ... until the budget is spent; ``step`` returns ops done."""
     before = roundtrips() if roundtrips else None
+    sent = pg.pipelined() if roundtrips else 0
     done = 0
     i = 0
     start = time.perf_counter()
@@ -121,7 +130,8 @@ def timed_loop(
             break
     elapsed = time.perf_counter() - start
     trips = roundtrips() - before if roundtrips and before is not None else None
-    return OpResult(op, done, elapsed, trips)
+    piped = pg.pipelined() - sent if roundtrips else None
+    return OpResult(op, done, elapsed, trips, pipelined=piped)
 
 
 def rng(seed: int, op: str) -> random.Random:
