@@ -8,6 +8,7 @@ can rehash on the next successful login.
 from __future__ import annotations
 
 import functools
+import re
 
 import argon2
 import bcrypt
@@ -58,6 +59,29 @@ def hash_password(password: str) -> str:
 def is_bcrypt(stored_hash: str) -> bool:
     """True for the ``$2a$``/``$2b$``/``$2y$`` hashes codx-junior wrote."""
     return stored_hash.startswith(("$2a$", "$2b$", "$2y$"))
+
+
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def check_password_hash(value: object) -> str:
+    """A stored hash brought from elsewhere: an argon2 hash or a bcrypt one, well formed.
+
+    Raises InvalidUserData without quoting the value (a hash is a secret too).
+    """
+    if not isinstance(value, str):
+        raise InvalidUserData(["password_hash: must be a string"])
+    if is_bcrypt(value):
+        if not _BCRYPT_HASH.fullmatch(value):
+            raise InvalidUserData(["password_hash: not a well-formed bcrypt hash"])
+        return value
+    if value.startswith("$argon2"):
+        try:
+            argon2.extract_parameters(value)
+        except InvalidHashError:
+            raise InvalidUserData(["password_hash: not a well-formed argon2 hash"]) from None
+        return value
+    raise InvalidUserData(["password_hash: must be an argon2 ($argon2id$...) or bcrypt ($2b$...) hash"])
 
 
 def verify_password(stored_hash: str | None, password: str) -> tuple[bool, bool]:

@@ -57,6 +57,8 @@ _GITHUB_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
 def _has_control_chars(value: str) -> bool:
     # Cc: control characters; Cs: lone surrogates, which cannot be encoded as UTF-8 and would
     # break every JSON response and terminal that later shows the value.
+    if value.isprintable():  # the common case, in C: no Cc or Cs character is printable
+        return False
     return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
 
 
@@ -148,6 +150,10 @@ class CodxUser(BaseModel):
         )
 
 
+# An ASCII username that passes every rule below (the rules stay the reference).
+_PLAIN_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def normalize_username(value: str) -> str:
     """NFKC-normalise, trim and check a username; raise ValueError naming the rule broken."""
     name = unicodedata.normalize("NFKC", value).strip()
@@ -155,6 +161,8 @@ def normalize_username(value: str) -> str:
         raise ValueError("must not be empty")
     if len(name) > USERNAME_MAX:
         raise ValueError(f"must be at most {USERNAME_MAX} characters")
+    if _PLAIN_USERNAME.fullmatch(name):  # the common case, in C
+        return name
     if not name[0].isalnum():
         raise ValueError("must start with a letter or digit")
     bad = sorted({c for c in name if not (c.isalnum() or c in USERNAME_PUNCTUATION)})

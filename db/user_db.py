@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound
 from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
-from db.passwords import check_password, dummy_verify, hash_password, verify_password
+from db.passwords import check_password, check_password_hash, dummy_verify, hash_password, verify_password
 from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
 
 T = TypeVar("T")
@@ -156,6 +156,41 @@ class UserDB:
             return CodxUser.from_model(user)
 
         return self._write(create, f"create user {data.username}")
+
+    def import_users(self, records: Iterable[Mapping[str, Any]], *, savepoint_every: int = 10_000) -> int:
+        """Create many users in one unit of work: all of them or none. Returns how many.
+
+        Each record holds ``create``'s keyword arguments; a password known only as a hash
+        (argon2, or bcrypt from codx-junior) goes in ``password_hash`` instead of ``password``.
+        A ``password`` is hashed here, at argon2id's ~20 ms per user (by design).
+
+        Every record is checked, against the others and against the stored users, before
+        anything is written: problems in the input raise one InvalidUserData naming each
+        record (``records[3].email: ...``), a name or email already stored raises
+        UserAlreadyExists. The users are written in one transaction (a conflict retries it
+        whole); every ``savepoint_every`` users a savepoint moves the written objects out of
+        memory, so a large import does not need them all in RAM. Inside a caller's unit of
+        work the users join it. Faster than ``create`` in a loop: one validation pass, no
+        snapshot per user, one transaction note.
+        """
+        if not _is_int(savepoint_every) or savepoint_every < 1:
+            raise InvalidUserData(["savepoint_every: must be a positive integer"])
+        prepared = _prepare_import(records)
+
+        def write(uow: UnitOfWork) -> int:
+            users = _users(uow)
+            for data, _ in prepared:
+                _check_unique(users, data.username, data.email)
+            for done, (data, password_hash) in enumerate(prepared, 1):
+                fields = data.model_dump(exclude={"projects"})
+                fields["projects"] = projects_to_tuple(data.projects)
+                users.add(User(id=new_user_id(), password_hash=password_hash, **fields))
+                if done % savepoint_every == 0 and done < len(prepared):
+                    uow.transaction_manager.savepoint(optimistic=True)
+                    uow.connection.cacheGC()  # the saved objects can now leave memory
+            return len(prepared)
+
+        return self._write(write, f"import {len(prepared)} users")
 
     def update(self, username: str, /, **changes: Any) -> CodxUser:
         """Change fields of a user: ``username=`` renames, ``email=None`` clears the email.
@@ -305,6 +340,74 @@ def new_user_id() -> str:
     """
     prefix = (_ID_SALT ^ os.getpid()) & 0xFFFF
     return f"{prefix:04x}{time.time_ns() // 1000:014x}{secrets.randbits(56):014x}"
+
+
+_IMPORT_KEYS = frozenset(
+    {"username", "email", "full_name", "password", "password_hash", "is_superuser", "is_active"}
+    | {"avatar", "theme", "role", "github", "projects"}
+)
+_MAX_LISTED_PROBLEMS = 50
+
+
+def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCreate, str | None]]:
+    """Validate import records: (validated fields, password hash) each, or InvalidUserData."""
+    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+        raise InvalidUserData(["records: must be an iterable of mappings (one per user)"])
+    prepared: list[tuple[UserCreate, str | None, str | None]] = []  # (fields, clear password, hash)
+    problems: list[str] = []
+    seen_usernames: dict[str, int] = {}
+    seen_emails: dict[str, int] = {}
+    for index, record in enumerate(records):
+        where = f"records[{index}]"
+        if not isinstance(record, Mapping):
+            problems.append(f"{where}: must be a mapping of user fields")
+            continue
+        unknown = sorted(str(key) for key in record if key not in _IMPORT_KEYS)
+        if unknown:
+            problems.append(f"{where}: unknown field(s) {', '.join(unknown)}")
+            continue
+        fields = {key: value for key, value in record.items() if key not in ("password", "password_hash")}
+        fields.setdefault("projects", [])
+        try:
+            data = UserCreate.parse(fields)
+            password, password_hash = _import_password(record)
+        except InvalidUserData as exc:
+            problems.extend(f"{where}.{message}" for message in exc.errors)
+            continue
+        key = username_key(data.username)
+        if key in seen_usernames:
+            problems.append(f"{where}.username: the same as records[{seen_usernames[key]}]")
+            continue
+        seen_usernames[key] = index
+        if data.email:
+            key = email_key(data.email)
+            if key in seen_emails:
+                problems.append(f"{where}.email: the same as records[{seen_emails[key]}]")
+                continue
+            seen_emails[key] = index
+        prepared.append((data, password, password_hash))
+    if problems:
+        shown = problems[:_MAX_LISTED_PROBLEMS]
+        if len(problems) > len(shown):
+            shown.append(f"... and {len(problems) - len(shown)} more problems")
+        raise InvalidUserData(shown)
+    # Hash after everything validated: a bad record must not cost 20 ms per good one first.
+    return [
+        (data, password_hash if password is None else hash_password(password))
+        for data, password, password_hash in prepared
+    ]
+
+
+def _import_password(record: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(checked clear password to hash later, or None; checked hash, or None)."""
+    password, password_hash = record.get("password"), record.get("password_hash")
+    if password is not None and password_hash is not None:
+        raise InvalidUserData(["password: give password or password_hash, not both"])
+    if password is not None:
+        return check_password(password), None
+    if password_hash is not None:
+        return None, check_password_hash(password_hash)
+    return None, None
 
 
 def _revision_target(to: datetime | str) -> tuple[bytes | None, datetime | None]:

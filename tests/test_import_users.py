@@ -1,0 +1,142 @@
+"""UserDB.import_users: many users in one unit of work, all or none, on every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import bcrypt
+import pytest
+
+from db.database import Database
+from db.errors import InvalidUserData, UserAlreadyExists
+from db.passwords import hash_password
+from db.user_db import UserDB
+from tests.test_user_db import snapshot_state
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def users(database: Database) -> Iterator[UserDB]:
+    yield UserDB(database)
+
+
+def records(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"username": f"user{i:05d}", "email": f"user{i}@Example.COM", "full_name": f"User {i}"}
+        for i in range(start, start + n)
+    ]
+
+
+def test_imports_every_record_with_the_rules_of_create(users: UserDB) -> None:
+    assert users.import_users(records(250)) == 250
+    assert users.count() == 250
+    user = users.get("USER00042")
+    assert user.email == "user42@example.com"  # domain normalised as create does
+    assert user.full_name == "User 42" and user.role == "user" and not user.is_superuser
+    assert users.get_by_email("user249@example.com").username == "user00249"
+    assert [u.username for u in users.list(limit=3)] == ["user00000", "user00001", "user00002"]
+    assert len({u.id for u in users.list(limit=250)}) == 250
+
+
+def test_passwords_given_clear_or_as_argon2_or_bcrypt_hashes_log_in(users: UserDB) -> None:
+    bcrypt_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    users.import_users(
+        [
+            {"username": "clear", "password": PASSWORD},
+            {"username": "argon", "password_hash": hash_password(PASSWORD)},
+            {"username": "legacy", "password_hash": bcrypt_hash, "role": "admin"},
+            {"username": "nopass"},
+        ]
+    )
+    for name in ("clear", "argon", "legacy"):
+        assert users.authenticate(name, PASSWORD) is not None, name
+        assert users.authenticate(name, "wrong password!") is None
+    assert users.get("legacy").is_superuser
+    assert users.authenticate("nopass", PASSWORD) is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ({"username": "a b"}, "records[1].username: may hold only"),
+        ({"username": "x", "email": "no-at-sign"}, "records[1].email: not a valid email address"),
+        ({"username": "x", "password": "short"}, "records[1].password: must be at least"),
+        ({"username": "x", "password_hash": "$2b$12$tooshort"}, "records[1].password_hash: not a well-formed bcrypt"),
+        ({"username": "x", "password_hash": "plain text"}, "records[1].password_hash: must be an argon2"),
+        ({"username": "x", "password": PASSWORD, "password_hash": "h"}, "records[1].password: give password or"),
+        ({"username": "x", "is_admin": True}, "records[1]: unknown field(s) is_admin"),
+        ({"username": "x", "role": "admin", "is_superuser": False}, "records[1]"),
+        ({"username": "USER00000"}, "records[1].username: the same as records[0]"),
+        ({"username": "x", "email": "USER0@example.com"}, "records[1].email: the same as records[0]"),
+        ("alice", "records[1]: must be a mapping"),
+    ],
+)
+def test_bad_input_names_the_record_and_writes_nothing(
+    users: UserDB, database: Database, bad: Any, expected: str
+) -> None:
+    users.create(username="existing")
+    before = snapshot_state(database)
+    with pytest.raises(InvalidUserData) as raised:
+        users.import_users([records(1)[0], bad, *records(5, start=10)])
+    assert expected in str(raised.value)
+    assert "tooshort" not in str(raised.value)  # a hash is never quoted
+    assert snapshot_state(database) == before
+
+
+def test_every_problem_is_listed_up_to_a_cap(users: UserDB) -> None:
+    with pytest.raises(InvalidUserData) as raised:
+        users.import_users([{"username": f"bad name {i}"} for i in range(80)])
+    assert len(raised.value.errors) == 51
+    assert raised.value.errors[-1] == "... and 30 more problems"
+
+
+def test_a_stored_name_or_email_refuses_the_whole_import(users: UserDB, database: Database) -> None:
+    users.create(username="user00003")
+    users.create(username="someone", email="user7@example.com")
+    before = snapshot_state(database)
+    with pytest.raises(UserAlreadyExists, match="username 'user00003'"):
+        users.import_users(records(10))
+    assert snapshot_state(database) == before
+    with pytest.raises(UserAlreadyExists, match="email"):
+        users.import_users(records(5, start=5))
+    assert snapshot_state(database) == before
+
+
+def test_savepoints_keep_the_import_whole(users: UserDB, database: Database) -> None:
+    assert users.import_users(records(100), savepoint_every=7) == 100
+    assert users.count() == 100 and users.get("user00099").full_name == "User 99"
+    # A failure after several savepoints still leaves nothing of the unit of work behind.
+    before = snapshot_state(database)
+    with pytest.raises(RuntimeError), database.transaction():
+        users.import_users(records(50, start=100), savepoint_every=7)
+        assert users.count() == 150  # inside the unit, the import is visible
+        raise RuntimeError("the caller gives up")
+    assert snapshot_state(database) == before
+
+
+def test_inside_a_unit_of_work_the_import_joins_it(users: UserDB) -> None:
+    with users.database.transaction():
+        users.create(username="first")
+        users.import_users(records(3))
+        assert users.count() == 4
+    assert users.count() == 4
+
+
+@pytest.mark.parametrize("bad", ["user00001", {"username": "x"}, 42, None])
+def test_records_must_be_an_iterable_of_mappings(users: UserDB, bad: Any) -> None:
+    with pytest.raises(InvalidUserData, match="records: must be an iterable of mappings"):
+        users.import_users(bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
+def test_savepoint_every_must_be_a_positive_integer(users: UserDB, bad: Any) -> None:
+    with pytest.raises(InvalidUserData, match="savepoint_every"):
+        users.import_users(records(1), savepoint_every=bad)
+    assert users.count() == 0
+
+
+def test_an_empty_import_is_fine(users: UserDB) -> None:
+    assert users.import_users([]) == 0
+    assert users.import_users(iter(())) == 0
