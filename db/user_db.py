@@ -98,10 +98,14 @@ class UserDB:
         if problems:
             raise InvalidUserData(problems)
 
-        def page(users: UserContainer) -> list[CodxUser]:
-            return [CodxUser.from_model(user) for user in users.page(offset, limit, active, prefix, after)]
+        def page(uow: UnitOfWork) -> list[CodxUser]:
+            found = list(_users(uow).page(offset, limit, active, prefix, after))
+            # RelStorage loads the users not yet cached in one query instead of one each
+            # (FileStorage and MappingStorage have nothing to prefetch: a no-op there).
+            uow.connection.prefetch(found)
+            return [CodxUser.from_model(user) for user in found]
 
-        return self._read(page)
+        return self.database.run(page)
 
     def count(self) -> int:
         """How many users there are (O(1))."""
