@@ -11,6 +11,7 @@ These objects live in the database; they never leave a unit of work (callers get
 
 from __future__ import annotations
 
+import collections
 import itertools
 import unicodedata
 from collections.abc import Iterator
@@ -203,7 +204,18 @@ class UserContainer(Persistent):
                 items = ((key, user) for key, user in items if (key not in inactive) == active)
             else:
                 items = ((key, user) for key, user in items if user.is_active == active)
+        jar = self._p_jar
+        while offset > _GC_EVERY and jar is not None:
+            # A deep offset walks every bucket before it, each unpickled with a ghost per
+            # user: shrink the cache to its target size now and then, so the walk itself
+            # (not the cache settings) does not set the memory used. Skipped in C (deque).
+            collections.deque(itertools.islice(items, _GC_EVERY), maxlen=0)
+            offset -= _GC_EVERY
+            jar.cacheGC()  # the buckets walked are unchanged (a read): they may leave memory
         return [user for _, user in itertools.islice(items, offset, offset + limit)]
+
+
+_GC_EVERY = 20_000
 
 
 def install_root(root: Any) -> UserContainer:
