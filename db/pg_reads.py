@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import select
+import threading
 from typing import Any
 
 import psycopg2
@@ -36,26 +38,35 @@ import psycopg2.extensions
 
 log = logging.getLogger(__name__)
 
+# What RelStorage's PostgreSQL connection manager asks psycopg2 for on load connections
+# (``_do_open_for_load``: REPEATABLE READ, read only, not deferrable).
 BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 
-def _load_libpq() -> tuple[Any, Any, Any] | None:
-    """libpq's PQsendQuery, PQgetResult and PQclear, from the library psycopg2 itself uses."""
+class _LibPQ:
+    """The few libpq functions used here, from the very library psycopg2 calls."""
+
+    def __init__(self, lib: Any) -> None:
+        self.send = lib.PQsendQuery
+        self.send.argtypes, self.send.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
+        self.get_result = lib.PQgetResult
+        self.get_result.argtypes, self.get_result.restype = [ctypes.c_void_p], ctypes.c_void_p
+        self.clear = lib.PQclear
+        self.clear.argtypes, self.clear.restype = [ctypes.c_void_p], None
+
+
+def _load_libpq() -> _LibPQ | None:
+    """libpq through psycopg2's extension module, or None (then ROLLBACKs are waited for)."""
     try:
         from psycopg2 import _psycopg
 
         # dlsym on the extension's handle also searches the libraries it was linked with,
         # so this finds the very libpq psycopg2 calls (psycopg2-binary bundles its own).
-        lib = ctypes.CDLL(_psycopg.__file__)
-        send, get, clear = lib.PQsendQuery, lib.PQgetResult, lib.PQclear
+        return _LibPQ(ctypes.CDLL(_psycopg.__file__))
     except (OSError, AttributeError, ImportError) as exc:
         log.info("libpq not reachable through psycopg2 (%s): ROLLBACK of reads will be waited for", exc)
         return None
-    send.argtypes, send.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
-    get.argtypes, get.restype = [ctypes.c_void_p], ctypes.c_void_p
-    clear.argtypes, clear.restype = [ctypes.c_void_p], None
-    return send, get, clear
 
 
 _LIBPQ = _load_libpq()
@@ -76,21 +87,26 @@ class _ReadCursorMixin:
 
     def execute(self, query: Any, vars: Any = None) -> Any:
         conn: Any = self.connection  # type: ignore[attr-defined]
-        if conn.codx_manual:
-            query = conn.codx_begin_with(self, query)
-        return super().execute(query, vars)  # type: ignore[misc]
+        if not conn.codx_manual:
+            return super().execute(query, vars)  # type: ignore[misc]
+        with conn.codx_lock:
+            return super().execute(conn.codx_begin_with(self, query), vars)  # type: ignore[misc]
 
     def executemany(self, query: Any, vars_list: Any) -> Any:
         conn: Any = self.connection  # type: ignore[attr-defined]
-        if conn.codx_manual:
+        if not conn.codx_manual:
+            return super().executemany(query, vars_list)  # type: ignore[misc]
+        with conn.codx_lock:
             conn.codx_begin_alone()
-        return super().executemany(query, vars_list)  # type: ignore[misc]
+            return super().executemany(query, vars_list)  # type: ignore[misc]
 
     def callproc(self, procname: Any, parameters: Any = None) -> Any:
         conn: Any = self.connection  # type: ignore[attr-defined]
-        if conn.codx_manual:
+        if not conn.codx_manual:
+            return super().callproc(procname, parameters)  # type: ignore[misc]
+        with conn.codx_lock:
             conn.codx_begin_alone()
-        return super().callproc(procname, parameters)  # type: ignore[misc]
+            return super().callproc(procname, parameters)  # type: ignore[misc]
 
 
 class _ReadConnectionMixin:
@@ -105,11 +121,16 @@ class _ReadConnectionMixin:
     codx_manual: bool
     codx_pending: bool
     codx_plain_cursor: type
+    # psycopg2 serialises every libpq call on a connection under its own lock; our ctypes
+    # calls and the pending flag get this one (a pooled ZODB connection stays on one thread,
+    # but the root storage's load connection can be reached from several).
+    codx_lock: threading.Lock
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.codx_manual = False
         self.codx_pending = False
+        self.codx_lock = threading.Lock()
 
     def codx_take_over(self) -> None:
         if self.info.transaction_status != _IDLE:  # type: ignore[attr-defined]
@@ -126,12 +147,11 @@ class _ReadConnectionMixin:
             return
         self.codx_pending = False
         assert _LIBPQ is not None
-        _, get, clear = _LIBPQ
         pgconn = self.pgconn_ptr  # type: ignore[attr-defined]
         if pgconn is None:  # closed meanwhile
             return
-        while (result := get(pgconn)) is not None:
-            clear(result)
+        while (result := _LIBPQ.get_result(pgconn)) is not None:
+            _LIBPQ.clear(result)
         # A failed ROLLBACK (the server went away) is not reported here: the next statement
         # fails on the same broken connection and RelStorage reconnects as it always does.
 
@@ -157,23 +177,31 @@ class _ReadConnectionMixin:
                 cur.execute(BEGIN)
 
     def _codx_end(self) -> None:
-        if self.codx_pending:
-            # RelStorage ends a transaction several times over; the ROLLBACK already sent
-            # covers them all (no statement can have run since: each one drains first).
-            return
-        status = self.info.transaction_status  # type: ignore[attr-defined]
-        if status == _IDLE:
-            return
-        pgconn = self.pgconn_ptr  # type: ignore[attr-defined]
-        active = status == psycopg2.extensions.TRANSACTION_STATUS_ACTIVE  # a reply still unread
-        if _LIBPQ is not None and pgconn is not None and not active and _LIBPQ[0](pgconn, b"ROLLBACK"):
-            self.codx_pending = True
-            Counters.pipelined_rollbacks += 1
-            return
-        # No libpq access, or the send failed: roll back the plain way (raises if broken).
-        Counters.waited_rollbacks += 1
-        with self.codx_plain_cursor(self) as cur:
-            cur.execute("ROLLBACK")
+        with self.codx_lock:
+            if self.codx_pending:
+                # RelStorage ends a transaction several times over; the ROLLBACK already sent
+                # covers them all (no statement can have run since: each one drains first).
+                return
+            status = self.info.transaction_status  # type: ignore[attr-defined]
+            if status == _IDLE:
+                return
+            pgconn = self.pgconn_ptr  # type: ignore[attr-defined]
+            active = status == psycopg2.extensions.TRANSACTION_STATUS_ACTIVE  # a reply still unread
+            if (
+                _LIBPQ is not None
+                and pgconn is not None
+                and not active
+                and _quiet(self)
+                and _LIBPQ.send(pgconn, b"ROLLBACK")
+            ):
+                self.codx_pending = True
+                Counters.pipelined_rollbacks += 1
+                return
+            # No libpq access, or the server spoke unasked: roll back the plain way. On a lost
+            # connection this raises, and RelStorage drops the connection as it always did.
+            Counters.waited_rollbacks += 1
+            with self.codx_plain_cursor(self) as cur:
+                cur.execute("ROLLBACK")
 
     def rollback(self) -> None:
         if not self.codx_manual:
@@ -189,12 +217,27 @@ class _ReadConnectionMixin:
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         named = bool(args and args[0]) or kwargs.get("name") is not None
-        if named and self.codx_manual and len(args) < 3:
+        if named and self.codx_manual and len(args) < 3 and "withhold" not in kwargs:
             # psycopg2 refuses a named (server-side) cursor in autocommit mode unless it is
             # WITH HOLD. RelStorage uses them to iterate the storage; declared inside our open
             # transaction, such a cursor reads the same snapshot and dies with the ROLLBACK.
             kwargs["withhold"] = True
         return super().cursor(*args, **kwargs)  # type: ignore[misc]
+
+
+def _quiet(conn: Any) -> bool:
+    """True if the server sent nothing since the last reply (a zero-timeout poll, ~1 us).
+
+    Inside a transaction a healthy server sends nothing unasked. A backend that was
+    terminated meanwhile has sent its FATAL message and closed the socket: the plain, waited
+    ROLLBACK then raises, so RelStorage drops the connection at once as it always did,
+    instead of a pipelined send "succeeding" into a dead socket.
+    """
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg2.InterfaceError):
+        return False
+    return not readable
 
 
 _CLASSES: dict[tuple[type, type], type] = {}
@@ -214,17 +257,23 @@ def connection_class(base: type) -> type:
 
     Its instances behave like ``base`` until ``codx_take_over()`` is called on them.
     """
-    return _subclass(_ReadConnectionMixin, base, "CodxConnection", ("codx_manual", "codx_pending", "codx_plain_cursor"))
+    slots = ("codx_manual", "codx_pending", "codx_plain_cursor", "codx_lock")
+    return _subclass(_ReadConnectionMixin, base, "CodxConnection", slots)
 
 
 def install(adapter: Any) -> None:
     """Make one RelStorage PostgreSQL adapter's future load connections take the fast path.
 
-    Idempotent. Applies to the psycopg2 driver only; other drivers are left alone.
+    Idempotent. Applies to the psycopg2 driver only; other drivers are left alone. Not with a
+    blob directory: RelStorage reads blobs with large objects (``conn.lobject()``), which
+    psycopg2 refuses in autocommit mode.
     """
     connmanager = adapter.connmanager
     driver = connmanager.driver
     if getattr(driver, "__name__", None) != "psycopg2" or getattr(connmanager, "codx_fast_reads", False):
+        return
+    if getattr(adapter.options, "blob_dir", None):
+        log.info("blob_dir is set: RelStorage's reads keep psycopg2's own transactions (3 round trips)")
         return
     driver.connect = connection_class(driver.connect)
     open_for_load = connmanager._do_open_for_load

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -102,7 +103,8 @@ def test_reads_without_libpq_access_wait_for_the_rollback(
 
 def test_storage_iteration_then_reads(pg_database: Database, pg_dsn: str) -> None:
     # RelStorage iterates through a server-side cursor on the load connection, which psycopg2
-    # refuses in autocommit mode: that connection goes back to psycopg2's own transactions.
+    # refuses in autocommit mode unless WITH HOLD: pg_reads declares it so, inside its open
+    # transaction (same snapshot; the ROLLBACK drops it).
     users = UserDB(pg_database)
     for name in ("alice", "bob"):
         users.create(username=name)
@@ -117,3 +119,43 @@ def test_storage_iteration_then_reads(pg_database: Database, pg_dsn: str) -> Non
     users.update("alice", full_name="After")
     assert users.get("alice").full_name == "After"
     assert _wait_for_no_open_transactions(pg_dsn) == []
+
+
+def test_a_backend_killed_inside_a_unit_of_work_is_dropped_quietly(
+    pg_database: Database, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    users = UserDB(pg_database)
+    users.create(username="alice")
+    admin = psycopg2.connect(pg_dsn)
+    admin.autocommit = True
+    try:
+        with pg_database.transaction():
+            assert users.get("alice").username == "alice"  # the load connection is in its transaction
+            with admin.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name = 'RS: Load' AND state LIKE 'idle in transaction%%'",
+                    (parse_dsn(pg_dsn)["dbname"],),
+                )
+                assert cur.fetchall() == [(True,)]
+            time.sleep(0.2)
+        # The end of the unit saw the lost connection (a waited ROLLBACK failed, as it did
+        # before pipelining): RelStorage dropped it, and the next unit reconnects unnoticed.
+        with caplog.at_level("WARNING"):
+            assert users.get("alice").username == "alice"
+        assert not [r for r in caplog.records if "reconnect" in r.getMessage().lower()]
+    finally:
+        admin.close()
+
+
+def test_not_installed_with_a_blob_directory(pg_dsn: str, tmp_path: Path) -> None:
+    # RelStorage reads blobs with large objects, which psycopg2 refuses in autocommit mode.
+    settings = CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn, db_blob_dir=tmp_path / "blobs")
+    database = Database(settings)
+    try:
+        UserDB(database).create(username="alice")
+        connmanager = database.open().storage._adapter.connmanager
+        assert not getattr(connmanager, "codx_fast_reads", False)
+        assert UserDB(database).get("alice").username == "alice"
+    finally:
+        database.close()
