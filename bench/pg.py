@@ -4,7 +4,7 @@ Round trips are counted in the client: every ``execute`` is one, so is the ``BEG
 sends before the first statement of a transaction, and a ``COMMIT``/``ROLLBACK`` that ends
 one. The same connection class serves RelStorage, SQLAlchemy and raw psycopg2, so the counts
 compare like with like. codx-db's reads put ``BEGIN`` in the same message as the poll (one round
-trip) and send their ``ROLLBACK`` without waiting for the reply (db/pg_reads.py): those are
+trip) and send their ``ROLLBACK`` without waiting for the reply (db/pg_roundtrips.py): those are
 counted apart, as pipelined.
 """
 
@@ -60,9 +60,9 @@ def roundtrips() -> int:
 def pipelined() -> int:
     """Statements sent without waiting for their reply so far (codx-db's ROLLBACK after a read).
 
-    db/pg_reads.py sends them through libpq directly, past the counting connection.
+    db/pg_roundtrips.py sends them through libpq directly, past the counting connection.
     """
-    from db.pg_reads import Counters
+    from db.pg_roundtrips import Counters
 
     return Counters.pipelined_rollbacks
 

@@ -20,7 +20,7 @@ import ZODB.config
 from ZODB.FileStorage import FileStorage
 from ZODB.interfaces import IStorage
 
-from db import pg_reads
+from db import pg_roundtrips
 from db.errors import ConfigurationError, DatabaseUnavailable, StorageInUse
 from db.settings import CodxJuniorGlobalSettings, keyword_dsn
 
@@ -165,7 +165,7 @@ def _open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
     with _unavailable_on_connect_error(dsn):
         _check_history_mode(dsn, settings.db_keep_history)
         adapter = PostgreSQLAdapter(dsn=dsn, options=options)
-        pg_reads.install(adapter)  # before RelStorage opens its first load connection
+        pg_roundtrips.install(adapter)  # before RelStorage opens its first load connection
         return RelStorage(adapter, options=options)
 
 
@@ -214,7 +214,7 @@ def _config_file_spec(path: Path) -> StorageSpec:
         adapter = getattr(storage, "_adapter", None)
         if adapter is not None and type(adapter).__name__ == "PostgreSQLAdapter":
             # The connections opened from here on (a pool's) take the fast path.
-            pg_reads.install(adapter)
+            pg_roundtrips.install(adapter)
         return storage
 
     return StorageSpec(open_from_config, dsn=dsn)

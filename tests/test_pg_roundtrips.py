@@ -1,6 +1,6 @@
 """Read-only units of work on PostgreSQL: one round trip waited for, the same snapshot rules.
 
-db/pg_reads.py sends BEGIN with RelStorage's poll and does not wait for the ROLLBACK's reply.
+db/pg_roundtrips.py sends BEGIN with RelStorage's poll and does not wait for the ROLLBACK's reply.
 These tests hold it to what RelStorage promised before: one snapshot per unit of work, no
 snapshot (no open transaction) left behind on an idle pooled connection, and the same results
 when libpq cannot be reached for the pipelined send or when RelStorage iterates the storage.
@@ -15,9 +15,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 from psycopg2.extensions import parse_dsn
+from ZODB.utils import u64
 
-from db import pg_reads
+from db import pg_roundtrips
 from db.database import Database
+from db.models import USERS_KEY
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 
@@ -80,10 +82,10 @@ def test_a_unit_of_work_reads_one_snapshot(pg_database: Database, pg_dsn: str) -
 def test_no_transaction_outlives_a_unit_of_work(pg_database: Database, pg_dsn: str) -> None:
     users = UserDB(pg_database)
     users.create(username="alice")
-    before = pg_reads.Counters.pipelined_rollbacks
+    before = pg_roundtrips.Counters.pipelined_rollbacks
     for _ in range(20):
         assert users.get("alice").username == "alice"
-    assert pg_reads.Counters.pipelined_rollbacks - before >= 20
+    assert pg_roundtrips.Counters.pipelined_rollbacks - before >= 20
     assert _wait_for_no_open_transactions(pg_dsn) == []
     assert users.count() == 1  # the connection is still usable after its pipelined ROLLBACK
 
@@ -91,19 +93,19 @@ def test_no_transaction_outlives_a_unit_of_work(pg_database: Database, pg_dsn: s
 def test_reads_without_libpq_access_wait_for_the_rollback(
     pg_database: Database, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg_reads, "_LIBPQ", None)
+    monkeypatch.setattr(pg_roundtrips, "_LIBPQ", None)
     users = UserDB(pg_database)
     users.create(username="alice")
-    before = pg_reads.Counters.waited_rollbacks
+    before = pg_roundtrips.Counters.waited_rollbacks
     for _ in range(5):
         assert users.get("alice").username == "alice"
-    assert pg_reads.Counters.waited_rollbacks - before >= 5
+    assert pg_roundtrips.Counters.waited_rollbacks - before >= 5
     assert _open_transactions(pg_dsn) == []
 
 
 def test_storage_iteration_then_reads(pg_database: Database, pg_dsn: str) -> None:
     # RelStorage iterates through a server-side cursor on the load connection, which psycopg2
-    # refuses in autocommit mode unless WITH HOLD: pg_reads declares it so, inside its open
+    # refuses in autocommit mode unless WITH HOLD: pg_roundtrips declares it so, inside its open
     # transaction (same snapshot; the ROLLBACK drops it).
     users = UserDB(pg_database)
     for name in ("alice", "bob"):
@@ -158,4 +160,34 @@ def test_not_installed_with_a_blob_directory(pg_dsn: str, tmp_path: Path) -> Non
         assert not getattr(connmanager, "codx_fast_reads", False)
         assert UserDB(database).get("alice").username == "alice"
     finally:
+        database.close()
+
+
+def test_the_lock_timeout_set_once_still_bounds_every_write(pg_dsn: str) -> None:
+    # RelStorage used to SET lock_timeout (and commit) before every write; it is now set once
+    # per store connection. After many writes on the same connection it must still apply.
+    settings = CodxJuniorGlobalSettings.load(
+        db_backend="postgres", db_dsn=pg_dsn, db_commit_lock_timeout=1, db_conflict_retries=0
+    )
+    database = Database(settings)
+    blocker = psycopg2.connect(pg_dsn)
+    blocker.autocommit = True
+    try:
+        users = UserDB(database)
+        users.create(username="alice")
+        for i in range(5):
+            users.update("alice", full_name=f"name {i}")  # the store connection restarts each time
+        with database.transaction() as uow:
+            oid = u64(uow.root[USERS_KEY].find_by_username("alice")._p_oid)
+        with blocker.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (oid,))  # RelStorage's lock on that object
+        started = time.monotonic()
+        with pytest.raises(Exception, match="lock timeout"):
+            users.update("alice", full_name="blocked")
+        assert time.monotonic() - started < 10
+        with blocker.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (oid,))
+        assert users.update("alice", full_name="after").full_name == "after"
+    finally:
+        blocker.close()
         database.close()

@@ -1,4 +1,9 @@
-"""One waited SQL round trip per read-only unit of work on RelStorage/PostgreSQL.
+"""Fewer waited SQL round trips per unit of work on RelStorage/PostgreSQL.
+
+Reads: one waited round trip per read-only unit of work instead of three (below).
+Writes: RelStorage sets ``lock_timeout`` (BEGIN, SET, COMMIT: three round trips) on its store
+connection before every write transaction, although the value never changes and a committed
+``SET`` lasts for the session; here it is set once, when the connection opens.
 
 RelStorage reads through a "load connection" in a REPEATABLE READ, READ ONLY transaction so
 that every object a unit of work loads comes from one snapshot, the one its poll for
@@ -21,8 +26,8 @@ The asynchronous send uses libpq's ``PQsendQuery`` on psycopg2's own connection
 (``connection.pgconn_ptr``, through ctypes). If libpq cannot be reached that way, the
 ``ROLLBACK`` is sent and waited for as usual: two round trips instead of one, same results.
 
-Only RelStorage's load connections are changed; the store connection (writes, locks,
-commits) is left exactly as RelStorage drives it.
+Only RelStorage's load connections are changed that way; the store connection (writes,
+locks, commits) is driven by RelStorage as before, minus the repeated ``SET lock_timeout``.
 """
 
 from __future__ import annotations
@@ -228,10 +233,11 @@ class _ReadConnectionMixin:
 def _quiet(conn: Any) -> bool:
     """True if the server sent nothing since the last reply (a zero-timeout poll, ~1 us).
 
-    Inside a transaction a healthy server sends nothing unasked. A backend that was
-    terminated meanwhile has sent its FATAL message and closed the socket: the plain, waited
-    ROLLBACK then raises, so RelStorage drops the connection at once as it always did,
-    instead of a pipelined send "succeeding" into a dead socket.
+    Between statements a healthy server sends nothing unasked. One that terminated the
+    backend (a restart, an administrator) has sent its FATAL message and closed the socket:
+    then the plain, waited statement is sent instead and fails, where RelStorage drops or
+    reconnects the connection as it always did, rather than a pipelined send "succeeding"
+    into a dead socket or a skipped statement hiding it.
     """
     try:
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
@@ -262,15 +268,20 @@ def connection_class(base: type) -> type:
 
 
 def install(adapter: Any) -> None:
-    """Make one RelStorage PostgreSQL adapter's future load connections take the fast path.
+    """Take the fewer round trips on one RelStorage PostgreSQL adapter's future connections.
 
-    Idempotent. Applies to the psycopg2 driver only; other drivers are left alone. Not with a
+    Idempotent; call before RelStorage opens its connections (a connection opened before is
+    left as it was). Reads take the fast path with the psycopg2 driver only, and not with a
     blob directory: RelStorage reads blobs with large objects (``conn.lobject()``), which
     psycopg2 refuses in autocommit mode.
     """
     connmanager = adapter.connmanager
+    if getattr(connmanager, "codx_installed", False):
+        return
+    connmanager.codx_installed = True
+    _set_lock_timeout_once(adapter.locker)
     driver = connmanager.driver
-    if getattr(driver, "__name__", None) != "psycopg2" or getattr(connmanager, "codx_fast_reads", False):
+    if getattr(driver, "__name__", None) != "psycopg2":
         return
     if getattr(adapter.options, "blob_dir", None):
         log.info("blob_dir is set: RelStorage's reads keep psycopg2's own transactions (3 round trips)")
@@ -288,3 +299,24 @@ def install(adapter: Any) -> None:
 
     connmanager._do_open_for_load = _do_open_for_load
     connmanager.codx_fast_reads = True
+
+
+def _set_lock_timeout_once(locker: Any) -> None:
+    """Set the store connection's ``lock_timeout`` when it opens, not again at each write.
+
+    RelStorage's PostgreSQL locker runs ``SET lock_timeout`` and commits on every restart of
+    the store connection, always with ``commit_lock_timeout`` (the only other caller, the
+    deprecated ``nowait`` path, is unused). A session setting committed once stays until the
+    connection closes; a later rolled-back transaction cannot undo it. A reconnect is an
+    open again (``restart=False``), which sets it.
+    """
+    set_timeout = locker._on_store_opened_set_row_lock_timeout
+
+    def _on_store_opened_set_row_lock_timeout(cursor: Any, restart: bool = False) -> None:
+        # The SET also served RelStorage as a probe: on a connection the server closed (a
+        # restart, say) it fails here, where RelStorage reconnects and carries on, instead
+        # of in the middle of the commit. Keep that: skip it only while the server is quiet.
+        if not restart or not _quiet(cursor.connection):
+            set_timeout(cursor, restart)
+
+    locker._on_store_opened_set_row_lock_timeout = _on_store_opened_set_row_lock_timeout
