@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--systems", type=_systems, default=list(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
     p.add_argument("--users", type=int, help="population for the per-operation figures (default 10000)")
     p.add_argument("--bulk", type=int, help="users imported by the bulk measurement (default 20000)")
-    p.add_argument("--batch", type=int, default=1_000, help="users per bulk transaction (default 1000)")
+    p.add_argument("--batch", type=int, default=10_000, help="users per bulk transaction (default 10000)")
     p.add_argument("--seconds", type=float, help="time budget per operation and system (default 1.5)")
     p.add_argument("--max-ops", type=int, help="at most this many of each operation (default 5000)")
     p.add_argument("--seed", type=int, default=6, help="random seed of the key choices")
@@ -73,8 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", type=_sizes, help="also run the scaling mode at these sizes, e.g. 1000,100000,1000000")
     p.add_argument("--scaling-only", action="store_true", help="run only the scaling mode")
     # Before notes were capped (12724cf), codx-db appended a note per create to the batch's
-    # transaction and FileStorage refused it past 64 KiB (~2,000 creates; see bench/README.md).
-    p.add_argument("--scaling-batch", type=int, default=1_000, help="users per transaction when filling (1000)")
+    # transaction and FileStorage refused it past 64 KiB (~2,000 creates; see bench/README.md):
+    # pass --scaling-batch 1000 to run this on such a tree.
+    p.add_argument("--scaling-batch", type=int, default=20_000, help="users per transaction when filling (20000)")
     p.add_argument("--scaling-storages", default="file,postgres", help="file,postgres (default both)")
     p.add_argument(
         "--codx-setting",

@@ -1,7 +1,7 @@
 """Scaling: codx-db lookups and a page at growing sizes, on file and on PostgreSQL.
 
-For each storage one store grows through the sizes (populated with the fast path: creates
-batched in one unit of work each). At each size a fresh child process opens it (timed),
+For each storage one store grows through the sizes (populated with the fast path:
+``UserDB.import_users`` per batch). At each size a fresh child process opens it (timed),
 runs get, get_by_email and a page at a random offset, and reports time per operation and
 its peak RSS, so figures of different sizes never share a process.
 """
