@@ -310,6 +310,8 @@ class UserDB:
             if not state:
                 raise HistoryUnavailable(f"user {username!r} has no version at or before {to}")
             fields = snapshot(state).model_dump(include=set(TRACKED_FIELDS))
+            if "projects" in fields:
+                fields["projects"] = list(fields["projects"])  # UserUpdate takes a list
             old_username = user.username
             _apply(users, user, UserUpdate.parse(fields).changes())
             uow.note(f"codx-db: revert user {old_username} to {to if isinstance(to, str) else to.isoformat()}")

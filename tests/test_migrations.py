@@ -135,7 +135,7 @@ def test_generation0_fixture_evolves_to_latest(backend: str, tmp_path: Path, req
                 is_active,
             )
             assert user.role == ("admin" if is_superuser else "user")
-            assert (user.avatar, user.theme, user.github, user.projects) == ("", "dim", "", [])
+            assert (user.avatar, user.theme, user.github, user.projects) == ("", "dim", "", ())
             assert user.disabled is (not is_active)
             if password is not None and is_active:
                 assert users.authenticate(username, password) == user

@@ -481,3 +481,25 @@ def test_deep_offsets_walk_in_chunks_with_the_same_result(users: UserDB, monkeyp
         assert [u.username for u in users.list(offset=offset, limit=10)] == expected[offset : offset + 10]
         assert [u.username for u in users.list(offset=offset, limit=10, active=True)] == active[offset : offset + 10]
     assert [u.username for u in users.list(offset=15, limit=3, prefix="u1")] == ["u115", "u116", "u117"]
+
+
+def test_snapshots_follow_every_change(users: UserDB, database: Database) -> None:
+    # A committed user's snapshot is cached per revision (db/schemas.py): each change, here
+    # or in another unit of work, must show at once; the snapshot itself cannot be changed.
+    users.create(username="alice", projects=[{"project_id": "p1", "permissions": "read"}])
+    first = users.get("alice")
+    assert users.get("alice") is first or users.get("alice") == first
+    assert isinstance(first.projects, tuple)
+    users.update("alice", full_name="Alice 2")
+    assert users.get("alice").full_name == "Alice 2"
+    with database.transaction():
+        users.update("alice", full_name="Alice 3")
+        assert users.get("alice").full_name == "Alice 3"  # changed, not committed yet
+    assert users.get("alice").full_name == "Alice 3"
+    with pytest.raises(RuntimeError), database.transaction():
+        users.update("alice", full_name="aborted")
+        raise RuntimeError
+    assert users.get("alice").full_name == "Alice 3"
+    assert users.get("alice").projects[0].project_id == "p1"
+    with pytest.raises(Exception):  # noqa: B017 - frozen all the way down
+        first.projects[0].permissions = "admin"  # type: ignore[misc]
