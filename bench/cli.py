@@ -73,9 +73,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", type=_sizes, help="also run the scaling mode at these sizes, e.g. 1000,100000,1000000")
     p.add_argument("--scaling-only", action="store_true", help="run only the scaling mode")
     # Before notes were capped (12724cf), codx-db appended a note per create to the batch's
-    # transaction and FileStorage refused it past 64 KiB (~2,000 creates; see bench/README.md):
-    # pass --scaling-batch 1000 to run this on such a tree.
-    p.add_argument("--scaling-batch", type=int, default=20_000, help="users per transaction when filling (20000)")
+    # transaction and FileStorage refused it past 64 KiB (~2,000 creates; see bench/README.md).
+    # Far above 2,000 users per transaction, a fill into a large PostgreSQL database touches
+    # more stored index buckets than PostgreSQL can lock (TransactionTooLarge).
+    p.add_argument("--scaling-batch", type=int, default=2_000, help="users per transaction when filling (2000)")
     p.add_argument("--scaling-storages", default="file,postgres", help="file,postgres (default both)")
     p.add_argument(
         "--codx-setting",

@@ -23,8 +23,9 @@ import ZODB
 from persistent.mapping import PersistentMapping
 from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
+from ZODB.POSException import ConflictError
 
-from db.errors import DatabaseUnavailable
+from db.errors import DatabaseUnavailable, TransactionTooLarge
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import storage_spec
 
@@ -241,7 +242,7 @@ class Database:
                 uow.closed = True
                 self._current.set(None)
             uow.finish_notes()
-            with _storage_errors():
+            with _storage_errors(), _lock_table_errors():
                 manager.commit()
         finally:
             if _in_transaction(manager):
@@ -263,6 +264,25 @@ def _in_transaction(manager: transaction.TransactionManager) -> bool:
     except transaction.interfaces.NoTransaction:
         return False
     return True
+
+
+@contextlib.contextmanager
+def _lock_table_errors() -> Iterator[None]:
+    """A commit that ran PostgreSQL out of lock slots: not a conflict, so never retried.
+
+    RelStorage reports it as a ConflictError (a TransientError), which ``run`` would retry
+    ten times over, failing the same way each time.
+    """
+    try:
+        yield
+    except ConflictError as exc:
+        if "max_locks_per_transaction" not in str(exc):
+            raise
+        raise TransactionTooLarge(
+            "this unit of work changes more stored objects than PostgreSQL can lock at once "
+            "(max_locks_per_transaction x max_connections): split it into smaller transactions "
+            "(UserDB.import_users(..., batch_size=1000)) or raise max_locks_per_transaction"
+        ) from None
 
 
 @contextlib.contextmanager

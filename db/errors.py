@@ -27,6 +27,14 @@ class DatabaseUnavailable(CodxDBError):
     """The storage cannot be reached (PostgreSQL down, network lost)."""
 
 
+class TransactionTooLarge(CodxDBError):
+    """One unit of work changes more stored objects than PostgreSQL can lock at once.
+
+    RelStorage locks every existing object a transaction changes; PostgreSQL's lock table
+    holds ``max_locks_per_transaction`` x ``max_connections`` locks (6,400 by default).
+    """
+
+
 class GenerationError(CodxDBError):
     """The database's generation does not fit the code, or a migration step failed."""
 

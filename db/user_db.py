@@ -161,8 +161,14 @@ class UserDB:
 
         return self._write(create, f"create user {data.username}")
 
-    def import_users(self, records: Iterable[Mapping[str, Any]], *, savepoint_every: int = 10_000) -> int:
-        """Create many users in one unit of work: all of them or none. Returns how many.
+    def import_users(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        batch_size: int | None = None,
+        savepoint_every: int = 10_000,
+    ) -> int:
+        """Create many users; returns how many. By default in one unit of work: all or none.
 
         Each record holds ``create``'s keyword arguments; a password known only as a hash
         (argon2, or bcrypt from codx-junior) goes in ``password_hash`` instead of ``password``.
@@ -171,16 +177,38 @@ class UserDB:
         Every record is checked, against the others and against the stored users, before
         anything is written: problems in the input raise one InvalidUserData naming each
         record (``records[3].email: ...``), a name or email already stored raises
-        UserAlreadyExists. The users are written in one transaction (a conflict retries it
-        whole); every ``savepoint_every`` users a savepoint moves the written objects out of
-        memory, so a large import does not need them all in RAM. Inside a caller's unit of
-        work the users join it. Faster than ``create`` in a loop: one validation pass, no
-        snapshot per user, one transaction note.
+        UserAlreadyExists, and nothing is written. Then the users are written in one
+        transaction (a conflict retries it whole); every ``savepoint_every`` users a savepoint
+        moves the written objects out of memory. Inside a caller's unit of work they join it.
+
+        ``batch_size`` commits every that many users in a transaction of its own instead: for
+        imports into a large PostgreSQL database, where one transaction touching more stored
+        index buckets than the server can lock raises TransactionTooLarge (about 2,000 users
+        per transaction stay clear of PostgreSQL's default lock table). Batches are not all or
+        none: if one fails, the error says how many users the batches before it imported.
         """
         if not _is_int(savepoint_every) or savepoint_every < 1:
             raise InvalidUserData(["savepoint_every: must be a positive integer"])
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+            raise InvalidUserData(["batch_size: must be a positive integer or None"])
+        if batch_size is not None and self.database.current() is not None:
+            raise InvalidUserData(["batch_size: batches commit on their own; not inside a unit of work"])
         prepared = _prepare_import(records)
+        if batch_size is None:
+            return self._import_batch(prepared, savepoint_every)
+        # Every record against the stored users before the first batch commits: bad input
+        # writes nothing in batches too.
+        self._read(lambda users: [_check_unique(users, data.username, data.email) for data, _ in prepared])
+        done = 0
+        for start in range(0, len(prepared), batch_size):
+            try:
+                done += self._import_batch(prepared[start : start + batch_size], savepoint_every)
+            except Exception as exc:
+                exc.add_note(f"codx-db: {done} of {len(prepared)} users were imported before this batch failed")
+                raise
+        return done
 
+    def _import_batch(self, prepared: list[tuple[UserCreate, str | None]], savepoint_every: int) -> int:
         def write(uow: UnitOfWork) -> int:
             users = _users(uow)
             for data, _ in prepared:

@@ -139,8 +139,10 @@ class PrivatePostgres:
             conn.close()
         return make_dsn(self.admin_dsn, dbname=name)
 
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    def start(self, *settings: str) -> None:
+        """Start it; ``settings`` are extra ``name=value`` server settings."""
+        extra = "".join(f" -c {setting}" for setting in settings)
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off{extra}"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
 
     def stop(self, mode: str = "immediate") -> None:

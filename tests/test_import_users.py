@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,9 +11,12 @@ import bcrypt
 import pytest
 
 from db.database import Database
-from db.errors import InvalidUserData, UserAlreadyExists
+from db.errors import InvalidUserData, TransactionTooLarge, UserAlreadyExists
 from db.passwords import hash_password
+from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
+from tests.conftest import IN_CI
+from tests.test_crash import PrivatePostgres
 from tests.test_user_db import snapshot_state
 
 PASSWORD = "correct horse battery"
@@ -140,3 +145,77 @@ def test_savepoint_every_must_be_a_positive_integer(users: UserDB, bad: Any) -> 
 def test_an_empty_import_is_fine(users: UserDB) -> None:
     assert users.import_users([]) == 0
     assert users.import_users(iter(())) == 0
+
+
+def test_batches_commit_on_their_own(users: UserDB, database: Database) -> None:
+    assert users.import_users(records(25), batch_size=7) == 25
+    assert users.count() == 25 and users.get("user00024").full_name == "User 24"
+    # Stored names are checked before the first batch: nothing of a bad import is written.
+    before = snapshot_state(database)
+    with pytest.raises(UserAlreadyExists):
+        users.import_users(records(30, start=20), batch_size=3)
+    assert snapshot_state(database) == before
+
+
+def test_a_failing_batch_says_how_many_were_imported(users: UserDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = UserDB._import_batch
+    calls = []
+
+    def second_fails(self: UserDB, *args: Any) -> int:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the server went away")
+        return original(self, *args)
+
+    monkeypatch.setattr(UserDB, "_import_batch", second_fails)
+    with pytest.raises(RuntimeError) as raised:
+        users.import_users(records(10), batch_size=4)
+    assert "codx-db: 4 of 10 users were imported before this batch failed" in raised.value.__notes__
+    assert users.count() == 4
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "100"])
+def test_batch_size_must_be_a_positive_integer(users: UserDB, bad: Any) -> None:
+    with pytest.raises(InvalidUserData, match="batch_size"):
+        users.import_users(records(1), batch_size=bad)
+
+
+def test_batches_cannot_commit_inside_a_unit_of_work(users: UserDB) -> None:
+    with pytest.raises(InvalidUserData, match="batch_size: batches commit on their own"), users.database.transaction():
+        users.import_users(records(2), batch_size=1)
+    assert users.count() == 0
+
+
+@pytest.mark.slow
+def test_one_transaction_too_large_for_postgres_locks_fails_fast_and_clearly() -> None:
+    # RelStorage locks every stored object a commit changes; PostgreSQL's lock table holds
+    # max_locks_per_transaction x max_connections (6,400 by default, plus some slack). A
+    # private server with a tiny table (10 x 20: 625 locks here) shows the limit with 10,000
+    # users: 10,000 more touch ~1,000 of their index buckets, 100 touch ~200.
+    try:
+        server = PrivatePostgres()
+        server.start("max_locks_per_transaction=10", "max_connections=20")
+    except (FileNotFoundError, RuntimeError) as exc:
+        if IN_CI:
+            pytest.fail(f"cannot start a private PostgreSQL: {exc}", pytrace=False)
+        pytest.skip(f"cannot start a private PostgreSQL: {exc}")
+    try:
+        database = Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=server.create_database()))
+        try:
+            users = UserDB(database)
+            # Random names: new users land in every bucket of the indexes, not after the last.
+            rng = random.Random(7)
+            names = [f"u{rng.getrandbits(64):016x}" for _ in range(20_000)]
+            batch = [{"username": name, "email": f"{name}@example.com"} for name in names]
+            assert users.import_users(batch[:10_000], batch_size=100) == 10_000
+            started = time.monotonic()
+            with pytest.raises(TransactionTooLarge, match="max_locks_per_transaction"):
+                users.import_users(batch[10_000:])
+            assert time.monotonic() - started < 30  # refused once, not retried as a conflict
+            assert users.count() == 10_000
+            assert users.import_users(batch[10_000:], batch_size=100) == 10_000
+            assert users.count() == 20_000
+        finally:
+            database.close()
+    finally:
+        server.destroy()
