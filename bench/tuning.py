@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{found['peak_rss_mb']:.0f}",
                 ]
             )
-            print(f"... {label}: {found['cold']:,.0f} / {found['warm']:,.0f} gets/s", flush=True)
+            print(f"... {label}: {found['cold']:,.0f} / {found['warm']:,.0f} gets/s", file=sys.stderr, flush=True)
     print(f"\nGets on PostgreSQL, {args.users:,} users, {args.gets:,} random gets per pass (each its own unit of work)")
     print(table(["setting", "open s", "cold gets/s", "warm gets/s", "peak RSS MB"], rows))
 

@@ -51,10 +51,12 @@ class UserNotFound(CodxDBError):
 class UserAlreadyExists(CodxDBError):
     """Another user already has this username or email."""
 
-    def __init__(self, field: str, value: str) -> None:
+    def __init__(self, field: str, value: str, where: str | None = None) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"a user with {field} {shown(value)} already exists")
+        self.where = where  # e.g. "records[12]" in an import
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}a user with {field} {shown(value)} already exists")
 
 
 class InvalidUserData(CodxDBError):

@@ -198,21 +198,20 @@ class UserDB:
             return self._import_batch(prepared, savepoint_every)
         # Every record against the stored users before the first batch commits: bad input
         # writes nothing in batches too.
-        self._read(lambda users: [_check_unique(users, data.username, data.email) for data, _ in prepared])
+        self._read(lambda users: _check_import_unique(users, prepared))
         done = 0
         for start in range(0, len(prepared), batch_size):
             try:
-                done += self._import_batch(prepared[start : start + batch_size], savepoint_every)
+                done += self._import_batch(prepared[start : start + batch_size], savepoint_every, start)
             except Exception as exc:
                 exc.add_note(f"codx-db: {done} of {len(prepared)} users were imported before this batch failed")
                 raise
         return done
 
-    def _import_batch(self, prepared: list[tuple[UserCreate, str | None]], savepoint_every: int) -> int:
+    def _import_batch(self, prepared: list[tuple[UserCreate, str | None]], savepoint_every: int, first: int = 0) -> int:
         def write(uow: UnitOfWork) -> int:
             users = _users(uow)
-            for data, _ in prepared:
-                _check_unique(users, data.username, data.email)
+            _check_import_unique(users, prepared, first)
             for done, (data, password_hash) in enumerate(prepared, 1):
                 fields = data.model_dump(exclude={"projects"})
                 fields["projects"] = projects_to_tuple(data.projects)
@@ -430,6 +429,18 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
         (data, password_hash if password is None else hash_password(password))
         for data, password, password_hash in prepared
     ]
+
+
+def _check_import_unique(users: UserContainer, prepared: list[tuple[UserCreate, str | None]], first: int = 0) -> None:
+    """UserAlreadyExists naming the first import record whose username or email is stored.
+
+    ``first``: the index in the caller's records of ``prepared[0]`` (a batch of them).
+    """
+    for index, (data, _) in enumerate(prepared, first):
+        try:
+            _check_unique(users, data.username, data.email)
+        except UserAlreadyExists as exc:
+            raise UserAlreadyExists(exc.field, exc.value, where=f"records[{index}]") from None
 
 
 def _import_password(record: Mapping[str, Any]) -> tuple[str | None, str | None]:
