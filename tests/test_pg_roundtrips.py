@@ -8,6 +8,7 @@ when libpq cannot be reached for the pipelined send or when RelStorage iterates 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from db.database import Database
 from db.models import USERS_KEY
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.postgres
 
@@ -190,4 +192,22 @@ def test_the_lock_timeout_set_once_still_bounds_every_write(pg_dsn: str) -> None
         assert users.update("alice", full_name="after").full_name == "after"
     finally:
         blocker.close()
+        database.close()
+
+
+def test_a_relstorage_config_file_takes_the_fast_path_too(pg_dsn: str, tmp_path: Path) -> None:
+    # db_config_file opens RelStorage through ZConfig; pg_roundtrips is installed right after,
+    # before the pool's connections open.
+    config = tmp_path / "relstorage.conf"
+    text = (ROOT / "relstorage.conf").read_text()
+    config.write_text(re.sub(r"(?m)^(\s*)dsn .*$", lambda m: f"{m.group(1)}dsn {pg_dsn}", text))
+    database = Database(CodxJuniorGlobalSettings.load(db_config_file=config))
+    try:
+        users = UserDB(database)
+        users.create(username="alice")
+        before = pg_roundtrips.Counters.pipelined_rollbacks
+        for _ in range(10):
+            assert users.get("alice").username == "alice"
+        assert pg_roundtrips.Counters.pipelined_rollbacks - before >= 10
+    finally:
         database.close()
