@@ -122,7 +122,7 @@ class _ReadConnectionMixin:
     """
 
     __slots__ = ()
-    # Instances get these slots from the concrete class built in ``_connection_class``.
+    # Instances get these slots from the concrete class ``connection_class()`` builds.
     codx_manual: bool
     codx_pending: bool
     codx_plain_cursor: type
