@@ -11,6 +11,7 @@ next to the one-statement get.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -44,25 +45,20 @@ def measure(admin_dsn: str, users: int, seconds: float, max_ops: int, seed: int)
         try:
             pick = rng(seed, "floor")
 
-            def get_one(_: int) -> int:
-                with one.cursor() as cur:
-                    cur.execute(_SELECT, (user(pick.randrange(users)).username,))
-                    cur.fetchone()
-                return 1
+            def getter(conn: Any, end: bool) -> Callable[[int], int]:
+                """One get on ``conn``; ``end``: then end its transaction (as RelStorage does)."""
 
-            def get_three(_: int) -> int:
-                with three.cursor() as cur:
-                    cur.execute(_SELECT, (user(pick.randrange(users)).username,))
-                    cur.fetchone()
-                three.rollback()
-                return 1
+                def get(_: int) -> int:
+                    with conn.cursor() as cur:
+                        cur.execute(_SELECT, (user(pick.randrange(users)).username,))
+                        cur.fetchone()
+                    if end:
+                        conn.rollback()
+                    return 1
 
-            def get_piped(_: int) -> int:
-                with piped.cursor() as cur:
-                    cur.execute(_SELECT, (user(pick.randrange(users)).username,))
-                    cur.fetchone()
-                piped.rollback()
-                return 1
+                return get
+
+            get_one, get_three, get_piped = getter(one, False), getter(three, True), getter(piped, True)
 
             started = time.perf_counter()
             results = {

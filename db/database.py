@@ -242,7 +242,7 @@ class Database:
                 uow.closed = True
                 self._current.set(None)
             uow.finish_notes()
-            with _storage_errors(), _lock_table_errors():
+            with _storage_errors():
                 manager.commit()
         finally:
             if _in_transaction(manager):
@@ -267,12 +267,15 @@ def _in_transaction(manager: transaction.TransactionManager) -> bool:
 
 
 @contextlib.contextmanager
-def _lock_table_errors() -> Iterator[None]:
-    """A commit that ran PostgreSQL out of lock slots: not a conflict, so never retried.
+def _storage_errors() -> Iterator[None]:
+    """Turn a lost database connection into one clear ``DatabaseUnavailable``.
 
-    RelStorage reports it as a ConflictError (a TransientError), which ``run`` would retry
-    ten times over, failing the same way each time.
+    Also a commit that ran PostgreSQL out of lock slots: RelStorage reports it as a
+    ConflictError (a TransientError, which ``run`` would retry ten times, failing the same
+    way each time); it becomes ``TransactionTooLarge``, which is never retried.
     """
+    import psycopg2
+
     try:
         yield
     except ConflictError as exc:
@@ -283,15 +286,6 @@ def _lock_table_errors() -> Iterator[None]:
             "(max_locks_per_transaction x max_connections): split it into smaller transactions "
             "(UserDB.import_users(..., batch_size=1000)) or raise max_locks_per_transaction"
         ) from None
-
-
-@contextlib.contextmanager
-def _storage_errors() -> Iterator[None]:
-    """Turn a lost database connection into one clear ``DatabaseUnavailable``."""
-    import psycopg2
-
-    try:
-        yield
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DatabaseUnavailable(f"the database is unreachable: {first_line}") from None
