@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import random
 import threading
 import time
@@ -25,7 +26,8 @@ from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
 from ZODB.POSException import ConflictError
 
-from db.errors import DatabaseUnavailable, TransactionTooLarge
+from db import forks
+from db.errors import DatabaseUnavailable, StorageInUse, TransactionTooLarge
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import storage_spec
 
@@ -85,6 +87,9 @@ class Database:
         self._current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
             f"codx_db_uow_{id(self)}", default=None
         )
+        # Set in a forked child that inherited an open storage: the parent's pid.
+        self._forked_from: int | None = None
+        forks.on_fork_in_child(self)
 
     # -- configuration and lifecycle ---------------------------------------------------------
 
@@ -120,8 +125,20 @@ class Database:
             return zodb
         with self._open_lock:
             if self._zodb is None:
-                self._zodb = self._open_zodb()
+                self._zodb = self._open_zodb_here()
             return self._zodb
+
+    def _open_zodb_here(self) -> ZODB.DB:
+        try:
+            return self._open_zodb()
+        except StorageInUse as exc:
+            if self._forked_from is None:
+                raise
+            raise StorageInUse(
+                f"{exc} This process (pid {os.getpid()}) is a fork of pid {self._forked_from}, which had "
+                "the database open when it forked: open it only after forking (gunicorn without --preload), "
+                "or close it before forking (db.close())."
+            ) from None
 
     def _open_zodb(self) -> ZODB.DB:
         from db.storage import startup_lock
@@ -157,6 +174,17 @@ class Database:
             zodb, self._zodb = self._zodb, None
         if zodb is not None:
             zodb.close()
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's storage without closing it (db/forks.py); the next use opens ours.
+
+        A memory database shares nothing with the parent: the child keeps its copy.
+        """
+        # Another thread of the parent may have held the lock at the fork: it stays held here.
+        self._open_lock = threading.Lock()
+        if self._zodb is not None and self.settings.kind != "memory":
+            self._zodb = None
+            self._forked_from = os.getppid()
 
     # -- units of work -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import ZODB.config
 from ZODB.FileStorage import FileStorage
 from ZODB.interfaces import IStorage
 
-from db import pg_roundtrips
+from db import forks, pg_roundtrips
 from db.errors import ConfigurationError, DatabaseUnavailable, StorageInUse
 from db.settings import CodxJuniorGlobalSettings, keyword_dsn
 
@@ -42,7 +42,7 @@ class StorageSpec:
 def storage_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
     """Describe the storage the settings ask for, failing fast on a bad config file."""
     if settings.db_config_file is not None:
-        return _config_file_spec(settings.db_config_file)
+        return _config_file_spec(settings.db_config_file, settings.db_pg_fast_reads)
     if settings.db_backend == "memory":
         return StorageSpec(_open_memory)
     if settings.db_backend == "file":
@@ -165,7 +165,10 @@ def _open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
     with _unavailable_on_connect_error(dsn):
         _check_history_mode(dsn, settings.db_keep_history)
         adapter = PostgreSQLAdapter(dsn=dsn, options=options)
-        pg_roundtrips.install(adapter)  # before RelStorage opens its first load connection
+        # Both before RelStorage opens its first connection.
+        if settings.db_pg_fast_reads:
+            pg_roundtrips.install(adapter)
+        forks.track_connections(adapter)
         return RelStorage(adapter, options=options)
 
 
@@ -198,7 +201,7 @@ def _check_history_mode(dsn: str, keep_history: bool) -> None:
         )
 
 
-def _config_file_spec(path: Path) -> StorageSpec:
+def _config_file_spec(path: Path, fast_reads: bool = True) -> StorageSpec:
     try:
         schema = ZODB.config.getStorageSchema()
         with open(path, encoding="utf-8") as file:
@@ -213,8 +216,11 @@ def _config_file_spec(path: Path) -> StorageSpec:
             storage = factory.open()
         adapter = getattr(storage, "_adapter", None)
         if adapter is not None and type(adapter).__name__ == "PostgreSQLAdapter":
-            # The connections opened from here on (a pool's) take the fast path.
-            pg_roundtrips.install(adapter)
+            # The connections opened from here on (a pool's; none is open yet) take the fast
+            # path and are known to a forked child.
+            if fast_reads:
+                pg_roundtrips.install(adapter)
+            forks.track_connections(adapter)
         return storage
 
     return StorageSpec(open_from_config, dsn=dsn)
