@@ -53,24 +53,37 @@ _TRACKED_CLASSES: dict[type, type] = {}
 def track_connections(adapter: Any) -> None:
     """Remember the connections a RelStorage PostgreSQL adapter opens from now on.
 
-    RelStorage opens every connection through ``driver.connect`` (a psycopg2 connection class,
-    per adapter). If that hook is missing, connections go untracked: logged, not fatal.
+    RelStorage opens every connection through ``driver.connect`` (per adapter): a psycopg2
+    connection class, subclassed here (db/pg_roundtrips.py subclasses it too), or any other
+    callable, wrapped. Without that hook connections go untracked: logged, not fatal.
     """
     driver = getattr(getattr(adapter, "connmanager", None), "driver", None)
-    base = getattr(driver, "connect", None)
-    if not isinstance(base, type):
+    connect = getattr(driver, "connect", None)
+    if isinstance(connect, type):
+        if issubclass(connect, _TrackedConnectionMixin):
+            return
+        cls = _TRACKED_CLASSES.get(connect)
+        if cls is None:
+            namespace = {"__module__": __name__, "__slots__": ()}
+            cls = type("CodxTrackedConnection", (_TrackedConnectionMixin, connect), namespace)
+            _TRACKED_CLASSES[connect] = cls
+        driver.connect = cls
+    elif callable(connect):
+        if getattr(connect, "codx_tracked", False):
+            return
+
+        def tracked_connect(*args: Any, **kwargs: Any) -> Any:
+            conn = connect(*args, **kwargs)
+            _CONNECTIONS.add(conn)
+            return conn
+
+        tracked_connect.codx_tracked = True  # type: ignore[attr-defined]
+        driver.connect = tracked_connect
+    else:
         log.warning(
-            "RelStorage's driver has no connection class to track: a process forked after using "
-            "this database must not use it (open it after forking)"
+            "RelStorage's driver has no connect hook to track: a process forked after using this "
+            "database must not use it (open the database after forking)"
         )
-        return
-    if issubclass(base, _TrackedConnectionMixin):
-        return
-    cls = _TRACKED_CLASSES.get(base)
-    if cls is None:
-        cls = type("CodxTrackedConnection", (_TrackedConnectionMixin, base), {"__module__": __name__, "__slots__": ()})
-        _TRACKED_CLASSES[base] = cls
-    driver.connect = cls
 
 
 def _detach_inherited_connections() -> None:
