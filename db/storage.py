@@ -21,7 +21,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.interfaces import IStorage
 
 from db import forks, pg_roundtrips
-from db.errors import ConfigurationError, DatabaseUnavailable, StorageInUse
+from db.errors import ConfigurationError, DatabaseTimeout, DatabaseUnavailable, StorageInUse
 from db.settings import CodxJuniorGlobalSettings, keyword_dsn
 
 log = logging.getLogger(__name__)
@@ -252,13 +252,21 @@ def startup_lock(dsn: str | None) -> Iterator[None]:
         yield
         return
     import psycopg2
+    import psycopg2.errors
 
     with _unavailable_on_connect_error(dsn):
         conn = psycopg2.connect(dsn, application_name="codx-db startup lock")
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK_KEY,))
+            try:
+                cur.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK_KEY,))
+            except psycopg2.errors.QueryCanceled as exc:
+                raise DatabaseTimeout(
+                    "PostgreSQL cancelled the wait for codx-db's startup lock, which another process holds "
+                    f"while it opens or migrates this database: statement_timeout ({_first_line(exc)}). Wait for "
+                    "that process, or raise statement_timeout for this database or role"
+                ) from None
         yield
     finally:
         # Closing the session releases the lock even if unlock is never reached.
@@ -268,13 +276,23 @@ def startup_lock(dsn: str | None) -> Iterator[None]:
 @contextlib.contextmanager
 def _unavailable_on_connect_error(dsn: str | None) -> Iterator[None]:
     import psycopg2
+    import psycopg2.errors
 
     try:
         yield
+    except psycopg2.errors.QueryCanceled as exc:  # connected, then a statement ran out of time
+        raise DatabaseTimeout(
+            f"PostgreSQL cancelled a statement while opening the database: statement_timeout ({_first_line(exc)}). "
+            "Raise statement_timeout for this database or role"
+        ) from None
     except psycopg2.OperationalError as exc:
         raise DatabaseUnavailable(
             "cannot connect to PostgreSQL: " + _scrub(str(exc).strip().splitlines()[0], dsn)
         ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _scrub(message: str, dsn: str | None) -> str:
