@@ -27,6 +27,14 @@ class DatabaseUnavailable(CodxDBError):
     """The storage cannot be reached (PostgreSQL down, network lost)."""
 
 
+class DatabaseTimeout(CodxDBError):
+    """PostgreSQL ended a statement or a session on a server-side limit.
+
+    ``statement_timeout`` (one statement ran too long) or ``idle_in_transaction_session_timeout``
+    (a unit of work sat idle too long): the server is reachable, the limit was reached.
+    """
+
+
 class TransactionTooLarge(CodxDBError):
     """One unit of work changes more stored objects than PostgreSQL can lock at once.
 

@@ -179,3 +179,13 @@ def test_typos_and_unused_dsn_are_warned_about(
 def test_relative_paths_are_made_absolute() -> None:
     settings = CodxJuniorGlobalSettings.load(db_file_path="relative/users.fs")
     assert settings.db_file_path.is_absolute() and settings.location == str(Path.cwd() / "relative/users.fs")
+
+
+def test_pg_fast_reads_is_on_by_default_and_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The name is public (DESIGN.md): an operator's way out of db/pg_roundtrips.py.
+    assert CodxJuniorGlobalSettings.load().db_pg_fast_reads is True
+    monkeypatch.setenv("CODX_JUNIOR_DB_PG_FAST_READS", "false")
+    assert CodxJuniorGlobalSettings.load().db_pg_fast_reads is False
+    monkeypatch.setenv("CODX_JUNIOR_DB_PG_FAST_READS", "maybe")
+    with pytest.raises(ConfigurationError, match="CODX_JUNIOR_DB_PG_FAST_READS"):
+        CodxJuniorGlobalSettings.load()
