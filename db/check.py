@@ -417,12 +417,16 @@ def _check_skeleton(
                     Problem("skeleton-unindexed", f"user {_name(user)} is in look-alike entry {key!r} {found} times")
                 )
         if len(group) > 1:
-            names = " and ".join(_name(user) for user in group)
+            # ascii() shows what the eye cannot: '\u0430dmin' beside 'admin'.
+            names = ", ".join(
+                _name(user) + ("" if user.username.isascii() else f" = {user.username!a}") for user in group
+            )
             warnings.append(
                 Problem(
                     "username-lookalike",
-                    f"users {names} have look-alike names (stored before generation 3): both still log in; "
-                    "rename one with `codx-db user update NAME --rename NEW`",
+                    f"{len(group)} users have look-alike names, stored before generation 3: {names}; "
+                    "each still logs in by its exact name; to tell them apart, rename all but one "
+                    "(`codx-db user update NAME --rename NEW`)",
                 )
             )
     if len(warnings) > MAX_WARNINGS:
