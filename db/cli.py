@@ -649,6 +649,8 @@ def _print_check(location: str, result: Any) -> None:
         f"inactive index: {'-' if report.inactive_entries is None else report.inactive_entries}"
     )
     _print_problems("problems", report)
+    for warning in report.warnings:
+        print(f"warning: {warning.code}: {warning.message}")
     if report.ok:
         print("ok: no problems found")
     elif report.repairable:
