@@ -12,7 +12,6 @@ import getpass
 import json
 import logging
 import math
-import os
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from pydantic import BaseModel
 
 from db.display import capped, joined, shorten
 from db.errors import CodxDBError, InvalidUserData
+from db.progress import write
 from db.schemas import CodxUser
 
 Handler = Callable[[argparse.Namespace], Any]
@@ -93,13 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
-        print(f"codx-db: error: {exc}", file=sys.stderr)
+        _err(f"codx-db: error: {exc}")
         return 2
     except CodxDBError as exc:
         _fail(args, str(exc))
         return 1
     except KeyboardInterrupt:
-        print("codx-db: interrupted", file=sys.stderr)
+        _err("codx-db: interrupted")
         return 130
     except Exception as exc:
         if args.verbose:
@@ -320,7 +320,7 @@ def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
     def progress(message: str, done: int, total: int | None) -> None:
         if not args.json:
             suffix = f" ({done}/{total})" if total else ""
-            print(f"  {message}{suffix}", file=sys.stderr)
+            _err(f"  {message}{suffix}")
 
     with open_for_migration(db.settings) as zodb:
         before = status(zodb, args.to)
@@ -581,22 +581,19 @@ def _fail(args: argparse.Namespace, message: str) -> None:
     message = " ".join(message.split())  # one line, whatever the library wrote
     if getattr(args, "json", False):
         _out(json.dumps({"error": message}))
-    print(f"codx-db: error: {message}", file=sys.stderr)
+    _err(f"codx-db: error: {message}")
 
 
 def _out(text: str) -> None:
     """Print ``text`` on stdout; a reader that has gone (``| head``, ``| true``) is not an error.
 
-    The work is done by then: the exit code stays the command's, with no traceback. stdout
-    then points at devnull, so later output and the interpreter's final flush go nowhere
-    instead of raising again.
+    The work is done by then: the exit code stays the command's, with no traceback.
     """
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    write(sys.stdout, text + "\n")
+
+
+def _err(text: str) -> None:
+    write(sys.stderr, text + "\n")
 
 
 def _render(args: argparse.Namespace, result: Any) -> str:

@@ -40,7 +40,9 @@ def _run(env: dict[str, str], *args: str, stdout: int, input: str | None = None)
     )
 
 
-def run_with_closed_stdout(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_with_closed_stdout(
+    env: dict[str, str], *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI with stdout on a pipe whose reader has already gone (`codx-db ... | true`).
 
     The read end is closed before the child starts, so every write to stdout fails with
@@ -121,6 +123,35 @@ def test_a_closed_stdout_is_not_an_error(
     if command[:2] == ("user", "add"):
         listed = _run(file_env, "user", "get", "carol", stdout=subprocess.PIPE)
         assert listed.returncode == 0, listed.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("backup", "{tmp}/new-backup.fs"),
+        ("copy", "--to-file", "{tmp}/copy.fs"),
+        ("restore", "{tmp}/backup.fs", "--force"),
+        ("import-codx-junior", "{tmp}/import.json"),
+        ("user", "get", "nobody"),
+    ],
+    ids=lambda command: command[0] if command[0] != "user" else "error",
+)
+def test_closed_stdout_and_stderr_are_not_an_error(
+    command: tuple[str, ...], file_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`codx-db backup x 2>&1 | true`: progress lines on stderr meet the closed pipe too."""
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in command]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "db", *args], env=file_env, cwd=ROOT, stdout=write_end, stderr=write_end, timeout=300
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == (1 if command[0] == "user" else 0)
+    if command[0] == "backup":
+        assert (tmp_path / "new-backup.fs").stat().st_size > 0
 
 
 def test_a_closed_stdout_keeps_the_exit_code_of_a_failure(file_env: dict[str, str]) -> None:
@@ -301,6 +332,9 @@ def test_user_get_caps_a_long_project_list(file_env: dict[str, str]) -> None:
     assert "p119" not in shown.stdout
     full = json.loads(_run(file_env, "user", "get", "bob", "--json", stdout=subprocess.PIPE).stdout)
     assert len(full["projects"]) == 120
+    history = _run(file_env, "user", "history", "bob", stdout=subprocess.PIPE)
+    assert history.returncode == 0 and "projects: [] -> [" in history.stdout, history.stderr
+    assert max(len(line) for line in history.stdout.splitlines()) < 400
 
 
 # -- item 10: commands that read write nothing ----------------------------------------------------------
