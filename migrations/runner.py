@@ -291,7 +291,7 @@ def _postgres_holds_database(dsn: str) -> bool:
         with conn.cursor() as cur:
             # to_regclass: the tables RelStorage would use, on the search path it would use.
             cur.execute("SELECT to_regclass('object_state'), to_regclass('current_object')")
-            object_state, current_object = cur.fetchone()
+            object_state, current_object = cur.fetchone() or (None, None)
             if object_state is None:
                 return False
             # History-preserving schemas say which state is current in current_object.
