@@ -31,6 +31,10 @@ INACTIVE_INDEX_GENERATION = 2
 SKELETON_INDEX_GENERATION = 3
 MAX_WARNINGS = 100
 
+# Problems (or fixes) listed in ``--json``: a damaged index yields one per user, too many for a
+# document; the counts are always complete.
+MAX_JSON_LISTED = 1000
+
 # Problems that ``repair`` fixes by rebuilding the indexes and the count from the users.
 REPAIRABLE = frozenset(
     {
@@ -91,12 +95,28 @@ class CheckReport:
         """True when there are problems and ``repair`` can fix every one of them."""
         return bool(self.problems) and all(p.repairable for p in self.problems)
 
+    @property
+    def behind(self) -> bool:
+        """True when the database's generation is older than the code's (a migration is pending)."""
+        return self.generation is not None and 0 <= self.generation < self.code_generation
+
+    @property
+    def remedy(self) -> str | None:
+        """The command to run next, if one fixes what was found."""
+        if self.behind:
+            # A migration that was interrupted (or never run) leaves its indexes half-built:
+            # finishing it is the fix, and it must run before anything else judges them.
+            return "codx-db migrate --apply"
+        return "codx-db check --repair" if self.repairable else None
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form (``--json``)."""
+        """A JSON-ready form (``--json``): every count, and the first problems."""
         data = asdict(self)
-        data["problems"] = [{**asdict(p), "repairable": p.repairable} for p in self.problems]
+        data["problems"] = [{**asdict(p), "repairable": p.repairable} for p in self.problems[:MAX_JSON_LISTED]]
+        data["problem_count"] = len(self.problems)
         data["warnings"] = [asdict(w) for w in self.warnings]
         data["ok"] = self.ok
+        data["remedy"] = self.remedy
         return data
 
 
@@ -119,7 +139,8 @@ class RepairReport:
         return {
             "ok": self.ok,
             "repaired": self.repaired,
-            "fixed": self.fixed,
+            "fixed": self.fixed[:MAX_JSON_LISTED],
+            "fixed_count": len(self.fixed),
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
         }

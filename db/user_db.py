@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
+from db.display import capped
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound
 from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
@@ -426,10 +427,7 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
             seen_emails[key] = index
         prepared.append((data, password, password_hash))
     if problems:
-        shown = problems[:_MAX_LISTED_PROBLEMS]
-        if len(problems) > len(shown):
-            shown.append(f"... and {len(problems) - len(shown)} more problems")
-        raise InvalidUserData(shown)
+        raise InvalidUserData(capped(problems, _MAX_LISTED_PROBLEMS, "problems"))
     # Hash after everything validated: a bad record must not cost 20 ms per good one first.
     return [
         (data, password_hash if password is None else hash_password(password))
