@@ -82,7 +82,8 @@ class UserDB:
         """A page of users sorted by username; ``active`` filters, ``prefix`` narrows by name.
 
         ``after`` (the last username of the previous page) pages in O(log n) however deep;
-        ``offset`` walks the index from the start.
+        ``offset`` walks the index from the start. An offset at or past ``count()`` answers
+        ``[]`` at once, so it needs no upper bound of its own.
         """
         problems = []
         if not _is_int(offset) or offset < 0:
