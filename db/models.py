@@ -232,7 +232,7 @@ _GC_EVERY = 20_000
 def _skip(items: Iterator[Any], count: int) -> int:
     """Consume up to ``count`` items (in C); return how many there were."""
     counter = itertools.count()
-    collections.deque(zip(itertools.islice(items, count), counter), maxlen=0)
+    collections.deque(zip(itertools.islice(items, count), counter, strict=False), maxlen=0)
     return next(counter)
 
 
