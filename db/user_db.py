@@ -8,6 +8,7 @@ and a bad call writes nothing. Callers get ``CodxUser`` snapshots, never stored 
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -16,13 +17,22 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
-from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound
+from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown
 from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
-from db.passwords import check_password, check_password_hash, dummy_verify, hash_password, verify_password
+from db.passwords import (
+    check_password,
+    check_password_hash,
+    dummy_verify,
+    hash_cost_problem,
+    hash_password,
+    verify_password,
+)
 from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
 
@@ -254,14 +264,18 @@ class UserDB:
             user = _get(_users(uow), username)
             user.password_hash = password_hash
             user.touch()
+            # The stored name: the one given may carry 100 kB of trimmed spaces.
+            uow.note(f"codx-db: set password of {user.username}")
 
-        self._write(set_password, f"set password of {username}")
+        self._write(set_password, None)
 
     def authenticate(self, username_or_email: str, password: str) -> CodxUser | None:
         """The user if the password matches and the user is active, else None.
 
-        Unknown and inactive users cost the same time as a wrong password. An old hash
-        (other argon2 parameters, or bcrypt from codx-junior) is replaced on success.
+        Unknown and inactive users cost the same time as a wrong password of an argon2 user.
+        An old hash (other argon2 parameters, or bcrypt from codx-junior) is replaced on
+        success. A stored hash beyond the cost bounds (``db.passwords``; written before they
+        existed) is never verified: the login fails, with a warning naming the user.
         """
         if not isinstance(username_or_email, str) or not isinstance(password, str):
             return None
@@ -275,6 +289,16 @@ class UserDB:
 
         found, stored_hash = self._read(lookup)
         if found is None:
+            dummy_verify(password)
+            return None
+        problem = None if stored_hash is None else hash_cost_problem(stored_hash)
+        if problem is not None:
+            log.warning(
+                "user %s cannot log in: its stored password hash is refused (%s); "
+                "set a new one with `codx-db user passwd`",
+                shown(found.username),
+                problem,
+            )
             dummy_verify(password)
             return None
         ok, needs_rehash = verify_password(stored_hash, password)
@@ -294,7 +318,7 @@ class UserDB:
                 user.password_hash = new_hash
             return CodxUser.from_model(user)
 
-        return self._write(rehash, f"rehash password of {login}")
+        return self._write(rehash, f"rehash password of {found.username}")
 
     def delete(self, username: str) -> None:
         """Delete a user; raises UserNotFound."""
@@ -302,9 +326,11 @@ class UserDB:
 
         def delete(uow: UnitOfWork) -> None:
             users = _users(uow)
-            users.remove(_get(users, username))
+            user = _get(users, username)
+            users.remove(user)
+            uow.note(f"codx-db: delete user {user.username}")
 
-        self._write(delete, f"delete user {username}")
+        self._write(delete, None)
 
     # -- history -----------------------------------------------------------------------------
 
@@ -336,7 +362,7 @@ class UserDB:
             user = _get(users, username)
             state = state_at(uow.connection, user, tid, when)
             if not state:
-                raise HistoryUnavailable(f"user {username!r} has no version at or before {to}")
+                raise HistoryUnavailable(f"user {shown(user.username)} has no version at or before {shown(str(to))}")
             fields = snapshot(state).model_dump(include=set(TRACKED_FIELDS))
             if "projects" in fields:
                 fields["projects"] = list(fields["projects"])  # UserUpdate takes a list
