@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from db.database import Database, UnitOfWork
-from db.errors import CodxJuniorFileError, InvalidUserData
+from db.errors import CodxJuniorFileError, InvalidUserData, shown
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.passwords import hash_cost_problem
 from db.schemas import UserCreate
@@ -303,7 +303,7 @@ def _parse_user(index: int, raw: Any, problems: list[str], ignored: dict[str, in
     username = _username(raw, where, problems)
     if username is None:
         return None
-    where = f"{where} ({username!r})"
+    where = f"{where} ({shown(username)})"
     for name in raw.keys() - USER_FIELDS:
         ignored[name] = ignored.get(name, 0) + 1
     mistakes: list[str] = []
@@ -381,10 +381,12 @@ def _parse_projects(value: Any, mistakes: list[str]) -> list[dict[str, Any]]:
         elif permissions is None:
             permissions = ""
         elif not isinstance(permissions, str):
-            mistakes.append(f"{where} ({project_id!r}): permissions: expected a string, found {_kind(permissions)}")
+            mistakes.append(
+                f"{where} ({shown(project_id)}): permissions: expected a string, found {_kind(permissions)}"
+            )
             continue
         if children is not None and not isinstance(children, bool):
-            mistakes.append(f"{where} ({project_id!r}): children: expected true or false, found {_kind(children)}")
+            mistakes.append(f"{where} ({shown(project_id)}): children: expected true or false, found {_kind(children)}")
             continue
         projects.append(
             {"project_id": project_id, "permissions": permissions, "children": True if children is None else children}
@@ -422,7 +424,7 @@ def _parse_logins(logins: list[Any], usernames: set[str], problems: list[str], w
         username = _username(raw, where, problems)
         if username is None:
             continue
-        where = f"{where} ({username!r})"
+        where = f"{where} ({shown(username)})"
         password = raw.get("password")
         if password in (None, ""):
             password = None

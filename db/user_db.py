@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
-from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown
+from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown, shown_field
 from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.passwords import (
@@ -406,7 +406,7 @@ _IMPORT_KEYS = frozenset(
     {"username", "email", "full_name", "password", "password_hash", "is_superuser", "is_active"}
     | {"avatar", "theme", "role", "github", "projects"}
 )
-_MAX_LISTED_PROBLEMS = 50
+_MAX_LISTED_FIELDS = 5
 
 
 def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCreate, str | None]]:
@@ -422,9 +422,12 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
         if not isinstance(record, Mapping):
             problems.append(f"{where}: must be a mapping of user fields")
             continue
-        unknown = sorted(str(key) for key in record if key not in _IMPORT_KEYS)
+        unknown = sorted(shown_field(key) for key in record if key not in _IMPORT_KEYS)
         if unknown:
-            problems.append(f"{where}: unknown field(s) {', '.join(unknown)}")
+            listed = ", ".join(unknown[:_MAX_LISTED_FIELDS])
+            if len(unknown) > _MAX_LISTED_FIELDS:
+                listed += f" and {len(unknown) - _MAX_LISTED_FIELDS} more"
+            problems.append(f"{where}: unknown field(s) {listed}")
             continue
         fields = {key: value for key, value in record.items() if key not in ("password", "password_hash")}
         fields.setdefault("projects", [])
@@ -447,10 +450,7 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
             seen_emails[key] = index
         prepared.append((data, password, password_hash))
     if problems:
-        shown = problems[:_MAX_LISTED_PROBLEMS]
-        if len(problems) > len(shown):
-            shown.append(f"... and {len(problems) - len(shown)} more problems")
-        raise InvalidUserData(shown)
+        raise InvalidUserData(problems)  # which lists the first MAX_LISTED_ERRORS
     # Hash after everything validated: a bad record must not cost 20 ms per good one first.
     return [
         (data, password_hash if password is None else hash_password(password))
