@@ -21,6 +21,7 @@ from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, Us
 from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.passwords import (
+    MAX_PASSWORD_LENGTH,
     check_password,
     check_password_hash,
     dummy_verify,
@@ -278,6 +279,10 @@ class UserDB:
         existed) is never verified: the login fails, with a warning naming the user.
         """
         if not isinstance(username_or_email, str) or not isinstance(password, str):
+            return None
+        if len(password) > MAX_PASSWORD_LENGTH:
+            # No such password can have been set: refuse before hashing megabytes. Depends on
+            # the input alone, so answering faster tells nothing about the account.
             return None
         login = username_or_email
 

@@ -334,3 +334,22 @@ def test_codx_junior_import_of_a_100kb_username_is_short(memory_db: Database, tm
     message = _short_error(lambda: import_codx_junior(memory_db, path), "users[0]", 4 * SHORT + len(str(path)))
     for where in ("users[1]", "users[2]", "user_logins[0]"):
         assert where in message
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_a_password_longer_than_any_accepted_one_is_refused_without_hashing(
+    memory_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No password longer than MAX_PASSWORD_LENGTH can be set, so none can match: a 10 MB
+    # one is refused before any hashing (the refusal depends on the input alone, so its
+    # speed tells nothing about the account).
+    users = UserDB(memory_db)
+    users.create(username="alice", password=PASSWORD)
+    counting = _Counting(monkeypatch)
+    huge = "x" * (10 * 1024 * 1024)
+    for login in ("alice", "nobody"):
+        assert users.authenticate(login, huge) is None
+        assert counting.reset() == (0, 0), login
+    longest = "y" * passwords.MAX_PASSWORD_LENGTH
+    assert users.authenticate("alice", longest) is None
+    assert counting.reset() == (1, 0)
