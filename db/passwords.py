@@ -140,7 +140,9 @@ def verify_password(stored_hash: str | None, password: str) -> tuple[bool, bool]
     against a dummy hash, so timing does not tell who has an account. So is a hash that
     ``hash_cost_problem`` refuses: it never matches, and is never verified.
     """
-    if not stored_hash or hash_cost_problem(stored_hash) is not None:
+    if stored_hash and hash_cost_problem(stored_hash) is not None:
+        stored_hash = None  # never verified: it would hold the login for minutes
+    if not stored_hash:
         _verify_argon2(_dummy_hash(), password)
         return False, False
     if is_bcrypt(stored_hash):
