@@ -11,8 +11,20 @@ class CodxDBError(Exception):
 
 def shown(value: str, limit: int = 80) -> str:
     """A value quoted for an error message, cut short: a 100 kB username is not a message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "...'"
+    text = repr(value[: limit + 1] if isinstance(value, str) else value)
+    # Closed with the quote repr opened with (a value holding ' is quoted with ").
+    return text if len(text) <= limit else text[: limit - 4] + "..." + text[0]
+
+
+def shown_field(name: object, limit: int = 40) -> str:
+    """A field name taken from the input (an unknown key), for a message: as is when short, else cut."""
+    text = str(name)
+    return text if len(text) <= limit and text.isprintable() else shown(text, limit)
+
+
+# InvalidUserData lists at most this many problems, then how many more there are: each
+# problem is short (values cut by ``shown``), and so is the message, whatever the input.
+MAX_LISTED_ERRORS = 50
 
 
 class ConfigurationError(CodxDBError):
@@ -77,7 +89,9 @@ class InvalidUserData(CodxDBError):
     """The input does not pass validation; ``errors`` holds one message per problem."""
 
     def __init__(self, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
+        self.errors = list(errors[:MAX_LISTED_ERRORS])
+        if len(errors) > MAX_LISTED_ERRORS:
+            self.errors.append(f"... and {len(errors) - MAX_LISTED_ERRORS} more problems")
         super().__init__("invalid user data: " + "; ".join(self.errors))
 
 

@@ -39,6 +39,7 @@ from db.database import Database, UnitOfWork
 from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.passwords import hash_cost_problem
 from db.schemas import UserCreate
 
 # bcrypt as codx-junior's bcrypt package writes it: prefix, 2-digit cost, 22 salt + 31 hash characters.
@@ -444,6 +445,10 @@ def _parse_logins(logins: list[Any], usernames: set[str], problems: list[str], w
                 f"{where}: password is not a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters): "
                 "codx-db imports codx-junior's hashes, never plain passwords"
             )
+            continue
+        problem = None if password is None else hash_cost_problem(password)
+        if problem is not None:
+            problems.append(f"{where}: password: {problem}")
             continue
         key = username_key(username)
         if key not in usernames:

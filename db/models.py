@@ -244,7 +244,13 @@ class UserContainer(Persistent):
     def page(
         self, offset: int, limit: int, active: bool | None = None, prefix: str | None = None, after: str | None = None
     ) -> list[User]:
-        """A page of users in username order, optionally only active (or inactive) ones."""
+        """A page of users in username order, optionally only active (or inactive) ones.
+
+        An offset at or past the count answers at once (the count is O(1)): no page is there,
+        and walking to it would hold a connection for as long as the offset is large.
+        """
+        if offset >= len(self):
+            return []
         items: Iterator[tuple[str, User]] = self.iter_sorted(prefix, after)
         if active is not None:
             inactive = self.inactive
@@ -258,13 +264,25 @@ class UserContainer(Persistent):
             # A deep offset walks every bucket before it, each unpickled with a ghost per
             # user: shrink the cache to its target size now and then, so the walk itself
             # (not the cache settings) does not set the memory used. Skipped in C (deque).
-            collections.deque(itertools.islice(items, _GC_EVERY), maxlen=0)
-            offset -= _GC_EVERY
+            walked = _skip(items, _GC_EVERY)
+            offset -= walked
+            if walked < _GC_EVERY:
+                # The index ended before the offset: with filters, or a count that drifted
+                # from the index (`codx-db check` reports it), the offset may lie past the
+                # last user although it is below the count. Stop at the end.
+                return []
             jar.cacheGC()  # the buckets walked are unchanged (a read): they may leave memory
         return [user for _, user in itertools.islice(items, offset, offset + limit)]
 
 
 _GC_EVERY = 20_000
+
+
+def _skip(items: Iterator[Any], count: int) -> int:
+    """Consume up to ``count`` items (in C); return how many there were."""
+    counter = itertools.count()
+    collections.deque(zip(itertools.islice(items, count), counter, strict=False), maxlen=0)
+    return next(counter)
 
 
 def install_root(root: Any) -> UserContainer:

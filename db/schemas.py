@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from db.errors import InvalidUserData
+from db.errors import InvalidUserData, shown_field
 from db.unicode_policy import describe, find_invisible, invisible_message, mixed_scripts
 
 if TYPE_CHECKING:
@@ -477,7 +477,8 @@ class UserUpdate(_UserFields):
 def _messages(exc: ValidationError) -> list[str]:
     messages = []
     for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "input"
+        # A loc may hold a key of the input (an unknown field): cut a 100 kB one short.
+        where = ".".join(shown_field(p) for p in err["loc"]) or "input"
         if err["type"] == "extra_forbidden":
             messages.append(f"{where}: unknown field")
             continue

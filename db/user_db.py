@@ -8,6 +8,7 @@ and a bad call writes nothing. Callers get ``CodxUser`` snapshots, never stored 
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -16,14 +17,23 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
-from db.display import capped
-from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound
+from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown, shown_field
 from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
-from db.passwords import check_password, check_password_hash, dummy_verify, hash_password, verify_password
+from db.passwords import (
+    MAX_PASSWORD_LENGTH,
+    check_password,
+    check_password_hash,
+    dummy_verify,
+    hash_cost_problem,
+    hash_password,
+    verify_password,
+)
 from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
 
@@ -83,7 +93,8 @@ class UserDB:
         """A page of users sorted by username; ``active`` filters, ``prefix`` narrows by name.
 
         ``after`` (the last username of the previous page) pages in O(log n) however deep;
-        ``offset`` walks the index from the start.
+        ``offset`` walks the index from the start. An offset at or past ``count()`` answers
+        ``[]`` at once, so it needs no upper bound of its own.
         """
         problems = []
         if not _is_int(offset) or offset < 0:
@@ -254,16 +265,24 @@ class UserDB:
             user = _get(_users(uow), username)
             user.password_hash = password_hash
             user.touch()
+            # The stored name: the one given may carry 100 kB of trimmed spaces.
+            uow.note(f"codx-db: set password of {user.username}")
 
-        self._write(set_password, f"set password of {username}")
+        self._write(set_password, None)
 
     def authenticate(self, username_or_email: str, password: str) -> CodxUser | None:
         """The user if the password matches and the user is active, else None.
 
-        Unknown and inactive users cost the same time as a wrong password. An old hash
-        (other argon2 parameters, or bcrypt from codx-junior) is replaced on success.
+        Unknown and inactive users cost the same time as a wrong password of an argon2 user.
+        An old hash (other argon2 parameters, or bcrypt from codx-junior) is replaced on
+        success. A stored hash beyond the cost bounds (``db.passwords``; written before they
+        existed) is never verified: the login fails, with a warning naming the user.
         """
         if not isinstance(username_or_email, str) or not isinstance(password, str):
+            return None
+        if len(password) > MAX_PASSWORD_LENGTH:
+            # No such password can have been set: refuse before hashing megabytes. Depends on
+            # the input alone, so answering faster tells nothing about the account.
             return None
         login = username_or_email
 
@@ -275,6 +294,16 @@ class UserDB:
 
         found, stored_hash = self._read(lookup)
         if found is None:
+            dummy_verify(password)
+            return None
+        problem = None if stored_hash is None else hash_cost_problem(stored_hash)
+        if problem is not None:
+            log.warning(
+                "user %s cannot log in: its stored password hash is refused (%s); "
+                "set a new one with `codx-db user passwd`",
+                shown(found.username),
+                problem,
+            )
             dummy_verify(password)
             return None
         ok, needs_rehash = verify_password(stored_hash, password)
@@ -294,7 +323,7 @@ class UserDB:
                 user.password_hash = new_hash
             return CodxUser.from_model(user)
 
-        return self._write(rehash, f"rehash password of {login}")
+        return self._write(rehash, f"rehash password of {found.username}")
 
     def delete(self, username: str) -> None:
         """Delete a user; raises UserNotFound."""
@@ -302,9 +331,11 @@ class UserDB:
 
         def delete(uow: UnitOfWork) -> None:
             users = _users(uow)
-            users.remove(_get(users, username))
+            user = _get(users, username)
+            users.remove(user)
+            uow.note(f"codx-db: delete user {user.username}")
 
-        self._write(delete, f"delete user {username}")
+        self._write(delete, None)
 
     # -- history -----------------------------------------------------------------------------
 
@@ -336,7 +367,7 @@ class UserDB:
             user = _get(users, username)
             state = state_at(uow.connection, user, tid, when)
             if not state:
-                raise HistoryUnavailable(f"user {username!r} has no version at or before {to}")
+                raise HistoryUnavailable(f"user {shown(user.username)} has no version at or before {shown(str(to))}")
             fields = snapshot(state).model_dump(include=set(TRACKED_FIELDS))
             if "projects" in fields:
                 fields["projects"] = list(fields["projects"])  # UserUpdate takes a list
@@ -380,7 +411,7 @@ _IMPORT_KEYS = frozenset(
     {"username", "email", "full_name", "password", "password_hash", "is_superuser", "is_active"}
     | {"avatar", "theme", "role", "github", "projects"}
 )
-_MAX_LISTED_PROBLEMS = 50
+_MAX_LISTED_FIELDS = 5
 
 
 def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCreate, str | None]]:
@@ -397,9 +428,12 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
         if not isinstance(record, Mapping):
             problems.append(f"{where}: must be a mapping of user fields")
             continue
-        unknown = sorted(str(key) for key in record if key not in _IMPORT_KEYS)
+        unknown = sorted(shown_field(key) for key in record if key not in _IMPORT_KEYS)
         if unknown:
-            problems.append(f"{where}: unknown field(s) {', '.join(unknown)}")
+            listed = ", ".join(unknown[:_MAX_LISTED_FIELDS])
+            if len(unknown) > _MAX_LISTED_FIELDS:
+                listed += f" and {len(unknown) - _MAX_LISTED_FIELDS} more"
+            problems.append(f"{where}: unknown field(s) {listed}")
             continue
         fields = {key: value for key, value in record.items() if key not in ("password", "password_hash")}
         fields.setdefault("projects", [])
@@ -427,7 +461,7 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
             seen_emails[key] = index
         prepared.append((data, password, password_hash))
     if problems:
-        raise InvalidUserData(capped(problems, _MAX_LISTED_PROBLEMS, "problems"))
+        raise InvalidUserData(problems)  # which lists the first MAX_LISTED_ERRORS
     # Hash after everything validated: a bad record must not cost 20 ms per good one first.
     return [
         (data, password_hash if password is None else hash_password(password))
