@@ -293,7 +293,7 @@ class PrivateFileStorage(FileStorage):
                 raise
             # The index only speeds up opening: FileStorage rebuilds a missing one.
             Path(f"{self.__name__}.index.index_tmp").unlink(missing_ok=True)
-            log.warning("%s: no space left to save the index (it is rebuilt on the next open)", self.__name__)
+            log.info("%s: no space left to save the index (it is rebuilt on the next open)", self.__name__)
         self.make_side_files_private()
 
     # -- a full disk ---------------------------------------------------------------------------
