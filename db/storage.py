@@ -452,6 +452,9 @@ def _config_file_spec(path: Path) -> StorageSpec:
     dsn = _relstorage_dsn(factory)
 
     def open_from_config() -> IStorage:
+        path = getattr(getattr(factory, "config", None), "path", None)
+        if type(factory).__name__ == "FileStorage" and path:
+            file_storage_exists(Path(path))  # a <filestorage> pointed at something else: refuse, change nothing
         with _unavailable_on_connect_error(dsn):
             storage = factory.open()
         adapter = getattr(storage, "_adapter", None)

@@ -316,3 +316,12 @@ def test_a_full_disk_is_a_clean_error_and_the_database_reopens_intact(tiny_disk:
     subprocess.run(["mount", "-o", "remount,size=1m", str(tiny_disk)], check=True)
     assert cli(env, "user", "add", "late", "--no-password").returncode == 0, "no write after space was freed"
     assert user_count(settings) == created + 1
+
+
+def test_a_config_file_filestorage_pointing_at_a_non_database_is_refused(notes: Path, tmp_path: Path) -> None:
+    config = tmp_path / "storage.conf"
+    config.write_text(f"<filestorage>\n  path {notes}\n</filestorage>\n")
+    settings = CodxJuniorGlobalSettings.load(db_config_file=config)
+    with pytest.raises(NotADatabaseFile, match="is not a FileStorage database file"):
+        UserDB(Database(settings)).count()
+    assert_untouched(notes)

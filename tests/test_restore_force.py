@@ -23,7 +23,7 @@ from db.errors import TransferError
 from db.models import USERS_KEY
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import open_storage
-from db.transfer import backup, copy_database, restore
+from db.transfer import backup, copy_database, restore, verify
 from db.user_db import UserDB
 from tests.conftest import ROOT, make_settings, settings_env
 from tests.test_transfer import cli, file_settings, stored_states
@@ -237,3 +237,16 @@ def restore_old(target: CodxJuniorGlobalSettings, tmp_path: Path, old_names: lis
     assert backup(scratch, old_backup).ok
     assert restore(old_backup, target, force=True).ok
     assert usernames(target) == old_names
+
+
+def test_two_databases_without_a_generation_do_not_verify(tmp_path: Path) -> None:
+    """``None == None`` is not a match: neither side is a codx-db database."""
+    left = ZODB.DB(FileStorage(str(not_codx_file(tmp_path / "left.fs"))))
+    right = ZODB.DB(FileStorage(str(not_codx_file(tmp_path / "right.fs"))))
+    try:
+        report = verify(left, right)
+    finally:
+        left.close()
+        right.close()
+    assert not report.ok
+    assert any("generation: source None, target None" in d for d in report.differences), report.differences
