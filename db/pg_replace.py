@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 STAGING_SCHEMA = "codx_db_staging"
 # The one-row table RelStorage locks (FOR UPDATE) to serialise commits; it is not data.
 COMMIT_LOCK_TABLE = "commit_row_lock"
+# Rows a new RelStorage schema holds before any data: (table, which rows).
+SEED_ROWS = [(COMMIT_LOCK_TABLE, "true"), ("transaction", "tid = 0")]
 
 
 @contextlib.contextmanager
@@ -113,13 +115,25 @@ def staging_storage(dsn: str) -> Iterator[IStorage]:
             )
         for sequence in _sequences(cur, live):
             cur.execute(sql.SQL("CREATE SEQUENCE {}.{}").format(staging, sql.Identifier(sequence)))
-        if COMMIT_LOCK_TABLE in _tables(cur, live):
-            lock_table = sql.Identifier(COMMIT_LOCK_TABLE)
-            cur.execute(
-                sql.SQL("INSERT INTO {}.{} SELECT * FROM {}.{}").format(
-                    staging, lock_table, sql.Identifier(live), lock_table
+        # Views (a history-keeping schema reads through current_object_state) are bound to the
+        # live tables: recreate them over the staging ones. Their definitions are printed with
+        # unqualified names while only the live schema is on the search path.
+        cur.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(live)))
+        cur.execute("SELECT viewname, definition FROM pg_views WHERE schemaname = %s ORDER BY viewname", (live,))
+        views = cur.fetchall()
+        cur.execute(sql.SQL("SET search_path = {}, {}").format(staging, sql.Identifier(live)))
+        for view, definition in views:
+            cur.execute(sql.SQL("CREATE VIEW {}.{} AS ").format(staging, sql.Identifier(view)) + sql.SQL(definition))
+        # The rows RelStorage puts in a new schema: the commit lock's row, and (history-keeping)
+        # transaction 0, which object_state.prev_tid of every first version points to.
+        for table, condition in SEED_ROWS:
+            if table in _tables(cur, live):
+                cur.execute(
+                    sql.SQL("INSERT INTO {}.{} SELECT * FROM {}.{} WHERE ").format(
+                        staging, sql.Identifier(table), sql.Identifier(live), sql.Identifier(table)
+                    )
+                    + sql.SQL(condition)
                 )
-            )
         conn.commit()
     try:
         options = Options(

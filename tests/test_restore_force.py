@@ -250,3 +250,16 @@ def test_two_databases_without_a_generation_do_not_verify(tmp_path: Path) -> Non
         right.close()
     assert not report.ok
     assert any("generation: source None, target None" in d for d in report.differences), report.differences
+
+
+@pytest.mark.postgres
+def test_restore_force_into_a_history_keeping_postgres_database(good_backup: Path, pg_dsn: str) -> None:
+    """The staging schema copies whatever tables RelStorage made: history-keeping ones too."""
+    target = CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn, db_keep_history=True)
+    add_users(target, "old", 5)
+    report = restore(good_backup, target, force=True)
+    assert report.ok and report.replaced == {"generation": 2, "users": 5}
+    assert usernames(target) == [f"new{i:05d}" for i in range(40)]
+    add_users(target, "after", 2)  # new object ids do not collide with the restored ones
+    assert len(usernames(target)) == 42
+    assert staging_schemas(target) == []
