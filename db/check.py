@@ -1,13 +1,16 @@
 """Consistency check of the user store, and its repair (``codx-db check [--repair]``).
 
 The ``users`` BTree (id -> ``User``) is the source of truth. The username and email indexes,
-the set of inactive users' username keys (generation 2) and the ``Length`` count are derived
-from it, so they can be verified against it and rebuilt
+the set of inactive users' username keys (generation 2), the look-alike (skeleton) index
+(generation 3) and the ``Length`` count are derived from it, so they can be verified against it and rebuilt
 from it. A check reads one consistent snapshot (a single unit of work) and never writes.
 
 What cannot be derived is never "repaired": two users sharing a username or an email, a
 user stored under the wrong id, something that is not a user, an unknown generation or a
 damaged BTree need a person to decide. ``repair`` then changes nothing and says why.
+
+Look-alike usernames stored before generation 3 are a *warning*, not a problem: both users
+keep working, and only a person can choose whom to rename.
 """
 
 from __future__ import annotations
@@ -18,11 +21,19 @@ from typing import Any
 
 import migrations
 from db.database import Database, UnitOfWork
-from db.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
 from migrations.runner import read_generation
 
 # The generation that added ``UserContainer.inactive``; below it the set may be absent.
 INACTIVE_INDEX_GENERATION = 2
+# The generation that added ``UserContainer.by_skeleton``; below it the index may be absent
+# or half built by an interrupted migration (``migrate --apply`` finishes it).
+SKELETON_INDEX_GENERATION = 3
+MAX_WARNINGS = 100
+
+# Problems (or fixes) listed in ``--json``: a damaged index yields one per user, too many for a
+# document; the counts are always complete.
+MAX_JSON_LISTED = 1000
 
 # Problems that ``repair`` fixes by rebuilding the indexes and the count from the users.
 REPAIRABLE = frozenset(
@@ -38,6 +49,9 @@ REPAIRABLE = frozenset(
         "inactive-dangling",
         "inactive-unindexed",
         "inactive-incomplete",
+        "skeleton-dangling",
+        "skeleton-wrong-key",
+        "skeleton-unindexed",
         "count-mismatch",
     }
 )
@@ -68,6 +82,8 @@ class CheckReport:
     email_entries: int
     inactive_entries: int | None = None  # None: no inactive index (before generation 2)
     problems: list[Problem] = field(default_factory=list)
+    skeleton_entries: int | None = None  # None: no look-alike index (before generation 3)
+    warnings: list[Problem] = field(default_factory=list)  # worth a look; ``ok`` stays true
 
     @property
     def ok(self) -> bool:
@@ -79,11 +95,28 @@ class CheckReport:
         """True when there are problems and ``repair`` can fix every one of them."""
         return bool(self.problems) and all(p.repairable for p in self.problems)
 
+    @property
+    def behind(self) -> bool:
+        """True when the database's generation is older than the code's (a migration is pending)."""
+        return self.generation is not None and 0 <= self.generation < self.code_generation
+
+    @property
+    def remedy(self) -> str | None:
+        """The command to run next, if one fixes what was found."""
+        if self.behind:
+            # A migration that was interrupted (or never run) leaves its indexes half-built:
+            # finishing it is the fix, and it must run before anything else judges them.
+            return "codx-db migrate --apply"
+        return "codx-db check --repair" if self.repairable else None
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form (``--json``)."""
+        """A JSON-ready form (``--json``): every count, and the first problems."""
         data = asdict(self)
-        data["problems"] = [{**asdict(p), "repairable": p.repairable} for p in self.problems]
+        data["problems"] = [{**asdict(p), "repairable": p.repairable} for p in self.problems[:MAX_JSON_LISTED]]
+        data["problem_count"] = len(self.problems)
+        data["warnings"] = [asdict(w) for w in self.warnings]
         data["ok"] = self.ok
+        data["remedy"] = self.remedy
         return data
 
 
@@ -106,7 +139,8 @@ class RepairReport:
         return {
             "ok": self.ok,
             "repaired": self.repaired,
-            "fixed": self.fixed,
+            "fixed": self.fixed[:MAX_JSON_LISTED],
+            "fixed_count": len(self.fixed),
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
         }
@@ -151,6 +185,8 @@ def check_root(root: Any) -> CheckReport:
     _check_index("username", container.by_username, users, _username_key, problems)
     _check_index("email", container.by_email, users, _email_key, problems)
     _check_inactive(container, users, generation, problems)
+    warnings: list[Problem] = []
+    _check_skeleton(container, users, generation, problems, warnings)
     count = container.length()
     if count != len(container.users):
         problems.append(
@@ -165,6 +201,8 @@ def check_root(root: Any) -> CheckReport:
         email_entries=len(container.by_email),
         inactive_entries=None if container.inactive is None else len(container.inactive),
         problems=problems,
+        skeleton_entries=None if container.by_skeleton is None else len(container.by_skeleton),
+        warnings=warnings,
     )
 
 
@@ -190,6 +228,8 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
         if not container.inactive_complete:
             container.inactive_complete = True
             fixed.append("inactive: index marked complete")
+    if container.by_skeleton is not None:
+        fixed += _sync_skeleton(container.by_skeleton, users)
     if container.length() != len(users):
         fixed.append(f"count: {container.length()} -> {len(users)}")
         # set() in place: Length's conflict resolution adds concurrent creates on top.
@@ -344,6 +384,90 @@ def _check_inactive(
     for key, user in wanted.items():
         if key not in inactive:
             problems.append(Problem("inactive-unindexed", f"inactive user {_name(user)} is not in the inactive index"))
+
+
+def _wanted_skeletons(users: Iterable[User]) -> dict[str, tuple[User, ...]]:
+    wanted: dict[str, tuple[User, ...]] = {}
+    for user in users:
+        key = username_skeleton(user.username)
+        wanted[key] = (*wanted.get(key, ()), user)
+    return wanted
+
+
+def _check_skeleton(
+    container: UserContainer,
+    users: list[User],
+    generation: int | None,
+    problems: list[Problem],
+    warnings: list[Problem],
+) -> None:
+    """Each user is in the entry of its username's skeleton, once; look-alike pairs are warnings."""
+    index = container.by_skeleton
+    if index is None:
+        if generation is not None and generation >= SKELETON_INDEX_GENERATION:
+            problems.append(Problem("skeleton-missing", f"generation {generation} but no look-alike index"))
+        return
+    if generation is not None and generation < SKELETON_INDEX_GENERATION:
+        return  # being built by `codx-db migrate --apply`: not complete yet, nothing to check
+    _check_structure("skeleton", index, problems)
+    stored = {user.id: user for user in users}
+    wanted = _wanted_skeletons(users)
+    for key, entry in index.items():
+        members = entry if isinstance(entry, tuple) else (entry,)
+        for user in members:
+            if not isinstance(user, User) or stored.get(getattr(user, "id", None)) is not user:
+                problems.append(Problem("skeleton-dangling", f"look-alike index entry {key!r} holds no stored user"))
+            elif user not in wanted.get(key, ()):
+                problems.append(
+                    Problem(
+                        "skeleton-wrong-key",
+                        f"look-alike index entry {key!r} holds user {_name(user)}, "
+                        f"whose skeleton is {username_skeleton(user.username)!r}",
+                    )
+                )
+    for key, group in wanted.items():
+        entry = index.get(key, ())
+        for user in group:
+            found = sum(1 for other in entry if other is user)
+            if found == 0:
+                problems.append(
+                    Problem("skeleton-unindexed", f"user {_name(user)} is not in the look-alike index under {key!r}")
+                )
+            elif found > 1:
+                problems.append(
+                    Problem("skeleton-unindexed", f"user {_name(user)} is in look-alike entry {key!r} {found} times")
+                )
+        if len(group) > 1:
+            # ascii() shows what the eye cannot: '\u0430dmin' beside 'admin'.
+            names = ", ".join(
+                _name(user) + ("" if user.username.isascii() else f" = {user.username!a}") for user in group
+            )
+            warnings.append(
+                Problem(
+                    "username-lookalike",
+                    f"{len(group)} users have look-alike names, stored before generation 3: {names}; "
+                    "each still logs in by its exact name; to tell them apart, rename all but one "
+                    "(`codx-db user update NAME --rename NEW`)",
+                )
+            )
+    if len(warnings) > MAX_WARNINGS:
+        more = len(warnings) - MAX_WARNINGS
+        del warnings[MAX_WARNINGS:]
+        warnings.append(Problem("more-warnings", f"... and {more} more warnings"))
+
+
+def _sync_skeleton(index: Any, users: list[User]) -> list[str]:
+    wanted = _wanted_skeletons(users)
+    fixed: list[str] = []
+    for key in [k for k in index if k not in wanted]:
+        del index[key]
+        fixed.append(f"skeleton: removed entry {key!r}")
+    for key, group in wanted.items():
+        entry = index.get(key, ())
+        if len(entry) != len(group) or any(user not in entry for user in group):
+            index[key] = group
+            fixed.append(f"skeleton: entry {key!r} -> {', '.join(_name(user) for user in group)}")
+    return fixed
 
 
 def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:

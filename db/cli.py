@@ -11,7 +11,7 @@ import argparse
 import getpass
 import json
 import logging
-import os
+import math
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -19,7 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from db.display import capped, joined, shorten
 from db.errors import CodxDBError, InvalidUserData
+from db.progress import write
 from db.schemas import CodxUser
 
 Handler = Callable[[argparse.Namespace], Any]
@@ -42,26 +44,32 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _require_existing_database(args: argparse.Namespace) -> None:
-    """Refuse to read a file database that does not exist, rather than create an empty one.
+EMPTY = "empty: no codx-db database here yet"
+# Pack times older than this are all the same (before any codx-db data), and still valid.
+MAX_PACK_DAYS = 36_500
 
-    A typo in CODX_JUNIOR_DB_FILE_PATH would otherwise show "0 users" and leave a new file
-    behind. Commands that write (user add, import, restore, migrate --apply) may create it,
-    and so may `info` on the default path (the Quick start's first command).
+
+def _require_existing_database(args: argparse.Namespace) -> None:
+    """Refuse to work on an empty database (no file, no tables, no root) rather than create one.
+
+    Opening a database creates it: a command that only reads (check, user list, backup...)
+    would leave a new file, RelStorage's tables or a root behind, after which `copy` and
+    `restore` need --force; a typo in the location would show "0 users". Commands that
+    create (user add, import, restore, migrate --apply) may; `info` reports the emptiness.
     """
-    if getattr(args, "creates", False) or getattr(args, "apply", False):
+    if getattr(args, "creates", False) or getattr(args, "apply", False) or args.handler is cmd_info:
         return
     from db import db
+    from migrations.runner import holds_database
 
     settings = db.settings
-    if settings.kind != "file" or settings.db_file_path.exists():
-        return
-    if args.handler is cmd_info and "db_file_path" not in settings.model_fields_set:
-        return
-    raise CommandError(
-        f"no database at {settings.db_file_path}: check CODX_JUNIOR_DB_FILE_PATH "
-        "(a new database is created by the first write, e.g. codx-db user add)"
-    )
+    if not holds_database(settings):
+        setting = {"file": "CODX_JUNIOR_DB_FILE_PATH", "config": "CODX_JUNIOR_DB_CONFIG_FILE"}
+        raise CommandError(
+            f"{EMPTY} (no database at {settings.location}): check "
+            f"{setting.get(settings.kind, 'CODX_JUNIOR_DB_DSN')} if you expected one; "
+            "the first write creates it, e.g. `codx-db user add`"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,13 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
-        print(f"codx-db: error: {exc}", file=sys.stderr)
+        _err(f"codx-db: error: {exc}")
         return 2
     except CodxDBError as exc:
         _fail(args, str(exc))
         return 1
     except KeyboardInterrupt:
-        print("codx-db: interrupted", file=sys.stderr)
+        _err("codx-db: interrupted")
         return 130
     except Exception as exc:
         if args.verbose:
@@ -101,12 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _close_database()
     if result is not None:
-        try:
-            _emit(args, result)
-        except BrokenPipeError:
-            # `codx-db user list | head`: the reader left; that is not an error. Point stdout
-            # at devnull so the interpreter's final flush does not complain either.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _out(_render(args, result))
     return 0
 
 
@@ -236,6 +239,17 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _days(text: str) -> float:
+    """``--days``: a finite number of days, 0 to a century (nan, inf and 1e308 are refused here)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not 0 <= days <= MAX_PACK_DAYS:  # also false for nan
+        raise argparse.ArgumentTypeError(f"expected a number of days from 0 to {MAX_PACK_DAYS}, got {shorten(text)!r}")
+    return days
+
+
 def _project(children: bool) -> Callable[[str], dict[str, Any]]:
     def parse(spec: str) -> dict[str, Any]:
         project_id, sep, permissions = spec.partition("=")
@@ -263,9 +277,19 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     from db.errors import GenerationError
     from db.models import USERS_KEY
     from migrations import GENERATION
-    from migrations.runner import GENERATION_KEY, open_for_migration, read_generation
+    from migrations.runner import GENERATION_KEY, holds_database, open_for_migration, read_generation
 
     settings = db.settings
+    if not holds_database(settings):
+        # Opening would create it: report the emptiness and leave the location as it is.
+        return {
+            "backend": settings.kind,
+            "location": settings.location,
+            "generation": None,
+            "code_generation": GENERATION,
+            "status": f"{EMPTY} (the first write creates it, e.g. `codx-db user add`)",
+            "users": 0,
+        }
     try:
         with db.transaction() as uow:
             generation, users, status = uow.root.get(GENERATION_KEY), len(uow.root[USERS_KEY]), "ok"
@@ -296,7 +320,7 @@ def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
     def progress(message: str, done: int, total: int | None) -> None:
         if not args.json:
             suffix = f" ({done}/{total})" if total else ""
-            print(f"  {message}{suffix}", file=sys.stderr)
+            _err(f"  {message}{suffix}")
 
     with open_for_migration(db.settings) as zodb:
         before = status(zodb, args.to)
@@ -333,9 +357,9 @@ def cmd_check(args: argparse.Namespace) -> None:
     settings = db.settings
     result = repair(db) if args.repair else check(db)
     if args.json:
-        print(json.dumps({"location": settings.location, **result.to_dict()}, indent=2, ensure_ascii=False))
+        _out(json.dumps({"location": settings.location, **result.to_dict()}, indent=2, ensure_ascii=False))
     else:
-        _print_check(settings.location, result)
+        _out("\n".join(_check_lines(settings.location, result)))
     if not result.ok:
         raise SystemExit(1)  # main()'s finally still closes the database
 
@@ -448,7 +472,7 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     imp.set_defaults(handler=cmd_import_codx_junior, creates=True)
 
     pack = commands.add_parser("pack", parents=[common], help="drop old history and unreachable objects")
-    pack.add_argument("--days", type=float, default=0, metavar="N", help="keep history of the last N days (0)")
+    pack.add_argument("--days", type=_days, default=0, metavar="N", help="keep history of the last N days (0)")
     pack.set_defaults(handler=cmd_pack)
 
     backup = commands.add_parser("backup", parents=[common], help="snapshot the database into a new file")
@@ -510,9 +534,9 @@ def _print_report(args: argparse.Namespace, report: Any) -> None:
     # Printed here, like `check`: a failed verification or a conflict still prints its full
     # report (the only document on stdout with --json), then exits 1.
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        _out(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        print("\n".join(report.lines()))
+        _out("\n".join(report.lines()))
     if not getattr(report, "ok", True):
         raise SystemExit(1)
 
@@ -556,25 +580,36 @@ def _read_password(from_stdin: bool, confirm: bool) -> str:
 def _fail(args: argparse.Namespace, message: str) -> None:
     message = " ".join(message.split())  # one line, whatever the library wrote
     if getattr(args, "json", False):
-        print(json.dumps({"error": message}))
-    print(f"codx-db: error: {message}", file=sys.stderr)
+        _out(json.dumps({"error": message}))
+    _err(f"codx-db: error: {message}")
 
 
-def _emit(args: argparse.Namespace, result: Any) -> None:
+def _out(text: str) -> None:
+    """Print ``text`` on stdout; a reader that has gone (``| head``, ``| true``) is not an error.
+
+    The work is done by then: the exit code stays the command's, with no traceback.
+    """
+    write(sys.stdout, text + "\n")
+
+
+def _err(text: str) -> None:
+    write(sys.stderr, text + "\n")
+
+
+def _render(args: argparse.Namespace, result: Any) -> str:
     if args.json:
-        print(json.dumps(_jsonable(result), indent=2, ensure_ascii=False))
-        return
+        return json.dumps(_jsonable(result), indent=2, ensure_ascii=False)
     if isinstance(result, CodxUser):
-        _print_user(result)
+        lines = _user_lines(result)
     elif isinstance(result, list) and result and not isinstance(result[0], CodxUser):
-        _print_revisions(result)
+        lines = _revision_lines(result)
     elif isinstance(result, list):
-        _print_table(result)
+        lines = _table_lines(result)
     elif isinstance(result, dict) and "pending" in result:
-        _print_migration(result)
-    elif isinstance(result, dict):
-        for key, value in result.items():
-            print(f"{key}: {value}")
+        lines = _migration_lines(result)
+    else:
+        lines = [f"{key}: {value}" for key, value in result.items()]
+    return "\n".join(lines)
 
 
 def _jsonable(result: Any) -> Any:
@@ -585,23 +620,30 @@ def _jsonable(result: Any) -> Any:
     return result
 
 
-def _print_user(user: CodxUser) -> None:
+def _user_lines(user: CodxUser) -> list[str]:
+    lines = []
     for key, value in user.model_dump(mode="json").items():
         if key == "projects":
-            value = ", ".join(
-                f"{p['project_id']}={p['permissions']}{'' if p['children'] else ' (no children)'}" for p in value
+            # Up to a thousand projects: the first ones here, all of them with --json.
+            value = joined(
+                [f"{p['project_id']}={p['permissions']}{'' if p['children'] else ' (no children)'}" for p in value],
+                what="(--json shows all)",
             )
-        print(f"{key:<13} {'' if value is None else value}")
+        lines.append(f"{key:<13} {'' if value is None else value}")
+    return lines
 
 
-def _print_table(users: list[CodxUser]) -> None:
+def _table_lines(users: list[CodxUser]) -> list[str]:
     columns = ("username", "email", "full_name", "role", "is_active")
     headers = ("USERNAME", "EMAIL", "FULL NAME", "ROLE", "ACTIVE")
     rows = [[_cell(getattr(u, c)) for c in columns] for u in users]
     widths = [max([_width(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    for row in [list(headers), *rows]:
-        print("  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True)).rstrip())
-    print(f"({len(users)} user{'s' if len(users) != 1 else ''})")
+    lines = [
+        "  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [list(headers), *rows]
+    ]
+    lines.append(f"({len(users)} user{'s' if len(users) != 1 else ''})")
+    return lines
 
 
 def _width(text: str) -> int:
@@ -609,16 +651,19 @@ def _width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
-def _print_revisions(revisions: list[Any]) -> None:
+def _revision_lines(revisions: list[Any]) -> list[str]:
+    lines = []
     for revision in revisions:
         by = f" by {revision.by}" if revision.by else ""
-        print(f"{revision.tid}  {revision.at.isoformat(timespec='seconds')}{by}  {revision.description}")
+        lines.append(f"{revision.tid}  {revision.at.isoformat(timespec='seconds')}{by}  {revision.description}")
         for name, (old, new) in revision.changes.items():
-            print(f"    {name}: {_literal(old)} -> {_literal(new)}")
+            lines.append(f"    {name}: {_literal(old)} -> {_literal(new)}")
+    return lines
 
 
 def _literal(value: Any) -> str:
-    return "-" if value is None else json.dumps(value, ensure_ascii=False)
+    # A changed project list can hold a thousand entries: `user get --json` shows them whole.
+    return "-" if value is None else shorten(json.dumps(value, ensure_ascii=False))
 
 
 def _cell(value: Any) -> str:
@@ -629,50 +674,59 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _print_check(location: str, result: Any) -> None:
+def _check_lines(location: str, result: Any) -> list[str]:
     from db.check import RepairReport
 
     report = result.after if isinstance(result, RepairReport) else result
+    lines: list[str] = []
     if isinstance(result, RepairReport):
-        _print_problems("before repair", result.before)
+        lines += _problem_lines("before repair", result.before)
         if result.repaired:
-            print(f"repaired ({len(result.fixed)} fixes):")
-            for line in result.fixed:
-                print(f"  {line}")
+            lines.append(f"repaired ({len(result.fixed)} fixes):")
+            lines += [f"  {line}" for line in capped(result.fixed)]
         elif result.before.problems:
-            print("not repaired: some problems need a person (see above); nothing was changed")
-    print(f"database:   {location}")
-    print(f"generation: {report.generation} (code {report.code_generation})")
-    print(
+            lines.append("not repaired: some problems need a person (see above); nothing was changed")
+    lines += [
+        f"database:   {location}",
+        f"generation: {report.generation} (code {report.code_generation})",
         f"users: {report.users}  count: {report.count}  "
         f"username index: {report.username_entries}  email index: {report.email_entries}  "
-        f"inactive index: {'-' if report.inactive_entries is None else report.inactive_entries}"
-    )
-    _print_problems("problems", report)
+        f"inactive index: {'-' if report.inactive_entries is None else report.inactive_entries}",
+    ]
+    lines += _problem_lines("problems", report)
+    lines += [f"warning: {line}" for line in capped([f"{w.code}: {w.message}" for w in report.warnings])]
     if report.ok:
-        print("ok: no problems found")
+        lines.append("ok: no problems found")
+    if report.behind:
+        lines.append(
+            f"the database is at generation {report.generation}, the code at {report.code_generation}: "
+            "run `codx-db migrate --apply` (it also finishes an interrupted migration), then check again"
+        )
     elif report.repairable:
-        print("run `codx-db check --repair` to rebuild the indexes")
+        lines.append("run `codx-db check --repair` to rebuild the indexes")
+    return lines
 
 
-def _print_problems(title: str, report: Any) -> None:
+def _problem_lines(title: str, report: Any) -> list[str]:
     if not report.problems:
-        return
-    print(f"{title}: {len(report.problems)}")
-    for problem in report.problems:
-        print(f"  {problem.code}: {problem.message}")
+        return []
+    shown = capped([f"{problem.code}: {problem.message}" for problem in report.problems])
+    return [f"{title}: {len(report.problems)}", *(f"  {line}" for line in shown)]
 
 
-def _print_migration(report: dict[str, Any]) -> None:
+def _migration_lines(report: dict[str, Any]) -> list[str]:
     current = "new database" if report["current"] is None else report["current"]
-    print(f"current generation: {current}")
-    print(f"target generation:  {report['target']} (minimum {report['minimum']})")
+    lines = [
+        f"current generation: {current}",
+        f"target generation:  {report['target']} (minimum {report['minimum']})",
+    ]
     if not report["pending"]:
-        print("up to date: nothing to do")
+        lines.append("up to date: nothing to do")
     for step in report["pending"]:
         done = "applied" if step["generation"] in report["applied"] else "pending"
         if report["dry_run"] and done == "applied":
             done = "ran (dry run, aborted)"
-        print(f"  {step['generation']:>3}  {done:<8}  {step['description']}")
+        lines.append(f"  {step['generation']:>3}  {done:<8}  {step['description']}")
     if report["pending"] and not report["applied"]:
-        print("run `codx-db migrate --apply` to apply")
+        lines.append("run `codx-db migrate --apply` to apply")
+    return lines

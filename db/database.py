@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
+import os
 import random
 import threading
 import time
@@ -25,7 +27,8 @@ from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
 from ZODB.POSException import ConflictError
 
-from db.errors import DatabaseUnavailable, TransactionTooLarge
+from db import forks
+from db.errors import DatabaseTimeout, DatabaseUnavailable, StorageInUse, TransactionTooLarge
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import storage_spec
 
@@ -85,6 +88,9 @@ class Database:
         self._current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
             f"codx_db_uow_{id(self)}", default=None
         )
+        # Set in a forked child that inherited an open storage: the parent's pid.
+        self._forked_from: int | None = None
+        forks.on_fork_in_child(self)
 
     # -- configuration and lifecycle ---------------------------------------------------------
 
@@ -120,8 +126,20 @@ class Database:
             return zodb
         with self._open_lock:
             if self._zodb is None:
-                self._zodb = self._open_zodb()
+                self._zodb = self._open_zodb_here()
             return self._zodb
+
+    def _open_zodb_here(self) -> ZODB.DB:
+        try:
+            return self._open_zodb()
+        except StorageInUse as exc:
+            if self._forked_from is None:
+                raise
+            raise StorageInUse(
+                f"{exc} This process (pid {os.getpid()}) is a fork of pid {self._forked_from}, which had "
+                "the database open when it forked: open it only after forking (gunicorn without --preload), "
+                "or close it before forking (db.close())."
+            ) from None
 
     def _open_zodb(self) -> ZODB.DB:
         from db.storage import startup_lock
@@ -157,6 +175,17 @@ class Database:
             zodb, self._zodb = self._zodb, None
         if zodb is not None:
             zodb.close()
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's storage without closing it (db/forks.py); the next use opens ours.
+
+        A memory database shares nothing with the parent: the child keeps its copy.
+        """
+        # Another thread of the parent may have held the lock at the fork: it stays held here.
+        self._open_lock = threading.Lock()
+        if self._zodb is not None and self.settings.kind != "memory":
+            self._zodb = None
+            self._forked_from = os.getppid()
 
     # -- units of work -----------------------------------------------------------------------
 
@@ -219,6 +248,8 @@ class Database:
         manager = transaction.TransactionManager(explicit=True)
         with _storage_errors():
             connection = zodb.open(transaction_manager=manager)
+        started = time.monotonic()
+        lost = functools.partial(self._explain_lost_connection, started)
         try:
             with _storage_errors():
                 txn = manager.begin()
@@ -230,7 +261,7 @@ class Database:
             self._current.set(uow)
             try:
                 # Loads inside the body may hit a lost PostgreSQL connection too.
-                with _storage_errors():
+                with _storage_errors(lost):
                     yield uow
             except BaseException:
                 _abort_quietly(manager)
@@ -242,12 +273,53 @@ class Database:
                 uow.closed = True
                 self._current.set(None)
             uow.finish_notes()
-            with _storage_errors():
+            with _storage_errors(lost):
                 manager.commit()
         finally:
             if _in_transaction(manager):
                 _abort_quietly(manager)
             connection.close()
+
+    def _explain_lost_connection(self, started: float) -> str | None:
+        """Why the server may have closed this unit's connection: its idle-in-transaction limit.
+
+        libpq reports that session end as "server closed the connection unexpectedly" (the
+        server's FATAL message is lost with the socket), so ask the server, on a new session
+        of the same role and database, what limit applies and compare with how long the unit
+        of work was open. Called only on that error.
+        """
+        settings = self.settings
+        if settings.kind != "postgres" or settings.db_dsn is None:
+            return None
+        import psycopg2
+
+        open_for = time.monotonic() - started
+        try:
+            conn = psycopg2.connect(
+                settings.db_dsn.get_secret_value(), connect_timeout=2, application_name="codx-db diagnosis"
+            )
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT setting::bigint FROM pg_settings WHERE name = %s", (_IDLE_LIMIT,))
+                    row = cur.fetchone()
+            finally:
+                conn.close()
+        except psycopg2.Error:
+            return None  # the server is really gone: "unreachable" is the right word
+        limit_ms = int(row[0]) if row else 0
+        if not limit_ms or open_for * 1000 < limit_ms:
+            return None
+        return (
+            f"the server closed an idle transaction: {_IDLE_LIMIT} ({limit_ms} ms on this database or role) "
+            f"ended the session while this unit of work was open ({open_for:.1f} s). Keep slow work out of "
+            f"`with db.transaction():`, or raise {_IDLE_LIMIT}."
+        )
+
+
+_IDLE_LIMIT = "idle_in_transaction_session_timeout"
+# SQLSTATEs (psycopg2.errors.QueryCanceled, .IdleInTransactionSessionTimeout).
+QUERY_CANCELED = "57014"
+IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
 
 
 def _abort_quietly(manager: transaction.TransactionManager) -> None:
@@ -267,8 +339,12 @@ def _in_transaction(manager: transaction.TransactionManager) -> bool:
 
 
 @contextlib.contextmanager
-def _storage_errors() -> Iterator[None]:
+def _storage_errors(explain_lost: Callable[[], str | None] | None = None) -> Iterator[None]:
     """Turn a lost database connection into one clear ``DatabaseUnavailable``.
+
+    A server-side limit is named instead (``DatabaseTimeout``): ``statement_timeout`` by its
+    SQLSTATE; ``idle_in_transaction_session_timeout`` by its SQLSTATE when libpq reports it,
+    else by ``explain_lost`` (the server asked afterwards, see ``_explain_lost_connection``).
 
     Also a commit that ran PostgreSQL out of lock slots: RelStorage reports it as a
     ConflictError (a TransientError, which ``run`` would retry ten times, failing the same
@@ -286,6 +362,29 @@ def _storage_errors() -> Iterator[None]:
             "(max_locks_per_transaction x max_connections): split it into smaller transactions "
             "(UserDB.import_users(..., batch_size=1000)) or raise max_locks_per_transaction"
         ) from None
+    except psycopg2.InternalError as exc:  # psycopg2.errors.IdleInTransactionSessionTimeout is one
+        if getattr(exc, "pgcode", None) != IDLE_IN_TRANSACTION_SESSION_TIMEOUT:
+            raise
+        raise DatabaseTimeout(
+            f"the server closed an idle transaction: {_IDLE_LIMIT} ({_first_line(exc)}). Keep slow work out "
+            f"of `with db.transaction():`, or raise {_IDLE_LIMIT}."
+        ) from None
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first_line = _first_line(exc)
+        code = getattr(exc, "pgcode", None)
+        if code == QUERY_CANCELED:  # psycopg2.errors.QueryCanceled
+            if "statement timeout" in first_line:  # other causes: a cancel request, a replica conflict
+                raise DatabaseTimeout(
+                    f"PostgreSQL cancelled the statement: statement_timeout ({first_line}). The server's limit "
+                    "on one statement (set on the server, database or role) ran out: raise it, or look for what "
+                    "held the statement up (a lock: pg_locks)"
+                ) from None
+            raise DatabaseUnavailable(f"PostgreSQL cancelled the statement: {first_line}") from None
+        explanation = explain_lost() if explain_lost is not None and code is None else None
+        if explanation is not None:
+            raise DatabaseTimeout(explanation) from None
         raise DatabaseUnavailable(f"the database is unreachable: {first_line}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

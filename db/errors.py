@@ -48,6 +48,14 @@ class DatabaseUnavailable(CodxDBError):
     """The storage cannot be reached (PostgreSQL down, network lost)."""
 
 
+class DatabaseTimeout(CodxDBError):
+    """PostgreSQL ended a statement or a session on a server-side limit.
+
+    ``statement_timeout`` (one statement ran too long) or ``idle_in_transaction_session_timeout``
+    (a unit of work sat idle too long): the server is reachable, the limit was reached.
+    """
+
+
 class TransactionTooLarge(CodxDBError):
     """One unit of work changes more stored objects than PostgreSQL can lock at once.
 
@@ -70,14 +78,20 @@ class UserNotFound(CodxDBError):
 
 
 class UserAlreadyExists(CodxDBError):
-    """Another user already has this username or email."""
+    """Another user already has this username or email, or (``like``) a username that looks the same."""
 
-    def __init__(self, field: str, value: str, where: str | None = None) -> None:
+    def __init__(self, field: str, value: str, where: str | None = None, like: str | None = None) -> None:
         self.field = field
         self.value = value
         self.where = where  # e.g. "records[12]" in an import
+        self.like = like  # the stored look-alike username (a confusable skeleton match)
         prefix = f"{where}: " if where else ""
-        super().__init__(f"{prefix}a user with {field} {shown(value)} already exists")
+        if like is None:
+            super().__init__(f"{prefix}a user with {field} {shown(value)} already exists")
+        else:
+            super().__init__(
+                f"{prefix}{field} {shown(value)} looks like the existing user {shown(like)}: choose another {field}"
+            )
 
 
 class InvalidUserData(CodxDBError):

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from db.database import Database, UnitOfWork
+from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.schemas import UserCreate
@@ -44,6 +46,8 @@ BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}
 USER_FIELDS = frozenset({"username", "email", "avatar", "theme", "projects", "role", "disabled", "github", "full_name"})
 PROJECT_FIELDS = frozenset({"project_id", "permissions", "children"})
 MAX_LISTED_PROBLEMS = 20
+MAX_LISTED_NAMES = 20  # usernames on one line of the report
+MAX_NAME_CHARS = 64  # of a username or field name quoted from the file in a message
 
 
 @dataclass(frozen=True)
@@ -108,17 +112,18 @@ class ImportReport:
             outcome = "dry run: nothing written"
         else:
             outcome = "nothing to write"
+        # Every list grows with the file: people see the first names, --json has them all.
         lines = [f"import:       {self.source} ({outcome})"]
         for label, names in (("created", self.created), ("updated", self.updated), ("skipped", self.skipped)):
-            lines.append(f"{label + ':':<13} {len(names)}" + (f"  {', '.join(names)}" if names else ""))
+            lines.append(f"{label + ':':<13} {len(names)}" + (f"  {joined(names, MAX_LISTED_NAMES)}" if names else ""))
         lines.append(f"conflicts:    {len(self.conflicts)}")
-        lines.extend(f"  {c.username}: {c.reason}" for c in self.conflicts)
+        lines.extend(f"  {line}" for line in capped([f"{c.username}: {c.reason}" for c in self.conflicts]))
         if self.without_password:
             lines.append(
-                f"no password:  {', '.join(self.without_password)} "
+                f"no password:  {len(self.without_password)}  {joined(self.without_password, MAX_LISTED_NAMES)} "
                 "(cannot log in until `codx-db user passwd NAME` sets one)"
             )
-        lines.extend(f"warning:      {warning}" for warning in self.warnings)
+        lines.extend(f"warning:      {warning}" for warning in capped(self.warnings, what="warnings"))
         return lines
 
 
@@ -142,13 +147,14 @@ def read_codx_junior_settings(path: Path) -> tuple[list[ImportEntry], list[str]]
     _check_duplicates(entries, problems)
     hashes = _parse_logins(logins, {username_key(fields["username"]) for _, fields in entries}, problems, warnings)
     if problems:
-        shown = problems[:MAX_LISTED_PROBLEMS]
-        if len(problems) > MAX_LISTED_PROBLEMS:
-            shown.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more")
-        raise CodxJuniorFileError(f"{path}: " + "; ".join(shown))
+        raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(problems, MAX_LISTED_PROBLEMS)))
     if ignored:
-        names = ", ".join(
-            f"{name} ({count} user{'s' if count != 1 else ''})" for name, count in sorted(ignored.items())
+        names = joined(
+            [
+                f"{shorten(name, MAX_NAME_CHARS)} ({count} user{'s' if count != 1 else ''})"
+                for name, count in sorted(ignored.items())
+            ],
+            MAX_LISTED_NAMES,
         )
         warnings.append(f"fields codx-db does not store were left out: {names}")
     result = [
@@ -276,6 +282,12 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise CodxJuniorFileError(
             f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         ) from None
+    except RecursionError:
+        # Python's parser recurses once per level; codx-junior's settings are a few levels deep.
+        raise CodxJuniorFileError(
+            f"{path}: the JSON nests too deeply (lists or objects inside each other about "
+            f"{sys.getrecursionlimit()} levels down): this is not codx-junior's global_settings.json"
+        ) from None
     if not isinstance(data, dict):
         raise CodxJuniorFileError(
             f"{path}: expected a JSON object (codx-junior's global settings), found {_kind(data)}"
@@ -302,7 +314,7 @@ def _parse_user(index: int, raw: Any, problems: list[str], ignored: dict[str, in
     username = _username(raw, where, problems)
     if username is None:
         return None
-    where = f"{where} ({username!r})"
+    where = f"{where} ({_quoted(username)})"
     for name in raw.keys() - USER_FIELDS:
         ignored[name] = ignored.get(name, 0) + 1
     mistakes: list[str] = []
@@ -375,15 +387,16 @@ def _parse_projects(value: Any, mistakes: list[str]) -> list[dict[str, Any]]:
                 f"{where}: project_id is missing" if project_id is None else f"{where}: project_id is not a string"
             )
             continue
+        named = f"{where} ({_quoted(project_id)})"
         if isinstance(permissions, list) and all(isinstance(p, str) for p in permissions):
             permissions = ",".join(permissions)
         elif permissions is None:
             permissions = ""
         elif not isinstance(permissions, str):
-            mistakes.append(f"{where} ({project_id!r}): permissions: expected a string, found {_kind(permissions)}")
+            mistakes.append(f"{named}: permissions: expected a string, found {_kind(permissions)}")
             continue
         if children is not None and not isinstance(children, bool):
-            mistakes.append(f"{where} ({project_id!r}): children: expected true or false, found {_kind(children)}")
+            mistakes.append(f"{named}: children: expected true or false, found {_kind(children)}")
             continue
         projects.append(
             {"project_id": project_id, "permissions": permissions, "children": True if children is None else children}
@@ -421,7 +434,7 @@ def _parse_logins(logins: list[Any], usernames: set[str], problems: list[str], w
         username = _username(raw, where, problems)
         if username is None:
             continue
-        where = f"{where} ({username!r})"
+        where = f"{where} ({_quoted(username)})"
         password = raw.get("password")
         if password in (None, ""):
             password = None
@@ -446,6 +459,11 @@ def _parse_logins(logins: list[Any], usernames: set[str], problems: list[str], w
         if password is not None:
             hashes[key] = password
     return hashes
+
+
+def _quoted(text: str) -> str:
+    """A name from the file, quoted for a message: a 100 KB username is not echoed whole."""
+    return shorten(repr(text), MAX_NAME_CHARS)
 
 
 def _kind(value: Any) -> str:

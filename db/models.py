@@ -22,6 +22,8 @@ from BTrees.Length import Length
 from BTrees.OOBTree import OOBTree, OOTreeSet
 from persistent import Persistent
 
+from db.unicode_policy import skeleton
+
 USERS_KEY = "codx_db.users"
 
 
@@ -33,6 +35,11 @@ def utcnow() -> datetime:
 def username_key(username: str) -> str:
     """Index key of a username: NFKC, trimmed, case-folded (a fullwidth "ALICE " and "alice" collide)."""
     return unicodedata.normalize("NFKC", username).strip().casefold()
+
+
+def username_skeleton(username: str) -> str:
+    """Look-alike key of a username (UTS #39 skeleton): admin with a Cyrillic U+0430 for its "a" shares "admin"'s."""
+    return skeleton(unicodedata.normalize("NFKC", username).strip())
 
 
 def email_key(email: str) -> str:
@@ -108,6 +115,11 @@ class UserContainer(Persistent):
     # True once the set holds every inactive user: generation 2 fills it in batches, and a
     # half-built set must not be used to filter (writers keep it up to date all along).
     inactive_complete: bool = False
+    # Generation 3: username skeleton -> tuple of the users whose names look alike under it
+    # (one user, except for look-alikes stored before generation 3: they keep their names).
+    # New names must not join an existing entry. None until generation 3 creates it; writers
+    # keep it up to date from the moment it exists.
+    by_skeleton: OOBTree | None = None
 
     def __init__(self) -> None:
         self.users: OOBTree = OOBTree()  # id -> User
@@ -116,6 +128,7 @@ class UserContainer(Persistent):
         self.length = Length(0)
         self.inactive = OOTreeSet()
         self.inactive_complete = True
+        self.by_skeleton = OOBTree()
 
     def __len__(self) -> int:
         return self.length()
@@ -128,6 +141,7 @@ class UserContainer(Persistent):
             self.by_email[email_key(user.email)] = user
         if not user.is_active and self.inactive is not None:
             self.inactive.add(username_key(user.username))
+        self.add_skeleton(user, username_skeleton(user.username))
         self.length.change(1)
 
     def remove(self, user: User) -> None:
@@ -143,6 +157,7 @@ class UserContainer(Persistent):
             self.by_email.pop(email_key(user.email), None)
         if self.inactive is not None:
             self.inactive.discard(username_key(user.username))
+        self.discard_skeleton(user, username_skeleton(user.username))
         self.length.change(-1)
 
     def reindex(self, user: User, old_username: str, old_email: str | None) -> None:
@@ -157,6 +172,11 @@ class UserContainer(Persistent):
             self.inactive.discard(old_ukey)
             if not user.is_active:
                 self.inactive.add(new_ukey)
+        if old_username != user.username:
+            old_skeleton, new_skeleton = username_skeleton(old_username), username_skeleton(user.username)
+            if old_skeleton != new_skeleton:
+                self.discard_skeleton(user, old_skeleton)
+                self.add_skeleton(user, new_skeleton)
         old_ekey = email_key(old_email) if old_email else None
         new_ekey = email_key(user.email) if user.email else None
         if old_ekey != new_ekey:
@@ -164,6 +184,35 @@ class UserContainer(Persistent):
                 self.by_email.pop(old_ekey, None)
             if new_ekey is not None:
                 self.by_email[new_ekey] = user
+
+    def add_skeleton(self, user: User, key: str) -> None:
+        """Add ``user`` to the look-alike entry ``key`` (kept once; a no-op before generation 3)."""
+        if self.by_skeleton is None:
+            return
+        entry = self.by_skeleton.get(key, ())
+        if user not in entry:
+            self.by_skeleton[key] = (*entry, user)  # a new tuple: entries are never changed in place
+
+    def discard_skeleton(self, user: User, key: str) -> None:
+        """Remove ``user`` from the look-alike entry ``key``; drop the entry when it empties."""
+        if self.by_skeleton is None:
+            return
+        entry = self.by_skeleton.get(key, ())
+        if user in entry:
+            rest = tuple(other for other in entry if other is not user)
+            if rest:
+                self.by_skeleton[key] = rest
+            else:
+                del self.by_skeleton[key]
+
+    def find_lookalike(self, username: str, exclude: User | None = None) -> User | None:
+        """A stored user (other than ``exclude``) whose username looks like ``username``, or None."""
+        if self.by_skeleton is None:
+            return None
+        for other in self.by_skeleton.get(username_skeleton(username), ()):
+            if other is not exclude:
+                return other  # type: ignore[no-any-return]
+        return None
 
     def find_by_username(self, username: str) -> User | None:
         """O(log n) lookup by username (case-insensitive)."""

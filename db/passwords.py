@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 import argon2
 import bcrypt
@@ -51,9 +52,14 @@ def check_password(password: object) -> str:
     return password
 
 
+def normalize_password(password: str) -> str:
+    """NFKC, as NIST SP 800-63B 5.1.1.2 asks: "café" typed as NFC or NFD is the same password."""
+    return password if password.isascii() else unicodedata.normalize("NFKC", password)
+
+
 def hash_password(password: str) -> str:
-    """An argon2id hash of a password that passed ``check_password``."""
-    return _hasher.hash(password)
+    """An argon2id hash of a password that passed ``check_password`` (hashed in NFKC form)."""
+    return _hasher.hash(normalize_password(password))
 
 
 def is_bcrypt(stored_hash: str) -> bool:
@@ -91,21 +97,32 @@ def verify_password(stored_hash: str | None, password: str) -> tuple[bool, bool]
     against a dummy hash, so timing does not tell who has an account.
     """
     if not stored_hash:
-        _verify_argon2(_dummy_hash(), password)
+        dummy_verify(password)
         return False, False
-    if is_bcrypt(stored_hash):
-        try:
-            ok = bcrypt.checkpw(password.encode("utf-8"), stored_hash.encode("ascii"))
-        except (ValueError, UnicodeEncodeError):
-            ok = False
-        return ok, ok
-    ok = _verify_argon2(stored_hash, password)
-    return ok, ok and _hasher.check_needs_rehash(stored_hash)
+    # Hashes made before passwords were normalised hold the raw form: the NFKC form is tried
+    # first, then the raw one, and a raw match asks for a rehash (of the NFKC form).
+    normalized = normalize_password(password)
+    candidates = (normalized,) if normalized == password else (normalized, password)
+    for tried, candidate in enumerate(candidates):
+        if is_bcrypt(stored_hash):
+            try:
+                ok = bcrypt.checkpw(candidate.encode("utf-8"), stored_hash.encode("ascii"))
+            except (ValueError, UnicodeEncodeError):
+                ok = False
+            if ok:
+                return True, True
+        elif _verify_argon2(stored_hash, candidate):
+            return True, tried > 0 or _hasher.check_needs_rehash(stored_hash)
+    return False, False
 
 
 def dummy_verify(password: str) -> None:
     """Spend the time of a real verification (for unknown or inactive users)."""
-    _verify_argon2(_dummy_hash(), password)
+    # As many verifications as verify_password makes for a wrong password: one per form.
+    normalized = normalize_password(password)
+    _verify_argon2(_dummy_hash(), normalized)
+    if normalized != password:
+        _verify_argon2(_dummy_hash(), password)
 
 
 def _verify_argon2(stored_hash: str, password: str) -> bool:

@@ -28,14 +28,21 @@ The asynchronous send uses libpq's ``PQsendQuery`` on psycopg2's own connection
 
 Only RelStorage's load connections are changed that way; the store connection (writes,
 locks, commits) is driven by RelStorage as before, minus the repeated ``SET lock_timeout``.
+
+Safe to keep: ``db_pg_fast_reads=false`` (``CODX_JUNIOR_DB_PG_FAST_READS``) leaves RelStorage
+alone, and ``install`` first checks every RelStorage and psycopg2 attribute it patches or
+calls (``missing_hooks``): a release without one gets a warning, once, and plain RelStorage.
+pyproject.toml bounds the versions this was written against.
 """
 
 from __future__ import annotations
 
 import ctypes
+import inspect
 import logging
 import select
 import threading
+from importlib import metadata
 from typing import Any
 
 import psycopg2
@@ -46,7 +53,9 @@ log = logging.getLogger(__name__)
 # What RelStorage's PostgreSQL connection manager asks psycopg2 for on load connections
 # (``_do_open_for_load``: REPEATABLE READ, read only, not deferrable).
 BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
-_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+# getattr: a psycopg2 without them is reported by missing_hooks(), not by an import error.
+_IDLE = getattr(psycopg2.extensions, "TRANSACTION_STATUS_IDLE", None)
+_ACTIVE = getattr(psycopg2.extensions, "TRANSACTION_STATUS_ACTIVE", None)
 
 
 class _LibPQ:
@@ -191,7 +200,7 @@ class _ReadConnectionMixin:
             if status == _IDLE:
                 return
             pgconn = self.pgconn_ptr  # type: ignore[attr-defined]
-            active = status == psycopg2.extensions.TRANSACTION_STATUS_ACTIVE  # a reply still unread
+            active = status == _ACTIVE  # a reply still unread
             if (
                 _LIBPQ is not None
                 and pgconn is not None
@@ -240,10 +249,12 @@ def _quiet(conn: Any) -> bool:
     into a dead socket or a skipped statement hiding it.
     """
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        # poll, not select: select() cannot watch a descriptor >= 1024 (FD_SETSIZE).
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)  # POLLERR / POLLHUP come unasked
+        return not poller.poll(0)
     except (OSError, ValueError, psycopg2.InterfaceError):
         return False
-    return not readable
 
 
 _CLASSES: dict[tuple[type, type], type] = {}
@@ -267,25 +278,93 @@ def connection_class(base: type) -> type:
     return _subclass(_ReadConnectionMixin, base, "CodxConnection", slots)
 
 
-def install(adapter: Any) -> None:
+# What a psycopg2 connection must offer the mixins above.
+_CONNECTION_NEEDS = ("pgconn_ptr", "info", "autocommit", "cursor_factory", "fileno", "cursor", "rollback", "commit")
+
+
+def missing_hooks(adapter: Any) -> list[str]:
+    """The RelStorage / psycopg2 attributes ``install`` patches or calls that ``adapter`` lacks."""
+    missing = [
+        f"psycopg2.extensions.{name}"
+        for name, value in (("TRANSACTION_STATUS_IDLE", _IDLE), ("TRANSACTION_STATUS_ACTIVE", _ACTIVE))
+        if value is None
+    ]
+    connmanager = getattr(adapter, "connmanager", None)
+    if not callable(getattr(connmanager, "_do_open_for_load", None)):
+        missing.append("connmanager._do_open_for_load()")
+    set_timeout = getattr(getattr(adapter, "locker", None), "_on_store_opened_set_row_lock_timeout", None)
+    if not callable(set_timeout) or "restart" not in _parameters(set_timeout):
+        missing.append("locker._on_store_opened_set_row_lock_timeout(cursor, restart)")
+    if not hasattr(adapter, "options"):
+        missing.append("adapter.options")
+    driver = getattr(connmanager, "driver", None)
+    if driver is None:
+        missing.append("connmanager.driver")
+    elif getattr(driver, "__name__", None) == "psycopg2":
+        connect = getattr(driver, "connect", None)
+        if not (isinstance(connect, type) and issubclass(connect, psycopg2.extensions.connection)):
+            missing.append("driver.connect (a psycopg2 connection class)")
+        else:
+            missing += [f"psycopg2 connection.{name}" for name in _CONNECTION_NEEDS if not hasattr(connect, name)]
+        if not callable(getattr(driver, "cursor", None)):
+            missing.append("driver.cursor()")
+    return missing
+
+
+def _parameters(fn: Any) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
+_warned: set[tuple[str, ...]] = set()
+
+
+def _warn_once(missing: list[str]) -> None:
+    key = tuple(missing)
+    if key in _warned:
+        return
+    _warned.add(key)
+    versions = []
+    for dist in ("RelStorage", "psycopg2-binary", "psycopg2"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    log.warning(
+        "%s lack(s) what db/pg_roundtrips.py needs (%s): using plain RelStorage (three round trips "
+        "per read-only unit of work instead of one). Install the versions pyproject.toml allows, or set "
+        "CODX_JUNIOR_DB_PG_FAST_READS=false to say so on purpose.",
+        ", ".join(versions) or "RelStorage / psycopg2",
+        ", ".join(missing),
+    )
+
+
+def install(adapter: Any) -> bool:
     """Take the fewer round trips on one RelStorage PostgreSQL adapter's future connections.
 
     Idempotent; call before RelStorage opens its connections (a connection opened before is
     left as it was). Reads take the fast path with the psycopg2 driver only, and not with a
     blob directory: RelStorage reads blobs with large objects (``conn.lobject()``), which
-    psycopg2 refuses in autocommit mode.
+    psycopg2 refuses in autocommit mode. Returns False, changing nothing, when a hook is
+    missing (see ``missing_hooks``; warned about once).
     """
+    missing = missing_hooks(adapter)
+    if missing:
+        _warn_once(missing)
+        return False
     connmanager = adapter.connmanager
     if getattr(connmanager, "codx_installed", False):
-        return
+        return True
     connmanager.codx_installed = True
     _set_lock_timeout_once(adapter.locker)
     driver = connmanager.driver
     if getattr(driver, "__name__", None) != "psycopg2":
-        return
+        return True
     if getattr(adapter.options, "blob_dir", None):
         log.info("blob_dir is set: RelStorage's reads keep psycopg2's own transactions (3 round trips)")
-        return
+        return True
     driver.connect = connection_class(driver.connect)
     open_for_load = connmanager._do_open_for_load
 
@@ -299,6 +378,7 @@ def install(adapter: Any) -> None:
 
     connmanager._do_open_for_load = _do_open_for_load
     connmanager.codx_fast_reads = True
+    return True
 
 
 def _set_lock_timeout_once(locker: Any) -> None:

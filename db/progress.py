@@ -7,6 +7,7 @@ seconds apart, so logs stay readable. stdout is left alone: it carries the final
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -84,17 +85,15 @@ class Progress:
             text = f"{self.label} [{bar}] {100 * self.done // self.total:3d}% {self.done}/{self.total} {self.unit}"
         else:
             text = f"{self.label}: {self.done} {self.unit}"
-        self.stream.write("\r" + text)
-        self.stream.flush()
-        self._drawn = True
+        self._drawn = write(self.stream, "\r" + text)
 
     def _end_bar(self) -> None:
         if self._drawn:
-            self.stream.write("\n")
+            write(self.stream, "\n")
             self._drawn = False
 
     def _line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        write(self.stream, text + "\n")
 
 
 class QuietProgress(Progress):
@@ -108,6 +107,33 @@ class QuietProgress(Progress):
 
     def _show(self) -> None:
         pass
+
+
+def write(stream: TextIO, text: str) -> bool:
+    """Write and flush ``text``; False when the reader has gone (``2>&1 | head``), which is not an error.
+
+    The stream then points at devnull: the work goes on, later output goes nowhere, and the
+    interpreter's final flush does not raise again (which would turn exit 0 into 120).
+    """
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        _to_devnull(stream)
+        return False
+    return True
+
+
+def _to_devnull(stream: TextIO) -> None:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a StringIO): nothing will flush it at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -2,11 +2,15 @@
 
 Rules (documented in the README):
 
-* username: 1-64 characters after Unicode NFKC normalisation and trimming; letters and digits
-  of any script, ``.``, ``_`` and ``-``; starts with a letter or digit. Unique ignoring case.
+* username: 1-64 characters after Unicode NFKC normalisation and trimming; letters, digits and
+  combining marks of one script (UTS #39 "highly restrictive", see ``db.unicode_policy``),
+  ``.``, ``_``, ``-``, ``@`` and single spaces; starts with a letter or digit; no invisible
+  (format, bidi, default-ignorable) characters. Unique ignoring case, and a new name must not
+  look like a stored one (same confusable skeleton).
 * email: optional; a syntactically valid address (email-validator, no DNS lookup), at most
   254 characters; unique ignoring case.
-* full_name: at most 200 characters, no control characters.
+* full_name: at most 200 characters, no control characters, no bidi controls or other
+  invisible formatting characters (zero-width joiners and variation selectors are allowed).
 * password: see ``db.passwords`` (8-1024 characters).
 * role: ``user`` or ``admin`` (kept equal to ``is_superuser``: admin <=> superuser).
 * avatar: a URL or path, at most 2048 characters; theme: 1-64 letters, digits, ``_`` or ``-``.
@@ -37,6 +41,7 @@ from pydantic import (
 )
 
 from db.errors import InvalidUserData
+from db.unicode_policy import describe, find_invisible, invisible_message, mixed_scripts
 
 if TYPE_CHECKING:
     from db.models import User
@@ -44,7 +49,9 @@ if TYPE_CHECKING:
 USERNAME_MAX = 64
 EMAIL_MAX = 254
 FULL_NAME_MAX = 200
-USERNAME_PUNCTUATION = "._-"
+USERNAME_PUNCTUATION = "._-@ "
+# UTS #39 5.4: more than 4 nonspacing marks on one letter is "zalgo" text, not a name.
+MAX_COMBINING_MARKS = 4
 AVATAR_MAX = 2048
 PROJECT_ID_MAX = 128
 PERMISSIONS_MAX = 256
@@ -52,6 +59,13 @@ MAX_PROJECTS = 1000
 ROLES = ("user", "admin")
 _THEME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _GITHUB_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
+
+
+def _check_visible(value: str, display: bool = True) -> None:
+    """ValueError naming the first bidi control or invisible formatting character (see unicode_policy)."""
+    invisible = find_invisible(value, display=display)
+    if invisible is not None:
+        raise ValueError(invisible_message(invisible))
 
 
 def _has_control_chars(value: str) -> bool:
@@ -79,6 +93,7 @@ class ProjectPermission(BaseModel):
             raise ValueError(f"must be 1-{PROJECT_ID_MAX} characters")
         if _has_control_chars(value):
             raise ValueError("must not contain control characters or lone surrogates")
+        _check_visible(value)
         return value
 
     @field_validator("permissions")
@@ -89,6 +104,7 @@ class ProjectPermission(BaseModel):
             raise ValueError(f"must be at most {PERMISSIONS_MAX} characters")
         if _has_control_chars(value):
             raise ValueError("must not contain control characters or lone surrogates")
+        _check_visible(value)
         return value
 
 
@@ -178,7 +194,7 @@ _NO_SERIAL = b"\0" * 8  # ZODB's z64: the serial of an object never committed
 
 
 # An ASCII username that passes every rule below (the rules stay the reference).
-_PLAIN_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PLAIN_USERNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._@-]| (?! ))*")
 
 
 def normalize_username(value: str) -> str:
@@ -190,13 +206,43 @@ def normalize_username(value: str) -> str:
         raise ValueError(f"must be at most {USERNAME_MAX} characters")
     if _PLAIN_USERNAME.fullmatch(name):  # the common case, in C
         return name
+    _check_visible(name, display=False)
     if not name[0].isalnum():
         raise ValueError("must start with a letter or digit")
-    bad = sorted({c for c in name if not (c.isalnum() or c in USERNAME_PUNCTUATION)})
+    bad = sorted({c for c in name if not (c.isalnum() or c in USERNAME_PUNCTUATION or _is_mark(c))})
     if bad:
         shown = "".join(c if c.isprintable() and not c.isspace() else repr(c) for c in bad[:5])
-        raise ValueError(f"may hold only letters, digits and {USERNAME_PUNCTUATION!r}, not {shown!r}")
+        raise ValueError(f"may hold only letters, digits, single spaces and '._-@', not {shown!r}")
+    if "  " in name:
+        raise ValueError("must not hold two spaces in a row")
+    _check_marks(name)
+    scripts = mixed_scripts(name)
+    if scripts:
+        raise ValueError(
+            f"mixes the scripts {', '.join(s.title() for s in scripts)}: write it in one script "
+            "(mixed scripts make look-alikes of other names)"
+        )
     return name
+
+
+def _is_mark(char: str) -> bool:
+    # Nonspacing and spacing combining marks: Devanagari vowel signs, Arabic harakat...
+    # Enclosing marks (Me) draw a frame around the letter: not part of a name.
+    return unicodedata.category(char) in ("Mn", "Mc")
+
+
+def _check_marks(name: str) -> None:
+    run = 0
+    previous = ""
+    for char in name:
+        if not _is_mark(char):
+            run, previous = 0, char
+            continue
+        run += 1
+        if not previous.isalnum():
+            raise ValueError(f"{describe(char)} must follow a letter or digit")
+        if run > MAX_COMBINING_MARKS:
+            raise ValueError(f"at most {MAX_COMBINING_MARKS} combining marks on one letter")
 
 
 def normalize_email(value: str) -> str:
@@ -249,6 +295,7 @@ def normalize_avatar(value: str) -> str:
         raise ValueError(f"must be at most {AVATAR_MAX} characters")
     if _has_control_chars(value):
         raise ValueError("must not contain control characters or lone surrogates")
+    _check_visible(value, display=False)  # a URL or path: nothing invisible has a place in it
     return value
 
 
@@ -295,6 +342,7 @@ def normalize_full_name(value: str) -> str:
         raise ValueError(f"must be at most {FULL_NAME_MAX} characters")
     if _has_control_chars(name):
         raise ValueError("must not contain control characters or lone surrogates")
+    _check_visible(name)
     return name
 
 

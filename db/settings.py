@@ -89,6 +89,10 @@ class CodxJuniorGlobalSettings(BaseSettings):
     db_cache_dir: Path | None = Field(None, description="RelStorage persistent cache directory (survives restarts)")
     db_blob_dir: Path | None = Field(None, description="blob directory (none: no blobs)")
     db_commit_lock_timeout: int = Field(30, ge=1, le=3600, description="seconds to wait for the commit lock")
+    db_pg_fast_reads: bool = Field(
+        True,
+        description="PostgreSQL: fewer round trips per unit of work (db/pg_roundtrips.py); false: plain RelStorage",
+    )
     db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")
     db_migrate_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="objects per commit in large migration steps"

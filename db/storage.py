@@ -26,8 +26,15 @@ from ZODB.FileStorage.FileStorage import TempFormatter
 from ZODB.FileStorage.FileStorage import packed_version as FILESTORAGE_MAGIC
 from ZODB.interfaces import IStorage
 
-from db import pg_roundtrips
-from db.errors import ConfigurationError, DatabaseUnavailable, NotADatabaseFile, StorageFull, StorageInUse
+from db import forks, pg_roundtrips
+from db.errors import (
+    ConfigurationError,
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    NotADatabaseFile,
+    StorageFull,
+    StorageInUse,
+)
 from db.settings import CodxJuniorGlobalSettings, keyword_dsn
 
 log = logging.getLogger(__name__)
@@ -48,7 +55,7 @@ class StorageSpec:
 def storage_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
     """Describe the storage the settings ask for, failing fast on a bad config file."""
     if settings.db_config_file is not None:
-        return _config_file_spec(settings.db_config_file)
+        return _config_file_spec(settings.db_config_file, settings.db_pg_fast_reads)
     if settings.db_backend == "memory":
         return StorageSpec(_open_memory)
     if settings.db_backend == "file":
@@ -408,7 +415,10 @@ def _open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
     with _unavailable_on_connect_error(dsn):
         _check_history_mode(dsn, settings.db_keep_history)
         adapter = PostgreSQLAdapter(dsn=dsn, options=options)
-        pg_roundtrips.install(adapter)  # before RelStorage opens its first load connection
+        # Both before RelStorage opens its first connection.
+        if settings.db_pg_fast_reads:
+            pg_roundtrips.install(adapter)
+        forks.track_connections(adapter)
         return RelStorage(adapter, options=options)
 
 
@@ -441,7 +451,7 @@ def _check_history_mode(dsn: str, keep_history: bool) -> None:
         )
 
 
-def _config_file_spec(path: Path) -> StorageSpec:
+def _config_file_spec(path: Path, fast_reads: bool = True) -> StorageSpec:
     try:
         schema = ZODB.config.getStorageSchema()
         with open(path, encoding="utf-8") as file:
@@ -459,8 +469,11 @@ def _config_file_spec(path: Path) -> StorageSpec:
             storage = factory.open()
         adapter = getattr(storage, "_adapter", None)
         if adapter is not None and type(adapter).__name__ == "PostgreSQLAdapter":
-            # The connections opened from here on (a pool's) take the fast path.
-            pg_roundtrips.install(adapter)
+            # The connections opened from here on (a pool's; none is open yet) take the fast
+            # path and are known to a forked child.
+            if fast_reads:
+                pg_roundtrips.install(adapter)
+            forks.track_connections(adapter)
         return storage
 
     return StorageSpec(open_from_config, dsn=dsn)
@@ -492,13 +505,21 @@ def startup_lock(dsn: str | None) -> Iterator[None]:
         yield
         return
     import psycopg2
+    import psycopg2.errors
 
     with _unavailable_on_connect_error(dsn):
         conn = psycopg2.connect(dsn, application_name="codx-db startup lock")
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK_KEY,))
+            try:
+                cur.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK_KEY,))
+            except psycopg2.errors.QueryCanceled as exc:
+                raise DatabaseTimeout(
+                    "PostgreSQL cancelled the wait for codx-db's startup lock, which another process holds "
+                    f"while it opens or migrates this database: statement_timeout ({_first_line(exc)}). Wait for "
+                    "that process, or raise statement_timeout for this database or role"
+                ) from None
         yield
     finally:
         # Closing the session releases the lock even if unlock is never reached.
@@ -508,13 +529,23 @@ def startup_lock(dsn: str | None) -> Iterator[None]:
 @contextlib.contextmanager
 def _unavailable_on_connect_error(dsn: str | None) -> Iterator[None]:
     import psycopg2
+    import psycopg2.errors
 
     try:
         yield
+    except psycopg2.errors.QueryCanceled as exc:  # connected, then a statement ran out of time
+        raise DatabaseTimeout(
+            f"PostgreSQL cancelled a statement while opening the database: statement_timeout ({_first_line(exc)}). "
+            "Raise statement_timeout for this database or role"
+        ) from None
     except psycopg2.OperationalError as exc:
         raise DatabaseUnavailable(
             "cannot connect to PostgreSQL: " + _scrub(str(exc).strip().splitlines()[0], dsn)
         ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _scrub(message: str, dsn: str | None) -> str:

@@ -36,6 +36,7 @@ from ZODB.utils import oid_repr, u64, z64
 
 from db.check import check_root
 from db.database import Database
+from db.display import capped
 from db.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -366,10 +367,7 @@ def verify(source: ZODB.DB, target: ZODB.DB, as_of: bytes | None = None) -> Veri
         for problem in check_root(t_root).problems:
             if problem.message not in source_problems:
                 differences.append(f"target check: {problem.code}: {problem.message}")
-        if len(differences) > MAX_LISTED_DIFFERENCES:
-            more = len(differences) - MAX_LISTED_DIFFERENCES
-            del differences[MAX_LISTED_DIFFERENCES:]
-            differences.append(f"... and {more} more")
+        differences[:] = capped(differences, MAX_LISTED_DIFFERENCES)
         return report
 
 

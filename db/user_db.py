@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
+from db.display import capped
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound
 from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
-from db.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
 from db.passwords import check_password, check_password_hash, dummy_verify, hash_password, verify_password
 from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
 
@@ -389,6 +390,7 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
     prepared: list[tuple[UserCreate, str | None, str | None]] = []  # (fields, clear password, hash)
     problems: list[str] = []
     seen_usernames: dict[str, int] = {}
+    seen_skeletons: dict[str, int] = {}
     seen_emails: dict[str, int] = {}
     for index, record in enumerate(records):
         where = f"records[{index}]"
@@ -412,6 +414,11 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
             problems.append(f"{where}.username: the same as records[{seen_usernames[key]}]")
             continue
         seen_usernames[key] = index
+        key = username_skeleton(data.username)
+        if key in seen_skeletons:
+            problems.append(f"{where}.username: looks like records[{seen_skeletons[key]}]")
+            continue
+        seen_skeletons[key] = index
         if data.email:
             key = email_key(data.email)
             if key in seen_emails:
@@ -420,10 +427,7 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
             seen_emails[key] = index
         prepared.append((data, password, password_hash))
     if problems:
-        shown = problems[:_MAX_LISTED_PROBLEMS]
-        if len(problems) > len(shown):
-            shown.append(f"... and {len(problems) - len(shown)} more problems")
-        raise InvalidUserData(shown)
+        raise InvalidUserData(capped(problems, _MAX_LISTED_PROBLEMS, "problems"))
     # Hash after everything validated: a bad record must not cost 20 ms per good one first.
     return [
         (data, password_hash if password is None else hash_password(password))
@@ -440,7 +444,7 @@ def _check_import_unique(users: UserContainer, prepared: list[tuple[UserCreate, 
         try:
             _check_unique(users, data.username, data.email)
         except UserAlreadyExists as exc:
-            raise UserAlreadyExists(exc.field, exc.value, where=f"records[{index}]") from None
+            raise UserAlreadyExists(exc.field, exc.value, where=f"records[{index}]", like=exc.like) from None
 
 
 def _import_password(record: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -506,10 +510,23 @@ def _check_unique(users: UserContainer, username: str, email: str | None, exclud
     other = users.by_username.get(username_key(username))
     if other is not None and other is not exclude:
         raise UserAlreadyExists("username", username)
+    # Look-alikes and login ambiguity: checked for new names only, so look-alikes stored
+    # before generation 3 can still update their other fields.
+    if exclude is None or username != exclude.username:
+        other = users.find_lookalike(username, exclude)
+        if other is not None:
+            raise UserAlreadyExists("username", username, like=other.username)
+        other = users.by_email.get(email_key(username)) if "@" in username else None
+        if other is not None and other is not exclude:  # a login by that email would find this user
+            raise UserAlreadyExists("email", username)
     if email:
         other = users.by_email.get(email_key(email))
         if other is not None and other is not exclude:
             raise UserAlreadyExists("email", email)
+        if exclude is None or email != exclude.email:
+            other = users.by_username.get(username_key(email))
+            if other is not None and other is not exclude:
+                raise UserAlreadyExists("username", email)
 
 
 def _require_str(name: str, value: object) -> None:

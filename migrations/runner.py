@@ -249,6 +249,61 @@ def on_open(zodb: ZODB.DB, policy: StartupPolicy, batch_size: int = DEFAULT_BATC
         )
 
 
+# The header FileStorage writes into a new file; a file holding only this has no root object.
+FILESTORAGE_HEADER = b"FS21"
+
+
+def holds_database(settings: CodxJuniorGlobalSettings) -> bool:
+    """False when nothing is there yet: no file, an empty file, no RelStorage tables, no root object.
+
+    Answered without opening a storage, because opening creates what is missing (the file and
+    its header, RelStorage's tables, ZODB's root object, then codx-db's install): a command
+    that only reads must leave an empty database as it found it. True when this cannot tell
+    (memory, a FileStorage described by a config file, a server that does not answer): the
+    open that follows decides, and says what is wrong.
+    """
+    if settings.kind == "memory":
+        return True
+    if settings.kind == "file":
+        try:
+            with open(settings.db_file_path, "rb") as file:
+                start = file.read(len(FILESTORAGE_HEADER) + 1)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # unreadable: the open reports it
+        return start not in (b"", FILESTORAGE_HEADER)
+    from db.storage import storage_spec
+
+    dsn = storage_spec(settings).dsn
+    return True if dsn is None else _postgres_holds_database(dsn)
+
+
+def _postgres_holds_database(dsn: str) -> bool:
+    """True when RelStorage's tables exist and hold ZODB's root object (oid 0)."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(dsn, application_name="codx-db probe")
+    except psycopg2.Error:
+        return True  # the open that follows reports why it cannot connect
+    try:
+        with conn.cursor() as cur:
+            # to_regclass: the tables RelStorage would use, on the search path it would use.
+            cur.execute("SELECT to_regclass('object_state'), to_regclass('current_object')")
+            object_state, current_object = cur.fetchone() or (None, None)
+            if object_state is None:
+                return False
+            # History-preserving schemas say which state is current in current_object.
+            table = "current_object" if current_object is not None else "object_state"
+            cur.execute(f"SELECT 1 FROM {table} WHERE zoid = 0")
+            return cur.fetchone() is not None
+    except psycopg2.Error:
+        return True  # e.g. no permission to read the tables: the open reports it
+    finally:
+        conn.close()
+
+
 @contextmanager
 def open_for_migration(settings: CodxJuniorGlobalSettings) -> Iterator[ZODB.DB]:
     """Open the database *without* the startup policy, holding the startup lock throughout.

@@ -169,21 +169,25 @@ BACKENDS = [
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
 PERSISTENT_BACKENDS = [p for p in BACKENDS if p.values[0] != "memory"]
+# The contract also holds with db/pg_roundtrips.py switched off (db_pg_fast_reads=false).
+CONTRACT_BACKENDS = [*BACKENDS, pytest.param("postgres-plain", id="postgres-plain", marks=pytest.mark.postgres)]
 
 
 def make_settings(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, **extra: Any
 ) -> CodxJuniorGlobalSettings:
     """Settings for ``backend``, on a fresh file or PostgreSQL database."""
-    if backend == "postgres":
+    if backend in ("postgres", "postgres-plain"):
         dsn = request.getfixturevalue("pg_dsn")
+        if backend == "postgres-plain":
+            extra = {"db_pg_fast_reads": False, **extra}
         return CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=dsn, **extra)
     if backend == "file":
         return CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "data" / "users.fs", **extra)
     return CodxJuniorGlobalSettings.load(db_backend="memory", **extra)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=CONTRACT_BACKENDS)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> CodxJuniorGlobalSettings:
     """Settings for each backend in turn."""
     return make_settings(request.param, request, tmp_path)

@@ -108,7 +108,7 @@ def test_password_is_never_in_output_or_argv_options(cli: CLI) -> None:
     [
         (("user", "get", "nobody"), None, "no user with username 'nobody'"),
         (("user", "delete", "nobody", "--yes"), None, "no user with username 'nobody'"),
-        (("user", "add", "bad name", "--no-password"), None, "username"),
+        (("user", "add", "bad;name", "--no-password"), None, "username"),
         (("user", "add", "eve", "--password-stdin"), "short\n", "password: must be at least 8"),
         (("user", "update", "nobody", "--full-name", "x"), None, "no user"),
     ],
@@ -142,11 +142,15 @@ def test_usage_errors_exit_2(cli: CLI, args: tuple[str, ...]) -> None:
 
 
 def test_console_script_and_module_agree(tmp_path: Path) -> None:
-    env = {**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(tmp_path / "users.fs")}
+    # PYTHONPATH: the script imports this checkout's code, not wherever the package was installed from.
+    env = {**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(tmp_path / "users.fs"), "PYTHONPATH": str(ROOT)}
     script = Path(sys.executable).parent / "codx-db"
-    # An explicitly configured file that does not exist is not silently created by a read.
+    # A configured file that does not exist is reported as empty, and not created by a read.
     missing = subprocess.run([str(script), "info"], env=env, capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1 and "no database at" in missing.stderr
+    assert missing.returncode == 0 and "empty: no codx-db database here yet" in missing.stdout, missing.stderr
+    assert not (tmp_path / "users.fs").exists()
+    listed = subprocess.run([str(script), "user", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 1 and "no database at" in listed.stderr
     assert not (tmp_path / "users.fs").exists()
     added = subprocess.run([sys.executable, "-m", "db", "user", "add", "x", "--no-password"], env=env, cwd=ROOT)
     assert added.returncode == 0

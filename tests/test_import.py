@@ -278,3 +278,18 @@ def test_cli_dry_run_import_rerun_and_conflict(tmp_path: Path) -> None:
         assert created.by is not None and created.by.endswith("(codx-db import-codx-junior)")
     finally:
         database.close()
+
+
+def test_a_huge_username_or_field_name_is_not_echoed_whole(tmp_path: Path) -> None:
+    """A 100 KB username in a malformed entry, or 100 KB field names: the message stays short."""
+    huge = "a" * 100_000
+    path = write_json(tmp_path, {"users": [{"username": huge, "theme": 3}], "user_logins": [{"username": huge + "b"}]})
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        read_codx_junior_settings(path)
+    message = str(excinfo.value)
+    assert "users[0] ('aaaa" in message and "theme: expected a string" in message
+    assert len(message) < 1_000, len(message)
+
+    path = write_json(tmp_path, {"users": [{"username": "ann", huge: 1, huge + "b": 2}]})
+    _, warnings = read_codx_junior_settings(path)
+    assert len("\n".join(warnings)) < 1_000

@@ -8,6 +8,7 @@ when libpq cannot be reached for the pipelined send or when RelStorage iterates 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -211,3 +212,120 @@ def test_a_relstorage_config_file_takes_the_fast_path_too(pg_dsn: str, tmp_path:
         assert pg_roundtrips.Counters.pipelined_rollbacks - before >= 10
     finally:
         database.close()
+
+
+def _reads_take_the_fast_path(database: Database, reads: int = 10) -> bool:
+    users = UserDB(database)
+    users.create(username=f"reader-{len(users.list())}")
+    name = users.list()[0].username
+    pipelined, waited = pg_roundtrips.Counters.pipelined_rollbacks, pg_roundtrips.Counters.waited_rollbacks
+    for _ in range(reads):
+        assert users.get(name).username == name
+    return (
+        pg_roundtrips.Counters.pipelined_rollbacks - pipelined >= reads
+        and pg_roundtrips.Counters.waited_rollbacks == waited
+    )
+
+
+def test_the_setting_turns_the_shortcut_off(pg_dsn: str) -> None:
+    settings = CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn, db_pg_fast_reads=False)
+    database = Database(settings)
+    try:
+        assert not _reads_take_the_fast_path(database)
+        connmanager = database.open().storage._adapter.connmanager
+        assert not getattr(connmanager, "codx_installed", False)
+        assert _wait_for_no_open_transactions(pg_dsn) == []
+    finally:
+        database.close()
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pg_roundtrips, "_warned", set(), raising=False)
+
+
+def _hook_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "db.pg_roundtrips" and r.levelname == "WARNING"]
+
+
+def _open_twice_and_use(pg_dsn: str) -> None:
+    for _ in range(2):
+        database = Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn))
+        try:
+            assert not _reads_take_the_fast_path(database)
+            users = UserDB(database)
+            users.update(users.list()[0].username, full_name="still writes")
+        finally:
+            database.close()
+
+
+def test_a_relstorage_without_the_load_hook_opens_plain(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh_warnings: None
+) -> None:
+    # A RelStorage release that renamed the private method pg_roundtrips wraps: the hook is
+    # really gone from the classes, RelStorage itself does the same work under another name.
+    from relstorage.adapters.connmanager import AbstractConnectionManager
+    from relstorage.adapters.postgresql.connmanager import Psycopg2ConnectionManager
+
+    monkeypatch.setattr(
+        Psycopg2ConnectionManager, "_open_load_connection", Psycopg2ConnectionManager._do_open_for_load, raising=False
+    )
+    monkeypatch.delattr(Psycopg2ConnectionManager, "_do_open_for_load")
+    monkeypatch.delattr(AbstractConnectionManager, "_do_open_for_load")
+
+    def open_for_load(self):  # type: ignore[no-untyped-def]
+        conn, cursor = self._open_load_connection()
+        self._call_hooks(self._on_load_opened, conn, cursor, cursor, restart=False)
+        return conn, cursor
+
+    monkeypatch.setattr(AbstractConnectionManager, "open_for_load", open_for_load)
+    with caplog.at_level("WARNING"):
+        _open_twice_and_use(pg_dsn)
+    warnings = _hook_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert "_do_open_for_load" in warnings[0] and "plain RelStorage" in warnings[0]
+
+
+def test_a_driver_whose_connect_is_not_a_class_opens_plain(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh_warnings: None
+) -> None:
+    # pg_roundtrips subclasses RelStorage's psycopg2 connection class (driver.connect); a
+    # RelStorage whose driver connects through a function must not fail to open.
+    import relstorage.adapters.postgresql as rs_postgresql
+
+    class FunctionConnectAdapter(rs_postgresql.PostgreSQLAdapter):  # type: ignore[misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            driver = self.connmanager.driver
+            cls = driver.connect
+            driver.connect = lambda *a, **kw: cls(*a, **kw)
+
+    monkeypatch.setattr(rs_postgresql, "PostgreSQLAdapter", FunctionConnectAdapter)
+    with caplog.at_level("WARNING"):
+        _open_twice_and_use(pg_dsn)
+    warnings = _hook_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert "driver.connect" in warnings[0]
+
+
+def test_the_shortcut_works_above_file_descriptor_1024(pg_dsn: str) -> None:
+    # select.select() refuses descriptors >= 1024 (FD_SETSIZE): a busy server's sockets are there.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip(f"cannot open 1200 files here (hard limit {hard})")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn))
+    try:
+        assert _reads_take_the_fast_path(database)
+        with database.transaction() as uow:
+            load_connection = uow.connection._storage._load_connection.connection
+            assert load_connection.fileno() > 1024  # what this test is about
+    finally:
+        database.close()
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -25,6 +25,7 @@ from db.settings import CodxJuniorGlobalSettings
 from db.storage import open_storage
 from db.transfer import backup, copy_database, restore, verify
 from db.user_db import UserDB
+from migrations import GENERATION
 from tests.conftest import ROOT, make_settings, settings_env
 from tests.test_transfer import cli, file_settings, stored_states
 
@@ -119,7 +120,7 @@ def test_a_bad_backup_leaves_the_target_untouched(
         assert stored_states(target) == before, name
 
     report = restore(good_backup, target, force=True)
-    assert report.ok and report.replaced == {"generation": 2, "users": 7}
+    assert report.ok and report.replaced == {"generation": GENERATION, "users": 7}
     assert usernames(target) == [f"new{i:05d}" for i in range(40)]
 
 
@@ -258,7 +259,7 @@ def test_restore_force_into_a_history_keeping_postgres_database(good_backup: Pat
     target = CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn, db_keep_history=True)
     add_users(target, "old", 5)
     report = restore(good_backup, target, force=True)
-    assert report.ok and report.replaced == {"generation": 2, "users": 5}
+    assert report.ok and report.replaced == {"generation": GENERATION, "users": 5}
     assert usernames(target) == [f"new{i:05d}" for i in range(40)]
     add_users(target, "after", 2)  # new object ids do not collide with the restored ones
     assert len(usernames(target)) == 42

@@ -18,6 +18,7 @@ import ZODB
 from psycopg2.extensions import make_dsn, parse_dsn
 from ZODB.FileStorage import FileStorage
 
+import migrations
 from db.database import Database
 from db.errors import StorageInUse
 from db.models import USERS_KEY
@@ -144,7 +145,7 @@ def test_copy_file_to_postgres_and_back_loses_nothing(
     to_pg = copy_database(source, target_settings(dsn=pg_dsn))
     assert to_pg.ok, to_pg.verification.differences
     assert to_pg.unit == "objects" and to_pg.copied > 5  # RelStorage's history-free copier
-    assert to_pg.verification.compared == 5 and to_pg.verification.target_generation == 2
+    assert to_pg.verification.compared == 5 and to_pg.verification.target_generation == migrations.GENERATION
     assert stored_states(pg_settings(pg_dsn)) == original
 
     back = tmp_path / "back" / "users.fs"
@@ -170,11 +171,11 @@ def test_copy_refuses_a_target_holding_data_unless_forced(
 
     with pytest.raises(TargetNotEmpty) as excinfo:
         copy_database(source, target)
-    assert "generation 2, 1 user)" in str(excinfo.value) and "--force" in str(excinfo.value)
+    assert f"generation {migrations.GENERATION}, 1 user)" in str(excinfo.value) and "--force" in str(excinfo.value)
     assert [state["username"] for state in stored_states(occupied).values()] == ["zed"]
 
     report = copy_database(source, target, force=True)
-    assert report.ok and report.replaced == {"generation": 2, "users": 1}
+    assert report.ok and report.replaced == {"generation": migrations.GENERATION, "users": 1}
     assert stored_states(occupied) == stored_states(source)
 
 
@@ -318,7 +319,10 @@ def test_backup_of_an_open_database_and_restore(tmp_path: Path) -> None:
     assert restored.ok and restored.verification.target_users == 1
     with pytest.raises(TargetNotEmpty):
         restore(tmp_path / "memory.fs", target)
-    assert restore(tmp_path / "memory.fs", target, force=True).replaced == {"generation": 2, "users": 1}
+    assert restore(tmp_path / "memory.fs", target, force=True).replaced == {
+        "generation": migrations.GENERATION,
+        "users": 1,
+    }
     with pytest.raises(TransferError, match="not a codx-db backup"):
         restore(tmp_path / "missing.fs", target)
 
