@@ -265,14 +265,13 @@ def holds_database(settings: CodxJuniorGlobalSettings) -> bool:
     if settings.kind == "memory":
         return True
     if settings.kind == "file":
-        try:
-            with open(settings.db_file_path, "rb") as file:
-                start = file.read(len(FILESTORAGE_HEADER) + 1)
-        except FileNotFoundError:
+        from db.storage import file_storage_exists
+
+        # Refuses (NotADatabaseFile) a FIFO, a directory or a file that is not a FileStorage,
+        # without opening it: reading a FIFO would wait for a writer forever.
+        if not file_storage_exists(settings.db_file_path):
             return False
-        except OSError:
-            return True  # unreadable: the open reports it
-        return start not in (b"", FILESTORAGE_HEADER)
+        return settings.db_file_path.stat().st_size > len(FILESTORAGE_HEADER)
     from db.storage import storage_spec
 
     dsn = storage_spec(settings).dsn

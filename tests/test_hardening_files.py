@@ -283,19 +283,21 @@ def test_a_full_disk_is_a_clean_error_and_the_database_reopens_intact(tiny_disk:
                 created += 1
         message = str(excinfo.value)
         assert str(path) in message and "free:" in message and "bytes" in message
-        # The storage is still usable: the next write fails the same clean way.
-        with pytest.raises(StorageFull):
-            users.create(username="one-more")
+        # Aborting gave back the bytes of the failed transaction: fill them. The storage is
+        # still usable: the next write fails the same clean way (no stuck buffer, no OSError).
+        filler = tiny_disk / "filler"
+        with open(filler, "wb", buffering=0) as file, pytest.raises(OSError):
+            while True:
+                file.write(b"\0" * 1024)
+        with pytest.raises(StorageFull), database.transaction():
+            # More than the slack left in the files' last pages.
+            for i in range(30):
+                users.create(username=f"more{i:02d}", full_name="z" * 190)
         assert users.count() == created
     finally:
         database.close()  # no traceback from FileStorage.close either
     assert created > 10
 
-    # Aborting gave back the bytes of the failed transaction: fill them, then try the CLI.
-    filler = tiny_disk / "filler"
-    with open(filler, "wb", buffering=0) as file, pytest.raises(OSError):
-        while True:
-            file.write(b"\0" * 4096)
     env = settings_env(settings)
     # Opening frees a few pages (FileStorage empties its .tmp): add until the disk is full again.
     for attempt in range(50):
