@@ -105,6 +105,12 @@ def file_storage_exists(path: Path) -> bool:
             head = file.read(len(FILESTORAGE_MAGIC))
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
+    if head == PYTHON2_FILESTORAGE_MAGIC and head != FILESTORAGE_MAGIC:
+        raise NotADatabaseFile(
+            path,
+            "is a FileStorage file in the Python 2 format (FS21), which this ZODB cannot open: "
+            "convert a copy with `zodbupdate --convert-py3`",
+        )
     if head != FILESTORAGE_MAGIC:
         magic = FILESTORAGE_MAGIC.decode()
         raise NotADatabaseFile(path, f"is not a FileStorage database file (it does not begin with {magic})")
@@ -151,6 +157,9 @@ def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
     storage.remove_leftover_pack()
     return storage
 
+
+# What FileStorage files written under Python 2 begin with (ZODB 6 on Python 3 writes b"FS30").
+PYTHON2_FILESTORAGE_MAGIC = b"FS21"
 
 # errno values that mean "the disk (or the user's quota) is full".
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})

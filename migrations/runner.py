@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import transaction
 import ZODB
 from persistent.mapping import PersistentMapping
+from ZODB.FileStorage.FileStorage import packed_version
 
 import migrations
 from db.errors import GenerationError
@@ -250,7 +251,8 @@ def on_open(zodb: ZODB.DB, policy: StartupPolicy, batch_size: int = DEFAULT_BATC
 
 
 # The header FileStorage writes into a new file; a file holding only this has no root object.
-FILESTORAGE_HEADER = b"FS21"
+# (ZODB's own constant: b"FS30" under Python 3; b"FS21" was Python 2's, which it cannot open.)
+FILESTORAGE_HEADER: bytes = packed_version
 
 
 def holds_database(settings: CodxJuniorGlobalSettings) -> bool:

@@ -327,3 +327,12 @@ def test_a_config_file_filestorage_pointing_at_a_non_database_is_refused(notes: 
     with pytest.raises(NotADatabaseFile, match="is not a FileStorage database file"):
         UserDB(Database(settings)).count()
     assert_untouched(notes)
+
+
+def test_a_python_2_filestorage_is_named_as_such_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "old.fs"
+    path.write_bytes(b"FS21" + b"\0" * 100)
+    path.chmod(0o644)
+    result = cli(settings_env(file_settings(path)), "user", "add", "eve", "--no-password")
+    assert result.returncode == 1 and "Python 2 format (FS21)" in result.stderr and "zodbupdate" in result.stderr
+    assert listing(tmp_path) == {"old.fs": 0o644}
