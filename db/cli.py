@@ -481,7 +481,7 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
     restore = commands.add_parser("restore", parents=[common], help="load a backup into the configured database")
     restore.add_argument("path", type=Path, help="a file written by `codx-db backup`")
-    restore.add_argument("--force", action="store_true", help="replace a database holding data (deleted first)")
+    restore.add_argument("--force", action="store_true", help="replace a database holding data (once verified)")
     restore.set_defaults(handler=cmd_restore, creates=True)
 
 

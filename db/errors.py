@@ -31,6 +31,27 @@ class ConfigurationError(CodxDBError):
     """The settings are wrong; the message names the setting (never its secret value)."""
 
 
+class NotADatabaseFile(ConfigurationError):
+    """A path given as a FileStorage database (or backup) holds something else; nothing was changed."""
+
+    def __init__(self, path: object, what: str) -> None:
+        self.path = path
+        super().__init__(f"{path} {what}: nothing was changed")
+
+
+class StorageFull(CodxDBError):
+    """The disk holding a FileStorage file is full (or over quota); nothing was committed."""
+
+    def __init__(self, path: object, free_bytes: int | None) -> None:
+        self.path = path
+        self.free_bytes = free_bytes
+        free = "unknown" if free_bytes is None else f"{free_bytes} bytes"
+        super().__init__(
+            f"no space left on the disk holding {path} (free: {free}): the change was not saved; "
+            "free some space, then try again (the database itself is intact)"
+        )
+
+
 class StorageInUse(CodxDBError):
     """The FileStorage file is locked by another process."""
 

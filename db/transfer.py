@@ -16,6 +16,7 @@ already wrong in the source.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import time
@@ -30,7 +31,8 @@ import zope.interface
 from ZODB.BaseStorage import TransactionRecord
 from ZODB.interfaces import IStorage
 from ZODB.POSException import POSKeyError
-from ZODB.utils import u64, z64
+from ZODB.serialize import referencesf
+from ZODB.utils import oid_repr, u64, z64
 
 from db.check import check_root
 from db.database import Database
@@ -43,9 +45,18 @@ from db.errors import (
     TransferError,
 )
 from db.models import USERS_KEY, UserContainer
+from db.pg_replace import drop_leftover_staging, replace_from_staging, staging_storage
 from db.progress import Progress, QuietProgress
 from db.settings import CodxJuniorGlobalSettings, mask_dsn
-from db.storage import make_private_dir, open_file_storage, startup_lock, storage_spec
+from db.storage import (
+    create_private,
+    file_storage_exists,
+    make_private_dir,
+    open_file_storage,
+    startup_lock,
+    storage_spec,
+)
+from migrations import GENERATION
 from migrations.runner import read_generation
 
 log = logging.getLogger(__name__)
@@ -207,8 +218,10 @@ def copy_database(
     """Copy the whole database described by ``source`` into an empty ``target``, then verify it.
 
     ``target`` is settings (PostgreSQL, a ZConfig file) or the path of a FileStorage file.
-    A target holding data is refused unless ``force``: a RelStorage target is then emptied
-    (``zap_all``), a file is replaced only once the new copy has verified. The source must
+    The source is read and checked in full first (codx-db root, known generation, every object
+    loads). A target holding data is refused unless ``force``; then it is replaced only once
+    the new copy has verified: PostgreSQL in one transaction (from a staging schema), a file by
+    renaming the new file over it. A crash at any moment leaves the old data or the new. The source must
     not change during the copy (a FileStorage source is locked; stop writers on PostgreSQL),
     since the verification compares it with the target afterwards.
     """
@@ -244,9 +257,9 @@ def restore(
     progress: Progress | None = None,
 ) -> TransferReport:
     """Load a backup file into the database ``target`` describes (empty unless ``force``), then verify."""
-    if not _file_has_data(path):
+    if not file_storage_exists(path) or not _file_has_data(path):
         raise TransferError(f"{path} is not a codx-db backup (missing or empty file)")
-    src = _FileSource(path, read_only=True, location=str(path))
+    src = _FileSource(path, read_only=True, location=str(path), whole=True)
     return _transfer("restore", src, _settings_target(target), force=force, live=False, progress=progress)
 
 
@@ -332,12 +345,20 @@ def verify(source: ZODB.DB, target: ZODB.DB, as_of: bytes | None = None) -> Veri
             as_of=None if as_of is None else f"{u64(as_of):016x}",
         )
         differences = report.differences
-        if not _newer(s_root, as_of) and report.source_generation != report.target_generation:
+        if report.source_generation is None or report.target_generation is None:
+            # Two databases without a generation are not "equal": they are not codx-db databases.
+            differences.append(
+                f"generation: source {report.source_generation}, target {report.target_generation} "
+                "(a codx-db database always has one)"
+            )
+        elif not _newer(s_root, as_of) and report.source_generation != report.target_generation:
             differences.append(f"generation: source {report.source_generation}, target {report.target_generation}")
         s_users, t_users = s_root.get(USERS_KEY), t_root.get(USERS_KEY)
         if not isinstance(s_users, UserContainer) or not isinstance(t_users, UserContainer):
             if isinstance(s_users, UserContainer) or isinstance(t_users, UserContainer):
                 differences.append("user container: present on one side only")
+            else:
+                differences.append("user container: missing on both sides (not codx-db databases)")
             return report
         if not _newer(s_users.length, as_of) and report.source_users != report.target_users:
             differences.append(f"user count: source {report.source_users}, target {report.target_users}")
@@ -369,6 +390,11 @@ def _transfer(
         if not _has_data(src):
             raise TransferError(f"{source.location} holds no database: nothing to {operation}")
     started = time.monotonic()
+    if not live:
+        # Everything is read and checked before the target is touched: a bad source must
+        # never cost the target its data.
+        progress.note("checking the source")
+        _check_source(source)
     with target.prepared(force) as prepared:
         # The source is closed before the verification opens a fresh view of it: a locked
         # FileStorage cannot be opened twice, and a live source must be read after the copy.
@@ -389,6 +415,8 @@ def _transfer(
         finally:
             target_db.close()
         prepared.commit = verification.ok
+        if verification.ok:
+            progress.note("installing the verified copy")
     return TransferReport(
         operation=operation,
         source=source.location,
@@ -399,6 +427,55 @@ def _transfer(
         verification=verification,
         replaced=prepared.replaced,
     )
+
+
+def _check_source(source: _Source) -> None:
+    """Refuse a source that is not a whole, readable codx-db database (before the target is touched).
+
+    It must have the codx-db user container at its root and a generation this code knows,
+    and every object reachable from the root must load: a backup missing one object would
+    otherwise be found out only after the target was replaced.
+    """
+    with source.database() as zodb, _reading(zodb) as root:
+        where = source.location
+        if not isinstance(root.get(USERS_KEY), UserContainer):
+            raise TransferError(
+                f"{where} is not a codx-db database (its root has no codx-db users): nothing was changed"
+            )
+        generation = _generation(root)
+        if generation is None or not 0 <= generation <= GENERATION:
+            raise TransferError(
+                f"{where} is at generation {generation}, which this code does not know (0..{GENERATION}): "
+                "nothing was changed; use a codx-db version that does"
+            )
+        _load_every_object(zodb, root._p_jar, where)
+
+
+def _load_every_object(zodb: ZODB.DB, connection: Any, where: str) -> int:
+    """Load (and unpickle) every object reachable from the root; return how many."""
+    storage = zodb.storage
+    seen = {z64}
+    todo = [z64]
+    loaded = 0
+    while todo:
+        oid = todo.pop()
+        loaded += 1
+        try:
+            data, _ = storage.load(oid)
+            connection.get(oid)._p_activate()  # its class resolves and its state unpickles
+            references = referencesf(data)
+        except Exception as exc:  # noqa: BLE001 - whatever the damage, the answer is "refuse"
+            raise TransferError(
+                f"{where}: object {oid_repr(oid)} cannot be read ({type(exc).__name__}): the database is "
+                "damaged or incomplete: nothing was changed"
+            ) from None
+        for reference in references:
+            if reference not in seen:
+                seen.add(reference)
+                todo.append(reference)
+        if loaded % 1000 == 0:
+            connection.cacheGC()  # bounded memory on large databases
+    return loaded
 
 
 class _CountingSource:
@@ -536,17 +613,18 @@ class _Source:
 
 
 class _FileSource(_Source):
-    def __init__(self, path: Path, read_only: bool, location: str) -> None:
+    def __init__(self, path: Path, read_only: bool, location: str, whole: bool = False) -> None:
         self.path = path
         self.read_only = read_only
         self.location = location
+        self.whole = whole  # a backup file: it must end with a complete transaction
         self.identity = ("file", os.path.realpath(path))
 
     @contextlib.contextmanager
     def storage(self) -> Iterator[IStorage]:
         from ZODB.FileStorage import FileStorage
 
-        if not self.path.is_file():
+        if not file_storage_exists(self.path):
             raise TransferError(f"{self.location}: no such database file")
         # Read-only: no lock is taken, so the application owning the file keeps running; the
         # copy stops at the last complete transaction. Otherwise lock it like an application.
@@ -558,6 +636,12 @@ class _FileSource(_Source):
                 "or run db.transfer.pack(database) inside the application)"
             ) from None
         try:
+            size = self.path.stat().st_size
+            if self.whole and storage.getSize() < size:
+                raise TransferError(
+                    f"{self.location} is damaged: it ends with an incomplete transaction (complete up to byte "
+                    f"{storage.getSize()} of {size}; the file was cut short or damaged): nothing was changed"
+                )
             yield storage
         finally:
             storage.close()
@@ -616,7 +700,7 @@ def _settings_source(settings: CodxJuniorGlobalSettings, read_only: bool) -> _So
         )
     if settings.kind == "file":
         path = settings.db_file_path
-        if not _file_has_data(path):
+        if not file_storage_exists(path) or not _file_has_data(path):
             raise TransferError(f"{path} holds no database: nothing to read")
         return _FileSource(path, read_only=read_only, location=str(path))
     return _SpecSource(settings)
@@ -678,19 +762,23 @@ class _FileTarget(_Target):
         from zc.lockfile import LockError, LockFile
 
         path = self.path
+        # Before anything is created beside it: a file that is not a FileStorage is never replaced.
+        exists = file_storage_exists(path)
         _private_dirs(path.parent)
+        create_private(Path(f"{path}.lock"))
         try:
             lock = LockFile(str(path) + ".lock")
         except LockError:
             raise StorageInUse(f"{path} is in use by another process: stop it before replacing its database") from None
         try:
+            # Under the lock, no other copy into this file runs: any partial copy is a leftover.
+            _remove_leftover_partials(path)
             replaced = None
-            if _file_has_data(path):
+            if exists and _file_has_data(path):
                 replaced = _describe_file(path)
                 if not force:
                     raise TargetNotEmpty(_not_empty_message(self.location, replaced))
             partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-            _remove_storage_files(partial)
             try:
                 # open_file_storage creates the file 0600, as for an application's database.
                 prepared = _Prepared(open_file_storage(partial), replaced)
@@ -707,7 +795,7 @@ class _FileTarget(_Target):
 
 
 class _StorageTarget(_Target):
-    """A storage from settings (PostgreSQL, or a ZConfig file), emptied with ``zap_all`` when forced."""
+    """A storage from settings: PostgreSQL (replaced in one transaction), or a ZConfig file."""
 
     def __init__(self, settings: CodxJuniorGlobalSettings) -> None:
         self.spec = storage_spec(settings)
@@ -719,39 +807,48 @@ class _StorageTarget(_Target):
     @contextlib.contextmanager
     def prepared(self, force: bool) -> Iterator[_Prepared]:
         # Held for the whole copy: an application starting on the target meanwhile would
-        # otherwise find it empty and install a fresh database into it.
+        # otherwise find it empty and install a fresh database into it, and a second copy
+        # would share the staging schema.
         with startup_lock(self.spec.dsn):
-            storage = self.spec.open()
-            prepared = _Prepared(storage, None)
+            storage = self.spec.open()  # creates RelStorage's tables in a new database
             try:
+                replaced = None
                 if _has_data(storage):
-                    prepared.replaced = _describe(self.spec.open)
+                    replaced = _describe(self.spec.open)
                     if not force:
-                        raise TargetNotEmpty(_not_empty_message(self.location, prepared.replaced))
-                    zap_all = getattr(storage, "zap_all", None)
-                    if zap_all is None:
-                        raise TransferError(
-                            f"{self.location} holds data and cannot be emptied in place "
-                            "(only RelStorage can): empty it, or copy to a new file with --to-file"
-                        )
-                    zap_all()
+                        raise TargetNotEmpty(_not_empty_message(self.location, replaced))
+            except BaseException:
+                storage.close()
+                raise
+            if self.spec.dsn is None:
+                yield from self._in_place(storage, replaced)
+                return
+            storage.close()
+            dsn = self.spec.dsn
+            drop_leftover_staging(dsn)
+            # The copy goes to a staging schema; the live tables change only in the final,
+            # single transaction, once the copy has verified.
+            with staging_storage(dsn) as staging:
+                prepared = _Prepared(staging, replaced)
                 try:
                     yield prepared
-                except BaseException:
-                    _discard(storage, self.location, "the copy failed")
-                    raise
-                if not prepared.commit:
-                    _discard(storage, self.location, "the copy did not verify")
-            finally:
-                prepared.close()
+                finally:
+                    prepared.close()
+                if prepared.commit:
+                    replace_from_staging(dsn)
 
-
-def _discard(storage: Any, location: str, why: str) -> None:
-    """Empty a PostgreSQL target again: an application must never start on unverified data."""
-    zap_all = getattr(storage, "zap_all", None)
-    if zap_all is not None:
-        zap_all()
-        log.warning("%s: %s; the target was emptied again", location, why)
+    def _in_place(self, storage: IStorage, replaced: dict[str, Any] | None) -> Iterator[_Prepared]:
+        """A storage that is not PostgreSQL (a ZConfig file): only an empty one can be a target."""
+        prepared = _Prepared(storage, replaced)
+        try:
+            if replaced is not None:
+                raise TransferError(
+                    f"{self.location} holds data and cannot be replaced safely (only a FileStorage file "
+                    "or PostgreSQL can): empty it, or copy to a new file with --to-file"
+                )
+            yield prepared
+        finally:
+            prepared.close()
 
 
 def _settings_target(settings: CodxJuniorGlobalSettings) -> _Target:
@@ -814,7 +911,9 @@ def _describe_file(path: Path) -> dict[str, Any]:
 
 
 def _install_file(partial: Path, path: Path) -> None:
-    """Move a verified copy into place, with its index."""
+    """Move a verified copy into place, with its index: the old file until the rename, the new one after."""
+    with open(partial, "rb") as file:
+        os.fsync(file.fileno())  # the new bytes are on disk before the name points at them
     index = Path(f"{path}.index")
     # The old index must never describe the new file: FileStorage rebuilds a missing one.
     index.unlink(missing_ok=True)
@@ -822,6 +921,18 @@ def _install_file(partial: Path, path: Path) -> None:
     partial_index = Path(f"{partial}.index")
     if partial_index.exists():
         os.replace(partial_index, index)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # and the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def _remove_leftover_partials(path: Path) -> None:
+    """Remove the partial copies a killed copy or restore into ``path`` left beside it."""
+    for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}.partial-*")):
+        leftover.unlink(missing_ok=True)
+        log.warning("removed %s, left by a copy or restore that did not finish", leftover)
 
 
 def _private_dirs(directory: Path) -> None:
@@ -830,7 +941,7 @@ def _private_dirs(directory: Path) -> None:
 
 
 def _remove_storage_files(path: Path) -> None:
-    for suffix in ("", ".index", ".lock", ".tmp"):
+    for suffix in ("", ".index", ".lock", ".tmp", ".index.index_tmp"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
@@ -952,7 +1063,7 @@ def _size_measure(settings: CodxJuniorGlobalSettings) -> Callable[[], tuple[int 
         def file_size() -> tuple[int | None, int | None]:
             from ZODB.FileStorage import FileStorage
 
-            if not path.exists():
+            if not file_storage_exists(path) or not _file_has_data(path):
                 return None, None
             storage = FileStorage(str(path), read_only=True)
             try:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import transaction
 import ZODB
 from persistent.mapping import PersistentMapping
+from ZODB.FileStorage.FileStorage import packed_version
 
 import migrations
 from db.errors import GenerationError
@@ -250,7 +251,8 @@ def on_open(zodb: ZODB.DB, policy: StartupPolicy, batch_size: int = DEFAULT_BATC
 
 
 # The header FileStorage writes into a new file; a file holding only this has no root object.
-FILESTORAGE_HEADER = b"FS21"
+# (ZODB's own constant: b"FS30" under Python 3; b"FS21" was Python 2's, which it cannot open.)
+FILESTORAGE_HEADER: bytes = packed_version
 
 
 def holds_database(settings: CodxJuniorGlobalSettings) -> bool:
@@ -265,14 +267,13 @@ def holds_database(settings: CodxJuniorGlobalSettings) -> bool:
     if settings.kind == "memory":
         return True
     if settings.kind == "file":
-        try:
-            with open(settings.db_file_path, "rb") as file:
-                start = file.read(len(FILESTORAGE_HEADER) + 1)
-        except FileNotFoundError:
+        from db.storage import file_storage_exists
+
+        # Refuses (NotADatabaseFile) a FIFO, a directory or a file that is not a FileStorage,
+        # without opening it: reading a FIFO would wait for a writer forever.
+        if not file_storage_exists(settings.db_file_path):
             return False
-        except OSError:
-            return True  # unreadable: the open reports it
-        return start not in (b"", FILESTORAGE_HEADER)
+        return settings.db_file_path.stat().st_size > len(FILESTORAGE_HEADER)
     from db.storage import storage_spec
 
     dsn = storage_spec(settings).dsn

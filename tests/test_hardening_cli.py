@@ -20,7 +20,7 @@ from db.database import Database
 from db.models import USERS_KEY, User, UserContainer
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
-from migrations.runner import GENERATION_KEY
+from migrations.runner import FILESTORAGE_HEADER, GENERATION_KEY
 from tests.conftest import ROOT, run_cli, settings_env
 
 PASSWORD = "s3cret-Passw0rd"
@@ -362,7 +362,7 @@ def test_info_on_a_missing_file_creates_nothing(explicit: bool, tmp_path: Path) 
     assert as_json["status"].startswith(EMPTY) and as_json["users"] == 0 and as_json["generation"] is None
 
 
-@pytest.mark.parametrize("content", [None, b"", b"FS21"], ids=["absent", "empty", "header-only"])
+@pytest.mark.parametrize("content", [None, b"", FILESTORAGE_HEADER], ids=["absent", "empty", "header-only"])
 @pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
 def test_read_only_commands_on_an_empty_file_write_nothing(
     content: bytes | None, command: tuple[str, ...], tmp_path: Path
