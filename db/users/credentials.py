@@ -41,6 +41,9 @@ SECRET_BYTES = 32  # 256 bits
 # must not hash a megabyte for an anonymous caller.
 MAX_SECRET_LENGTH = 512
 MAX_KEY_NAME_LENGTH = 100
+# An imported key shorter than this is accepted (it must keep working) but worth a warning in
+# the import report: "short api_key: rotate it" (codx-junior never checked what it stored).
+SHORT_IMPORTED_KEY = 20
 KEY_ID_LENGTH = 12
 MIN_TTL = timedelta(seconds=1)
 MAX_TTL = timedelta(days=400)
