@@ -96,7 +96,7 @@ def parity_problems(sync_cls: type, async_cls: type) -> list[str]:
 
 def test_every_public_user_db_method_has_an_async_twin_with_the_same_signature() -> None:
     assert len(_public_methods(UserDB)) >= 13  # get ... revert today; issue 13 adds more
-    assert parity_problems(UserDB, AsyncUserDB) == [], "add the twins to AsyncUserDB in db/fastapi.py"
+    assert parity_problems(UserDB, AsyncUserDB) == [], "add the twins to AsyncUserDB in db/async_user_db.py"
 
 
 def test_the_parity_check_sees_missing_and_drifted_twins() -> None:
