@@ -15,3 +15,21 @@ MINIMUM_GENERATION = 1
 # Generation 2 is not: without the inactive index, list(active=...) loads users to filter.
 # Generation 3 is not: without the look-alike index, new usernames are checked only for
 # exact (case-insensitive) duplicates, as before.
+
+# Registered last, once the names above exist: db.database imports nothing from migrations.
+import ZODB  # noqa: E402
+
+from db.database import register_open_hook  # noqa: E402
+from db.settings import CodxJuniorGlobalSettings  # noqa: E402
+
+
+def open_hook(zodb: ZODB.DB, settings: CodxJuniorGlobalSettings) -> None:
+    """Install a new database or apply ``db_startup`` to an old one (run by every ``Database.open``)."""
+    # Imported here, not above: the runner loads ZODB.FileStorage and the user models, which
+    # `import db` (that imports this package) should not pay for until a database opens.
+    from migrations import runner
+
+    runner.on_open(zodb, settings.db_startup, settings.db_migrate_batch_size)
+
+
+register_open_hook("codx-db generations", open_hook)
