@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown, shown_field
-from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
-from db.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
-from db.passwords import (
+from db.users.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
+from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
+from db.users.passwords import (
     MAX_PASSWORD_LENGTH,
     check_password,
     check_password_hash,
@@ -29,7 +29,7 @@ from db.passwords import (
     hash_password,
     verify_password,
 )
-from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
+from db.users.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
 
 T = TypeVar("T")
 
