@@ -107,7 +107,7 @@ def normalize_email(value: str) -> str:
         # The common case, fast: a plain ASCII local part needs no normalisation, and the
         # domain (validated by email-validator, ~100 us) is shared by many users.
         return f"{local}@{_normalized_domain(domain)}"
-    return _validate(address).normalized
+    return str(_validate(address).normalized)
 
 
 def _validate(address: str) -> Any:
