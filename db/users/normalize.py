@@ -37,6 +37,13 @@ def check_visible(value: str, display: bool = True) -> None:
         raise ValueError(invisible_message(invisible))
 
 
+def check_shown_text(value: str) -> None:
+    """ValueError for text shown to people that holds control, lone surrogate or invisible characters."""
+    if has_control_chars(value):
+        raise ValueError("must not contain control characters or lone surrogates")
+    check_visible(value)
+
+
 def has_control_chars(value: str) -> bool:
     # Cc: control characters; Cs: lone surrogates, which cannot be encoded as UTF-8 and would
     # break every JSON response and terminal that later shows the value.
@@ -180,7 +187,5 @@ def normalize_full_name(value: str) -> str:
     name = unicodedata.normalize("NFC", value).strip()
     if len(name) > FULL_NAME_MAX:
         raise ValueError(f"must be at most {FULL_NAME_MAX} characters")
-    if has_control_chars(name):
-        raise ValueError("must not contain control characters or lone surrogates")
-    check_visible(name)
+    check_shown_text(name)
     return name

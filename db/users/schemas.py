@@ -43,9 +43,8 @@ from db.users.normalize import (
     MAX_PROJECTS,
     PERMISSIONS_MAX,
     PROJECT_ID_MAX,
-    check_visible,
+    check_shown_text,
     email_for_lookup,
-    has_control_chars,
     normalize_avatar,
     normalize_email,
     normalize_full_name,
@@ -74,9 +73,7 @@ class ProjectPermission(BaseModel):
         value = value.strip()
         if not 1 <= len(value) <= PROJECT_ID_MAX:
             raise ValueError(f"must be 1-{PROJECT_ID_MAX} characters")
-        if has_control_chars(value):
-            raise ValueError("must not contain control characters or lone surrogates")
-        check_visible(value)
+        check_shown_text(value)
         return value
 
     @field_validator("permissions")
@@ -85,9 +82,7 @@ class ProjectPermission(BaseModel):
         value = value.strip()
         if len(value) > PERMISSIONS_MAX:
             raise ValueError(f"must be at most {PERMISSIONS_MAX} characters")
-        if has_control_chars(value):
-            raise ValueError("must not contain control characters or lone surrogates")
-        check_visible(value)
+        check_shown_text(value)
         return value
 
 
