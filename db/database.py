@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import logging
 import os
 import random
@@ -25,12 +24,11 @@ import ZODB
 from persistent.mapping import PersistentMapping
 from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
-from ZODB.POSException import ConflictError
 
 from db import forks
-from db.errors import DatabaseTimeout, DatabaseUnavailable, StorageInUse, TransactionTooLarge
+from db.errors import StorageInUse
 from db.settings import CodxJuniorGlobalSettings
-from db.storage import storage_spec
+from db.storage import StorageErrors, no_storage_errors, storage_spec
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +115,8 @@ class Database:
         )
         # Set in a forked child that inherited an open storage: the parent's pid.
         self._forked_from: int | None = None
+        # The open storage's error mapping (db/storage.py: a backend's own errors -> codx-db's).
+        self._errors: StorageErrors = no_storage_errors
         forks.on_fork_in_child(self)
 
     # -- configuration and lifecycle ---------------------------------------------------------
@@ -173,6 +173,7 @@ class Database:
 
         settings = self.settings
         spec = storage_spec(settings)
+        self._errors = spec.errors
         with startup_lock(spec.dsn):
             storage = spec.open()
             try:
@@ -273,12 +274,12 @@ class Database:
         # Explicit mode: the connection polls the storage once, at begin(), instead of also
         # at open and after completion (each poll is an SQL round trip on RelStorage).
         manager = transaction.TransactionManager(explicit=True)
-        with _storage_errors():
+        errors = self._errors
+        with errors(None):
             connection = zodb.open(transaction_manager=manager)
         started = time.monotonic()
-        lost = functools.partial(self._explain_lost_connection, started)
         try:
-            with _storage_errors():
+            with errors(None):
                 txn = manager.begin()
             if user:
                 txn.user = user
@@ -288,7 +289,7 @@ class Database:
             self._current.set(uow)
             try:
                 # Loads inside the body may hit a lost PostgreSQL connection too.
-                with _storage_errors(lost):
+                with errors(started):
                     yield uow
             except BaseException:
                 _abort_quietly(manager)
@@ -300,53 +301,12 @@ class Database:
                 uow.closed = True
                 self._current.set(None)
             uow.finish_notes()
-            with _storage_errors(lost):
+            with errors(started):
                 manager.commit()
         finally:
             if _in_transaction(manager):
                 _abort_quietly(manager)
             connection.close()
-
-    def _explain_lost_connection(self, started: float) -> str | None:
-        """Why the server may have closed this unit's connection: its idle-in-transaction limit.
-
-        libpq reports that session end as "server closed the connection unexpectedly" (the
-        server's FATAL message is lost with the socket), so ask the server, on a new session
-        of the same role and database, what limit applies and compare with how long the unit
-        of work was open. Called only on that error.
-        """
-        settings = self.settings
-        if settings.kind != "postgres" or settings.db_dsn is None:
-            return None
-        import psycopg2
-
-        open_for = time.monotonic() - started
-        try:
-            conn = psycopg2.connect(
-                settings.db_dsn.get_secret_value(), connect_timeout=2, application_name="codx-db diagnosis"
-            )
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT setting::bigint FROM pg_settings WHERE name = %s", (_IDLE_LIMIT,))
-                    row = cur.fetchone()
-            finally:
-                conn.close()
-        except psycopg2.Error:
-            return None  # the server is really gone: "unreachable" is the right word
-        limit_ms = int(row[0]) if row else 0
-        if not limit_ms or open_for * 1000 < limit_ms:
-            return None
-        return (
-            f"the server closed an idle transaction: {_IDLE_LIMIT} ({limit_ms} ms on this database or role) "
-            f"ended the session while this unit of work was open ({open_for:.1f} s). Keep slow work out of "
-            f"`with db.transaction():`, or raise {_IDLE_LIMIT}."
-        )
-
-
-_IDLE_LIMIT = "idle_in_transaction_session_timeout"
-# SQLSTATEs (psycopg2.errors.QueryCanceled, .IdleInTransactionSessionTimeout).
-QUERY_CANCELED = "57014"
-IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
 
 
 def _abort_quietly(manager: transaction.TransactionManager) -> None:
@@ -366,52 +326,15 @@ def _in_transaction(manager: transaction.TransactionManager) -> bool:
 
 
 @contextlib.contextmanager
-def _storage_errors(explain_lost: Callable[[], str | None] | None = None) -> Iterator[None]:
-    """Turn a lost database connection into one clear ``DatabaseUnavailable``.
-
-    A server-side limit is named instead (``DatabaseTimeout``): ``statement_timeout`` by its
-    SQLSTATE; ``idle_in_transaction_session_timeout`` by its SQLSTATE when libpq reports it,
-    else by ``explain_lost`` (the server asked afterwards, see ``_explain_lost_connection``).
-
-    Also a commit that ran PostgreSQL out of lock slots: RelStorage reports it as a
-    ConflictError (a TransientError, which ``run`` would retry ten times, failing the same
-    way each time); it becomes ``TransactionTooLarge``, which is never retried.
-    """
-    import psycopg2
-
+def snapshot(zodb: ZODB.DB) -> Iterator[Connection]:
+    """A read-only look at the database: its own transaction, always aborted, then closed."""
+    manager = transaction.TransactionManager(explicit=True)
+    connection = zodb.open(transaction_manager=manager)
     try:
-        yield
-    except ConflictError as exc:
-        if "max_locks_per_transaction" not in str(exc):
-            raise
-        raise TransactionTooLarge(
-            "this unit of work changes more stored objects than PostgreSQL can lock at once "
-            "(max_locks_per_transaction x max_connections): split it into smaller transactions "
-            "(UserDB.import_users(..., batch_size=1000)) or raise max_locks_per_transaction"
-        ) from None
-    except psycopg2.InternalError as exc:  # psycopg2.errors.IdleInTransactionSessionTimeout is one
-        if getattr(exc, "pgcode", None) != IDLE_IN_TRANSACTION_SESSION_TIMEOUT:
-            raise
-        raise DatabaseTimeout(
-            f"the server closed an idle transaction: {_IDLE_LIMIT} ({_first_line(exc)}). Keep slow work out "
-            f"of `with db.transaction():`, or raise {_IDLE_LIMIT}."
-        ) from None
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        first_line = _first_line(exc)
-        code = getattr(exc, "pgcode", None)
-        if code == QUERY_CANCELED:  # psycopg2.errors.QueryCanceled
-            if "statement timeout" in first_line:  # other causes: a cancel request, a replica conflict
-                raise DatabaseTimeout(
-                    f"PostgreSQL cancelled the statement: statement_timeout ({first_line}). The server's limit "
-                    "on one statement (set on the server, database or role) ran out: raise it, or look for what "
-                    "held the statement up (a lock: pg_locks)"
-                ) from None
-            raise DatabaseUnavailable(f"PostgreSQL cancelled the statement: {first_line}") from None
-        explanation = explain_lost() if explain_lost is not None and code is None else None
-        if explanation is not None:
-            raise DatabaseTimeout(explanation) from None
-        raise DatabaseUnavailable(f"the database is unreachable: {first_line}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        manager.begin()
+        try:
+            yield connection
+        finally:
+            _abort_quietly(manager)
+    finally:
+        connection.close()

@@ -54,7 +54,7 @@ def track_connections(adapter: Any) -> None:
     """Remember the connections a RelStorage PostgreSQL adapter opens from now on.
 
     RelStorage opens every connection through ``driver.connect`` (per adapter): a psycopg2
-    connection class, subclassed here (db/pg_roundtrips.py subclasses it too), or any other
+    connection class, subclassed here (db/pg/roundtrips.py subclasses it too), or any other
     callable, wrapped. Without that hook connections go untracked: logged, not fatal.
     """
     driver = getattr(getattr(adapter, "connmanager", None), "driver", None)

@@ -38,9 +38,9 @@ from typing import Any
 from db.database import Database, UnitOfWork
 from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData
-from db.models import USERS_KEY, User, UserContainer, email_key, username_key
-from db.passwords import hash_cost_problem
-from db.schemas import UserCreate
+from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.users.passwords import hash_cost_problem
+from db.users.schemas import UserCreate
 
 # bcrypt as codx-junior's bcrypt package writes it: prefix, 2-digit cost, 22 salt + 31 hash characters.
 BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")

@@ -52,26 +52,16 @@ def _secrets_dir() -> str | None:
 
 def mask_dsn(dsn: str) -> str:
     """Return the DSN with its password replaced by ``***`` (URI or ``key=value`` form)."""
-    from psycopg2.extensions import make_dsn, parse_dsn
+    from db.pg.dsn import mask_dsn  # lazy backend: psycopg2 only when a DSN is used
 
-    try:
-        params = parse_dsn(dsn)
-    except Exception:  # noqa: BLE001 - an unparsable DSN must not be echoed: it may hold a password
-        return "<unparsable DSN>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_dsn(**params)
+    return mask_dsn(dsn)
 
 
 def keyword_dsn(dsn: str) -> str:
-    """The DSN in libpq ``key=value`` form.
+    """The DSN in libpq ``key=value`` form (see ``db.pg.dsn.keyword_dsn``)."""
+    from db.pg.dsn import keyword_dsn  # lazy backend: psycopg2 only when a DSN is used
 
-    RelStorage appends `` application_name=...`` to the DSN it is given, which only works
-    with the keyword form: a ``postgresql://`` URI would swallow it into the database name.
-    """
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    return make_dsn(**parse_dsn(dsn))
+    return keyword_dsn(dsn)
 
 
 class CodxJuniorGlobalSettings(BaseSettings):
@@ -109,7 +99,7 @@ class CodxJuniorGlobalSettings(BaseSettings):
     db_commit_lock_timeout: int = Field(30, ge=1, le=3600, description="seconds to wait for the commit lock")
     db_pg_fast_reads: bool = Field(
         True,
-        description="PostgreSQL: fewer round trips per unit of work (db/pg_roundtrips.py); false: plain RelStorage",
+        description="PostgreSQL: fewer round trips per unit of work (db/pg/roundtrips.py); false: plain RelStorage",
     )
     db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")
     db_migrate_batch_size: int = Field(
@@ -157,15 +147,9 @@ class CodxJuniorGlobalSettings(BaseSettings):
     def _dsn_parses(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        from psycopg2.extensions import parse_dsn
+        from db.pg.dsn import check_dsn  # lazy backend: psycopg2 only when a DSN is set
 
-        try:
-            params = parse_dsn(value.get_secret_value())
-        except Exception:  # noqa: BLE001 - psycopg2's message quotes the DSN; never show it
-            raise ValueError("not a valid libpq DSN or postgresql:// URI (value hidden)") from None
-        # libpq only checks the port when connecting; a typo should fail at load time.
-        if not all(p.strip().isdigit() for p in params.get("port", "5432").split(",")):
-            raise ValueError("the port in the DSN is not a number")
+        check_dsn(value.get_secret_value())
         return value
 
     @field_validator("global_settings_path", mode="before")

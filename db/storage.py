@@ -1,572 +1,124 @@
 """The storage factory: the one place that turns settings into a ZODB storage.
 
-memory -> MappingStorage, file -> FileStorage, postgres -> RelStorage on PostgreSQL,
-``db_config_file`` -> whatever the ZConfig file describes (ZODB's own loader).
+memory -> MappingStorage, file -> FileStorage (db/file_storage.py), postgres -> RelStorage on
+PostgreSQL (db/pg/storage.py), ``db_config_file`` -> whatever the ZConfig file describes
+(db/pg/config.py). A backend's module is imported the first time it is used, so a file-only
+process never loads psycopg2, RelStorage or ZConfig.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import glob
-import hashlib
-import itertools
-import logging
-import os
-import shutil
-import stat
+import importlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import Any
 
-import ZConfig
-import ZODB.config
-from ZODB.FileStorage import FileStorage
-from ZODB.FileStorage.FileStorage import TempFormatter
-from ZODB.FileStorage.FileStorage import packed_version as FILESTORAGE_MAGIC
 from ZODB.interfaces import IStorage
 
-from db import forks, pg_roundtrips
-from db.errors import (
-    ConfigurationError,
-    DatabaseTimeout,
-    DatabaseUnavailable,
-    NotADatabaseFile,
-    StorageFull,
-    StorageInUse,
-)
-from db.settings import CodxJuniorGlobalSettings, keyword_dsn
+from db.errors import ConfigurationError
+from db.settings import CodxJuniorGlobalSettings
 
-log = logging.getLogger(__name__)
+# A unit of work's error mapping: given when the unit started (None while opening a connection),
+# a context manager turning the backend's own errors into codx-db errors.
+StorageErrors = Callable[[float | None], AbstractContextManager[None]]
 
-# One PostgreSQL advisory lock key for "someone is opening (creating, evolving) this database".
-# Derived from a fixed name so every codx-db version agrees on it.
-STARTUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"codx-db startup").digest()[:8], "big", signed=True)
+
+def no_storage_errors(started: float | None = None) -> AbstractContextManager[None]:
+    """The error mapping of a backend whose errors need none (memory, file)."""
+    return contextlib.nullcontext()
 
 
 class StorageSpec:
-    """A storage not yet opened: how to open it, and (for PostgreSQL) the DSN to lock on."""
+    """A storage not yet opened: how to open it, the DSN to lock on (PostgreSQL), its error mapping."""
 
-    def __init__(self, open_storage: Callable[[], IStorage], dsn: str | None = None) -> None:
+    def __init__(
+        self,
+        open_storage: Callable[[], IStorage],
+        dsn: str | None = None,
+        errors: StorageErrors = no_storage_errors,
+    ) -> None:
         self.open = open_storage
         self.dsn = dsn
+        self.errors = errors
+
+    def lock(self) -> AbstractContextManager[None]:
+        """Serialise opening this storage between processes (see ``startup_lock``)."""
+        return startup_lock(self.dsn)
+
+
+# Backend name -> "module:function(settings) -> StorageSpec", imported on first use.
+BACKENDS: dict[str, str] = {
+    "memory": "db.storage:memory_spec",
+    "file": "db.file_storage:file_spec",
+    "postgres": "db.pg.storage:postgres_spec",
+}
+CONFIG_FILE_BACKEND = "db.pg.config:config_file_spec"
 
 
 def storage_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
     """Describe the storage the settings ask for, failing fast on a bad config file."""
     if settings.db_config_file is not None:
-        return _config_file_spec(settings.db_config_file, settings.db_pg_fast_reads)
-    if settings.db_backend == "memory":
-        return StorageSpec(_open_memory)
-    if settings.db_backend == "file":
-        return StorageSpec(lambda: open_file_storage(settings.db_file_path, settings.db_blob_dir))
-    if settings.db_backend == "postgres":
-        assert settings.db_dsn is not None  # guaranteed by the settings validator
-        dsn = keyword_dsn(settings.db_dsn.get_secret_value())
-        return StorageSpec(lambda: _open_relstorage(settings, dsn), dsn=dsn)
-    raise ConfigurationError(f"db_backend: unknown backend {settings.db_backend!r}")
+        target = CONFIG_FILE_BACKEND
+    elif settings.db_backend in BACKENDS:
+        target = BACKENDS[settings.db_backend]
+    else:
+        raise ConfigurationError(f"db_backend: unknown backend {settings.db_backend!r}")
+    module, function = target.split(":")
+    make_spec: Callable[[CodxJuniorGlobalSettings], StorageSpec] = getattr(importlib.import_module(module), function)
+    return make_spec(settings)
 
 
 def open_storage(settings: CodxJuniorGlobalSettings) -> IStorage:
     """Open the storage the settings ask for (PostgreSQL: under the startup lock)."""
     spec = storage_spec(settings)
-    with startup_lock(spec.dsn):
+    with spec.lock():
         return spec.open()
 
 
-def _open_memory() -> IStorage:
-    from ZODB.MappingStorage import MappingStorage
+def memory_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
+    """The in-memory storage (tests, demos): gone when the process ends."""
 
-    return MappingStorage("codx-db memory")
+    def open_memory() -> IStorage:
+        from ZODB.MappingStorage import MappingStorage
 
+        return MappingStorage("codx-db memory")
 
-def file_storage_exists(path: Path) -> bool:
-    """True if ``path`` is a FileStorage file, False if it does not exist; ``NotADatabaseFile`` otherwise.
-
-    Reads at most four bytes and changes nothing: it runs before anything is created, locked
-    or chmodded beside ``path``. An empty (0-byte) file counts as a new database: FileStorage
-    treats it so, and it is what a crash leaves between creating a database file and writing
-    its first bytes.
-    """
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(status.st_mode):
-        raise NotADatabaseFile(path, "is a directory, not a FileStorage database file")
-    if not stat.S_ISREG(status.st_mode):
-        raise NotADatabaseFile(path, "is not a regular file, so not a FileStorage database file")
-    if status.st_size == 0:
-        return True
-    try:
-        with open(path, "rb") as file:
-            head = file.read(len(FILESTORAGE_MAGIC))
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
-    if head == PYTHON2_FILESTORAGE_MAGIC and head != FILESTORAGE_MAGIC:
-        raise NotADatabaseFile(
-            path,
-            "is a FileStorage file in the Python 2 format (FS21), which this ZODB cannot open: "
-            "convert a copy with `zodbupdate --convert-py3`",
-        )
-    if head != FILESTORAGE_MAGIC:
-        magic = FILESTORAGE_MAGIC.decode()
-        raise NotADatabaseFile(path, f"is not a FileStorage database file (it does not begin with {magic})")
-    return True
-
-
-def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
-    """Open (creating if needed, 0600 in a 0700 directory) a FileStorage file.
-
-    Every file written beside it (``.lock``, ``.tmp``, ``.index``, ``.pack``, ``.trN``) is
-    created 0600 before its first byte; a ``.pack`` left by a killed pack is removed.
-    """
-    from zc.lockfile import LockError
-
-    exists = file_storage_exists(path)  # before anything is created, locked or chmodded
-    make_private_dir(path.parent)
-    if not exists:
-        # Create the file ourselves so its mode is 0600 whatever the umask.
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except OSError as exc:
-            raise ConfigurationError(f"db_file_path: cannot create {path}: {exc.strerror}") from None
-    kwargs: dict[str, Any] = {}
-    if blob_dir is not None:
-        make_private_dir(blob_dir)
-        kwargs["blob_dir"] = str(blob_dir)
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        log.warning("%s was readable by other users: making it private (0600)", path)
-        path.chmod(0o600)
-    # FileStorage opens these with "w+b" / os.open without a mode of its own: a file that
-    # already exists keeps its (private) mode.
-    for suffix in (".lock", ".tmp"):
-        create_private(Path(f"{path}{suffix}"))
-    try:
-        _cut_incomplete_tail(path)
-        storage = PrivateFileStorage(str(path), **kwargs)
-    except LockError:
-        raise StorageInUse(_in_use_message(path)) from None
-    except OSError as exc:
-        if exc.errno in DISK_FULL_ERRNOS:
-            raise StorageFull(path, free_bytes(path)) from None
-        raise
-    storage.make_side_files_private()
-    storage.remove_leftover_pack()
-    return storage
-
-
-# What FileStorage files written under Python 2 begin with (ZODB 6 on Python 3 writes b"FS30").
-PYTHON2_FILESTORAGE_MAGIC = b"FS21"
-
-# errno values that mean "the disk (or the user's quota) is full".
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-def free_bytes(path: Path) -> int | None:
-    """Bytes free for this user on the file system holding ``path`` (None if unknown)."""
-    try:
-        status = os.statvfs(path.parent)
-    except OSError:
-        return None
-    return status.f_bavail * status.f_frsize
-
-
-def create_private(path: Path) -> None:
-    """Create ``path`` (0600) if missing, or make an existing one private; never truncate it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
-def _cut_incomplete_tail(path: Path) -> None:
-    """Cut a damaged last transaction ourselves, keeping the cut bytes in a private ``.trN`` file.
-
-    FileStorage would do it on open, but it writes the cut bytes (which may hold a password
-    hash) to ``.trN`` with the umask's mode. Done under the file's lock: the tail of a file
-    another process holds may be a transaction being committed, not damage.
-    """
-    from zc.lockfile import LockFile
-
-    if _tail_is_complete(path):
-        return
-    lock = LockFile(f"{path}.lock")  # LockError when another process holds the file
-    try:
-        reader = FileStorage(str(path), read_only=True)
-        try:
-            end = reader.getSize()  # just past the last complete transaction
-        finally:
-            reader.close()
-        size = path.stat().st_size
-        if end >= size:
-            return
-        for number in itertools.count():
-            saved = Path(f"{path}.tr{number}")
-            try:
-                fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            break
-        with open(fd, "wb") as out, open(path, "r+b") as data:
-            data.seek(end)
-            shutil.copyfileobj(data, out)
-            out.flush()
-            os.fsync(out.fileno())
-            data.truncate(end)
-            os.fsync(data.fileno())
-        log.warning(
-            "%s ended with an incomplete transaction (a crash or a full disk): cut at byte %d of %d, "
-            "the cut bytes are kept in %s (private; delete it once you no longer need it)",
-            path,
-            end,
-            size,
-            saved,
-        )
-    finally:
-        lock.close()
-
-
-def _tail_is_complete(path: Path) -> bool:
-    """A cheap check of a FileStorage file's end: its last transaction is whole and committed.
-
-    Every transaction record ends with its own length; the header that length points back to
-    must repeat it, with a committed status (a crash mid-commit leaves status "c").
-    """
-    size = path.stat().st_size
-    if size <= len(FILESTORAGE_MAGIC):
-        return True
-    with open(path, "rb") as file:
-        file.seek(max(size - 8, 0))
-        length = int.from_bytes(file.read(8), "big")
-        start = size - 8 - length
-        if length < TRANSACTION_HEADER or start < len(FILESTORAGE_MAGIC):
-            return False
-        file.seek(start)
-        header = file.read(TRANSACTION_HEADER)
-    return int.from_bytes(header[8:16], "big") == length and header[16:17] in (b" ", b"p", b"u")
-
-
-def _close_discarding(file: Any) -> None:
-    """Close a buffered file whose buffer cannot be written (close flushes, fails, closes anyway)."""
-    with contextlib.suppress(OSError):
-        file.close()
-
-
-# A FileStorage transaction header: tid (8), length (8), status (1), three lengths (2, 2, 2).
-TRANSACTION_HEADER = 23
-
-
-class PrivateFileStorage(FileStorage):
-    """A FileStorage whose side files are private too, and whose full disk is a ``StorageFull``.
-
-    FileStorage creates ``.tmp`` (the transaction being committed: password hashes), ``.lock``,
-    ``.index`` and ``.pack`` (a whole copy of the data) with the umask's mode; in a shared
-    directory other users could read them. Each is created 0600 before FileStorage opens it
-    ("wb" keeps an existing file's mode), which leaves the process umask alone.
-    """
-
-    def make_side_files_private(self) -> None:
-        """chmod 0600 the side files that exist now (``.trN`` too, if FileStorage cut a tail itself)."""
-        base = Path(self._file_name)
-        names = [f"{base}{suffix}" for suffix in (".tmp", ".lock", ".index")]
-        names += [str(p) for p in base.parent.glob(f"{glob.escape(base.name)}.tr*") if p.suffix[3:].isdigit()]
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(name, 0o600)
-
-    def remove_leftover_pack(self) -> None:
-        """Remove a ``.pack`` file a killed pack left (it is a copy of the data)."""
-        leftover = Path(f"{self._file_name}.pack")
-        if leftover.exists():
-            leftover.unlink()
-            log.warning("removed %s, left behind by a pack that did not finish", leftover)
-
-    def pack(self, t: float, referencesf: Any, gc: bool | None = None) -> Any:
-        pack_file = Path(f"{self._file_name}.pack")
-        create_private(pack_file)  # the packer opens it "w+b": it keeps this mode
-        try:
-            return self._full_disk_is_storage_full(super().pack, t, referencesf, gc)
-        finally:
-            # A pack that found nothing to do never used it; a finished one renamed it.
-            pack_file.unlink(missing_ok=True)
-
-    def _save_index(self) -> None:
-        # The index is rewritten (a new file) at open, close and after a pack.
-        if not self._is_read_only:
-            create_private(Path(f"{self.__name__}.index.index_tmp"))
-        try:
-            super()._save_index()
-        except OSError as exc:
-            if exc.errno not in DISK_FULL_ERRNOS:
-                raise
-            # The index only speeds up opening: FileStorage rebuilds a missing one.
-            Path(f"{self.__name__}.index.index_tmp").unlink(missing_ok=True)
-            log.info("%s: no space left to save the index (it is rebuilt on the next open)", self.__name__)
-        self.make_side_files_private()
-
-    # -- a full disk ---------------------------------------------------------------------------
-    # FileStorage writes through buffered files. When the disk fills, the unwritten bytes stay
-    # in the buffer, and every later flush (tpc_abort's truncate, close) fails again: two more
-    # tracebacks and a storage that cannot close. These overrides turn the first failure into
-    # StorageFull and start the buffers afresh, so the transaction aborts cleanly and the
-    # storage keeps working once space is freed.
-
-    def store(self, oid: bytes, oldserial: bytes, data: bytes, version: str, transaction: Any) -> Any:
-        return self._full_disk_is_storage_full(super().store, oid, oldserial, data, version, transaction)
-
-    def restore(self, oid: bytes, serial: bytes, data: bytes, version: str, prev_txn: Any, transaction: Any) -> Any:
-        return self._full_disk_is_storage_full(super().restore, oid, serial, data, version, prev_txn, transaction)
-
-    def tpc_vote(self, transaction: Any) -> Any:
-        try:
-            return super().tpc_vote(transaction)
-        except OSError as exc:
-            if exc.errno not in DISK_FULL_ERRNOS:
-                raise
-            with self._lock:
-                self._reopen_data_file()
-            raise StorageFull(Path(self._file_name), free_bytes(Path(self._file_name))) from None
-
-    def _abort(self) -> None:
-        try:
-            super()._abort()
-        except OSError as exc:
-            if exc.errno not in DISK_FULL_ERRNOS:
-                raise
-            self._reopen_data_file()
-            self._nextpos = 0
-            self._blob_tpc_abort()
-
-    def _clear_temp(self) -> None:
-        try:
-            super()._clear_temp()
-        except OSError as exc:
-            if exc.errno not in DISK_FULL_ERRNOS:
-                raise
-            self._tindex.clear()
-            stuck, self._tfile = self._tfile, open(f"{self._file_name}.tmp", "w+b")  # noqa: SIM115 - kept open
-            self._tfmt = TempFormatter(self._tfile)
-            _close_discarding(stuck)
-
-    def _reopen_data_file(self) -> None:
-        """Drop the bytes a full disk left in the data file's buffer; cut what reached the disk."""
-        stuck, self._file = self._file, open(self._file_name, "r+b")  # noqa: SIM115 - kept open
-        _close_discarding(stuck)
-        self._file.truncate(self._pos)  # no half transaction at the end
-
-    def _full_disk_is_storage_full(self, call: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return call(*args)
-        except OSError as exc:
-            if exc.errno not in DISK_FULL_ERRNOS:
-                raise
-            raise StorageFull(Path(self._file_name), free_bytes(Path(self._file_name))) from None
-
-
-def _in_use_message(path: Path) -> str:
-    try:
-        pid = Path(str(path) + ".lock").read_text().strip() or "unknown"
-    except OSError:
-        pid = "unknown"
-    return (
-        f"{path} is in use by another process (pid {pid}): a FileStorage file serves one "
-        "process at a time. Stop that process, or use the postgres backend "
-        "(CODX_JUNIOR_DB_BACKEND=postgres) for several processes."
-    )
-
-
-def make_private_dir(directory: Path) -> None:
-    if directory.is_dir():
-        return
-    # Every directory we create is private (0700), not only the last one.
-    missing = [directory, *(p for p in directory.parents if not p.exists())]
-    try:
-        for path in reversed(missing):
-            path.mkdir(mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot create directory {directory}: {exc.strerror}") from None
-
-
-def relstorage_options(settings: CodxJuniorGlobalSettings) -> dict[str, Any]:
-    """RelStorage options from settings (kept separate so tools can reuse them)."""
-    options: dict[str, Any] = {
-        "keep_history": settings.db_keep_history,
-        "cache_local_mb": settings.db_cache_local_mb,
-        "commit_lock_timeout": settings.db_commit_lock_timeout,
-        "driver": "psycopg2",
-        "create_schema": True,
-        "name": "codx-db postgres",
-    }
-    if settings.db_cache_dir is not None:
-        make_private_dir(settings.db_cache_dir)
-        options["cache_local_dir"] = str(settings.db_cache_dir)
-    if settings.db_blob_dir is not None:
-        make_private_dir(settings.db_blob_dir)
-        options["blob_dir"] = str(settings.db_blob_dir)
-        options["shared_blob_dir"] = False
-    return options
-
-
-def _open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
-    from relstorage.adapters.postgresql import PostgreSQLAdapter
-    from relstorage.options import Options
-    from relstorage.storage import RelStorage
-
-    options = Options(**relstorage_options(settings))
-    with _unavailable_on_connect_error(dsn):
-        _check_history_mode(dsn, settings.db_keep_history)
-        adapter = PostgreSQLAdapter(dsn=dsn, options=options)
-        # Both before RelStorage opens its first connection.
-        if settings.db_pg_fast_reads:
-            pg_roundtrips.install(adapter)
-        forks.track_connections(adapter)
-        return RelStorage(adapter, options=options)
-
-
-def _check_history_mode(dsn: str, keep_history: bool) -> None:
-    """Refuse, naming the setting, a keep-history value that contradicts an existing schema.
-
-    RelStorage fixes the mode when it creates its tables; opening with the other mode fails
-    deep inside RelStorage (a foreign-key error or a schema mismatch) without saying why.
-    """
-    import psycopg2
-
-    with (
-        contextlib.closing(psycopg2.connect(dsn, application_name="codx-db schema check")) as conn,
-        conn.cursor() as cur,
-    ):
-        cur.execute(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = current_schema() AND table_name IN ('object_state', 'current_object')"
-        )
-        tables = {row[0] for row in cur.fetchall()}
-    if "object_state" not in tables:
-        return  # a new database: RelStorage creates it in the mode asked for
-    existing = "current_object" in tables  # only history-preserving schemas have it
-    if existing != keep_history:
-        mode = "keeps history" if existing else "is history-free"
-        raise ConfigurationError(
-            f"db_keep_history: the PostgreSQL database {mode}, but CODX_JUNIOR_DB_KEEP_HISTORY="
-            f"{str(keep_history).lower()}: set it to {str(existing).lower()}, or copy the data into "
-            "a new database of the other kind with `codx-db copy`"
-        )
-
-
-def _config_file_spec(path: Path, fast_reads: bool = True) -> StorageSpec:
-    try:
-        schema = ZODB.config.getStorageSchema()
-        with open(path, encoding="utf-8") as file:
-            config, _ = ZConfig.loadConfigFile(schema, file, url=path.resolve().as_uri())
-    except (ZConfig.ConfigurationError, OSError) as exc:
-        raise ConfigurationError(f"db_config_file: {path}: {_scrub(str(exc), None)}") from None
-    factory = config.storage
-    dsn = _relstorage_dsn(factory)
-
-    def open_from_config() -> IStorage:
-        path = getattr(getattr(factory, "config", None), "path", None)
-        if type(factory).__name__ == "FileStorage" and path:
-            file_storage_exists(Path(path))  # a <filestorage> pointed at something else: refuse, change nothing
-        with _unavailable_on_connect_error(dsn):
-            storage = factory.open()
-        adapter = getattr(storage, "_adapter", None)
-        if adapter is not None and type(adapter).__name__ == "PostgreSQLAdapter":
-            # The connections opened from here on (a pool's; none is open yet) take the fast
-            # path and are known to a forked child.
-            if fast_reads:
-                pg_roundtrips.install(adapter)
-            forks.track_connections(adapter)
-        return storage
-
-    return StorageSpec(open_from_config, dsn=dsn)
-
-
-def _relstorage_dsn(factory: Any) -> str | None:
-    """The PostgreSQL DSN inside a ``<relstorage>`` section, if that is what the file holds."""
-    adapter = getattr(getattr(factory, "config", None), "adapter", None)
-    adapter_config = getattr(adapter, "config", None)
-    dsn = getattr(adapter_config, "dsn", None)
-    if dsn is None or not type(adapter).__name__.startswith("PostgreSQL"):
-        return None
-    try:
-        adapter_config.dsn = keyword_dsn(str(dsn))
-    except Exception:  # noqa: BLE001 - the message would quote the DSN
-        raise ConfigurationError("db_config_file: the <postgresql> dsn does not parse") from None
-    return str(adapter_config.dsn)
+    return StorageSpec(open_memory)
 
 
 @contextlib.contextmanager
-def startup_lock(dsn: str | None) -> Iterator[None]:
+def startup_lock(spec_or_dsn: StorageSpec | str | None) -> Iterator[None]:
     """Serialise opening an (empty or old) PostgreSQL database between processes.
 
     RelStorage creates its schema and codx-db runs its generations on open; two processes
     doing that at the same moment on an empty database race. A session-level advisory
     lock on the target database makes them take turns. No-op for other storages.
     """
+    dsn = spec_or_dsn.dsn if isinstance(spec_or_dsn, StorageSpec) else spec_or_dsn
     if dsn is None:
         yield
         return
-    import psycopg2
-    import psycopg2.errors
+    from db.pg.connect import advisory_lock  # lazy backend
 
-    with _unavailable_on_connect_error(dsn):
-        conn = psycopg2.connect(dsn, application_name="codx-db startup lock")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            try:
-                cur.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK_KEY,))
-            except psycopg2.errors.QueryCanceled as exc:
-                raise DatabaseTimeout(
-                    "PostgreSQL cancelled the wait for codx-db's startup lock, which another process holds "
-                    f"while it opens or migrates this database: statement_timeout ({_first_line(exc)}). Wait for "
-                    "that process, or raise statement_timeout for this database or role"
-                ) from None
+    with advisory_lock(dsn):
         yield
-    finally:
-        # Closing the session releases the lock even if unlock is never reached.
-        conn.close()
 
 
-@contextlib.contextmanager
-def _unavailable_on_connect_error(dsn: str | None) -> Iterator[None]:
-    import psycopg2
-    import psycopg2.errors
-
-    try:
-        yield
-    except psycopg2.errors.QueryCanceled as exc:  # connected, then a statement ran out of time
-        raise DatabaseTimeout(
-            f"PostgreSQL cancelled a statement while opening the database: statement_timeout ({_first_line(exc)}). "
-            "Raise statement_timeout for this database or role"
-        ) from None
-    except psycopg2.OperationalError as exc:
-        raise DatabaseUnavailable(
-            "cannot connect to PostgreSQL: " + _scrub(str(exc).strip().splitlines()[0], dsn)
-        ) from None
+# Names that lived here before the backends got modules of their own; importing them loads
+# the backend (so a plain `import db.storage` stays light).
+_MOVED = {
+    "open_file_storage": "db.file_storage",
+    "file_storage_exists": "db.file_storage",
+    "make_private_dir": "db.file_storage",
+    "create_private": "db.file_storage",
+    "PrivateFileStorage": "db.file_storage",
+    "relstorage_options": "db.pg.storage",
+    "STARTUP_LOCK_KEY": "db.pg.connect",
+}
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _scrub(message: str, dsn: str | None) -> str:
-    """Remove a DSN password from a message that might quote it."""
-    if not dsn:
-        return message
-    from psycopg2.extensions import parse_dsn
-
-    try:
-        password = parse_dsn(dsn).get("password")
-    except Exception:  # noqa: BLE001 - if it does not parse, nothing of it can be trusted
-        return "connection failed"
-    if password:
-        message = message.replace(password, "***")
-    return message
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

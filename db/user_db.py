@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown, shown_field
-from db.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
-from db.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
-from db.passwords import (
+from db.users import repository
+from db.users.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
+from db.users.models import User, UserContainer, email_key, username_key, username_skeleton
+from db.users.passwords import (
     MAX_PASSWORD_LENGTH,
     check_password,
     check_password_hash,
@@ -29,7 +30,7 @@ from db.passwords import (
     hash_password,
     verify_password,
 )
-from db.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
+from db.users.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
 
 T = TypeVar("T")
 
@@ -56,7 +57,7 @@ class UserDB:
     def get(self, username: str) -> CodxUser:
         """The user with this username (case-insensitive); raises UserNotFound."""
         _require_str("username", username)
-        return self._read(lambda users: CodxUser.from_model(_get(users, username)))
+        return self._read(lambda users: CodxUser.from_model(repository.get(users, username)))
 
     def find(self, username: str) -> CodxUser | None:
         """The user with this username, or None."""
@@ -67,6 +68,11 @@ class UserDB:
             return None if user is None else CodxUser.from_model(user)
 
         return self._read(find)
+
+    def get_by_id(self, user_id: str) -> CodxUser:
+        """The user with this id (ids never change, unlike usernames); raises UserNotFound (field "id")."""
+        _require_str("user_id", user_id)
+        return self._read(lambda users: CodxUser.from_model(repository.get_by_id(users, user_id)))
 
     def get_by_email(self, email: str) -> CodxUser:
         """The user with this email address (case-insensitive); raises UserNotFound."""
@@ -111,7 +117,7 @@ class UserDB:
             raise InvalidUserData(problems)
 
         def page(uow: UnitOfWork) -> list[CodxUser]:
-            found = list(_users(uow).page(offset, limit, active, prefix, after))
+            found = list(repository.container(uow).page(offset, limit, active, prefix, after))
             # RelStorage loads the users not yet cached in one query instead of one each
             # (FileStorage and MappingStorage have nothing to prefetch: a no-op there).
             uow.connection.prefetch(found)
@@ -165,8 +171,8 @@ class UserDB:
         user_id = new_user_id()
 
         def create(uow: UnitOfWork) -> CodxUser:
-            users = _users(uow)
-            _check_unique(users, data.username, data.email)
+            users = repository.container(uow)
+            repository.check_unique(users, data.username, data.email)
             user = User(id=user_id, password_hash=password_hash, **fields)
             users.add(user)
             return CodxUser.from_model(user)
@@ -222,7 +228,7 @@ class UserDB:
 
     def _import_batch(self, prepared: list[tuple[UserCreate, str | None]], savepoint_every: int, first: int = 0) -> int:
         def write(uow: UnitOfWork) -> int:
-            users = _users(uow)
+            users = repository.container(uow)
             _check_import_unique(users, prepared, first)
             for done, (data, password_hash) in enumerate(prepared, 1):
                 fields = data.model_dump(exclude={"projects"})
@@ -246,10 +252,10 @@ class UserDB:
         fields = UserUpdate.parse(changes).changes()
 
         def update(uow: UnitOfWork) -> CodxUser:
-            users = _users(uow)
-            user = _get(users, username)
+            users = repository.container(uow)
+            user = repository.get(users, username)
             old_username = user.username
-            changed = _apply(users, user, fields)
+            changed = repository.apply(users, user, fields)
             if changed:
                 uow.note(f"codx-db: update user {old_username}: {', '.join(sorted(changed))}")
             return CodxUser.from_model(user)
@@ -262,7 +268,7 @@ class UserDB:
         password_hash = hash_password(check_password(password))
 
         def set_password(uow: UnitOfWork) -> None:
-            user = _get(_users(uow), username)
+            user = repository.get(repository.container(uow), username)
             user.password_hash = password_hash
             user.touch()
             # The stored name: the one given may carry 100 kB of trimmed spaces.
@@ -287,7 +293,7 @@ class UserDB:
         login = username_or_email
 
         def lookup(users: UserContainer) -> tuple[CodxUser | None, str | None]:
-            user = _find_login(users, login)
+            user = repository.find_login(users, login)
             if user is None:
                 return None, None
             return CodxUser.from_model(user), user.password_hash
@@ -315,7 +321,7 @@ class UserDB:
         new_hash = hash_password(password)
 
         def rehash(uow: UnitOfWork) -> CodxUser | None:
-            user = _users(uow).users.get(user_id)
+            user = repository.container(uow).users.get(user_id)
             if user is None or not user.is_active:
                 return None
             # Only replace the hash we verified: a concurrent set_password wins.
@@ -330,8 +336,8 @@ class UserDB:
         _require_str("username", username)
 
         def delete(uow: UnitOfWork) -> None:
-            users = _users(uow)
-            user = _get(users, username)
+            users = repository.container(uow)
+            user = repository.get(users, username)
             users.remove(user)
             uow.note(f"codx-db: delete user {user.username}")
 
@@ -349,7 +355,7 @@ class UserDB:
             raise InvalidUserData([f"limit: must be an integer from 1 to {MAX_PAGE}"])
 
         def history(uow: UnitOfWork) -> list[UserRevision]:
-            return revisions(uow.connection, _get(_users(uow), username), limit)
+            return revisions(uow.connection, repository.get(repository.container(uow), username), limit)
 
         return self.database.run(history)
 
@@ -363,8 +369,8 @@ class UserDB:
         tid, when = _revision_target(to)
 
         def revert(uow: UnitOfWork) -> CodxUser:
-            users = _users(uow)
-            user = _get(users, username)
+            users = repository.container(uow)
+            user = repository.get(users, username)
             state = state_at(uow.connection, user, tid, when)
             if not state:
                 raise HistoryUnavailable(f"user {shown(user.username)} has no version at or before {shown(str(to))}")
@@ -372,7 +378,7 @@ class UserDB:
             if "projects" in fields:
                 fields["projects"] = list(fields["projects"])  # UserUpdate takes a list
             old_username = user.username
-            _apply(users, user, UserUpdate.parse(fields).changes())
+            repository.apply(users, user, UserUpdate.parse(fields).changes())
             uow.note(f"codx-db: revert user {old_username} to {to if isinstance(to, str) else to.isoformat()}")
             return CodxUser.from_model(user)
 
@@ -381,7 +387,7 @@ class UserDB:
     # -- units of work -----------------------------------------------------------------------
 
     def _read(self, fn: Callable[[UserContainer], T]) -> T:
-        return self.database.run(lambda uow: fn(_users(uow)))
+        return self.database.run(lambda uow: fn(repository.container(uow)))
 
     def _write(self, fn: Callable[[UnitOfWork], T], note: str | None) -> T:
         def write(uow: UnitOfWork) -> T:
@@ -476,7 +482,7 @@ def _check_import_unique(users: UserContainer, prepared: list[tuple[UserCreate, 
     """
     for index, (data, _) in enumerate(prepared, first):
         try:
-            _check_unique(users, data.username, data.email)
+            repository.check_unique(users, data.username, data.email)
         except UserAlreadyExists as exc:
             raise UserAlreadyExists(exc.field, exc.value, where=f"records[{index}]", like=exc.like) from None
 
@@ -507,60 +513,6 @@ def _revision_target(to: datetime | str) -> tuple[bytes | None, datetime | None]
         else:
             return None, when if when.tzinfo else when.replace(tzinfo=UTC)
     raise InvalidUserData(["to: must be a revision id (16 hex digits) or an ISO 8601 time"])
-
-
-def _users(uow: UnitOfWork) -> UserContainer:
-    return uow.root[USERS_KEY]
-
-
-def _get(users: UserContainer, username: str) -> User:
-    user = users.find_by_username(username)
-    if user is None:
-        raise UserNotFound(username)
-    return user
-
-
-def _apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str, Any]:
-    """Set validated fields on a stored user, keeping the indexes right; return what changed."""
-    old_username, old_email = user.username, user.email
-    _check_unique(users, fields.get("username", old_username), fields.get("email", old_email), exclude=user)
-    changed = {name: value for name, value in fields.items() if getattr(user, name) != value}
-    if changed:
-        for name, value in changed.items():
-            setattr(user, name, value)
-        user.touch()
-        users.reindex(user, old_username, old_email)
-    return changed
-
-
-def _find_login(users: UserContainer, login: str) -> User | None:
-    user = users.find_by_username(login)
-    if user is None and "@" in login:
-        user = users.find_by_email(email_for_lookup(login))
-    return user
-
-
-def _check_unique(users: UserContainer, username: str, email: str | None, exclude: User | None = None) -> None:
-    other = users.by_username.get(username_key(username))
-    if other is not None and other is not exclude:
-        raise UserAlreadyExists("username", username)
-    # Look-alikes and login ambiguity: checked for new names only, so look-alikes stored
-    # before generation 3 can still update their other fields.
-    if exclude is None or username != exclude.username:
-        other = users.find_lookalike(username, exclude)
-        if other is not None:
-            raise UserAlreadyExists("username", username, like=other.username)
-        other = users.by_email.get(email_key(username)) if "@" in username else None
-        if other is not None and other is not exclude:  # a login by that email would find this user
-            raise UserAlreadyExists("email", username)
-    if email:
-        other = users.by_email.get(email_key(email))
-        if other is not None and other is not exclude:
-            raise UserAlreadyExists("email", email)
-        if exclude is None or email != exclude.email:
-            other = users.by_username.get(username_key(email))
-            if other is not None and other is not exclude:
-                raise UserAlreadyExists("username", email)
 
 
 def _require_str(name: str, value: object) -> None:

@@ -503,3 +503,15 @@ def test_snapshots_follow_every_change(users: UserDB, database: Database) -> Non
     assert users.get("alice").projects[0].project_id == "p1"
     with pytest.raises(Exception):  # noqa: B017 - frozen all the way down
         first.projects[0].permissions = "admin"  # type: ignore[misc]
+
+
+def test_get_by_id(users: UserDB) -> None:
+    # Tokens and API keys carry a user's id, which survives renames.
+    created = users.create(username="Ada", email="ada@example.com")
+    users.update("ada", username="ada.lovelace")
+    assert users.get_by_id(created.id) == users.get("ada.lovelace")
+    with pytest.raises(UserNotFound) as caught:
+        users.get_by_id("no-such-id")
+    assert caught.value.field == "id" and "no-such-id" in str(caught.value)
+    with pytest.raises(InvalidUserData, match="user_id: must be a string"):
+        users.get_by_id(7)  # type: ignore[arg-type]

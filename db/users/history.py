@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from ZODB.utils import p64, u64
 
 from db.errors import HistoryUnavailable
-from db.models import User
-from db.schemas import CodxUser, projects_from_tuple
+from db.users.models import User
+from db.users.schemas import CodxUser, projects_from_tuple
 
 # Fields shown in a revision's changes, in this order.
 TRACKED_FIELDS = (

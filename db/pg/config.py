@@ -1,0 +1,65 @@
+"""A ZConfig storage file (``db_config_file``): ZODB's own loader, the only ZConfig import.
+
+Such a file usually describes RelStorage on PostgreSQL (relstorage.conf), which is why it
+lives here; a ``<filestorage>`` section works too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ZConfig
+import ZODB.config
+from ZODB.interfaces import IStorage
+
+from db.errors import ConfigurationError
+from db.file_storage import file_storage_exists
+from db.pg.connect import unavailable_on_connect_error, unit_errors
+from db.pg.dsn import keyword_dsn
+from db.pg.storage import prepare_adapter
+from db.settings import CodxJuniorGlobalSettings
+from db.storage import StorageSpec
+
+
+def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
+    """The storage ``db_config_file`` describes, failing fast on a file that does not parse."""
+    assert settings.db_config_file is not None
+    path = settings.db_config_file
+    try:
+        schema = ZODB.config.getStorageSchema()
+        with open(path, encoding="utf-8") as file:
+            config, _ = ZConfig.loadConfigFile(schema, file, url=path.resolve().as_uri())
+    except (ZConfig.ConfigurationError, OSError) as exc:
+        raise ConfigurationError(f"db_config_file: {path}: {exc}") from None
+    factory = config.storage
+    dsn = _relstorage_dsn(factory)
+
+    def open_from_config() -> IStorage:
+        path = getattr(getattr(factory, "config", None), "path", None)
+        if type(factory).__name__ == "FileStorage" and path:
+            file_storage_exists(Path(path))  # a <filestorage> pointed at something else: refuse, change nothing
+        with unavailable_on_connect_error(dsn):
+            storage: IStorage = factory.open()
+        adapter = getattr(storage, "_adapter", None)
+        if adapter is not None and type(adapter).__name__ == "PostgreSQLAdapter":
+            # The connections opened from here on: a pool's; none is open yet.
+            prepare_adapter(adapter, settings.db_pg_fast_reads)
+        return storage
+
+    # A lost connection is not explained by asking the server (only the postgres backend does).
+    return StorageSpec(open_from_config, dsn=dsn, errors=unit_errors(None))
+
+
+def _relstorage_dsn(factory: Any) -> str | None:
+    """The PostgreSQL DSN inside a ``<relstorage>`` section, if that is what the file holds."""
+    adapter = getattr(getattr(factory, "config", None), "adapter", None)
+    adapter_config = getattr(adapter, "config", None)
+    dsn = getattr(adapter_config, "dsn", None)
+    if adapter_config is None or dsn is None or not type(adapter).__name__.startswith("PostgreSQL"):
+        return None
+    try:
+        adapter_config.dsn = keyword_dsn(str(dsn))
+    except Exception:  # noqa: BLE001 - the message would quote the DSN
+        raise ConfigurationError("db_config_file: the <postgresql> dsn does not parse") from None
+    return str(adapter_config.dsn)

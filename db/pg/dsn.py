@@ -1,0 +1,54 @@
+"""PostgreSQL DSNs: parse, check, mask and scrub; the one place a DSN password is handled."""
+
+from __future__ import annotations
+
+from psycopg2.extensions import make_dsn, parse_dsn
+
+
+def mask_dsn(dsn: str) -> str:
+    """Return the DSN with its password replaced by ``***`` (URI or ``key=value`` form)."""
+    try:
+        params = parse_dsn(dsn)
+    except Exception:  # noqa: BLE001 - an unparsable DSN must not be echoed: it may hold a password
+        return "<unparsable DSN>"
+    if "password" in params:
+        params["password"] = "***"
+    return str(make_dsn(**params))
+
+
+def keyword_dsn(dsn: str) -> str:
+    """The DSN in libpq ``key=value`` form.
+
+    RelStorage appends `` application_name=...`` to the DSN it is given, which only works
+    with the keyword form: a ``postgresql://`` URI would swallow it into the database name.
+    """
+    return str(make_dsn(**parse_dsn(dsn)))
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise ``ValueError`` (never quoting the DSN) if ``dsn`` is not a usable libpq DSN or URI."""
+    try:
+        params = parse_dsn(dsn)
+    except Exception:  # noqa: BLE001 - psycopg2's message quotes the DSN; never show it
+        raise ValueError("not a valid libpq DSN or postgresql:// URI (value hidden)") from None
+    # libpq only checks the port when connecting; a typo should fail at load time.
+    if not all(p.strip().isdigit() for p in params.get("port", "5432").split(",")):
+        raise ValueError("the port in the DSN is not a number")
+
+
+def scrub(message: str, dsn: str | None) -> str:
+    """Remove a DSN password from a message that might quote it."""
+    if not dsn:
+        return message
+    try:
+        password = parse_dsn(dsn).get("password")
+    except Exception:  # noqa: BLE001 - if it does not parse, nothing of it can be trusted
+        return "connection failed"
+    if password:
+        message = message.replace(password, "***")
+    return message
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (libpq adds context lines that may repeat the DSN)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

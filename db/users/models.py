@@ -1,0 +1,298 @@
+"""Persistent models: ``User`` and the ``UserContainer`` with its BTree indexes.
+
+These objects live in the database; they never leave a unit of work (callers get
+``db.schemas.CodxUser`` snapshots). Rules that keep them safe in ZODB:
+
+* index keys are normalised ``str`` only (a total, stable order for BTrees);
+* no plain mutable ``dict``/``list`` attributes (ZODB would not notice in-place changes):
+  reassign, or use persistent containers;
+* ``Length`` for the count: O(1) and it resolves concurrent increments without conflicts.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import unicodedata
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from BTrees.Length import Length
+from BTrees.OOBTree import OOBTree, OOTreeSet
+from persistent import Persistent
+
+from db.users.unicode_policy import skeleton
+
+USERS_KEY = "codx_db.users"
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only kind of timestamp stored."""
+    return datetime.now(UTC)
+
+
+def _fold(text: str) -> str:
+    """NFKC, trimmed, case-folded: the unique index keys' form."""
+    return unicodedata.normalize("NFKC", text).strip().casefold()
+
+
+def username_key(username: str) -> str:
+    """Index key of a username: NFKC, trimmed, case-folded (a fullwidth "ALICE " and "alice" collide)."""
+    return _fold(username)
+
+
+def username_skeleton(username: str) -> str:
+    """Look-alike key of a username (UTS #39 skeleton): admin with a Cyrillic U+0430 for its "a" shares "admin"'s."""
+    return skeleton(unicodedata.normalize("NFKC", username).strip())
+
+
+def email_key(email: str) -> str:
+    """Index key of an email address: NFKC, trimmed, case-folded."""
+    return _fold(email)
+
+
+class User(Persistent):
+    """A stored user. Attributes are plain immutable values; the hash never leaves UserDB."""
+
+    # Class-level defaults give old pickles a value for attributes added later
+    # (a generation then writes them into each object).
+    email: str | None = None
+    full_name: str = ""
+    is_active: bool = True
+    is_superuser: bool = False
+    password_hash: str | None = None
+    # Generation 1: codx-junior's own user fields. ``projects`` is an immutable tuple of
+    # ``(project_id, permissions, children)`` sorted by project id: replaced whole, never
+    # changed in place, so ZODB always sees the change.
+    avatar: str = ""
+    theme: str = "dim"
+    role: str = "user"
+    github: str = ""
+    projects: tuple[tuple[str, str, bool], ...] = ()
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        username: str,
+        email: str | None = None,
+        full_name: str = "",
+        is_active: bool = True,
+        is_superuser: bool = False,
+        password_hash: str | None = None,
+        created_at: datetime | None = None,
+        avatar: str = "",
+        theme: str = "dim",
+        role: str = "user",
+        github: str = "",
+        projects: tuple[tuple[str, str, bool], ...] = (),
+    ) -> None:
+        self.id = id
+        self.username = username
+        self.email = email
+        self.full_name = full_name
+        self.is_active = is_active
+        self.is_superuser = is_superuser
+        self.password_hash = password_hash
+        self.created_at = created_at or utcnow()
+        self.updated_at = self.created_at
+        self.avatar = avatar
+        self.theme = theme
+        self.role = role
+        self.github = github
+        self.projects = projects
+
+    def touch(self) -> None:
+        """Record a change now."""
+        self.updated_at = utcnow()
+
+    def __repr__(self) -> str:  # never shows the hash
+        return f"<User {self.username!r} id={self.id}>"
+
+
+class UserContainer(Persistent):
+    """All users: ``users`` by id, unique indexes by username key and email key, a count."""
+
+    # Generation 2: username keys of inactive users, so ``list(active=...)`` filters on keys
+    # without loading every user. None in a database not yet evolved to generation 2.
+    inactive: OOTreeSet | None = None
+    # True once the set holds every inactive user: generation 2 fills it in batches, and a
+    # half-built set must not be used to filter (writers keep it up to date all along).
+    inactive_complete: bool = False
+    # Generation 3: username skeleton -> tuple of the users whose names look alike under it
+    # (one user, except for look-alikes stored before generation 3: they keep their names).
+    # New names must not join an existing entry. None until generation 3 creates it; writers
+    # keep it up to date from the moment it exists.
+    by_skeleton: OOBTree | None = None
+
+    def __init__(self) -> None:
+        self.users: OOBTree = OOBTree()  # id -> User
+        self.by_username: OOBTree = OOBTree()  # username_key -> User (sorted listing)
+        self.by_email: OOBTree = OOBTree()  # email_key -> User
+        self.length = Length(0)
+        self.inactive = OOTreeSet()
+        self.inactive_complete = True
+        self.by_skeleton = OOBTree()
+
+    def __len__(self) -> int:
+        return self.length()
+
+    def add(self, user: User) -> None:
+        """Insert a user the caller has checked is unique."""
+        self.users[user.id] = user
+        self.by_username[username_key(user.username)] = user
+        if user.email:
+            self.by_email[email_key(user.email)] = user
+        if not user.is_active and self.inactive is not None:
+            self.inactive.add(username_key(user.username))
+        self.add_skeleton(user, username_skeleton(user.username))
+        self.length.change(1)
+
+    def remove(self, user: User) -> None:
+        """Remove a user and its index entries."""
+        # Write the user itself too: otherwise an update of the same user committing at the
+        # same moment touches only other BTree buckets, both commits merge, and the update's
+        # new index entries point at a deleted user (who could then still log in by email).
+        # Marking it changed makes the two transactions conflict; the loser is retried.
+        user._p_changed = True
+        del self.users[user.id]
+        del self.by_username[username_key(user.username)]
+        if user.email:
+            self.by_email.pop(email_key(user.email), None)
+        if self.inactive is not None:
+            self.inactive.discard(username_key(user.username))
+        self.discard_skeleton(user, username_skeleton(user.username))
+        self.length.change(-1)
+
+    def reindex(self, user: User, old_username: str, old_email: str | None) -> None:
+        """Move index entries after the username, email or active flag of ``user`` changed."""
+        # Touch an index only where its key changed: re-setting an unchanged entry still
+        # rewrites its bucket (more to commit, and a conflict with every concurrent writer).
+        old_ukey, new_ukey = username_key(old_username), username_key(user.username)
+        if old_ukey != new_ukey:
+            del self.by_username[old_ukey]
+            self.by_username[new_ukey] = user
+        if self.inactive is not None and (old_ukey != new_ukey or (old_ukey in self.inactive) == user.is_active):
+            self.inactive.discard(old_ukey)
+            if not user.is_active:
+                self.inactive.add(new_ukey)
+        if old_username != user.username:
+            old_skeleton, new_skeleton = username_skeleton(old_username), username_skeleton(user.username)
+            if old_skeleton != new_skeleton:
+                self.discard_skeleton(user, old_skeleton)
+                self.add_skeleton(user, new_skeleton)
+        old_ekey = email_key(old_email) if old_email else None
+        new_ekey = email_key(user.email) if user.email else None
+        if old_ekey != new_ekey:
+            if old_ekey is not None:
+                self.by_email.pop(old_ekey, None)
+            if new_ekey is not None:
+                self.by_email[new_ekey] = user
+
+    def add_skeleton(self, user: User, key: str) -> None:
+        """Add ``user`` to the look-alike entry ``key`` (kept once; a no-op before generation 3)."""
+        if self.by_skeleton is None:
+            return
+        entry = self.by_skeleton.get(key, ())
+        if user not in entry:
+            self.by_skeleton[key] = (*entry, user)  # a new tuple: entries are never changed in place
+
+    def discard_skeleton(self, user: User, key: str) -> None:
+        """Remove ``user`` from the look-alike entry ``key``; drop the entry when it empties."""
+        if self.by_skeleton is None:
+            return
+        entry = self.by_skeleton.get(key, ())
+        if user in entry:
+            rest = tuple(other for other in entry if other is not user)
+            if rest:
+                self.by_skeleton[key] = rest
+            else:
+                del self.by_skeleton[key]
+
+    def find_lookalike(self, username: str, exclude: User | None = None) -> User | None:
+        """A stored user (other than ``exclude``) whose username looks like ``username``, or None."""
+        if self.by_skeleton is None:
+            return None
+        for other in self.by_skeleton.get(username_skeleton(username), ()):
+            if other is not exclude:
+                return other  # type: ignore[no-any-return]
+        return None
+
+    def find_by_username(self, username: str) -> User | None:
+        """O(log n) lookup by username (case-insensitive)."""
+        return self.by_username.get(username_key(username))
+
+    def find_by_email(self, email: str) -> User | None:
+        """O(log n) lookup by email (case-insensitive)."""
+        return self.by_email.get(email_key(email))
+
+    def iter_sorted(self, prefix: str | None = None, after: str | None = None) -> Iterator[tuple[str, User]]:
+        """(key, user) in username order: usernames starting with ``prefix``, after ``after``.
+
+        Starting point found in O(log n). Users come out of the BTree as ghosts: nothing is
+        loaded until an attribute is read.
+        """
+        start = username_key(prefix) if prefix else ""
+        after_key = username_key(after) if after else None
+        if after_key is not None and after_key >= start:
+            items = self.by_username.items(min=after_key, excludemin=True)
+        elif start:
+            items = self.by_username.items(min=start)
+        else:
+            items = self.by_username.items()
+        for key, user in items:
+            if start and not key.startswith(start):
+                return
+            yield key, user
+
+    def page(
+        self, offset: int, limit: int, active: bool | None = None, prefix: str | None = None, after: str | None = None
+    ) -> list[User]:
+        """A page of users in username order, optionally only active (or inactive) ones.
+
+        An offset at or past the count answers at once (the count is O(1)): no page is there,
+        and walking to it would hold a connection for as long as the offset is large.
+        """
+        if offset >= len(self):
+            return []
+        items: Iterator[tuple[str, User]] = self.iter_sorted(prefix, after)
+        if active is not None:
+            inactive = self.inactive
+            if inactive is not None and self.inactive_complete:
+                # Filter on keys: only the users of the page are loaded.
+                items = ((key, user) for key, user in items if (key not in inactive) == active)
+            else:
+                items = ((key, user) for key, user in items if user.is_active == active)
+        jar = self._p_jar
+        while offset > _GC_EVERY and jar is not None:
+            # A deep offset walks every bucket before it, each unpickled with a ghost per
+            # user: shrink the cache to its target size now and then, so the walk itself
+            # (not the cache settings) does not set the memory used. Skipped in C (deque).
+            walked = _skip(items, _GC_EVERY)
+            offset -= walked
+            if walked < _GC_EVERY:
+                # The index ended before the offset: with filters, or a count that drifted
+                # from the index (`codx-db check` reports it), the offset may lie past the
+                # last user although it is below the count. Stop at the end.
+                return []
+            jar.cacheGC()  # the buckets walked are unchanged (a read): they may leave memory
+        return [user for _, user in itertools.islice(items, offset, offset + limit)]
+
+
+_GC_EVERY = 20_000
+
+
+def _skip(items: Iterator[Any], count: int) -> int:
+    """Consume up to ``count`` items (in C); return how many there were."""
+    counter = itertools.count()
+    collections.deque(zip(itertools.islice(items, count), counter, strict=False), maxlen=0)
+    return next(counter)
+
+
+def install_root(root: Any) -> UserContainer:
+    """Create the root containers if missing; return the user container."""
+    container = root.get(USERS_KEY)
+    if container is None:
+        container = root[USERS_KEY] = UserContainer()
+    return container

@@ -1,0 +1,191 @@
+"""The field rules: normalise and check one value, raising ``ValueError`` with what is wrong.
+
+The pydantic schemas (db/users/schemas.py) call these from their validators; the rules
+themselves are listed in that module's docstring.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from db.users.unicode_policy import describe, find_invisible, invisible_message, mixed_scripts
+
+USERNAME_MAX = 64
+EMAIL_MAX = 254
+FULL_NAME_MAX = 200
+USERNAME_PUNCTUATION = "._-@ "
+# UTS #39 5.4: more than 4 nonspacing marks on one letter is "zalgo" text, not a name.
+MAX_COMBINING_MARKS = 4
+AVATAR_MAX = 2048
+PROJECT_ID_MAX = 128
+PERMISSIONS_MAX = 256
+MAX_PROJECTS = 1000
+ROLES = ("user", "admin")
+_THEME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_GITHUB_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
+
+
+def check_visible(value: str, display: bool = True) -> None:
+    """ValueError naming the first bidi control or invisible formatting character (see unicode_policy)."""
+    invisible = find_invisible(value, display=display)
+    if invisible is not None:
+        raise ValueError(invisible_message(invisible))
+
+
+def check_shown_text(value: str) -> None:
+    """ValueError for text shown to people that holds control, lone surrogate or invisible characters."""
+    if has_control_chars(value):
+        raise ValueError("must not contain control characters or lone surrogates")
+    check_visible(value)
+
+
+def has_control_chars(value: str) -> bool:
+    # Cc: control characters; Cs: lone surrogates, which cannot be encoded as UTF-8 and would
+    # break every JSON response and terminal that later shows the value.
+    if value.isprintable():  # the common case, in C: no Cc or Cs character is printable
+        return False
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
+
+
+# An ASCII username that passes every rule below (the rules stay the reference).
+_PLAIN_USERNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._@-]| (?! ))*")
+
+
+def normalize_username(value: str) -> str:
+    """NFKC-normalise, trim and check a username; raise ValueError naming the rule broken."""
+    name = unicodedata.normalize("NFKC", value).strip()
+    if not name:
+        raise ValueError("must not be empty")
+    if len(name) > USERNAME_MAX:
+        raise ValueError(f"must be at most {USERNAME_MAX} characters")
+    if _PLAIN_USERNAME.fullmatch(name):  # the common case, in C
+        return name
+    check_visible(name, display=False)
+    if not name[0].isalnum():
+        raise ValueError("must start with a letter or digit")
+    bad = sorted({c for c in name if not (c.isalnum() or c in USERNAME_PUNCTUATION or _is_mark(c))})
+    if bad:
+        shown = "".join(c if c.isprintable() and not c.isspace() else repr(c) for c in bad[:5])
+        raise ValueError(f"may hold only letters, digits, single spaces and '._-@', not {shown!r}")
+    if "  " in name:
+        raise ValueError("must not hold two spaces in a row")
+    _check_marks(name)
+    scripts = mixed_scripts(name)
+    if scripts:
+        raise ValueError(
+            f"mixes the scripts {', '.join(s.title() for s in scripts)}: write it in one script "
+            "(mixed scripts make look-alikes of other names)"
+        )
+    return name
+
+
+def _is_mark(char: str) -> bool:
+    # Nonspacing and spacing combining marks: Devanagari vowel signs, Arabic harakat...
+    # Enclosing marks (Me) draw a frame around the letter: not part of a name.
+    return unicodedata.category(char) in ("Mn", "Mc")
+
+
+def _check_marks(name: str) -> None:
+    run = 0
+    previous = ""
+    for char in name:
+        if not _is_mark(char):
+            run, previous = 0, char
+            continue
+        run += 1
+        if not previous.isalnum():
+            raise ValueError(f"{describe(char)} must follow a letter or digit")
+        if run > MAX_COMBINING_MARKS:
+            raise ValueError(f"at most {MAX_COMBINING_MARKS} combining marks on one letter")
+
+
+def normalize_email(value: str) -> str:
+    """Validate an email address syntactically; return its normalised form."""
+    address = unicodedata.normalize("NFKC", value).strip()
+    if len(address) > EMAIL_MAX:
+        raise ValueError(f"must be at most {EMAIL_MAX} characters")
+    local, at, domain = address.rpartition("@")
+    if at and _PLAIN_LOCAL_PART.fullmatch(local):
+        # The common case, fast: a plain ASCII local part needs no normalisation, and the
+        # domain (validated by email-validator, ~100 us) is shared by many users.
+        return f"{local}@{_normalized_domain(domain)}"
+    return str(_validate(address).normalized)
+
+
+def _validate(address: str) -> Any:
+    try:
+        return validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address ({exc})") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized_domain(domain: str) -> str:
+    """A domain as email-validator normalises it (lower case, IDNA decoded), cached."""
+    return str(_validate(f"a@{domain}").domain)
+
+
+# RFC 5322 dot-atom of ASCII characters, at most 64 long: what email-validator accepts as a
+# local part and returns unchanged.
+_PLAIN_LOCAL_PART = re.compile(r"(?=.{1,64}\Z)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def email_for_lookup(value: str) -> str:
+    """The stored form of an address typed at login or lookup (punycode domains included).
+
+    Anything that does not validate cannot be stored, so it is looked up as typed (and
+    simply not found).
+    """
+    try:
+        return normalize_email(value)
+    except ValueError:
+        return value
+
+
+def normalize_avatar(value: str) -> str:
+    """An avatar URL or path: trimmed, bounded, printable."""
+    value = value.strip()
+    if len(value) > AVATAR_MAX:
+        raise ValueError(f"must be at most {AVATAR_MAX} characters")
+    if has_control_chars(value):
+        raise ValueError("must not contain control characters or lone surrogates")
+    check_visible(value, display=False)  # a URL or path: nothing invisible has a place in it
+    return value
+
+
+def normalize_theme(value: str) -> str:
+    """A UI theme name such as ``dim`` or ``dark``."""
+    value = value.strip()
+    if not _THEME_RE.fullmatch(value):
+        raise ValueError("must be 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def normalize_role(value: str) -> str:
+    """``user`` or ``admin`` (case-insensitive)."""
+    role = value.strip().lower()
+    if role not in ROLES:
+        raise ValueError(f"must be one of {', '.join(ROLES)}")
+    return role
+
+
+def normalize_github(value: str) -> str:
+    """Empty, or a GitHub login."""
+    value = value.strip().removeprefix("@")
+    if value and not _GITHUB_RE.fullmatch(value):
+        raise ValueError("must be a GitHub login: 1-39 letters, digits or single hyphens")
+    return value
+
+
+def normalize_full_name(value: str) -> str:
+    """Trim a display name and check its length and characters."""
+    name = unicodedata.normalize("NFC", value).strip()
+    if len(name) > FULL_NAME_MAX:
+        raise ValueError(f"must be at most {FULL_NAME_MAX} characters")
+    check_shown_text(name)
+    return name

@@ -1,0 +1,82 @@
+"""The user repository: lookups and writes that keep the user container's indexes consistent.
+
+Every writer (UserDB, the importers) goes through these, so the cross-object invariants
+(unique username, email and look-alike keys; a login by email never finds another user)
+live in one place. Nothing here commits: the caller's unit of work does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from db.database import UnitOfWork
+from db.errors import UserAlreadyExists, UserNotFound
+from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.users.normalize import email_for_lookup
+
+
+def container(uow: UnitOfWork) -> UserContainer:
+    """The user container of this unit of work's database."""
+    users: UserContainer = uow.root[USERS_KEY]
+    return users
+
+
+def get(users: UserContainer, username: str) -> User:
+    """The stored user with this username (case-insensitive); raises UserNotFound."""
+    user = users.find_by_username(username)
+    if user is None:
+        raise UserNotFound(username)
+    return user
+
+
+def get_by_id(users: UserContainer, user_id: str) -> User:
+    """The stored user with this id; raises UserNotFound (field "id")."""
+    user: User | None = users.users.get(user_id)
+    if user is None:
+        raise UserNotFound(user_id, field="id")
+    return user
+
+
+def apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str, Any]:
+    """Set validated fields on a stored user, keeping the indexes right; return what changed."""
+    old_username, old_email = user.username, user.email
+    check_unique(users, fields.get("username", old_username), fields.get("email", old_email), exclude=user)
+    changed = {name: value for name, value in fields.items() if getattr(user, name) != value}
+    if changed:
+        for name, value in changed.items():
+            setattr(user, name, value)
+        user.touch()
+        users.reindex(user, old_username, old_email)
+    return changed
+
+
+def find_login(users: UserContainer, login: str) -> User | None:
+    """The user a login names: a username, else (if it holds an @) an email address."""
+    user = users.find_by_username(login)
+    if user is None and "@" in login:
+        user = users.find_by_email(email_for_lookup(login))
+    return user
+
+
+def check_unique(users: UserContainer, username: str, email: str | None, exclude: User | None = None) -> None:
+    """Raise UserAlreadyExists if another user (not ``exclude``) holds or looks like these keys."""
+    other = users.by_username.get(username_key(username))
+    if other is not None and other is not exclude:
+        raise UserAlreadyExists("username", username)
+    # Look-alikes and login ambiguity: checked for new names only, so look-alikes stored
+    # before generation 3 can still update their other fields.
+    if exclude is None or username != exclude.username:
+        other = users.find_lookalike(username, exclude)
+        if other is not None:
+            raise UserAlreadyExists("username", username, like=other.username)
+        other = users.by_email.get(email_key(username)) if "@" in username else None
+        if other is not None and other is not exclude:  # a login by that email would find this user
+            raise UserAlreadyExists("email", username)
+    if email:
+        other = users.by_email.get(email_key(email))
+        if other is not None and other is not exclude:
+            raise UserAlreadyExists("email", email)
+        if exclude is None or email != exclude.email:
+            other = users.by_username.get(username_key(email))
+            if other is not None and other is not exclude:
+                raise UserAlreadyExists("username", email)
