@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_a_token_finds_its_user_until_it_expires(users: UserDB, clock: Clock) ->
     assert users.get_by_token(token) is None
 
 
-def test_the_default_lifetime_comes_from_the_settings(tmp_path: object, clock: Clock) -> None:
+def test_the_default_lifetime_comes_from_the_settings(clock: Clock) -> None:
     database = Database(CodxJuniorGlobalSettings.load(db_backend="memory", db_token_ttl_hours=3))
     try:
         users = UserDB(database, clock=clock)
@@ -248,3 +249,19 @@ def test_no_secret_in_logs_reprs_or_errors(users: UserDB, caplog: pytest.LogCapt
     assert "is too common" in text and "is disabled" in text  # the errors were seen
     for secret in (token, key, token[4:24], key[4:24], PASSWORD, "password1", "alice-example.com"):
         assert secret not in text, secret
+
+
+def test_a_revert_to_an_inactive_version_revokes_tokens(tmp_path: Path, clock: Clock) -> None:
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs"))
+    try:
+        users = UserDB(database, clock=clock)
+        users.create(username="erin", is_active=False)
+        inactive_tid = users.history("erin")[0].tid
+        users.update("erin", is_active=True)
+        token = users.issue_token("erin")
+        users.revert("erin", inactive_tid)
+        assert users.get("erin").is_active is False
+        users.update("erin", is_active=True)
+        assert users.get_by_token(token) is None  # revoked by the revert, not merely hidden
+    finally:
+        database.close()
