@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from db.display import capped, joined, shorten
+from db.display import capped, joined, plural, shorten
 from db.errors import CodxDBError, InvalidUserData
 from db.progress import write
 from db.schemas import CodxUser
@@ -352,7 +352,7 @@ def cmd_check(args: argparse.Namespace) -> None:
     document on stdout (``--json``), and the exit code must be 1 without an error line.
     """
     from db import db
-    from db.check import check, repair
+    from db.ops.check import check, repair
 
     settings = db.settings
     result = repair(db) if args.repair else check(db)
@@ -536,7 +536,7 @@ def _print_report(args: argparse.Namespace, report: Any) -> None:
     if args.json:
         _out(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        _out("\n".join(report.lines()))
+        _out("\n".join(_report_lines(report)))
     if not getattr(report, "ok", True):
         raise SystemExit(1)
 
@@ -675,7 +675,7 @@ def _cell(value: Any) -> str:
 
 
 def _check_lines(location: str, result: Any) -> list[str]:
-    from db.check import RepairReport
+    from db.ops.reports import RepairReport
 
     report = result.after if isinstance(result, RepairReport) else result
     lines: list[str] = []
@@ -730,3 +730,65 @@ def _migration_lines(report: dict[str, Any]) -> list[str]:
     if report["pending"] and not report["applied"]:
         lines.append("run `codx-db migrate --apply` to apply")
     return lines
+
+
+def _report_lines(report: Any) -> list[str]:
+    from db.ops.reports import PackReport, TransferReport
+
+    if isinstance(report, TransferReport):
+        return _transfer_lines(report)
+    if isinstance(report, PackReport):
+        return _pack_lines(report)
+    return report.lines()  # type: ignore[no-any-return]
+
+
+def _transfer_lines(report: Any) -> list[str]:
+    lines = [
+        f"{report.operation}:".ljust(14) + f"{report.source} -> {report.target}",
+        f"copied:       {report.copied} {report.unit} in {report.seconds:.1f} s",
+    ]
+    if report.replaced is not None:
+        lines.append(
+            f"replaced:     a database at generation {report.replaced.get('generation')} "
+            f"with {plural(report.replaced.get('users'), 'user')} (--force)"
+        )
+    return lines + _verification_lines(report.verification)
+
+
+def _verification_lines(verification: Any) -> list[str]:
+    lines = [
+        f"generation:   source {verification.source_generation}, target {verification.target_generation}",
+        f"users:        source {verification.source_users}, target {verification.target_users}",
+        f"compared:     {verification.compared} users equal field by field (password hashes included)",
+    ]
+    if verification.as_of is not None:
+        lines.append(
+            f"snapshot:     transaction {verification.as_of}; "
+            f"{verification.changed_since} users changed in the source since"
+        )
+    if verification.ok:
+        lines.append("verified:     ok")
+    else:
+        lines.append(f"verified:     FAILED, {len(verification.differences)} differences:")
+        lines.extend(f"  {difference}" for difference in verification.differences)
+    return lines
+
+
+def _pack_lines(report: Any) -> list[str]:
+    return [
+        f"packed:       {report.location} ({report.backend}, history older than {report.days:g} days)",
+        f"size:         {_bytes(report.bytes_before)} -> {_bytes(report.bytes_after)}",
+        f"records:      {report.records_before} -> {report.records_after}",
+        f"took:         {report.seconds:.1f} s",
+        *(f"note:         {note}" for note in report.notes),
+    ]
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "unknown"
+    if value < 10 * 1024:
+        return f"{value} B"
+    if value < 10 * 1024 * 1024:
+        return f"{value / 1024:.1f} KiB"
+    return f"{value / 1024 / 1024:.1f} MiB"

@@ -1,0 +1,1 @@
+"""Everything PostgreSQL-specific; imported only when the postgres backend is used."""
