@@ -168,8 +168,7 @@ def _check_structure(name: str, tree: Any, problems: list[Problem]) -> None:
 def _valid_users(container: UserContainer, problems: list[Problem]) -> list[User]:
     """Users stored under their own id; report (and leave out) everything else."""
     valid: list[User] = []
-    seen_username: dict[str, User] = {}
-    seen_email: dict[str, User] = {}
+    seen: dict[str, dict[str, User]] = {"username": {}, "email": {}}  # kind -> key -> first user
     for key, user in container.users.items():
         if not isinstance(user, User):
             problems.append(
@@ -192,27 +191,19 @@ def _valid_users(container: UserContainer, problems: list[Problem]) -> list[User
                 Problem(code="user-invalid", message=f"user {describe_user(user)} has an email that is not a string")
             )
             continue
-        ukey = username_key(user.username)
-        if ukey in seen_username:
-            problems.append(
-                Problem(
-                    code="username-duplicate",
-                    message=f"users {describe_user(seen_username[ukey])} and {describe_user(user)} "
-                    f"share the username key {ukey!r}",
-                )
-            )
-        seen_username.setdefault(ukey, user)
-        if user.email:
-            ekey = email_key(user.email)
-            if ekey in seen_email:
+        keys = {"username": username_key(user.username), "email": email_key(user.email) if user.email else None}
+        for kind, unique_key in keys.items():
+            if unique_key is None:
+                continue
+            first = seen[kind].setdefault(unique_key, user)
+            if first is not user:
                 problems.append(
                     Problem(
-                        code="email-duplicate",
-                        message=f"users {describe_user(seen_email[ekey])} and {describe_user(user)} "
-                        f"share the email key {ekey!r}",
+                        code=f"{kind}-duplicate",
+                        message=f"users {describe_user(first)} and {describe_user(user)} "
+                        f"share the {kind} key {unique_key!r}",
                     )
                 )
-            seen_email.setdefault(ekey, user)
         valid.append(user)
     return valid
 
@@ -240,7 +231,8 @@ def _check_index(
     entries_per_user: dict[str, int] = {}
     for key, user in index.items():
         user_id = getattr(user, "id", None)
-        if not isinstance(user, User) or stored.get(user_id) is not user:
+        # An id that is not a str is never a key of ``stored``: dangling too.
+        if not isinstance(user, User) or not isinstance(user_id, str) or stored.get(user_id) is not user:
             problems.append(
                 Problem(code=f"{kind}-dangling", message=f"{kind} index entry {key!r} points to no stored user")
             )
@@ -280,10 +272,7 @@ def _check_inactive(
     """The inactive set holds exactly the username keys of the inactive stored users."""
     inactive = container.inactive
     if inactive is None:
-        if generation is not None and generation >= INACTIVE_INDEX_GENERATION:
-            problems.append(
-                Problem(code="inactive-missing", message=f"generation {generation} but no index of inactive users")
-            )
+        _missing(generation, INACTIVE_INDEX_GENERATION, "inactive-missing", "index of inactive users", problems)
         return
     _check_structure("inactive", inactive, problems)
     if not container.inactive_complete and generation is not None and generation >= INACTIVE_INDEX_GENERATION:
@@ -309,6 +298,12 @@ def _check_inactive(
             )
 
 
+def _missing(generation: int | None, since: int, code: str, what: str, problems: list[Problem]) -> None:
+    """An index is absent: a problem when the generation (``since`` or later) says it should exist."""
+    if generation is not None and generation >= since:
+        problems.append(Problem(code=code, message=f"generation {generation} but no {what}"))
+
+
 def _wanted_skeletons(users: Iterable[User]) -> dict[str, tuple[User, ...]]:
     wanted: dict[str, tuple[User, ...]] = {}
     for user in users:
@@ -327,10 +322,7 @@ def _check_skeleton(
     """Each user is in the entry of its username's skeleton, once; look-alike pairs are warnings."""
     index = container.by_skeleton
     if index is None:
-        if generation is not None and generation >= SKELETON_INDEX_GENERATION:
-            problems.append(
-                Problem(code="skeleton-missing", message=f"generation {generation} but no look-alike index")
-            )
+        _missing(generation, SKELETON_INDEX_GENERATION, "skeleton-missing", "look-alike index", problems)
         return
     if generation is not None and generation < SKELETON_INDEX_GENERATION:
         return  # being built by `codx-db migrate --apply`: not complete yet, nothing to check
@@ -340,7 +332,8 @@ def _check_skeleton(
     for key, entry in index.items():
         members = entry if isinstance(entry, tuple) else (entry,)
         for user in members:
-            if not isinstance(user, User) or stored.get(getattr(user, "id", None)) is not user:
+            user_id = getattr(user, "id", None)
+            if not isinstance(user, User) or not isinstance(user_id, str) or stored.get(user_id) is not user:
                 problems.append(
                     Problem(code="skeleton-dangling", message=f"look-alike index entry {key!r} holds no stored user")
                 )

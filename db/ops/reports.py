@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer, model_serializer
-from pydantic.functional_serializers import SerializerFunctionWrapHandler
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    computed_field,
+    field_serializer,
+    model_serializer,
+)
 
 # Problems (or fixes) listed in ``--json``: a damaged index yields one per user, too many for a
 # document; the counts are always complete.
@@ -76,10 +83,10 @@ class Verification(Report):
     target_generation: int | None
     source_users: int | None
     target_users: int | None
-    compared: int = Field(0, serialization_alias="users_compared_equal")  # users equal field by field
+    compared: int = Field(default=0, serialization_alias="users_compared_equal")  # users equal field by field
     # Users the (live) source wrote after the snapshot: not comparable.
-    changed_since: int = Field(0, serialization_alias="users_changed_since_snapshot")
-    as_of: str | None = Field(None, serialization_alias="snapshot_tid")  # the snapshot's tid (live source)
+    changed_since: int = Field(default=0, serialization_alias="users_changed_since_snapshot")
+    as_of: str | None = Field(default=None, serialization_alias="snapshot_tid")  # the snapshot's tid (live source)
     differences: list[str] = Field(default_factory=list)
 
     @computed_field  # type: ignore[prop-decorator]

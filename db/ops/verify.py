@@ -123,7 +123,7 @@ def _newer(obj: Any, as_of: bytes | None) -> bool:
     if as_of is None:
         return False
     obj._p_activate()
-    return obj._p_serial > as_of
+    return bool(obj._p_serial > as_of)
 
 
 def _compare_users(source: UserContainer, target: UserContainer, as_of: bytes | None, report: Verification) -> None:
