@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from persistent.mapping import PersistentMapping
 
-from db.models import install_root
 from db.users.credentials import install_credentials
+from db.users.models import install_root
 from migrations.registry import GENERATIONS_KEY
 
 if TYPE_CHECKING:

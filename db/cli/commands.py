@@ -20,13 +20,13 @@ from db.cli.results import CheckResult, CommandError, Message, Outcome, Revision
 from db.database import Database
 from db.errors import GenerationError, InvalidUserData
 from db.importer import import_codx_junior
-from db.models import USERS_KEY
 from db.ops.check import check, repair
 from db.ops.copy import backup, copy_database, restore, target_settings
 from db.ops.pack import pack
 from db.ops.reports import InfoReport, MigrationReport, PendingStep
-from db.schemas import CodxUser
 from db.user_db import UserDB
+from db.users.models import USERS_KEY
+from db.users.schemas import CodxUser
 from migrations.runner import GENERATION_KEY, evolve, holds_database, open_for_migration, read_generation, status
 
 EMPTY = "empty: no codx-db database here yet"

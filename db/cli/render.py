@@ -31,7 +31,7 @@ from db.ops.reports import (
     TransferReport,
     Verification,
 )
-from db.schemas import CodxUser
+from db.users.schemas import CodxUser
 
 
 def render(result: Any, as_json: bool) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from db.errors import CodxDBError
 from db.ops.reports import CheckReport, RepairReport
-from db.schemas import CodxUser
+from db.users.schemas import CodxUser
 
 
 class CommandError(CodxDBError):

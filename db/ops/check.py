@@ -20,8 +20,8 @@ from typing import Any
 
 import migrations
 from db.database import Database, UnitOfWork
-from db.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
 from db.ops.reports import CheckReport, Problem, RepairReport
+from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
 from migrations.runner import read_generation
 
 # The generation that added ``UserContainer.inactive``; below it the set may be absent.

@@ -28,7 +28,6 @@ from ZODB.utils import oid_repr, z64
 
 from db.database import Database
 from db.errors import ConfigurationError, TransferError
-from db.models import USERS_KEY, UserContainer
 from db.ops.endpoints import (
     DatabaseSource,
     FileSource,
@@ -45,6 +44,7 @@ from db.ops.reports import TransferReport
 from db.ops.verify import generation_of, reading, verify
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import file_storage_exists
+from db.users.models import USERS_KEY, UserContainer
 from migrations import GENERATION
 
 

@@ -18,9 +18,9 @@ from ZODB.interfaces import IStorage
 from ZODB.utils import u64
 
 from db.display import capped
-from db.models import USERS_KEY, UserContainer
 from db.ops.check import check_root, describe_user
 from db.ops.reports import Verification
+from db.users.models import USERS_KEY, UserContainer
 from migrations.runner import read_generation
 
 MAX_LISTED_DIFFERENCES = 50
