@@ -130,3 +130,11 @@ class TargetNotEmpty(TransferError):
 
 class CodxJuniorFileError(CodxDBError):
     """The file is not a usable codx-junior ``global_settings.json``; the message names the entries."""
+
+
+class NotAuthenticated(CodxDBError):
+    """A request carries no credential, or one that matches no active user (HTTP 401)."""
+
+
+class PermissionDenied(CodxDBError):
+    """The caller is known but may not do this (HTTP 403)."""

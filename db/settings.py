@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from db.errors import ConfigurationError
+from db.errors import ConfigurationError, shown
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,23 @@ DEFAULT_SECRETS_DIR = "/run/secrets"
 
 Backend = Literal["file", "postgres", "memory"]
 StartupPolicy = Literal["evolve", "minimum", "refuse"]
+# Built-in password validators (db/users/policy.py), by the name db_password_validators uses.
+PASSWORD_VALIDATOR_NAMES = ("length", "common", "similarity")
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 def default_file_path() -> Path:
     """Per-user data file: ``$XDG_DATA_HOME/codx-junior/codx-db/users.fs`` (``~/.local/share``)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "codx-junior" / "codx-db" / "users.fs"
+
+
+def _default_file_path(data: dict[str, Any]) -> Path:
+    """Beside codx-junior's ``global_settings.json`` when its path is set (its data volume), else per user."""
+    global_settings = data.get("global_settings_path")
+    if global_settings is not None:
+        return Path(global_settings).parent / "codx-db" / "users.fs"
+    return default_file_path()
 
 
 def _secrets_dir() -> str | None:
@@ -67,7 +79,13 @@ class CodxJuniorGlobalSettings(BaseSettings):
     )
 
     db_backend: Backend = Field("file", description="file (default) | postgres | memory")
-    db_file_path: Path = Field(default_factory=default_file_path, description="FileStorage file (file backend)")
+    # codx-junior's own variable (not DB_-prefixed): when set, the default database file sits beside it,
+    # <dir>/codx-db/users.fs (a directory: FileStorage's .index/.lock/.tmp files stay together).
+    # Declared before db_file_path, whose default reads it.
+    global_settings_path: Path | None = Field(
+        None, description="codx-junior's global_settings.json; the default db_file_path is beside it"
+    )
+    db_file_path: Path = Field(default_factory=_default_file_path, description="FileStorage file (file backend)")
     db_dsn: SecretStr | None = Field(None, description="libpq DSN or postgresql:// URI (postgres backend); a secret")
     db_config_file: Path | None = Field(
         None, description="ZConfig file (e.g. relstorage.conf); when set it wins over the backend"
@@ -91,6 +109,33 @@ class CodxJuniorGlobalSettings(BaseSettings):
         "refuse",
         description="old database on open: evolve | minimum | refuse (run `codx-db migrate`)",
     )
+    db_password_min_length: int = Field(8, ge=1, le=1024, description="shortest new password accepted")
+    db_password_validators: str = Field(
+        ",".join(PASSWORD_VALIDATOR_NAMES),
+        description="new-password checks, in order: built-in names (length, common, similarity) and "
+        "module:Class import paths, comma-separated; empty: none",
+    )
+    db_token_ttl_hours: int = Field(720, ge=1, le=9600, description="lifetime of an access token, hours")
+
+    @field_validator("db_password_validators")
+    @classmethod
+    def _validator_names(cls, value: str) -> str:
+        # Only the spelling here; importing a module:Class is left to PasswordPolicy.from_settings.
+        names = []
+        for entry in value.split(","):
+            name = entry.strip()
+            if not name:
+                continue
+            if name.casefold() in PASSWORD_VALIDATOR_NAMES:
+                name = name.casefold()
+            elif not _IMPORT_PATH.fullmatch(name):
+                raise ValueError(
+                    f"unknown password validator {shown(name, 60)}: use "
+                    f"{', '.join(PASSWORD_VALIDATOR_NAMES)} or a module:Class import path"
+                )
+            if name not in names:
+                names.append(name)
+        return ",".join(names)
 
     @field_validator("db_backend", "db_startup", mode="before")
     @classmethod
@@ -107,7 +152,13 @@ class CodxJuniorGlobalSettings(BaseSettings):
         check_dsn(value.get_secret_value())
         return value
 
-    @field_validator("db_file_path", "db_config_file", "db_cache_dir", "db_blob_dir")
+    @field_validator("global_settings_path", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        # codx-junior treats an empty variable as unset (`os.environ.get(...) or $HOME/...`).
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("db_file_path", "db_config_file", "db_cache_dir", "db_blob_dir", "global_settings_path")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         if value is not None and "\x00" in str(value):
@@ -131,10 +182,16 @@ class CodxJuniorGlobalSettings(BaseSettings):
                 f"(set {ENV_PREFIX}DB_DSN, e.g. postgresql://user@host:5432/codx)"
             )
         if self.db_backend == "file":
+            # A file placed beside codx-junior's settings is that variable's doing: name it.
+            beside = "db_file_path" not in self.model_fields_set and self.global_settings_path is not None
+            setting = "global_settings_path" if beside else "db_file_path"
+            hint = f" (the database goes beside it unless {ENV_PREFIX}DB_FILE_PATH is set)" if beside else ""
             try:
-                _check_creatable(self.db_file_path, "db_file_path")
+                _check_creatable(self.db_file_path, setting)
             except OSError as exc:  # e.g. a name longer than the file system allows
-                raise ValueError(f"db_file_path: {exc.strerror}") from None
+                raise ValueError(f"{setting}: {exc.strerror}{hint}") from None
+            except ValueError as exc:
+                raise ValueError(f"{exc}{hint}") from None
         return self
 
     @property
@@ -212,6 +269,9 @@ def _check_creatable(path: Path, setting: str) -> None:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
+        # db_file_path's default waits for global_settings_path; that setting's own error says why.
+        if err["type"] == "default_factory_not_called":
+            continue
         loc = ".".join(str(part) for part in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         # Model-level messages already start with the setting's name.

@@ -1,47 +1,35 @@
-"""codx-api style endpoints over codx-db: one unit of work per request.
+"""codx-api style endpoints over codx-db: ``async def`` endpoints, AsyncUserDB and codx-db's dependencies.
 
-Run it:  pip install fastapi uvicorn && uvicorn examples.fastapi_app:app
+Run it:  pip install 'codx-db[fastapi]' && uvicorn examples.fastapi_app:app
+(the database comes from the CODX_JUNIOR_DB_* settings, as for the CLI).
 
-Plain ``def`` endpoints: FastAPI runs each on a worker thread, and every UserDB call or
-``db.run`` there opens, commits and closes its own unit of work on that thread. Do not open
-the unit of work in a ``yield`` dependency: FastAPI runs the dependency's start, the endpoint
-and the dependency's end on whatever worker threads are free, so the unit of work would not
-surround the endpoint.
+Every ``await users.X(...)`` runs UserDB's ``X`` on a worker thread (at most ``db_pool_size`` at
+once), in a unit of work of its own: hashing and PostgreSQL round trips never block the event
+loop. Several calls that must succeed or fail together go in one function given to
+``users.run``, which runs it in one unit of work on one thread (a unit of work is bound to its
+thread, so it cannot span ``await``s). codx-db errors become HTTP answers through the one handler
+(404, 409, 422, 401, 403, 503).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 from db import UnitOfWork, db
-from db.errors import InvalidUserData, UserAlreadyExists, UserNotFound
+from db.errors import NotAuthenticated
+from db.fastapi import CurrentUser, Users, add_exception_handler, lifespan
 from db.schemas import CodxUser
-from db.user_db import UserDB
 
-users = UserDB(db, actor="codx-api")
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    db.close()  # FileStorage writes its index; RelStorage its persistent cache
-
-
-app = FastAPI(lifespan=lifespan)
+# Opens the database at start-up (a database the code refuses stops the boot), closes it at shutdown.
+app = FastAPI(title="codx-db example", lifespan=lifespan(db, actor="codx-api"))
+add_exception_handler(app)
 
 
 @app.get("/users/{username}")
-def read_user(username: str) -> dict[str, Any]:
-    """One call, one unit of work."""
-    try:
-        return users.get(username).model_dump(mode="json")
-    except UserNotFound:
-        raise HTTPException(404, f"no user {username!r}") from None
+async def read_user(username: str, users: Users) -> CodxUser:
+    """One call, one unit of work; an unknown user is a 404."""
+    return await users.get(username)
 
 
 class Invitation(BaseModel):
@@ -49,17 +37,35 @@ class Invitation(BaseModel):
 
 
 @app.post("/projects/{project_id}/invite", status_code=201)
-def invite(project_id: str, invitation: Invitation) -> list[dict[str, Any]]:
-    """Several calls in one unit of work: all users are created, or none; retried on conflict."""
+async def invite(project_id: str, invitation: Invitation, users: Users) -> list[CodxUser]:
+    """Several calls in one unit of work: all users are created, or none (409, 422); retried on conflict."""
 
     def create_all(uow: UnitOfWork) -> list[CodxUser]:
         grant = [{"project_id": project_id, "permissions": "tasks"}]
-        return [users.create(username=name, projects=grant) for name in invitation.usernames]
+        return [users.user_db.create(username=name, projects=grant) for name in invitation.usernames]
 
-    try:
-        created = db.run(create_all, note=f"invite to {project_id}")
-    except UserAlreadyExists as exc:
-        raise HTTPException(409, str(exc)) from None
-    except InvalidUserData as exc:
-        raise HTTPException(422, exc.errors) from None
-    return [user.model_dump(mode="json") for user in created]
+    return await users.run(create_all, note=f"invite to {project_id}")
+
+
+class Login(BaseModel):
+    username: str
+    password: str
+
+
+@app.post("/login")
+async def login(body: Login, users: Users) -> CodxUser:
+    """The user if the password is right (argon2 verifies on a worker thread), else 401.
+
+    With issue 13's token store the answer also carries ``await users.issue_token(user.username)``
+    for the client to send back as ``Authorization: Bearer <token>``.
+    """
+    user = await users.authenticate(body.username, body.password)
+    if user is None:
+        raise NotAuthenticated("wrong username or password")
+    return user
+
+
+@app.get("/me")
+async def me(user: CurrentUser) -> CodxUser:
+    """The caller, from ``Authorization: Bearer``, codx-junior's ``Authentication: Bearer`` or ``X-API-Key``."""
+    return user

@@ -160,3 +160,120 @@ def test_pg_fast_reads_is_on_by_default_and_the_environment_turns_it_off(monkeyp
     monkeypatch.setenv("CODX_JUNIOR_DB_PG_FAST_READS", "maybe")
     with pytest.raises(ConfigurationError, match="CODX_JUNIOR_DB_PG_FAST_READS"):
         CodxJuniorGlobalSettings.load()
+
+
+def test_password_and_token_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = CodxJuniorGlobalSettings.load()
+    assert (settings.db_password_min_length, settings.db_token_ttl_hours) == (8, 720)
+    assert settings.db_password_validators == "length,common,similarity"
+    monkeypatch.setenv("CODX_JUNIOR_DB_PASSWORD_MIN_LENGTH", "12")
+    monkeypatch.setenv("CODX_JUNIOR_DB_PASSWORD_VALIDATORS", " Length, common ,, myapp.rules:NoSeasons,length")
+    monkeypatch.setenv("CODX_JUNIOR_DB_TOKEN_TTL_HOURS", "24")
+    settings = CodxJuniorGlobalSettings.load()
+    assert (settings.db_password_min_length, settings.db_token_ttl_hours) == (12, 24)
+    # Built-in names are case-insensitive; repeats and empty entries go.
+    assert settings.db_password_validators == "length,common,myapp.rules:NoSeasons"
+    monkeypatch.setenv("CODX_JUNIOR_DB_PASSWORD_VALIDATORS", "")
+    assert CodxJuniorGlobalSettings.load().db_password_validators == ""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CODX_JUNIOR_DB_PASSWORD_MIN_LENGTH", "0", "CODX_JUNIOR_DB_PASSWORD_MIN_LENGTH (db_password_min_length)"),
+        ("CODX_JUNIOR_DB_PASSWORD_MIN_LENGTH", "1025", "CODX_JUNIOR_DB_PASSWORD_MIN_LENGTH (db_password_min_length)"),
+        ("CODX_JUNIOR_DB_TOKEN_TTL_HOURS", "0", "CODX_JUNIOR_DB_TOKEN_TTL_HOURS (db_token_ttl_hours)"),
+        ("CODX_JUNIOR_DB_TOKEN_TTL_HOURS", "9601", "CODX_JUNIOR_DB_TOKEN_TTL_HOURS (db_token_ttl_hours)"),
+        (
+            "CODX_JUNIOR_DB_PASSWORD_VALIDATORS",
+            "length,strength",
+            "CODX_JUNIOR_DB_PASSWORD_VALIDATORS (db_password_validators): unknown password validator 'strength': "
+            "use length, common, similarity or a module:Class import path",
+        ),
+        ("CODX_JUNIOR_DB_PASSWORD_VALIDATORS", "myapp.rules.Seasons", "unknown password validator"),
+    ],
+)
+def test_wrong_password_and_token_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as excinfo:
+        CodxJuniorGlobalSettings.load()
+    assert message in str(excinfo.value)
+
+
+def test_the_database_file_sits_beside_codx_juniors_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # codx-junior's own variable: its data volume, not a home directory a new container loses.
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("CODX_JUNIOR_GLOBAL_SETTINGS_PATH", str(tmp_path / "data" / "global_settings.json"))
+    settings = CodxJuniorGlobalSettings.load()
+    assert settings.db_file_path == tmp_path / "data" / "codx-db" / "users.fs"
+    assert settings.location == str(tmp_path / "data" / "codx-db" / "users.fs")
+    assert caplog.text == ""  # not an unknown CODX_JUNIOR_DB_* variable
+    # Copies follow it; an explicit file path stays.
+    assert settings.with_overrides(global_settings_path=tmp_path / "g.json").db_file_path == (
+        tmp_path / "codx-db" / "users.fs"
+    )
+    assert settings.with_overrides(db_pool_size=3).db_file_path == tmp_path / "data" / "codx-db" / "users.fs"
+
+
+def test_an_explicit_database_file_path_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CODX_JUNIOR_GLOBAL_SETTINGS_PATH", str(tmp_path / "global_settings.json"))
+    monkeypatch.setenv("CODX_JUNIOR_DB_FILE_PATH", str(tmp_path / "elsewhere" / "users.fs"))
+    assert CodxJuniorGlobalSettings.load().db_file_path == tmp_path / "elsewhere" / "users.fs"
+    monkeypatch.delenv("CODX_JUNIOR_DB_FILE_PATH")
+    assert CodxJuniorGlobalSettings.load(db_file_path=tmp_path / "x.fs").db_file_path == tmp_path / "x.fs"
+
+
+def test_without_codx_juniors_variable_the_default_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODX_JUNIOR_GLOBAL_SETTINGS_PATH", "")  # codx-junior: empty means unset
+    settings = CodxJuniorGlobalSettings.load()
+    assert settings.global_settings_path is None
+    assert settings.db_file_path == default_file_path()
+
+
+def test_codx_juniors_settings_path_expands_the_home_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CODX_JUNIOR_GLOBAL_SETTINGS_PATH", "~/codx/global_settings.json")
+    settings = CodxJuniorGlobalSettings.load()
+    assert settings.global_settings_path == tmp_path / "codx" / "global_settings.json"
+    assert settings.db_file_path == tmp_path / "codx" / "codx-db" / "users.fs"
+
+
+def test_an_unusable_directory_beside_codx_juniors_settings_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv("CODX_JUNIOR_GLOBAL_SETTINGS_PATH", str(not_a_dir / "global_settings.json"))
+    with pytest.raises(ConfigurationError) as excinfo:
+        CodxJuniorGlobalSettings.load()
+    message = str(excinfo.value)
+    assert message.startswith("invalid settings: CODX_JUNIOR_GLOBAL_SETTINGS_PATH (global_settings_path): ")
+    assert f"{not_a_dir} is not a directory" in message and "CODX_JUNIOR_DB_FILE_PATH" in message
+    # Only the file backend needs the directory.
+    monkeypatch.setenv("CODX_JUNIOR_DB_BACKEND", "memory")
+    assert CodxJuniorGlobalSettings.load().kind == "memory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_a_read_only_directory_beside_codx_juniors_settings_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o500)
+    monkeypatch.setenv("CODX_JUNIOR_GLOBAL_SETTINGS_PATH", str(data / "global_settings.json"))
+    with pytest.raises(ConfigurationError, match=r"CODX_JUNIOR_GLOBAL_SETTINGS_PATH .*is not writable"):
+        CodxJuniorGlobalSettings.load()
+
+
+def test_a_bad_codx_junior_settings_path_gives_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # db_file_path's default depends on it: only the cause is reported.
+    with pytest.raises(ConfigurationError) as excinfo:
+        CodxJuniorGlobalSettings.load(global_settings_path="/srv/a\x00b/global_settings.json")
+    assert str(excinfo.value) == (
+        "invalid settings: CODX_JUNIOR_GLOBAL_SETTINGS_PATH (global_settings_path): "
+        "a path must not contain a NUL character"
+    )
