@@ -4,6 +4,9 @@
 read and the storage opened on first use (``db.transaction()``, ``db.run()``, ``db.open()``).
 """
 
+# The composition root, and its only wiring import: codx-db's generations register their
+# on-open hook (db.database.register_open_hook), so every Database installs or evolves what it opens.
+import migrations  # noqa: F401
 from db.database import Database, UnitOfWork
 
 db: Database = Database()

@@ -34,6 +34,33 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Something to do with a freshly opened ZODB.DB before anyone uses it (codx-db's generations
+# install or evolve the database). Runs under the startup lock; raising refuses the open.
+OpenHook = Callable[[ZODB.DB, CodxJuniorGlobalSettings], None]
+
+# name -> hook, in registration order. The core knows no hook by name: `import db` wires
+# codx-db's generations in (db/__init__.py), so the arrows point down, from migrations to here.
+_open_hooks: dict[str, OpenHook] = {}
+_open_hooks_lock = threading.Lock()
+
+
+def register_open_hook(name: str, hook: OpenHook) -> None:
+    """Run ``hook(zodb, settings)`` whenever a ``Database`` opens, after the hooks registered before it.
+
+    Idempotent by name: registering a name again replaces its hook and keeps its place (a
+    module imported twice, or reloaded, does not run twice). A hook registered after a
+    ``Database`` opened runs from that database's next open on.
+    """
+    with _open_hooks_lock:
+        _open_hooks[name] = hook
+
+
+def open_hooks() -> list[tuple[str, OpenHook]]:
+    """The registered hooks, in the order they run."""
+    with _open_hooks_lock:
+        return list(_open_hooks.items())
+
+
 # Characters of transaction description kept; FileStorage refuses more than 65535 bytes.
 NOTE_LIMIT = 8000
 
@@ -143,7 +170,6 @@ class Database:
 
     def _open_zodb(self) -> ZODB.DB:
         from db.storage import startup_lock
-        from migrations.runner import on_open
 
         settings = self.settings
         spec = storage_spec(settings)
@@ -161,9 +187,10 @@ class Database:
                 storage.close()  # release the FileStorage lock / PostgreSQL connections
                 raise
             try:
-                # Install a fresh database, or apply the startup policy to an old one,
-                # while still holding the lock so concurrent starters take turns.
-                on_open(zodb, settings.db_startup, settings.db_migrate_batch_size)
+                # Install a fresh database, or apply the startup policy to an old one (the
+                # generations hook), while still holding the lock so concurrent starters take turns.
+                for _name, hook in open_hooks():
+                    hook(zodb, settings)
             except BaseException:
                 zodb.close()
                 raise

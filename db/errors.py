@@ -80,6 +80,62 @@ class GenerationError(CodxDBError):
     """The database's generation does not fit the code, or a migration step failed."""
 
 
+def _whose(package: str) -> str:
+    """How messages name a package's data: codx-db's own keeps the wording it always had."""
+    return "the database" if package == "codx_db" else f"the database's {package} data"
+
+
+class GenerationTooHigh(GenerationError):
+    """A package's data in the database is at a generation newer than its code knows: refused."""
+
+    def __init__(self, package: str, found: int, known: int) -> None:
+        self.package = package
+        self.found = found
+        self.known = known
+        upgrade = "codx-db" if package == "codx_db" else package
+        super().__init__(
+            f"{_whose(package)} is at generation {found}, newer than this code "
+            f"(generation {known}): upgrade {upgrade} before opening it"
+        )
+
+
+class GenerationTooLow(GenerationError):
+    """A package's data is below the oldest generation its code reads, and the policy refuses to evolve it."""
+
+    def __init__(self, package: str, found: int, minimum: int, known: int) -> None:
+        self.package = package
+        self.found = found
+        self.minimum = minimum
+        self.known = known
+        super().__init__(
+            f"{_whose(package)} is at generation {found}; this code needs at least {minimum} "
+            f"(latest {known}): run `codx-db migrate --apply` first"
+            + ("" if package == "codx_db" else f" (in a process that registers {package})")
+        )
+
+
+class StepFailed(GenerationError):
+    """A generation step (or an install) raised; its transaction was aborted.
+
+    ``stays_at`` is the generation the package's data keeps (None: nothing was installed).
+    The step's own exception is the ``__cause__``.
+    """
+
+    def __init__(self, package: str, generation: int, description: str, stays_at: int | None, cause: BaseException):
+        self.package = package
+        self.generation = generation
+        self.description = description
+        self.stays_at = stays_at
+        what = f"generation {generation}" if package == "codx_db" else f"{package} generation {generation}"
+        if stays_at is None:
+            outcome = "nothing was installed"
+        elif package == "codx_db":
+            outcome = f"the database stays at generation {stays_at}"
+        else:
+            outcome = f"{package} stays at generation {stays_at}"
+        super().__init__(f"{what} ({description}) failed: {type(cause).__name__}: {cause}; {outcome}")
+
+
 class UserNotFound(CodxDBError):
     """No user has this username (or email)."""
 

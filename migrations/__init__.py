@@ -3,10 +3,14 @@
 ``install.py`` builds a fresh database (stamped at ``GENERATION``); ``evolveN.py`` takes a
 database from generation N-1 to N. ``runner.py`` decides what runs, records the generation in
 the database and fails loudly when a step fails.
+
+These are the steps of one package, ``codx_db``. An application registers its own
+(``register(SchemaManager(package="codx_api", steps="codx_api.generations"))``, see
+migrations/registry.py) and each package keeps its own generation in the database.
 """
 
 # The generation this code writes. Bump it together with a new evolveN.py module.
-GENERATION = 3
+GENERATION = 4
 
 # The oldest generation this code can still read correctly. A database below it must be
 # evolved before use (see the ``db_startup`` setting and ``codx-db migrate``).
@@ -15,3 +19,27 @@ MINIMUM_GENERATION = 1
 # Generation 2 is not: without the inactive index, list(active=...) loads users to filter.
 # Generation 3 is not: without the look-alike index, new usernames are checked only for
 # exact (case-insensitive) duplicates, as before.
+# Generation 4 is not: nothing reads the package mapping to serve users.
+
+# Below the numbers: registering codx_db reads them from this (partly imported) module.
+import ZODB  # noqa: E402
+
+from db.database import register_open_hook  # noqa: E402
+from db.settings import CodxJuniorGlobalSettings  # noqa: E402
+from migrations.context import EvolveContext  # noqa: E402
+from migrations.registry import SchemaManager, register  # noqa: E402
+
+__all__ = ["GENERATION", "MINIMUM_GENERATION", "EvolveContext", "SchemaManager", "open_hook", "register"]
+
+
+def open_hook(zodb: ZODB.DB, settings: CodxJuniorGlobalSettings) -> None:
+    """Install a new database or apply ``db_startup`` to an old one (run by every ``Database.open``)."""
+    # Imported here, not above: the runner loads ZODB.FileStorage, which `import db` (that
+    # imports this package) should not pay for until a database opens.
+    from migrations import runner
+
+    runner.on_open(zodb, settings.db_startup, settings.db_migrate_batch_size)
+
+
+register(SchemaManager(package="codx_db", steps="migrations"))
+register_open_hook("codx-db generations", open_hook)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from db.models import USERS_KEY
 
 if TYPE_CHECKING:
-    from migrations.runner import EvolveContext
+    from migrations.context import EvolveContext
 
 
 def evolve(context: EvolveContext) -> None:

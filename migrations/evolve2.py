@@ -19,7 +19,7 @@ from BTrees.OOBTree import OOTreeSet
 from db.models import USERS_KEY, username_key
 
 if TYPE_CHECKING:
-    from migrations.runner import EvolveContext
+    from migrations.context import EvolveContext
 
 
 def evolve(context: EvolveContext) -> None:

@@ -23,7 +23,7 @@ from BTrees.OOBTree import OOBTree
 from db.models import USERS_KEY, username_skeleton
 
 if TYPE_CHECKING:
-    from migrations.runner import EvolveContext
+    from migrations.context import EvolveContext
 
 
 def evolve(context: EvolveContext) -> None:

@@ -1,136 +1,75 @@
-"""The generations runner: read, check and advance the generation stored in the database.
+"""The generations runner: read, check and advance each registered package's generation.
 
 Why our own runner rather than zope.generations: zope.generations finds steps through
 zope.component utilities, commits on the thread-local transaction manager, and only *logs*
 a failing step above the minimum generation. codx-db needs a failing step to raise (and
 leave the database at the last completed generation), batched steps that commit along the
-way, and a dry run; that is about a hundred lines on top of ZODB.
+way, and a dry run; that is about a hundred lines on top of ZODB. The packages and their
+numbers are in migrations/registry.py; what a step is given, in migrations/context.py.
+
+The functions work on codx_db unless told otherwise: ``status(zodb, target)`` and
+``evolve(zodb, target)`` mean codx-db's own generation, as they always have.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import transaction
 import ZODB
-from persistent.mapping import PersistentMapping
 from ZODB.FileStorage.FileStorage import packed_version
 
-import migrations
-from db.errors import GenerationError
-from db.models import USERS_KEY
+from db.errors import GenerationError, GenerationTooHigh, GenerationTooLow, StepFailed
 from db.settings import CodxJuniorGlobalSettings, StartupPolicy
+from migrations import registry
+from migrations.context import DEFAULT_BATCH_SIZE, EvolveContext, Progress, Step
+from migrations.registry import CODX_DB, GENERATION_KEY, GENERATIONS_KEY, SchemaManager, read_generation
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "FILESTORAGE_HEADER",
+    "GENERATIONS_KEY",
+    "GENERATION_KEY",
+    "EvolveContext",
+    "MigrationStatus",
+    "Progress",
+    "Step",
+    "evolve",
+    "holds_database",
+    "install",
+    "load_step",
+    "on_open",
+    "open_for_migration",
+    "read_generation",
+    "status",
+    "statuses",
+]
 
 log = logging.getLogger(__name__)
-
-GENERATION_KEY = "codx_db.generation"
-
-Progress = Callable[[str, int, int | None], None]  # (message, done, total or None)
-T = TypeVar("T")
-DEFAULT_BATCH_SIZE = 1000
-
-
-@dataclass(frozen=True)
-class Step:
-    """One generation step: ``evolve{generation}.py``; its docstring's first line describes it."""
-
-    generation: int
-    description: str
-    module: ModuleType = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
 class MigrationStatus:
-    """Where a database stands against this code."""
+    """Where a package's data in a database stands against its code."""
 
-    current: int | None  # None: a new, empty database
+    current: int | None  # None: a new, empty database (for this package: none of its data yet)
     target: int
     minimum: int
     pending: list[Step]
+    package: str = CODX_DB
 
     @property
     def up_to_date(self) -> bool:
         return self.current is not None and not self.pending
 
 
-class EvolveContext:
-    """What a step gets: the connection, its root, and batched iteration for large steps."""
-
-    def __init__(
-        self,
-        connection: ZODB.Connection.Connection,
-        manager: transaction.TransactionManager,
-        step_note: str,
-        progress: Progress | None,
-        dry_run: bool,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> None:
-        self.connection = connection
-        self.root: PersistentMapping = connection.root()
-        self.dry_run = dry_run
-        self.batch_size = batch_size
-        self.batches = 0
-        self._manager = manager
-        self._note = step_note
-        self._progress = progress
-
-    def iter_batched(self, items: Iterable[T], total: int | None = None) -> Iterator[T]:
-        """Yield ``items``, committing after every ``batch_size`` of them.
-
-        A step over many users must not be one giant transaction (RelStorage holds it all in
-        memory and in one commit). The generation is stamped only when the step returns, so
-        a step using this must be idempotent: after an interruption it runs again from the
-        start and must recognise what a committed batch already did.
-        """
-        done = 0
-        for item in items:
-            yield item
-            done += 1
-            if done % self.batch_size == 0:
-                self.commit_batch(done, total)
-        self.report(f"{done} done", done, total)
-
-    def commit_batch(self, done: int, total: int | None = None) -> None:
-        """Commit the work so far (not in a dry run, where everything is aborted at the end)."""
-        self.batches += 1
-        if not self.dry_run:
-            txn = self._manager.get()
-            txn.note(f"{self._note} (batch {self.batches}, {done} done)")
-            self._manager.commit()
-            self._manager.begin()
-            self.connection.cacheGC()  # keep memory bounded on a million users
-        self.report(f"{done} done", done, total)
-
-    def report(self, message: str, done: int = 0, total: int | None = None) -> None:
-        """Tell the caller (the CLI's progress display) how far the step is."""
-        if self._progress is not None:
-            self._progress(message, done, total)
-
-
 def load_step(generation: int) -> Step:
-    """Import ``migrations.evolve{generation}``; its docstring is its description."""
-    module = importlib.import_module(f"migrations.evolve{generation}")
-    if not callable(getattr(module, "evolve", None)):
-        raise GenerationError(f"migrations/evolve{generation}.py has no evolve(context) function")
-    doc = (module.__doc__ or "").strip().splitlines()
-    return Step(generation, doc[0] if doc else f"generation {generation}", module)
-
-
-def read_generation(root: Any) -> int | None:
-    """The generation stamped in a root, or None for an empty database.
-
-    A database holding users but no stamp predates the generation key: generation 0.
-    """
-    generation = root.get(GENERATION_KEY)
-    if generation is not None:
-        return int(generation)
-    return 0 if USERS_KEY in root else None
+    """Import codx-db's ``migrations.evolve{generation}``; its docstring is its description."""
+    return registry.get(CODX_DB).load_step(generation)
 
 
 @contextmanager
@@ -146,41 +85,73 @@ def _connection(zodb: ZODB.DB) -> Iterator[tuple[Any, transaction.TransactionMan
         connection.close()
 
 
-def status(zodb: ZODB.DB, target: int | None = None) -> MigrationStatus:
-    """Current generation, target, and the steps that would run."""
-    target = migrations.GENERATION if target is None else target
+def _plan(manager: SchemaManager, current: int | None, target: int | None = None) -> MigrationStatus:
+    latest = manager.generation
+    target = latest if target is None else target
+    if current is not None and current > latest:
+        raise GenerationTooHigh(manager.package, current, latest)
+    if target > latest or target < 0:
+        whose = "" if manager.package == CODX_DB else f"{manager.package} "
+        raise GenerationError(f"{whose}target generation {target} does not exist (this code knows 0..{latest})")
+    pending = [] if current is None else [manager.load_step(n) for n in range(current + 1, target + 1)]
+    return MigrationStatus(current, target, manager.minimum, pending, manager.package)
+
+
+def status(zodb: ZODB.DB, target: int | None = None, package: str = CODX_DB) -> MigrationStatus:
+    """A package's current generation, target, and the steps that would run."""
+    manager = registry.get(package)
     with _connection(zodb) as (connection, _):
-        current = read_generation(connection.root())
-    _check_not_newer(current)
-    if target > migrations.GENERATION or target < 0:
-        raise GenerationError(f"target generation {target} does not exist (this code knows 0..{migrations.GENERATION})")
-    start = 0 if current is None else current
-    pending = [] if current is None else [load_step(n) for n in range(start + 1, target + 1)]
-    return MigrationStatus(current, target, migrations.MINIMUM_GENERATION, pending)
+        current = registry.read_package_generation(connection.root(), package)
+    return _plan(manager, current, target)
 
 
-def _check_not_newer(current: int | None) -> None:
-    if current is not None and current > migrations.GENERATION:
-        raise GenerationError(
-            f"the database is at generation {current}, newer than this code "
-            f"(generation {migrations.GENERATION}): upgrade codx-db before opening it"
-        )
+def statuses(zodb: ZODB.DB) -> list[MigrationStatus]:
+    """Every registered package's status against its latest generation, codx_db first."""
+    with _connection(zodb) as (connection, _):
+        root = connection.root()
+        current = {m.package: registry.read_package_generation(root, m.package) for m in registry.managers()}
+    return [_plan(m, current[m.package]) for m in registry.managers()]
 
 
 def install(zodb: ZODB.DB) -> bool:
-    """Install and stamp a new database at the latest generation; False if it was not empty."""
-    from migrations import install as install_step
+    """Install every registered package the database holds nothing of, in one transaction.
 
+    Each is stamped at its latest generation. True when the database was new (codx_db was
+    installed), False if it was not empty. A package newer than its code is refused before
+    anything is installed.
+    """
     with _connection(zodb) as (connection, manager):
         root = connection.root()
-        if read_generation(root) is not None:
+        new: list[SchemaManager] = []
+        for schema in registry.managers():
+            current = registry.read_package_generation(root, schema.package)
+            if current is None:
+                new.append(schema)
+            elif current > schema.generation:
+                raise GenerationTooHigh(schema.package, current, schema.generation)
+        if not new:
             return False
-        install_step.evolve(EvolveContext(connection, manager, "install", None, False))
-        root[GENERATION_KEY] = migrations.GENERATION
-        manager.get().note(f"codx-db: install at generation {migrations.GENERATION}")
+        for schema in new:
+            step = schema.install_step()
+            context = EvolveContext(connection, manager, f"codx-db: install {schema.package}", None, False)
+            try:
+                step.module.evolve(context)
+            except Exception as exc:
+                manager.abort()  # all or nothing: a half-installed root would pass for installed
+                raise StepFailed(schema.package, 0, step.description, None, exc) from exc
+            registry.stamp(root, schema.package, schema.generation)
+        manager.get().note("codx-db: install " + ", ".join(_at(s.package, s.generation) for s in new))
         manager.commit()
-    log.info("installed a new codx-db database at generation %d", migrations.GENERATION)
-    return True
+    for schema in new:
+        if schema.package == CODX_DB:
+            log.info("installed a new codx-db database at generation %d", schema.generation)
+        else:
+            log.info("installed %s at generation %d", schema.package, schema.generation)
+    return any(schema.package == CODX_DB for schema in new)
+
+
+def _at(package: str, generation: int) -> str:
+    return f"at generation {generation}" if package == CODX_DB else f"{package} at generation {generation}"
 
 
 def evolve(
@@ -189,65 +160,94 @@ def evolve(
     dry_run: bool = False,
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    package: str | None = None,
 ) -> list[Step]:
-    """Run the pending steps up to ``target``, one transaction per generation.
+    """Run the pending steps, one transaction per generation; return the steps that ran.
 
-    A failing step is aborted and raised as GenerationError; the database stays at the
-    last completed generation. With ``dry_run`` every step runs and is then aborted.
+    Without ``package`` or ``target``: every registered package to its latest, codx_db first.
+    ``target`` alone is codx_db's target; ``package`` picks the one package to evolve.
+    A failing step is aborted and raised as ``StepFailed``; the package stays at its last
+    completed generation. With ``dry_run`` every step runs and is then aborted.
     """
     if not dry_run:
         install(zodb)
-    plan = status(zodb, target)
-    if plan.current is None:
-        return []
+    if package is None and target is None:
+        chosen = registry.managers()
+    else:
+        chosen = [registry.get(CODX_DB if package is None else package)]
+    ran: list[Step] = []
     with _connection(zodb) as (connection, manager):
-        for step in plan.pending:
-            note = f"codx-db: evolve to generation {step.generation}: {step.description}"
-            context = EvolveContext(connection, manager, note, progress, dry_run, batch_size)
-            context.report(f"generation {step.generation}: {step.description}")
-            try:
-                step.module.evolve(context)
-                connection.root()[GENERATION_KEY] = step.generation
-                if not dry_run:  # a dry run keeps going in one transaction, aborted at the end
-                    manager.get().note(note)
-                    manager.commit()
-                    manager.begin()
-            except Exception as exc:
-                manager.abort()
-                raise GenerationError(
-                    f"generation {step.generation} ({step.description}) failed: "
-                    f"{type(exc).__name__}: {exc}; the database stays at generation "
-                    f"{plan.current if dry_run else step.generation - 1}"
-                ) from exc
-            log.info("evolved the database to generation %d", step.generation)
-    return plan.pending
+        root = connection.root()
+        # Every plan first: a package newer than its code refuses the run before any step.
+        plans = [(s, _plan(s, registry.read_package_generation(root, s.package), target)) for s in chosen]
+        for schema, plan in plans:
+            for step in plan.pending:
+                _run_step(connection, manager, schema, plan, step, dry_run, progress, batch_size)
+                ran.append(step)
+    return ran
+
+
+def _run_step(
+    connection: Any,
+    manager: transaction.TransactionManager,
+    schema: SchemaManager,
+    plan: MigrationStatus,
+    step: Step,
+    dry_run: bool,
+    progress: Progress | None,
+    batch_size: int,
+) -> None:
+    whose = "" if schema.package == CODX_DB else f"{schema.package} "
+    note = f"codx-db: evolve {whose}to generation {step.generation}: {step.description}"
+    context = EvolveContext(connection, manager, note, progress, dry_run, batch_size)
+    context.report(f"{whose}generation {step.generation}: {step.description}")
+    try:
+        step.module.evolve(context)
+        registry.stamp(connection.root(), schema.package, step.generation)
+        if not dry_run:  # a dry run keeps going in one transaction, aborted at the end
+            manager.get().note(note)
+            manager.commit()
+            manager.begin()
+    except Exception as exc:
+        manager.abort()
+        stays_at = plan.current if dry_run else step.generation - 1
+        raise StepFailed(schema.package, step.generation, step.description, stays_at, exc) from exc
+    if schema.package == CODX_DB:
+        log.info("evolved the database to generation %d", step.generation)
+    else:
+        log.info("evolved %s to generation %d", schema.package, step.generation)
 
 
 def on_open(zodb: ZODB.DB, policy: StartupPolicy, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-    """Install a new database, then apply the startup policy to an old one."""
+    """Install a new database (or a newly registered package), then apply the startup policy to each package."""
+    registry.mark_opened()
     if install(zodb):
         return
-    plan = status(zodb)
-    if plan.up_to_date:
-        return
-    current = plan.current or 0
-    if policy == "evolve":
-        evolve(zodb, batch_size=batch_size)
-    elif current < migrations.MINIMUM_GENERATION:
-        if policy == "minimum":
-            evolve(zodb, migrations.MINIMUM_GENERATION, batch_size=batch_size)
-        else:
-            raise GenerationError(
-                f"the database is at generation {current}; this code needs at least "
-                f"{migrations.MINIMUM_GENERATION} (latest {migrations.GENERATION}): "
-                "run `codx-db migrate --apply` first"
+    for plan in statuses(zodb):
+        if plan.up_to_date:
+            continue
+        schema = registry.get(plan.package)
+        current = plan.current or 0
+        if policy == "evolve":
+            evolve(zodb, package=schema.package, batch_size=batch_size)
+        elif current < plan.minimum:
+            if policy == "minimum":
+                evolve(zodb, plan.minimum, package=schema.package, batch_size=batch_size)
+            else:
+                raise GenerationTooLow(schema.package, current, plan.minimum, plan.target)
+        elif schema.package == CODX_DB:
+            log.warning(
+                "the database is at generation %d, the code's latest is %d: run `codx-db migrate`",
+                current,
+                plan.target,
             )
-    else:
-        log.warning(
-            "the database is at generation %d, the code's latest is %d: run `codx-db migrate`",
-            current,
-            migrations.GENERATION,
-        )
+        else:
+            log.warning(
+                "%s is at generation %d in the database, its code's latest is %d: run `codx-db migrate`",
+                schema.package,
+                current,
+                plan.target,
+            )
 
 
 # The header FileStorage writes into a new file; a file holding only this has no root object.

@@ -254,7 +254,7 @@ def test_lookalikes_stored_at_generation_2_survive_generation_3(
     settings = fixture_settings("generation2.fs", backend, tmp_path, request)
     applied = run_cli(settings, "migrate", "--apply")
     assert applied.returncode == 0, applied.stderr
-    assert stored_generation(settings) == migrations.GENERATION == 3
+    assert stored_generation(settings) == migrations.GENERATION
 
     checked = run_cli(settings, "check", "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr  # a warning, not an error
