@@ -20,7 +20,7 @@ from __future__ import annotations
 import builtins
 import functools
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -28,7 +28,7 @@ import anyio
 import anyio.to_thread
 
 from db.database import Database, UnitOfWork
-from db.history import UserRevision
+from db.users.history import UserRevision
 from db.schemas import CodxUser, ProjectPermission
 from db.user_db import UserDB
 
@@ -128,6 +128,10 @@ class AsyncUserDB:
         """The user with this username, or None."""
         return await self._call(self.user_db.find, username)
 
+    async def get_by_id(self, user_id: str) -> CodxUser:
+        """The user with this id; raises UserNotFound (field "id")."""
+        return await self._call(self.user_db.get_by_id, user_id)
+
     async def get_by_email(self, email: str) -> CodxUser:
         """The user with this email address (case-insensitive); raises UserNotFound."""
         return await self._call(self.user_db.get_by_email, email)
@@ -161,6 +165,7 @@ class AsyncUserDB:
         role: str | None = None,
         github: str = "",
         projects: builtins.list[ProjectPermission] | builtins.list[dict[str, Any]] | None = None,
+        apps: Sequence[str] = (),
     ) -> CodxUser:
         """Create a user; raises UserAlreadyExists or InvalidUserData."""
         return await self._call(
@@ -176,6 +181,7 @@ class AsyncUserDB:
             role=role,
             github=github,
             projects=projects,
+            apps=apps,
         )
 
     async def import_users(
@@ -205,6 +211,38 @@ class AsyncUserDB:
     async def delete(self, username: str) -> None:
         """Delete a user; raises UserNotFound."""
         await self._call(self.user_db.delete, username)
+
+    # -- codx-junior lookups ------------------------------------------------------------------
+
+    async def get_by_github(self, login: str) -> CodxUser | None:
+        """The user with this GitHub login (case-insensitive), or None."""
+        return await self._call(self.user_db.get_by_github, login)
+
+    async def with_project_access(
+        self, project_id: str, *, admins: bool = True, active: bool | None = None
+    ) -> builtins.list[CodxUser]:
+        """Users with a grant for this project, plus every admin, sorted by username (indexed)."""
+        return await self._call(self.user_db.with_project_access, project_id, admins=admins, active=active)
+
+    async def grant_project(
+        self,
+        username: str,
+        project_id: str,
+        permissions: str | Sequence[str] = "",
+        children: bool | None = True,
+        apps: Sequence[str] = (),
+    ) -> CodxUser:
+        """Give a user a project grant, replacing any for that project."""
+        return await self._call(self.user_db.grant_project, username, project_id, permissions, children, apps)
+
+    async def revoke_project(self, username: str, project_id: str) -> bool:
+        """Take a user's grant for this project away; False if there was none."""
+        return await self._call(self.user_db.revoke_project, username, project_id)
+
+    async def iter_users(self, batch: int = 500) -> AsyncIterator[CodxUser]:
+        """Every user in username order, each batch read on a worker thread (see ``UserDB.iter_users``)."""
+        async for user in self._iterate(self.user_db.iter_users(batch), batch):
+            yield user
 
     async def history(self, username: str, limit: int = 20) -> builtins.list[UserRevision]:
         """Past versions of a user, newest first."""

@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from BTrees.OOBTree import OOTreeSet
+
 import migrations
 from db.database import Database, UnitOfWork
 from db.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
+from db.users.models import github_key, project_ids
 from migrations.runner import read_generation
 
 # The generation that added ``UserContainer.inactive``; below it the set may be absent.
@@ -29,6 +32,8 @@ INACTIVE_INDEX_GENERATION = 2
 # The generation that added ``UserContainer.by_skeleton``; below it the index may be absent
 # or half built by an interrupted migration (``migrate --apply`` finishes it).
 SKELETON_INDEX_GENERATION = 3
+# The generation that added the GitHub, project and admin indexes (codx-junior lookups).
+LOOKUP_INDEX_GENERATION = 5
 MAX_WARNINGS = 100
 
 # Problems (or fixes) listed in ``--json``: a damaged index yields one per user, too many for a
@@ -52,6 +57,13 @@ REPAIRABLE = frozenset(
         "skeleton-dangling",
         "skeleton-wrong-key",
         "skeleton-unindexed",
+        "github-dangling",
+        "github-wrong-key",
+        "github-unindexed",
+        "project-dangling",
+        "project-unindexed",
+        "admin-dangling",
+        "admin-unindexed",
         "count-mismatch",
     }
 )
@@ -187,6 +199,7 @@ def check_root(root: Any) -> CheckReport:
     _check_inactive(container, users, generation, problems)
     warnings: list[Problem] = []
     _check_skeleton(container, users, generation, problems, warnings)
+    _check_lookup_indexes(container, users, generation, problems, warnings)
     count = container.length()
     if count != len(container.users):
         problems.append(
@@ -230,6 +243,7 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
             fixed.append("inactive: index marked complete")
     if container.by_skeleton is not None:
         fixed += _sync_skeleton(container.by_skeleton, users)
+    fixed += _sync_lookup_indexes(container, users)
     if container.length() != len(users):
         fixed.append(f"count: {container.length()} -> {len(users)}")
         # set() in place: Length's conflict resolution adds concurrent creates on top.
@@ -479,6 +493,129 @@ def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:
         if index.get(key) is not user:
             index[key] = user
             fixed.append(f"{kind}: entry {key!r} -> user {_name(user)}")
+    return fixed
+
+
+def _check_lookup_indexes(
+    container: UserContainer,
+    users: list[User],
+    generation: int | None,
+    problems: list[Problem],
+    warnings: list[Problem],
+) -> None:
+    """The GitHub, project and admin indexes (generation 5) agree with the users."""
+    indexes = {"github": container.by_github, "project": container.by_project, "admin": container.admins}
+    if generation is not None and generation < LOOKUP_INDEX_GENERATION:
+        return  # being built by `codx-db migrate --apply`: not complete yet, nothing to check
+    for kind, index in indexes.items():
+        if index is None:
+            problems.append(Problem(f"{kind}-missing", f"generation {generation} but no {kind} index"))
+        else:
+            _check_structure(kind, index, problems)
+    stored = {user.id: user for user in users}
+    if container.by_github is not None:
+        groups = _github_groups(users)
+        for key, user in container.by_github.items():
+            if not isinstance(user, User) or stored.get(getattr(user, "id", None)) is not user:
+                problems.append(Problem("github-dangling", f"github index entry {key!r} points to no stored user"))
+            elif user not in groups.get(key, ()):
+                problems.append(
+                    Problem(
+                        "github-wrong-key",
+                        f"github index entry {key!r} points to user {_name(user)}, whose github is {user.github!r}",
+                    )
+                )
+        for key, group in groups.items():
+            if container.by_github.get(key) not in group:
+                problems.append(
+                    Problem("github-unindexed", f"user {_name(group[0])} is not in the github index under {key!r}")
+                )
+            if len(group) > 1:
+                warnings.append(
+                    Problem(
+                        "github-duplicate",
+                        f"{len(group)} users share the GitHub login {key!r}, stored before generation 5: "
+                        f"{', '.join(_name(user) for user in group)}; a GitHub login finds only the first; "
+                        "fix: `codx-db user update NAME --github ''` for the others",
+                    )
+                )
+    if container.by_project is not None:
+        wanted = _project_members(users)
+        for project_id, members in container.by_project.items():
+            for user_id in members:
+                if user_id not in wanted.get(project_id, ()):
+                    problems.append(
+                        Problem("project-dangling", f"project index {project_id!r} holds {user_id!r}, without a grant")
+                    )
+        for project_id, ids in wanted.items():
+            members = container.by_project.get(project_id, ())
+            for user_id in sorted(ids):
+                if user_id not in members:
+                    problems.append(
+                        Problem(
+                            "project-unindexed",
+                            f"user {_name(stored[user_id])} has a grant for {project_id!r} not in the project index",
+                        )
+                    )
+    if container.admins is not None:
+        admins = {user.id for user in users if user.role == "admin"}
+        for user_id in container.admins:
+            if user_id not in admins:
+                problems.append(Problem("admin-dangling", f"admin index holds {user_id!r}, not a stored admin"))
+        for user_id in sorted(admins - set(container.admins)):
+            problems.append(Problem("admin-unindexed", f"admin {_name(stored[user_id])} is not in the admin index"))
+
+
+def _github_groups(users: Iterable[User]) -> dict[str, list[User]]:
+    """GitHub login key -> the users with it, in id order (the first is the one indexed)."""
+    groups: dict[str, list[User]] = {}
+    for user in users:
+        if user.github:
+            groups.setdefault(github_key(user.github), []).append(user)
+    return groups
+
+
+def _project_members(users: Iterable[User]) -> dict[str, set[str]]:
+    members: dict[str, set[str]] = {}
+    for user in users:
+        for project_id in project_ids(user):
+            members.setdefault(project_id, set()).add(user.id)
+    return members
+
+
+def _sync_lookup_indexes(container: UserContainer, users: list[User]) -> list[str]:
+    """Make the GitHub, project and admin indexes agree with the users (each only if it exists)."""
+    fixed: list[str] = []
+    if container.by_github is not None:
+        groups = _github_groups(users)
+        for key in [k for k in container.by_github if k not in groups]:
+            del container.by_github[key]
+            fixed.append(f"github: removed entry {key!r}")
+        for key, group in groups.items():
+            if container.by_github.get(key) not in group:  # one of duplicates stays; else the first
+                container.by_github[key] = group[0]
+                fixed.append(f"github: entry {key!r} -> user {_name(group[0])}")
+    if container.by_project is not None:
+        wanted = _project_members(users)
+        for project_id, members in container.by_project.items():
+            for user_id in [i for i in members if i not in wanted.get(project_id, ())]:
+                members.remove(user_id)
+                fixed.append(f"project: removed {user_id!r} from {project_id!r}")
+        for project_id, ids in wanted.items():
+            members = container.by_project.get(project_id)
+            if members is None:
+                members = container.by_project[project_id] = OOTreeSet()
+            for user_id in sorted(ids):
+                if members.add(user_id):
+                    fixed.append(f"project: added {user_id!r} to {project_id!r}")
+    if container.admins is not None:
+        admins = {user.id for user in users if user.role == "admin"}
+        for user_id in [i for i in container.admins if i not in admins]:
+            container.admins.remove(user_id)
+            fixed.append(f"admin: removed {user_id!r}")
+        for user_id in sorted(admins):
+            if container.admins.add(user_id):
+                fixed.append(f"admin: added {user_id!r}")
     return fixed
 
 
