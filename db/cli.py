@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--inactive", dest="is_active", action="store_const", const=False)
     _add_profile_options(upd)
     upd.add_argument("--no-projects", action="store_true", help="remove every project permission")
+    upd.add_argument("--no-apps", action="store_true", help="remove every app")
     upd.set_defaults(handler=cmd_user_update, is_superuser=None, is_active=None)
 
     passwd = users.add_parser("passwd", parents=[common], help="set a user's password")
@@ -221,6 +222,13 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--theme", help="UI theme (codx-junior default: dim)")
     parser.add_argument("--role", choices=["user", "admin"], help="admin also makes the user a superuser")
     parser.add_argument("--github", help="GitHub login")
+    parser.add_argument(
+        "--app",
+        dest="apps",
+        action="append",
+        metavar="NAME",
+        help="a codx-junior app the user may open, e.g. coder, viewer (repeat; replaces the list)",
+    )
     parser.add_argument(
         "--project",
         dest="projects",
@@ -265,6 +273,8 @@ def _profile_changes(args: argparse.Namespace) -> dict[str, Any]:
     changes = {name: value for name, value in changes.items() if value is not None}
     if args.projects is not None:
         changes["projects"] = args.projects
+    if args.apps is not None:
+        changes["apps"] = args.apps
     return changes
 
 
@@ -410,6 +420,10 @@ def cmd_user_update(args: argparse.Namespace) -> CodxUser:
         if args.projects:
             raise UsageError("--no-projects and --project contradict each other")
         changes["projects"] = []
+    if args.no_apps:
+        if args.apps:
+            raise UsageError("--no-apps and --app contradict each other")
+        changes["apps"] = []
     if not changes:
         raise UsageError("nothing to change: give --rename, --email, --full-name, --role, ...")
     return _users(args).update(args.username, **changes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from db.users.history import TRACKED_FIELDS
 from db.users.schemas import CodxUser, ProjectPermission
+from tests.conftest import run_cli
 from tests.test_user_db import snapshot_state
 
 
@@ -186,3 +188,15 @@ def test_revert_restores_apps(tmp_path: Path) -> None:
         assert users.revert("carol", first).apps == ("coder",)
     finally:
         database.close()
+
+
+def test_cli_sets_and_clears_apps(tmp_path: Path) -> None:
+    settings = CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs")
+    added = run_cli(settings, "user", "add", "Dana Lee", "--no-password", "--app", "coder", "--app", "viewer", "--json")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["apps"] == ["coder", "viewer"]
+    updated = run_cli(settings, "user", "update", "dana lee", "--no-apps", "--json")
+    assert updated.returncode == 0, updated.stderr
+    assert json.loads(updated.stdout)["apps"] == []
+    both = run_cli(settings, "user", "update", "dana lee", "--no-apps", "--app", "x")
+    assert both.returncode != 0 and "--no-apps and --app contradict" in both.stderr
