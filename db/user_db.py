@@ -448,13 +448,11 @@ class UserDB:
 
         Each batch is read in its own unit of work, resuming after the last username (O(log n)),
         so no connection stays open between batches and nothing caps the total. Not a snapshot:
-        a user created, renamed or deleted meanwhile may be seen or missed once.
+        a user created, renamed or deleted meanwhile may be seen or missed once. A bad ``batch``
+        raises InvalidUserData when the iteration starts (a generator runs nothing before).
         """
         if not _is_int(batch) or not 1 <= batch <= MAX_PAGE:
             raise InvalidUserData([f"batch: must be an integer from 1 to {MAX_PAGE}"])
-        return self._iter_users(batch)
-
-    def _iter_users(self, batch: int) -> Iterator[CodxUser]:
         after: str | None = None
         while True:
             page = self.list(limit=batch, after=after)
