@@ -28,9 +28,9 @@ import anyio
 import anyio.to_thread
 
 from db.database import Database, UnitOfWork
-from db.users.history import UserRevision
 from db.schemas import CodxUser, ProjectPermission
 from db.user_db import UserDB
+from db.users.history import UserRevision
 
 T = TypeVar("T")
 P = ParamSpec("P")

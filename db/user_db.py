@@ -381,7 +381,7 @@ class UserDB:
         Indexed: only these users are loaded. Like codx-junior, disabled users are included;
         ``active=True`` (or False) keeps only active (or inactive) ones.
         """
-        problems = []
+        problems: builtins.list[str] = []
         if not isinstance(project_id, str):
             problems.append("project_id: must be a string")
         if not isinstance(admins, bool):

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING
 
 from BTrees.OOBTree import OOBTree, OOTreeSet
 
-from db.models import USERS_KEY
-from db.users.models import github_key
+from db.users.models import USERS_KEY, github_key
 from db.users.schemas import upgrade_project_tuple
 
 if TYPE_CHECKING:

@@ -44,9 +44,11 @@ def project_members(
     included unless ``active`` filters them. Only the users returned are loaded.
     """
     require_indexes(users)
-    ids = set(users.by_project.get(project_id, ()))  # type: ignore[union-attr]
+    by_project, admin_ids = users.by_project, users.admins
+    assert by_project is not None and admin_ids is not None  # require_indexes
+    ids = set(by_project.get(project_id, ()))
     if admins:
-        ids.update(users.admins)  # type: ignore[union-attr]
+        ids.update(admin_ids)
     found = [users.users[user_id] for user_id in sorted(ids) if user_id in users.users]
     jar = users._p_jar
     if jar is not None:
