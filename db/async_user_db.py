@@ -20,7 +20,7 @@ from __future__ import annotations
 import builtins
 import functools
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -166,6 +166,7 @@ class AsyncUserDB:
         role: str | None = None,
         github: str = "",
         projects: builtins.list[ProjectPermission] | builtins.list[dict[str, Any]] | None = None,
+        apps: Sequence[str] = (),
     ) -> CodxUser:
         """Create a user; raises UserAlreadyExists or InvalidUserData."""
         return await self._call(
@@ -181,6 +182,7 @@ class AsyncUserDB:
             role=role,
             github=github,
             projects=projects,
+            apps=apps,
         )
 
     async def import_users(
@@ -210,6 +212,38 @@ class AsyncUserDB:
     async def delete(self, username: str) -> None:
         """Delete a user; raises UserNotFound."""
         await self._call(self.user_db.delete, username)
+
+    # -- codx-junior lookups ------------------------------------------------------------------
+
+    async def get_by_github(self, login: str) -> CodxUser | None:
+        """The user with this GitHub login (case-insensitive), or None."""
+        return await self._call(self.user_db.get_by_github, login)
+
+    async def with_project_access(
+        self, project_id: str, *, admins: bool = True, active: bool | None = None
+    ) -> builtins.list[CodxUser]:
+        """Users with a grant for this project, plus every admin, sorted by username (indexed)."""
+        return await self._call(self.user_db.with_project_access, project_id, admins=admins, active=active)
+
+    async def grant_project(
+        self,
+        username: str,
+        project_id: str,
+        permissions: str | Sequence[str] = "",
+        children: bool | None = True,
+        apps: Sequence[str] = (),
+    ) -> CodxUser:
+        """Give a user a project grant, replacing any for that project."""
+        return await self._call(self.user_db.grant_project, username, project_id, permissions, children, apps)
+
+    async def revoke_project(self, username: str, project_id: str) -> bool:
+        """Take a user's grant for this project away; False if there was none."""
+        return await self._call(self.user_db.revoke_project, username, project_id)
+
+    async def iter_users(self, batch: int = 500) -> AsyncIterator[CodxUser]:
+        """Every user in username order, each batch read on a worker thread (see ``UserDB.iter_users``)."""
+        async for user in self._iterate(self.user_db.iter_users(batch), batch):
+            yield user
 
     async def history(self, username: str, limit: int = 20) -> builtins.list[UserRevision]:
         """Past versions of a user, newest first."""

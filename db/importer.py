@@ -40,7 +40,7 @@ from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData
 from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key
 from db.users.passwords import hash_cost_problem
-from db.users.schemas import UserCreate
+from db.users.schemas import ProjectPermission, UserCreate, projects_to_tuple, upgrade_project_tuple
 
 # bcrypt as codx-junior's bcrypt package writes it: prefix, 2-digit cost, 22 salt + 31 hash characters.
 BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
@@ -254,9 +254,9 @@ def _differing(user: User, entry: ImportEntry) -> list[str]:
     for name in ("full_name", "avatar", "theme", "role", "github", "is_active"):
         if getattr(user, name) != wanted[name]:
             differing.append(name)
-    if tuple(user.projects) != tuple(
-        sorted((p["project_id"], p["permissions"], p["children"]) for p in wanted["projects"])
-    ):
+    # Stored grants of an older generation have 3 fields: compare in today's form.
+    stored = tuple(upgrade_project_tuple(entry) for entry in user.projects)
+    if stored != projects_to_tuple([ProjectPermission.model_validate(p) for p in wanted["projects"]]):
         differing.append("projects")
     return differing
 

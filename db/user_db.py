@@ -8,21 +8,22 @@ and a bad call writes nothing. Callers get ``CodxUser`` snapshots, never stored 
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown, shown_field
+from db.users import access, repository
 from db.users import credential_service as creds
-from db.users import repository
 from db.users.credentials import ApiKeyInfo
 from db.users.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
-from db.users.models import User, UserContainer, email_key, username_key, username_skeleton, utcnow
+from db.users.models import User, UserContainer, email_key, github_key, username_key, username_skeleton, utcnow
 from db.users.passwords import (
     MAX_PASSWORD_LENGTH,
     check_password,
@@ -33,13 +34,23 @@ from db.users.passwords import (
     verify_password,
 )
 from db.users.policy import PasswordContext, PasswordPolicy
-from db.users.schemas import CodxUser, ProjectPermission, UserCreate, UserUpdate, email_for_lookup, projects_to_tuple
+from db.users.schemas import (
+    CodxUser,
+    ProjectPermission,
+    UserCreate,
+    UserUpdate,
+    email_for_lookup,
+    parse_project,
+    projects_to_tuple,
+)
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
+# No GitHub login is longer (39 characters); a lookup of megabytes answers None at once.
+MAX_GITHUB_LOOKUP = 256
 
 
 class UserDB:
@@ -153,6 +164,7 @@ class UserDB:
         role: str | None = None,
         github: str = "",
         projects: list[ProjectPermission] | list[dict[str, Any]] | None = None,
+        apps: Sequence[str] = (),
     ) -> CodxUser:
         """Create a user; raises UserAlreadyExists (naming the field) or InvalidUserData.
 
@@ -171,6 +183,7 @@ class UserDB:
                 "role": role,
                 "github": github,
                 "projects": [] if projects is None else projects,
+                "apps": apps,
             }
         )
         context = PasswordContext(data.username, data.email, data.full_name)
@@ -181,7 +194,7 @@ class UserDB:
 
         def create(uow: UnitOfWork) -> CodxUser:
             users = repository.container(uow)
-            repository.check_unique(users, data.username, data.email)
+            repository.check_unique(users, data.username, data.email, github=data.github)
             user = User(id=user_id, password_hash=password_hash, **fields)
             users.add(user)
             return CodxUser.from_model(user)
@@ -355,6 +368,111 @@ class UserDB:
 
         self._write(delete, None)
 
+    # -- codx-junior lookups ------------------------------------------------------------------
+
+    def get_by_github(self, login: str) -> CodxUser | None:
+        """The user with this GitHub login (case-insensitive, indexed), or None.
+
+        ``""`` and anything not a string give None: codx-junior's scan would match every user
+        without a login to ``""``.
+        """
+        if not isinstance(login, str) or not github_key(login) or len(login) > MAX_GITHUB_LOOKUP:
+            return None
+
+        def find(users: UserContainer) -> CodxUser | None:
+            user = access.find_by_github(users, login)
+            return None if user is None else CodxUser.from_model(user)
+
+        return self._read(find)
+
+    def with_project_access(
+        self, project_id: str, *, admins: bool = True, active: bool | None = None
+    ) -> builtins.list[CodxUser]:
+        """Users with a grant for this project, plus every admin (``admins``), sorted by username.
+
+        Indexed: only these users are loaded. Like codx-junior, disabled users are included;
+        ``active=True`` (or False) keeps only active (or inactive) ones.
+        """
+        problems: builtins.list[str] = []
+        if not isinstance(project_id, str):
+            problems.append("project_id: must be a string")
+        if not isinstance(admins, bool):
+            problems.append("admins: must be true or false")
+        if active is not None and not isinstance(active, bool):
+            problems.append("active: must be true, false or None")
+        if problems:
+            raise InvalidUserData(problems)
+
+        def members(users: UserContainer) -> builtins.list[CodxUser]:
+            found = access.project_members(users, project_id, admins=admins, active=active)
+            return [CodxUser.from_model(user) for user in found]
+
+        return self._read(members)
+
+    def grant_project(
+        self,
+        username: str,
+        project_id: str,
+        permissions: str | Sequence[str] = "",
+        children: bool | None = True,
+        apps: Sequence[str] = (),
+    ) -> CodxUser:
+        """Give a user a project grant (codx-junior's ``add_user_to_project``), replacing any for that project.
+
+        ``permissions`` is kept as given: a string (``"tasks,coder"``) or a list of names.
+        One unit of work: concurrent grants to one user conflict and are retried, none is lost.
+        """
+        _require_str("username", username)
+        project = parse_project(
+            {
+                "project_id": project_id,
+                "permissions": list(permissions) if isinstance(permissions, tuple) else permissions,
+                "children": children,
+                "apps": list(apps) if isinstance(apps, tuple) else apps,
+            }
+        )
+
+        def grant(uow: UnitOfWork) -> CodxUser:
+            user = access.grant(repository.container(uow), username, project)
+            uow.note(f"codx-db: grant project {project.project_id} to {user.username}")
+            return CodxUser.from_model(user)
+
+        return self._write(grant, None)
+
+    def revoke_project(self, username: str, project_id: str) -> bool:
+        """Take a user's grant for this project away; False if there was none. Raises UserNotFound."""
+        _require_str("username", username)
+        _require_str("project_id", project_id)
+
+        def revoke(uow: UnitOfWork) -> bool:
+            users = repository.container(uow)
+            done = access.revoke(users, username, project_id)
+            if done:
+                uow.note(
+                    f"codx-db: revoke project {project_id.strip()} from {repository.get(users, username).username}"
+                )
+            return done
+
+        return self._write(revoke, None)
+
+    def iter_users(self, batch: int = 500) -> Iterator[CodxUser]:
+        """Every user, in username order, ``batch`` at a time (1..MAX_PAGE), in bounded memory.
+
+        Each batch is read in its own unit of work, resuming after the last username (O(log n)),
+        so no connection stays open between batches and nothing caps the total. Not a snapshot:
+        a user created, renamed or deleted meanwhile may be seen or missed once. A bad ``batch``
+        raises InvalidUserData when the iteration starts (a generator runs nothing before).
+        """
+        if not _is_int(batch) or not 1 <= batch <= MAX_PAGE:
+            raise InvalidUserData([f"batch: must be an integer from 1 to {MAX_PAGE}"])
+        after: str | None = None
+        while True:
+            page = self.list(limit=batch, after=after)
+            yield from page
+            if len(page) < batch:
+                return
+            after = page[-1].username
+
     # -- history -----------------------------------------------------------------------------
 
     def history(self, username: str, limit: int = 20) -> list[UserRevision]:
@@ -484,7 +602,7 @@ def new_user_id() -> str:
 
 _IMPORT_KEYS = frozenset(
     {"username", "email", "full_name", "password", "password_hash", "is_superuser", "is_active"}
-    | {"avatar", "theme", "role", "github", "projects"}
+    | {"avatar", "theme", "role", "github", "projects", "apps"}
 )
 _MAX_LISTED_FIELDS = 5
 
@@ -500,6 +618,7 @@ def _prepare_import(
     seen_usernames: dict[str, int] = {}
     seen_skeletons: dict[str, int] = {}
     seen_emails: dict[str, int] = {}
+    seen_github: dict[str, int] = {}
     for index, record in enumerate(records):
         where = f"records[{index}]"
         if not isinstance(record, Mapping):
@@ -538,6 +657,12 @@ def _prepare_import(
                 problems.append(f"{where}.email: the same as records[{seen_emails[key]}]")
                 continue
             seen_emails[key] = index
+        if data.github:
+            key = github_key(data.github)
+            if key in seen_github:
+                problems.append(f"{where}.github: the same as records[{seen_github[key]}]")
+                continue
+            seen_github[key] = index
         prepared.append((data, password, password_hash))
     if problems:
         raise InvalidUserData(problems)  # which lists the first MAX_LISTED_ERRORS
@@ -555,7 +680,7 @@ def _check_import_unique(users: UserContainer, prepared: list[tuple[UserCreate, 
     """
     for index, (data, _) in enumerate(prepared, first):
         try:
-            repository.check_unique(users, data.username, data.email)
+            repository.check_unique(users, data.username, data.email, github=data.github)
         except UserAlreadyExists as exc:
             raise UserAlreadyExists(exc.field, exc.value, where=f"records[{index}]", like=exc.like) from None
 

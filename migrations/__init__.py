@@ -10,16 +10,20 @@ migrations/registry.py) and each package keeps its own generation in the databas
 """
 
 # The generation this code writes. Bump it together with a new evolveN.py module.
-GENERATION = 4
+GENERATION = 5
 
 # The oldest generation this code can still read correctly. A database below it must be
 # evolved before use (see the ``db_startup`` setting and ``codx-db migrate``).
-MINIMUM_GENERATION = 1
+MINIMUM_GENERATION = 5
 # Generation 1 is needed: without it every superuser would read as role "user".
 # Generation 2 is not: without the inactive index, list(active=...) loads users to filter.
 # Generation 3 is not: without the look-alike index, new usernames are checked only for
 # exact (case-insensitive) duplicates, as before.
 # Generation 4 is not: nothing reads the package mapping to serve users.
+# Generation 5 is: get_by_github, with_project_access and grant_project read and write its
+# GitHub/project/admin indexes, and an index that is missing or half built (an interrupted
+# step) gives wrong answers without an error (a user's GitHub login finds nobody). Hence 5:
+# a database below it is refused at open (db_startup=refuse) until `codx-db migrate --apply`.
 
 # Below the numbers: registering codx_db reads them from this (partly imported) module.
 import ZODB  # noqa: E402

@@ -121,7 +121,7 @@ def test_password_is_never_in_output_or_argv_options(cli: CLI) -> None:
     [
         (("user", "get", "nobody"), None, "no user with username 'nobody'"),
         (("user", "delete", "nobody", "--yes"), None, "no user with username 'nobody'"),
-        (("user", "add", "bad;name", "--no-password"), None, "username"),
+        (("user", "add", "bad\tname", "--no-password"), None, "username"),
         (("user", "add", "eve", "--password-stdin"), "short\n", "password: must be at least 8"),
         (("user", "update", "nobody", "--full-name", "x"), None, "no user"),
     ],

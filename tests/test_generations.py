@@ -187,7 +187,7 @@ def test_an_int_only_database_evolves_through_4_beside_a_second_package(
         at_3 = stored_in(zodb)
         # The package's install created the mapping; codx_db's stamp mirrors its own key into it.
         assert at_3 == {"legacy": 3, "mapping": {package.name: 0, "codx_db": 3}}
-        ran = runner.evolve(zodb)
+        ran = runner.evolve(zodb, 4)
         assert [(s.package, s.generation) for s in ran] == [("codx_db", 4)]
         assert (
             runner.load_step(4).description == "Generations per package: the root gets the codx_db.generations mapping."
@@ -211,8 +211,9 @@ def test_the_legacy_key_stays_authoritative_for_codx_db(tmp_path: Path) -> None:
         with zodb.transaction() as conn:
             conn.root()[GENERATION_KEY] = 3  # as if an older codx-db had stamped it; the mapping says 4
         assert runner.status(zodb).current == 3
-        assert [s.generation for s in runner.evolve(zodb)] == [4]  # evolve4 is idempotent
-        assert stored_in(zodb) == {"legacy": 4, "mapping": {"codx_db": 4}}
+        # evolve4 and evolve5 are idempotent
+        assert [s.generation for s in runner.evolve(zodb)] == list(range(4, migrations.GENERATION + 1))
+        assert stored_in(zodb) == {"legacy": migrations.GENERATION, "mapping": {"codx_db": migrations.GENERATION}}
     finally:
         zodb.close()
 
@@ -279,8 +280,9 @@ def test_codx_db_below_the_minimum_raises_generation_too_low(tmp_path: Path) -> 
     zodb.close()
     with pytest.raises(GenerationTooLow) as excinfo:
         open_and_close(settings)
-    assert (excinfo.value.package, excinfo.value.found, excinfo.value.minimum) == ("codx_db", 0, 1)
-    assert str(excinfo.value).startswith("the database is at generation 0; this code needs at least 1")
+    minimum = migrations.MINIMUM_GENERATION
+    assert (excinfo.value.package, excinfo.value.found, excinfo.value.minimum) == ("codx_db", 0, minimum)
+    assert str(excinfo.value).startswith(f"the database is at generation 0; this code needs at least {minimum}")
 
 
 FAILING = """

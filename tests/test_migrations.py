@@ -153,15 +153,11 @@ def test_generation1_fixture_evolves_keeping_its_fields(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     settings = fixture_settings("generation1.fs", backend, tmp_path, request)
-    # Generation 1 is the minimum: the code opens it (with a warning) and can read it...
+    # Below the minimum (generation 5: the lookup indexes), the default policy refuses to open it.
     database = Database(settings)
     try:
-        alice = UserDB(database).get("alice")
-        assert alice.theme == "dark" and [p.project_id for p in alice.projects] == ["codx-junior", "docs"]
-        with database.transaction() as uow:
-            assert uow.root[USERS_KEY].inactive is None
-        # ...and lists inactive users the slow way until generation 2 indexes them.
-        assert [u.username for u in UserDB(database).list(active=False)] == ["frank"]
+        with pytest.raises(GenerationError, match=r"run `codx-db migrate --apply`"):
+            UserDB(database).get("alice")
     finally:
         database.close()
 

@@ -92,10 +92,10 @@ def test_duplicate_username_or_email_is_refused_naming_the_field(users: UserDB, 
     ("kwargs", "fragment"),
     [
         ({"username": ""}, "username"),
-        ({"username": "a" * 65}, "username: must be at most 64"),
+        ({"username": "a" * 255}, "username: must be at most 254"),
         ({"username": "two  spaces"}, "username: must not hold two spaces"),
-        ({"username": "-leading"}, "username: must start"),
-        ({"username": "semi;colon"}, "username"),
+        ({"username": "tab\there"}, "username: must not contain control"),
+        ({"username": "private\ue000use"}, "username: must not contain control"),
         ({"username": 42}, "username"),
         ({"username": "ok", "email": "not-an-email"}, "email"),
         ({"username": "ok", "email": "a@" + "b" * 250 + ".com"}, "email"),
@@ -178,7 +178,7 @@ def test_update_conflicts_and_errors_write_nothing(users: UserDB, database: Data
         users.update("alice", full_name="changed", email="Bob@Example.com")
     assert excinfo.value.field == "email"
     with pytest.raises(InvalidUserData):
-        users.update("alice", username="bad;name", full_name="changed")
+        users.update("alice", username="bad\x00name", full_name="changed")
     with pytest.raises(InvalidUserData):
         users.update("alice", nonsense=1)
     with pytest.raises(InvalidUserData):
@@ -445,7 +445,6 @@ def test_list_after_a_username_pages_without_offsets(users: UserDB) -> None:
         "ä@example.com",
         "a" * 64 + "@example.com",
         "a" * 65 + "@example.com",
-        "x@localhost",
         "a..b@example.com",
         "a@example.invalid",
         "a@[127.0.0.1]",

@@ -171,6 +171,10 @@ def cmd_user_update(session: Session, args: argparse.Namespace) -> CodxUser:
         if args.projects:
             raise UsageError("--no-projects and --project contradict each other")
         changes["projects"] = []
+    if args.no_apps:
+        if args.apps:
+            raise UsageError("--no-apps and --app contradict each other")
+        changes["apps"] = []
     if not changes:
         raise UsageError("nothing to change: give --rename, --email, --full-name, --role, ...")
     return _users(session, args).update(args.username, **changes)
@@ -275,4 +279,6 @@ def _profile_changes(args: argparse.Namespace) -> dict[str, Any]:
     changes = {name: value for name, value in changes.items() if value is not None}
     if args.projects is not None:
         changes["projects"] = args.projects
+    if args.apps is not None:
+        changes["apps"] = args.apps
     return changes

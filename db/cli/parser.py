@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--inactive", dest="is_active", action="store_const", const=False)
     _add_profile_options(upd)
     upd.add_argument("--no-projects", action="store_true", help="remove every project permission")
+    upd.add_argument("--no-apps", action="store_true", help="remove every app")
     upd.set_defaults(handler=cmd.cmd_user_update, is_superuser=None, is_active=None)
 
     passwd = users.add_parser("passwd", parents=[common], help="set a user's password")
@@ -123,6 +124,13 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--theme", help="UI theme (codx-junior default: dim)")
     parser.add_argument("--role", choices=["user", "admin"], help="admin also makes the user a superuser")
     parser.add_argument("--github", help="GitHub login")
+    parser.add_argument(
+        "--app",
+        dest="apps",
+        action="append",
+        metavar="NAME",
+        help="a codx-junior app the user may open, e.g. coder, viewer (repeat; replaces the list)",
+    )
     for flag, children, text in (
         ("--project", True, "permission on a project and its children (repeat; replaces the list)"),
         ("--project-no-children", False, "permission on that project only"),

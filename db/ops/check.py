@@ -20,6 +20,7 @@ from typing import Any
 
 import migrations
 from db.database import Database, UnitOfWork
+from db.ops.check_lookups import check_lookup_indexes, sync_lookup_indexes
 from db.ops.reports import CheckReport, Problem, RepairReport
 from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
 from migrations.runner import read_generation
@@ -81,6 +82,7 @@ def check_root(root: Any) -> CheckReport:
     _check_inactive(container, users, generation, problems)
     warnings: list[Problem] = []
     _check_skeleton(container, users, generation, problems, warnings)
+    check_lookup_indexes(container, users, generation, problems, warnings, _check_structure)
     count = container.length()
     if count != len(container.users):
         problems.append(
@@ -126,6 +128,7 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
             fixed.append("inactive: index marked complete")
     if container.by_skeleton is not None:
         fixed += _sync_skeleton(container.by_skeleton, users)
+    fixed += sync_lookup_indexes(container, users)
     if container.length() != len(users):
         fixed.append(f"count: {container.length()} -> {len(users)}")
         # set() in place: Length's conflict resolution adds concurrent creates on top.

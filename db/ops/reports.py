@@ -26,6 +26,13 @@ MAX_JSON_LISTED = 1000
 # Problems that ``repair`` fixes by rebuilding the indexes and the count from the users.
 REPAIRABLE = frozenset(
     {
+        "github-dangling",
+        "github-wrong-key",
+        "github-unindexed",
+        "project-dangling",
+        "project-unindexed",
+        "admin-dangling",
+        "admin-unindexed",
         "username-dangling",
         "username-wrong-key",
         "username-unindexed",

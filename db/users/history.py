@@ -31,6 +31,7 @@ TRACKED_FIELDS = (
     "theme",
     "github",
     "projects",
+    "apps",
 )
 PASSWORD_FIELD = "password_hash"
 # How far back revert looks (FileStorage's history() needs a bound).

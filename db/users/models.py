@@ -16,7 +16,7 @@ import itertools
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from BTrees.Length import Length
 from BTrees.OOBTree import OOBTree, OOTreeSet
@@ -52,6 +52,16 @@ def email_key(email: str) -> str:
     return _fold(email)
 
 
+def github_key(login: str) -> str:
+    """Index key of a GitHub login: trimmed, without a leading "@", case-folded (GitHub ignores case)."""
+    return login.strip().removeprefix("@").casefold()
+
+
+def project_ids(user: User) -> frozenset[str]:
+    """The ids of the projects a user has a grant for (3- or 4-field stored grants alike)."""
+    return frozenset(entry[0] for entry in user.projects)
+
+
 class User(Persistent):
     """A stored user. Attributes are plain immutable values; the hash never leaves UserDB."""
 
@@ -69,7 +79,11 @@ class User(Persistent):
     theme: str = "dim"
     role: str = "user"
     github: str = ""
-    projects: tuple[tuple[str, str, bool], ...] = ()
+    # Stored grants ``(project_id, permissions, children, apps)`` sorted by project id (see
+    # db/users/schemas.py ``ProjectTuple``); databases before generation 5 hold 3-field ones.
+    projects: tuple[tuple[Any, ...], ...] = ()
+    # Generation 5: codx-junior's app names (order and duplicates kept).
+    apps: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -86,7 +100,8 @@ class User(Persistent):
         theme: str = "dim",
         role: str = "user",
         github: str = "",
-        projects: tuple[tuple[str, str, bool], ...] = (),
+        projects: tuple[tuple[Any, ...], ...] = (),
+        apps: tuple[str, ...] = (),
     ) -> None:
         self.id = id
         self.username = username
@@ -102,6 +117,7 @@ class User(Persistent):
         self.role = role
         self.github = github
         self.projects = projects
+        self.apps = apps
 
     def touch(self) -> None:
         """Record a change now."""
@@ -109,6 +125,17 @@ class User(Persistent):
 
     def __repr__(self) -> str:  # never shows the hash
         return f"<User {self.username!r} id={self.id}>"
+
+
+class Indexed(NamedTuple):
+    """What a user is indexed under, taken before a change so ``reindex`` moves only what changed."""
+
+    username: str
+    email: str | None
+    is_active: bool
+    github: str
+    project_ids: frozenset[str]
+    admin: bool
 
 
 class UserContainer(Persistent):
@@ -125,6 +152,14 @@ class UserContainer(Persistent):
     # New names must not join an existing entry. None until generation 3 creates it; writers
     # keep it up to date from the moment it exists.
     by_skeleton: OOBTree | None = None
+    # Generation 5 (codx-junior lookups); None until evolve5 creates them, kept up to date by
+    # writers from the moment they exist:
+    # ``github_key(login)`` -> User (unique; look-alike logins of GitHub are the same login);
+    by_github: OOBTree | None = None
+    # project id (exact) -> OOTreeSet of the ids of users with a grant for it (may be empty);
+    by_project: OOBTree | None = None
+    # ids of the users with role admin (codx-junior gives admins every project).
+    admins: OOTreeSet | None = None
 
     def __init__(self) -> None:
         self.users: OOBTree = OOBTree()  # id -> User
@@ -134,6 +169,9 @@ class UserContainer(Persistent):
         self.inactive = OOTreeSet()
         self.inactive_complete = True
         self.by_skeleton = OOBTree()
+        self.by_github = OOBTree()
+        self.by_project = OOBTree()
+        self.admins = OOTreeSet()
 
     def __len__(self) -> int:
         return self.length()
@@ -147,6 +185,7 @@ class UserContainer(Persistent):
         if not user.is_active and self.inactive is not None:
             self.inactive.add(username_key(user.username))
         self.add_skeleton(user, username_skeleton(user.username))
+        self._index_codx(user, github=user.github, projects=project_ids(user), admin=user.role == "admin")
         self.length.change(1)
 
     def remove(self, user: User) -> None:
@@ -163,12 +202,32 @@ class UserContainer(Persistent):
         if self.inactive is not None:
             self.inactive.discard(username_key(user.username))
         self.discard_skeleton(user, username_skeleton(user.username))
+        self._unindex_codx(user, github=user.github, projects=project_ids(user), admin=user.role == "admin")
         self.length.change(-1)
 
-    def reindex(self, user: User, old_username: str, old_email: str | None) -> None:
-        """Move index entries after the username, email or active flag of ``user`` changed."""
+    @staticmethod
+    def indexed(user: User) -> Indexed:
+        """The keys ``user`` is indexed under now (call before changing it, then ``reindex``)."""
+        return Indexed(user.username, user.email, user.is_active, user.github, project_ids(user), user.role == "admin")
+
+    def reindex(self, user: User, before: Indexed) -> None:
+        """Move index entries after the fields of ``user`` indexed in ``before`` changed."""
         # Touch an index only where its key changed: re-setting an unchanged entry still
         # rewrites its bucket (more to commit, and a conflict with every concurrent writer).
+        old_username, old_email = before.username, before.email
+        now = self.indexed(user)
+        self._unindex_codx(
+            user,
+            github=before.github if github_key(before.github) != github_key(now.github) else "",
+            projects=before.project_ids - now.project_ids,
+            admin=before.admin and not now.admin,
+        )
+        self._index_codx(
+            user,
+            github=now.github if github_key(before.github) != github_key(now.github) else "",
+            projects=now.project_ids - before.project_ids,
+            admin=now.admin and not before.admin,
+        )
         old_ukey, new_ukey = username_key(old_username), username_key(user.username)
         if old_ukey != new_ukey:
             del self.by_username[old_ukey]
@@ -189,6 +248,47 @@ class UserContainer(Persistent):
                 self.by_email.pop(old_ekey, None)
             if new_ekey is not None:
                 self.by_email[new_ekey] = user
+
+    def _index_codx(self, user: User, *, github: str, projects: frozenset[str], admin: bool) -> None:
+        """Add ``user`` under these generation-5 keys (each index a no-op before it exists)."""
+        if github and self.by_github is not None:
+            # Uniqueness is the repository's check; a key already taken is never stolen
+            # (evolve5 keeps the first of the duplicates stored before generation 5).
+            self.by_github.setdefault(github_key(github), user)
+        if projects and self.by_project is not None:
+            for project_id in sorted(projects):
+                members = self.by_project.get(project_id)
+                if members is None:
+                    members = self.by_project[project_id] = OOTreeSet()
+                members.add(user.id)
+        if admin and self.admins is not None:
+            self.admins.add(user.id)
+
+    def _unindex_codx(self, user: User, *, github: str, projects: frozenset[str], admin: bool) -> None:
+        """Remove ``user`` from these generation-5 keys.
+
+        A project's set that empties stays (empty): deleting it from ``by_project`` would race
+        with a concurrent grant adding to that same set object. The set's own conflict
+        resolution merges the two changes, nothing writes the ``by_project`` bucket, so both
+        commit, and the grant would land in a set no longer in the index.
+        """
+        if github and self.by_github is not None:
+            key = github_key(github)
+            if self.by_github.get(key) is user:
+                del self.by_github[key]
+        if projects and self.by_project is not None:
+            for project_id in sorted(projects):
+                members = self.by_project.get(project_id)
+                if members is not None:
+                    members.discard(user.id)
+        if admin and self.admins is not None:
+            self.admins.discard(user.id)
+
+    def find_by_github(self, login: str) -> User | None:
+        """O(log n) lookup by GitHub login (case-insensitive); None before generation 5."""
+        if self.by_github is None:
+            return None
+        return self.by_github.get(github_key(login))  # type: ignore[no-any-return]
 
     def add_skeleton(self, user: User, key: str) -> None:
         """Add ``user`` to the look-alike entry ``key`` (kept once; a no-op before generation 3)."""

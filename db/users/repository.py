@@ -11,7 +11,7 @@ from typing import Any
 
 from db.database import UnitOfWork
 from db.errors import UserAlreadyExists, UserNotFound
-from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.users.models import USERS_KEY, User, UserContainer, email_key, github_key, username_key
 from db.users.normalize import email_for_lookup
 
 
@@ -39,14 +39,20 @@ def get_by_id(users: UserContainer, user_id: str) -> User:
 
 def apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str, Any]:
     """Set validated fields on a stored user, keeping the indexes right; return what changed."""
-    old_username, old_email = user.username, user.email
-    check_unique(users, fields.get("username", old_username), fields.get("email", old_email), exclude=user)
+    before = users.indexed(user)
+    check_unique(
+        users,
+        fields.get("username", user.username),
+        fields.get("email", user.email),
+        exclude=user,
+        github=fields.get("github", user.github),
+    )
     changed = {name: value for name, value in fields.items() if getattr(user, name) != value}
     if changed:
         for name, value in changed.items():
             setattr(user, name, value)
         user.touch()
-        users.reindex(user, old_username, old_email)
+        users.reindex(user, before)
     return changed
 
 
@@ -58,7 +64,9 @@ def find_login(users: UserContainer, login: str) -> User | None:
     return user
 
 
-def check_unique(users: UserContainer, username: str, email: str | None, exclude: User | None = None) -> None:
+def check_unique(
+    users: UserContainer, username: str, email: str | None, exclude: User | None = None, *, github: str = ""
+) -> None:
     """Raise UserAlreadyExists if another user (not ``exclude``) holds or looks like these keys."""
     other = users.by_username.get(username_key(username))
     if other is not None and other is not exclude:
@@ -80,3 +88,9 @@ def check_unique(users: UserContainer, username: str, email: str | None, exclude
             other = users.by_username.get(username_key(email))
             if other is not None and other is not exclude:
                 raise UserAlreadyExists("username", email)
+    # GitHub logins: checked when new to this user, so users sharing one from before
+    # generation 5 (``codx-db check`` warns) can still change their other fields.
+    if github and (exclude is None or github_key(github) != github_key(exclude.github)):
+        other = users.find_by_github(github)
+        if other is not None and other is not exclude:
+            raise UserAlreadyExists("github", github)

@@ -2,22 +2,26 @@
 
 Rules (documented in the README):
 
-* username: 1-64 characters after Unicode NFKC normalisation and trimming; letters, digits and
-  combining marks of one script (UTS #39 "highly restrictive", see ``db.unicode_policy``),
-  ``.``, ``_``, ``-``, ``@`` and single spaces; starts with a letter or digit; no invisible
-  (format, bidi, default-ignorable) characters. Unique ignoring case, and a new name must not
-  look like a stored one (same confusable skeleton).
-* email: optional; a syntactically valid address (email-validator, no DNS lookup), at most
-  254 characters; unique ignoring case.
+* username: 1-254 characters after trimming, stored with its exact spelling; any printable
+  character (spaces and ``@`` included) but no control, format, private-use or unassigned
+  characters, no two spaces in a row, one script (UTS #39 "highly restrictive", see
+  ``db.unicode_policy``). Unique ignoring case and compatibility forms (NFKC + casefold key),
+  and a new name must not look like a stored one (same confusable skeleton).
+* email: optional (``""`` means none, as codx-junior writes it); a syntactically valid address
+  (email-validator, no DNS lookup; special-use domains such as ``localhost`` and ``*.local``
+  accepted), at most 254 characters; unique ignoring case.
 * full_name: at most 200 characters, no control characters, no bidi controls or other
   invisible formatting characters (zero-width joiners and variation selectors are allowed).
 * password: see ``db.passwords`` (8-1024 characters).
 * role: ``user`` or ``admin`` (kept equal to ``is_superuser``: admin <=> superuser).
-* avatar: a URL or path, at most 2048 characters; theme: 1-64 letters, digits, ``_`` or ``-``.
+* avatar: a URL or path, at most 2048 characters; theme: 0-64 letters, digits, ``_`` or ``-``.
+* apps: codx-junior's app names (``coder``, ``viewer``...): at most 64, each 1-64 characters,
+  order and duplicates kept.
 * github: empty or a GitHub login (1-39 letters, digits or single hyphens).
-* projects: per-project permissions, ``{project_id, permissions, children}``; project ids
-  unique, 1-128 characters; permissions a string of at most 256 characters (codx-junior
-  writes e.g. ``"tasks,coder"``); ``children`` says whether it applies to child projects.
+* projects: per-project grants, ``{project_id, permissions, children, apps}``; project ids
+  unique, 1-128 characters; permissions kept as codx-junior writes them: a string of at most
+  256 characters (``"tasks,coder"``) or a list (its default ``[]``) of at most 64 names;
+  ``children`` (true, false or None) says whether it applies to child projects; ``apps`` as above.
 """
 
 from __future__ import annotations
@@ -45,10 +49,13 @@ from db.users.normalize import (
     PROJECT_ID_MAX,
     check_shown_text,
     email_for_lookup,
+    normalize_apps,
     normalize_avatar,
     normalize_email,
     normalize_full_name,
     normalize_github,
+    normalize_optional_email,
+    normalize_permission_list,
     normalize_role,
     normalize_theme,
     normalize_username,
@@ -64,8 +71,16 @@ class ProjectPermission(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     project_id: StrictStr
-    permissions: StrictStr = ""
-    children: StrictBool = True
+    # As codx-junior wrote it: a string, or a list (stored and returned as a tuple).
+    permissions: StrictStr | tuple[StrictStr, ...] = ""
+    children: StrictBool | None = True
+    apps: tuple[StrictStr, ...] = ()
+
+    @field_validator("permissions", "apps", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        # JSON and codx-junior give lists; the model is immutable, so it holds tuples.
+        return tuple(value) if isinstance(value, list) else value
 
     @field_validator("project_id")
     @classmethod
@@ -78,25 +93,59 @@ class ProjectPermission(BaseModel):
 
     @field_validator("permissions")
     @classmethod
-    def _permissions(cls, value: str) -> str:
+    def _permissions(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, tuple):
+            return normalize_permission_list(value)
         value = value.strip()
         if len(value) > PERMISSIONS_MAX:
             raise ValueError(f"must be at most {PERMISSIONS_MAX} characters")
         check_shown_text(value)
         return value
 
-
-ProjectTuple = tuple[str, str, bool]
-
-
-def projects_to_tuple(projects: list[ProjectPermission]) -> tuple[ProjectTuple, ...]:
-    """The stored form: immutable, sorted by project id."""
-    return tuple(sorted((p.project_id, p.permissions, p.children) for p in projects))
+    @field_validator("apps")
+    @classmethod
+    def _apps(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return normalize_apps(value)
 
 
-def projects_from_tuple(stored: tuple[ProjectTuple, ...]) -> tuple[ProjectPermission, ...]:
-    """Back to schema objects."""
-    return tuple(ProjectPermission(project_id=p, permissions=perms, children=c) for p, perms, c in stored)
+# The stored form of one grant: (project_id, permissions, children, apps). Generation 5 added
+# apps; older databases hold (project_id, permissions, children) until evolve5 rewrites them.
+ProjectTuple = tuple[str, str | tuple[str, ...], bool | None, tuple[str, ...]]
+OldProjectTuple = tuple[str, str, bool]
+
+
+def project_to_tuple(project: ProjectPermission) -> ProjectTuple:
+    """The stored form of one grant."""
+    return (project.project_id, project.permissions, project.children, project.apps)
+
+
+def projects_to_tuple(projects: list[ProjectPermission] | tuple[ProjectPermission, ...]) -> tuple[ProjectTuple, ...]:
+    """The stored form: immutable, sorted by project id (ids are unique: nothing else is compared)."""
+    return tuple(sorted((project_to_tuple(p) for p in projects), key=lambda entry: entry[0]))
+
+
+def upgrade_project_tuple(entry: ProjectTuple | OldProjectTuple) -> ProjectTuple:
+    """A stored grant in generation 5's form (an old 3-field one gets no apps)."""
+    if len(entry) == 3:
+        project_id, permissions, children = entry
+        return (project_id, permissions, children, ())
+    return entry
+
+
+def projects_from_tuple(stored: tuple[ProjectTuple | OldProjectTuple, ...]) -> tuple[ProjectPermission, ...]:
+    """Back to schema objects; reads the 3-field grants of databases before generation 5 too."""
+    return tuple(
+        ProjectPermission(project_id=p, permissions=perms, children=c, apps=apps)
+        for p, perms, c, apps in map(upgrade_project_tuple, stored)
+    )
+
+
+def parse_project(data: dict[str, Any]) -> ProjectPermission:
+    """One project grant from keyword values; InvalidUserData names each bad field."""
+    try:
+        return ProjectPermission.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidUserData(_messages(exc)) from None
 
 
 class CodxUser(BaseModel):
@@ -119,6 +168,7 @@ class CodxUser(BaseModel):
     role: str
     github: str
     projects: tuple[ProjectPermission, ...]
+    apps: tuple[str, ...] = ()
     created_at: datetime
     updated_at: datetime
 
@@ -163,6 +213,7 @@ class CodxUser(BaseModel):
             role=user.role,
             github=user.github,
             projects=projects_from_tuple(user.projects),
+            apps=user.apps,
             created_at=user.created_at,
             updated_at=user.updated_at,
         )
@@ -199,13 +250,14 @@ class _Input(BaseModel):
 # Field -> its rule (db/users/normalize.py); None means "not given" in an update.
 _NORMALIZERS: dict[str, Callable[[Any], Any]] = {
     "username": normalize_username,
-    "email": normalize_email,
+    "email": normalize_optional_email,
     "full_name": normalize_full_name,
     "avatar": normalize_avatar,
     "theme": normalize_theme,
     "role": normalize_role,
     "github": normalize_github,
     "projects": check_projects,
+    "apps": normalize_apps,
 }
 
 
@@ -231,6 +283,7 @@ class UserCreate(_UserFields):
     role: StrictStr | None = None
     github: StrictStr = ""
     projects: list[ProjectPermission] = []
+    apps: list[StrictStr] | tuple[StrictStr, ...] = ()
 
     @model_validator(mode="after")
     def _role_and_superuser_agree(self) -> UserCreate:
@@ -262,6 +315,7 @@ class UserUpdate(_UserFields):
     role: StrictStr | None = None
     github: StrictStr | None = None
     projects: list[ProjectPermission] | None = None
+    apps: list[StrictStr] | tuple[StrictStr, ...] | None = None
 
     def changes(self) -> dict[str, Any]:
         """The stored fields to set, with their validated values."""
@@ -311,6 +365,9 @@ __all__ = [
     "email_for_lookup",
     "normalize_email",
     "normalize_username",
+    "parse_project",
+    "project_to_tuple",
     "projects_from_tuple",
     "projects_to_tuple",
+    "upgrade_project_tuple",
 ]
