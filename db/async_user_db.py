@@ -21,16 +21,17 @@ import builtins
 import functools
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 
 from db.database import Database, UnitOfWork
-from db.history import UserRevision
-from db.schemas import CodxUser, ProjectPermission
 from db.user_db import UserDB
+from db.users.credentials import ApiKeyInfo
+from db.users.history import UserRevision
+from db.users.schemas import CodxUser, ProjectPermission
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -124,6 +125,10 @@ class AsyncUserDB:
         """The user with this username (case-insensitive); raises UserNotFound."""
         return await self._call(self.user_db.get, username)
 
+    async def get_by_id(self, user_id: str) -> CodxUser:
+        """The user with this id (ids never change, unlike usernames); raises UserNotFound (field "id")."""
+        return await self._call(self.user_db.get_by_id, user_id)
+
     async def find(self, username: str) -> CodxUser | None:
         """The user with this username, or None."""
         return await self._call(self.user_db.find, username)
@@ -213,3 +218,51 @@ class AsyncUserDB:
     async def revert(self, username: str, to: datetime | str) -> CodxUser:
         """Restore a user's fields as they were at ``to``."""
         return await self._call(self.user_db.revert, username, to)
+
+    async def has_password(self, username: str) -> bool:
+        """Whether the user has a password (else its first login sets one); raises UserNotFound."""
+        return await self._call(self.user_db.has_password, username)
+
+    async def set_password_if_unset(self, username: str, password: str) -> bool:
+        """First login: set the password of an active user who has none (hashed on the worker thread)."""
+        return await self._call(self.user_db.set_password_if_unset, username, password)
+
+    async def issue_token(self, username: str, ttl: timedelta | None = None) -> str:
+        """A new access token; shown once, stored hashed."""
+        return await self._call(self.user_db.issue_token, username, ttl)
+
+    async def get_by_token(self, token: str) -> CodxUser | None:
+        """The active user of this unexpired token, else None."""
+        return await self._call(self.user_db.get_by_token, token)
+
+    async def revoke_token(self, token: str) -> bool:
+        """End one token; False if it is unknown."""
+        return await self._call(self.user_db.revoke_token, token)
+
+    async def revoke_tokens(self, username: str) -> int:
+        """End every token of the user; how many."""
+        return await self._call(self.user_db.revoke_tokens, username)
+
+    async def purge_expired_tokens(self, limit: int = 10_000) -> int:
+        """Remove up to ``limit`` expired tokens; how many."""
+        return await self._call(self.user_db.purge_expired_tokens, limit)
+
+    async def create_api_key(self, username: str, name: str = "") -> str:
+        """A new API key for the user; shown once, stored hashed."""
+        return await self._call(self.user_db.create_api_key, username, name)
+
+    async def get_by_api_key(self, key: str) -> CodxUser | None:
+        """The active user of this API key, else None."""
+        return await self._call(self.user_db.get_by_api_key, key)
+
+    async def revoke_api_key(self, key: str) -> bool:
+        """Remove an API key given its secret; False if it is unknown."""
+        return await self._call(self.user_db.revoke_api_key, key)
+
+    async def api_keys(self, username: str) -> builtins.list[ApiKeyInfo]:
+        """The user's API keys by creation time and name, never the secret."""
+        return await self._call(self.user_db.api_keys, username)
+
+    async def revoke_api_key_id(self, username: str, key_id: str) -> bool:
+        """Remove the user's API key with this ``key_id``; False if none."""
+        return await self._call(self.user_db.revoke_api_key_id, username, key_id)

@@ -31,3 +31,8 @@ def shorten(text: str, limit: int = MAX_VALUE_CHARS) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def plural(number: object, noun: str) -> str:
+    """``1 user``, ``2 users`` (and ``unknown users`` when the count is not known)."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http import HTTPStatus
-from typing import Annotated, Any, Literal, NamedTuple, Protocol, cast
+from typing import Annotated, Any, Literal, NamedTuple
 
 import anyio
 from fastapi import Depends, Request, Security
@@ -36,7 +36,7 @@ from db.errors import (
     UserNotFound,
     shown,
 )
-from db.schemas import CodxUser
+from db.users.schemas import CodxUser
 
 __all__ = [
     "API_KEY_HEADER",
@@ -122,12 +122,6 @@ def user_db(connection: HTTPConnection) -> AsyncUserDB:
     return users
 
 
-class _CredentialLookups(Protocol):
-    async def get_by_token(self, token: str) -> CodxUser | None: ...
-
-    async def get_by_api_key(self, key: str) -> CodxUser | None: ...
-
-
 class Credential(NamedTuple):
     """What a request presented: an access token or an API key (the secret is never logged)."""
 
@@ -173,12 +167,9 @@ def credential(
 
 
 async def _lookup(users: AsyncUserDB, found: Credential) -> CodxUser | None:
-    # The token and API-key twins arrive with UserDB's credential store (issue 13); until then
-    # the lookups are typed through a protocol.
-    lookups = cast(_CredentialLookups, users)
     if not found.secret:
         return None
-    user = await (lookups.get_by_token if found.kind == "token" else lookups.get_by_api_key)(found.secret)
+    user = await (users.get_by_token if found.kind == "token" else users.get_by_api_key)(found.secret)
     # The lookups drop inactive users already; checked again because a 401 is the safe answer.
     return user if user is not None and user.is_active else None
 

@@ -43,7 +43,7 @@ class _TrackedConnectionMixin:
     __slots__ = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, **kwargs)
         _CONNECTIONS.add(self)
 
 
@@ -57,7 +57,7 @@ def track_connections(adapter: Any) -> None:
     connection class, subclassed here (db/pg/roundtrips.py subclasses it too), or any other
     callable, wrapped. Without that hook connections go untracked: logged, not fatal.
     """
-    driver = getattr(getattr(adapter, "connmanager", None), "driver", None)
+    driver: Any = getattr(getattr(adapter, "connmanager", None), "driver", None)
     connect = getattr(driver, "connect", None)
     if isinstance(connect, type):
         if issubclass(connect, _TrackedConnectionMixin):

@@ -14,14 +14,16 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown, shown_field
 from db.users import access, repository
+from db.users import credential_service as creds
+from db.users.credentials import ApiKeyInfo
 from db.users.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
-from db.users.models import User, UserContainer, email_key, github_key, username_key, username_skeleton
+from db.users.models import User, UserContainer, email_key, github_key, username_key, username_skeleton, utcnow
 from db.users.passwords import (
     MAX_PASSWORD_LENGTH,
     check_password,
@@ -31,6 +33,7 @@ from db.users.passwords import (
     hash_password,
     verify_password,
 )
+from db.users.policy import PasswordContext, PasswordPolicy
 from db.users.schemas import (
     CodxUser,
     ProjectPermission,
@@ -53,15 +56,20 @@ MAX_GITHUB_LOOKUP = 256
 class UserDB:
     """Users stored in a codx-db ``Database`` (the global ``db`` by default)."""
 
-    def __init__(self, database: Database | None = None, actor: str | None = None) -> None:
+    def __init__(
+        self, database: Database | None = None, actor: str | None = None, *, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         """``actor`` names who makes the changes (recorded as the transaction's user).
 
-        Inside ``db.transaction(user=...)`` the caller's user wins.
+        Inside ``db.transaction(user=...)`` the caller's user wins. ``clock`` gives the time
+        tokens are issued and checked at (tests move it past an expiry).
         """
         if database is None:
             from db import db as database
         self.database: Database = database
         self.actor = actor
+        self.clock = clock
+        self._credential_service: creds.CredentialService | None = None
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -178,7 +186,8 @@ class UserDB:
                 "apps": apps,
             }
         )
-        password_hash = None if password is None else hash_password(check_password(password))
+        context = PasswordContext(data.username, data.email, data.full_name)
+        password_hash = None if password is None else self._credentials.new_password_hash(password, context)
         fields = data.model_dump(exclude={"projects"})
         fields["projects"] = projects_to_tuple(data.projects)
         user_id = new_user_id()
@@ -224,7 +233,7 @@ class UserDB:
             raise InvalidUserData(["batch_size: must be a positive integer or None"])
         if batch_size is not None and self.database.current() is not None:
             raise InvalidUserData(["batch_size: batches commit on their own; not inside a unit of work"])
-        prepared = _prepare_import(records)
+        prepared = _prepare_import(records, PasswordPolicy.from_settings(self.database.settings))
         if batch_size is None:
             return self._import_batch(prepared, savepoint_every)
         # Every record against the stored users before the first batch commits: bad input
@@ -269,6 +278,7 @@ class UserDB:
             user = repository.get(users, username)
             old_username = user.username
             changed = repository.apply(users, user, fields)
+            creds.forget_tokens_if_deactivated(uow.root, user, changed)
             if changed:
                 uow.note(f"codx-db: update user {old_username}: {', '.join(sorted(changed))}")
             return CodxUser.from_model(user)
@@ -278,12 +288,13 @@ class UserDB:
     def set_password(self, username: str, password: str) -> None:
         """Replace a user's password (hashed with argon2id)."""
         _require_str("username", username)
-        password_hash = hash_password(check_password(password))
+        password_hash = self._credentials.new_password_hash_for(username, password)
 
         def set_password(uow: UnitOfWork) -> None:
             user = repository.get(repository.container(uow), username)
             user.password_hash = password_hash
             user.touch()
+            creds.forget_tokens(uow.root, user)  # a new password ends every session
             # The stored name: the one given may carry 100 kB of trimmed spaces.
             uow.note(f"codx-db: set password of {user.username}")
 
@@ -352,6 +363,7 @@ class UserDB:
             users = repository.container(uow)
             user = repository.get(users, username)
             users.remove(user)
+            creds.forget_credentials(uow.root, user)  # tokens and API keys die with the user
             uow.note(f"codx-db: delete user {user.username}")
 
         self._write(delete, None)
@@ -498,7 +510,8 @@ class UserDB:
             if "projects" in fields:
                 fields["projects"] = list(fields["projects"])  # UserUpdate takes a list
             old_username = user.username
-            repository.apply(users, user, UserUpdate.parse(fields).changes())
+            changed = repository.apply(users, user, UserUpdate.parse(fields).changes())
+            creds.forget_tokens_if_deactivated(uow.root, user, changed)
             uow.note(f"codx-db: revert user {old_username} to {to if isinstance(to, str) else to.isoformat()}")
             return CodxUser.from_model(user)
 
@@ -516,6 +529,62 @@ class UserDB:
             return fn(uow)
 
         return self.database.run(write, note=f"codx-db: {note}" if note else None)
+
+    # -- first login, tokens, API keys (db/users/credential_service.py) -----------------------
+
+    @property
+    def _credentials(self) -> creds.CredentialService:
+        if self._credential_service is None:  # built on first use: most callers never need it
+            self._credential_service = creds.CredentialService(self.database, self.clock, actor=self.actor)
+        return self._credential_service
+
+    def has_password(self, username: str) -> bool:
+        """Whether the user has a password (else its first login sets one); raises UserNotFound."""
+        return self._credentials.has_password(username)
+
+    def set_password_if_unset(self, username: str, password: str) -> bool:
+        """First login: set the password of an active user who has none; atomic, exactly one racer wins."""
+        return self._credentials.set_password_if_unset(username, password)
+
+    def issue_token(self, username: str, ttl: timedelta | None = None) -> str:
+        """A new access token (default lifetime ``db_token_ttl_hours``); shown once, stored hashed."""
+        return self._credentials.issue_token(username, ttl)
+
+    def get_by_token(self, token: str) -> CodxUser | None:
+        """The active user of this unexpired token, else None."""
+        return self._credentials.get_by_token(token)
+
+    def revoke_token(self, token: str) -> bool:
+        """End one token; False if it is unknown."""
+        return self._credentials.revoke_token(token)
+
+    def revoke_tokens(self, username: str) -> int:
+        """End every token of the user; how many. Raises UserNotFound."""
+        return self._credentials.revoke_tokens(username)
+
+    def purge_expired_tokens(self, limit: int = 10_000) -> int:
+        """Remove up to ``limit`` expired tokens, oldest first; how many."""
+        return self._credentials.purge_expired_tokens(limit)
+
+    def create_api_key(self, username: str, name: str = "") -> str:
+        """A new API key for the user; shown once, stored hashed, works while the user is active."""
+        return self._credentials.create_api_key(username, name)
+
+    def get_by_api_key(self, key: str) -> CodxUser | None:
+        """The active user of this API key, else None."""
+        return self._credentials.get_by_api_key(key)
+
+    def revoke_api_key(self, key: str) -> bool:
+        """Remove an API key given its secret; False if it is unknown."""
+        return self._credentials.revoke_api_key(key)
+
+    def api_keys(self, username: str) -> list[ApiKeyInfo]:
+        """The user's API keys by creation time and name, never the secret; raises UserNotFound."""
+        return self._credentials.api_keys(username)
+
+    def revoke_api_key_id(self, username: str, key_id: str) -> bool:
+        """Remove the user's API key with this ``key_id`` (from ``api_keys``); False if none."""
+        return self._credentials.revoke_api_key_id(username, key_id)
 
 
 _ID_SALT = secrets.randbits(16)
@@ -540,7 +609,9 @@ _IMPORT_KEYS = frozenset(
 _MAX_LISTED_FIELDS = 5
 
 
-def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCreate, str | None]]:
+def _prepare_import(
+    records: Iterable[Mapping[str, Any]], policy: PasswordPolicy
+) -> list[tuple[UserCreate, str | None]]:
     """Validate import records: (validated fields, password hash) each, or InvalidUserData."""
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise InvalidUserData(["records: must be an iterable of mappings (one per user)"])
@@ -567,6 +638,8 @@ def _prepare_import(records: Iterable[Mapping[str, Any]]) -> list[tuple[UserCrea
         try:
             data = UserCreate.parse(fields)
             password, password_hash = _import_password(record)
+            if password is not None:  # a clear password passes the policy; an imported hash never has to
+                policy.check(password, PasswordContext(data.username, data.email, data.full_name))
         except InvalidUserData as exc:
             problems.extend(f"{where}.{message}" for message in exc.errors)
             continue

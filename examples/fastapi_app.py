@@ -13,12 +13,14 @@ thread, so it cannot span ``await``s). codx-db errors become HTTP answers throug
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from db import UnitOfWork, db
 from db.errors import NotAuthenticated
-from db.fastapi import CurrentUser, Users, add_exception_handler, lifespan
+from db.fastapi import Credential, CurrentUser, Users, add_exception_handler, credential, lifespan
 from db.schemas import CodxUser
 
 # Opens the database at start-up (a database the code refuses stops the boot), closes it at shutdown.
@@ -52,17 +54,30 @@ class Login(BaseModel):
     password: str
 
 
-@app.post("/login")
-async def login(body: Login, users: Users) -> CodxUser:
-    """The user if the password is right (argon2 verifies on a worker thread), else 401.
+class LoggedIn(CodxUser):
+    """The user, with an access token to send back as ``Authorization: Bearer <token>``."""
 
-    With issue 13's token store the answer also carries ``await users.issue_token(user.username)``
-    for the client to send back as ``Authorization: Bearer <token>``.
+    token: str
+
+
+@app.post("/login")
+async def login(body: Login, users: Users) -> LoggedIn:
+    """The user and a new access token if the password is right (argon2 verifies on a worker thread), else 401.
+
+    The token is shown once (codx-db keeps only its hash) and lasts ``db_token_ttl_hours``.
     """
     user = await users.authenticate(body.username, body.password)
     if user is None:
         raise NotAuthenticated("wrong username or password")
-    return user
+    token = await users.issue_token(user.username)
+    return LoggedIn(**user.model_dump(exclude={"disabled"}), token=token)
+
+
+@app.post("/logout", status_code=204)
+async def logout(user: CurrentUser, found: Annotated[Credential | None, Depends(credential)], users: Users) -> None:
+    """End the token the request came with (an API key is revoked by its owner through ``revoke_api_key``)."""
+    if found is not None and found.kind == "token":
+        await users.revoke_token(found.secret)
 
 
 @app.get("/me")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from db.models import USERS_KEY
+from db.users.models import USERS_KEY
 
 if TYPE_CHECKING:
     from migrations.context import EvolveContext

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from BTrees.OOBTree import OOTreeSet
 
-from db.models import USERS_KEY, username_key
+from db.users.models import USERS_KEY, username_key
 
 if TYPE_CHECKING:
     from migrations.context import EvolveContext

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from BTrees.OOBTree import OOBTree
 
-from db.models import USERS_KEY, username_skeleton
+from db.users.models import USERS_KEY, username_skeleton
 
 if TYPE_CHECKING:
     from migrations.context import EvolveContext

@@ -39,7 +39,7 @@ from typing import Any
 from persistent.mapping import PersistentMapping
 
 from db.errors import GenerationError
-from db.models import USERS_KEY
+from db.users.models import USERS_KEY
 from migrations.context import Step
 
 log = logging.getLogger(__name__)

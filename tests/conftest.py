@@ -9,6 +9,7 @@ never skips, when no server can be had. The run ends with the source each Postgr
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -243,6 +244,23 @@ def run_cli(settings: CodxJuniorGlobalSettings, *args: str, timeout: float = 300
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli_in_process(
+    settings: CodxJuniorGlobalSettings, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in this process on a fresh ``Database(settings)``: a drop-in for ``run_cli``.
+
+    The CLI closes the database at the end, as a process would. Tests that need a process
+    boundary (environment-loaded settings, kill -9, file locks between processes, argv) keep
+    ``run_cli``.
+    """
+    from db.cli import Cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    cli = Cli(Database(settings), stdin=io.StringIO(input or ""), stdout=stdout, stderr=stderr)
+    code = cli.run(list(args))
+    return subprocess.CompletedProcess(["codx-db", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

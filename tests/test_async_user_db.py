@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import secrets
 import threading
 import typing
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ from db.fastapi import (
     Users,
     add_exception_handler,
     lifespan,
-    user_db,
 )
 from db.schemas import CodxUser
 from db.settings import CodxJuniorGlobalSettings
@@ -161,6 +160,26 @@ async def test_every_twin_does_what_its_user_db_method_does(history_database: Da
     assert await users.find("bob") is None
     with pytest.raises(InvalidUserData, match="email"):
         await users.create(username="dave", email="not-an-email")
+
+
+@pytest.mark.anyio
+async def test_the_credential_twins_do_what_their_user_db_methods_do(memory_db: Database) -> None:
+    users = AsyncUserDB(memory_db)
+    await users.create(username="dave")
+    assert await users.has_password("dave") is False
+    assert await users.set_password_if_unset("dave", "violet-harbour-tide") is True
+    assert await users.set_password_if_unset("dave", "amber-canyon-drift") is False
+    token = await users.issue_token("dave", timedelta(minutes=5))
+    assert (await users.get_by_token(token)).username == "dave"  # type: ignore[union-attr]
+    assert await users.revoke_token(token) is True and await users.get_by_token(token) is None
+    await users.issue_token("dave")
+    assert await users.revoke_tokens("dave") == 1
+    assert await users.purge_expired_tokens(limit=5) == 0
+    key = await users.create_api_key("dave", "ci")
+    assert (await users.get_by_api_key(key)).username == "dave"  # type: ignore[union-attr]
+    [info] = await users.api_keys("dave")
+    assert info.name == "ci" and await users.revoke_api_key_id("dave", info.key_id) is True
+    assert await users.revoke_api_key(key) is False and await users.get_by_api_key(key) is None
 
 
 # -- the thread bound ----------------------------------------------------------------------------------
@@ -330,43 +349,10 @@ def test_user_db_without_the_lifespan_says_what_to_install() -> None:
 # -- dependencies --------------------------------------------------------------------------------------
 
 
-class TokenAsyncUserDB(AsyncUserDB):
-    """TEMPORARY stand-in for UserDB's credential store (issue 13, items 6 and 8).
-
-    UserDB has no ``get_by_token`` / ``get_by_api_key`` yet. This subclass answers both from a
-    dict of secrets it issued itself, over real users in a real database, so db.fastapi's
-    dependencies can be tested today. When UserDB gets the real store (and AsyncUserDB its
-    twins), delete this class and issue credentials with ``issue_token`` / ``create_api_key``.
-    """
-
-    def __init__(self, database: Database) -> None:
-        super().__init__(database)
-        self.tokens: dict[str, str] = {}  # secret -> username
-        self.api_keys: dict[str, str] = {}
-
-    def issue(self, username: str, *, api_key: bool = False) -> str:
-        secret = ("cxk_" if api_key else "cxt_") + secrets.token_urlsafe(32)
-        (self.api_keys if api_key else self.tokens)[secret] = username
-        return secret
-
-    async def _owner(self, table: dict[str, str], secret: str) -> CodxUser | None:
-        username = table.get(secret)
-        user = None if username is None else await self.find(username)
-        return user if user is not None and user.is_active else None
-
-    async def get_by_token(self, token: str) -> CodxUser | None:
-        return await self._owner(self.tokens, token)
-
-    async def get_by_api_key(self, key: str) -> CodxUser | None:
-        return await self._owner(self.api_keys, key)
-
-
 @pytest.fixture
-async def secured(memory_db: Database) -> AsyncIterator[tuple[httpx.AsyncClient, TokenAsyncUserDB]]:
+async def secured(memory_db: Database) -> AsyncIterator[tuple[httpx.AsyncClient, AsyncUserDB]]:
     app = FastAPI(lifespan=lifespan(memory_db))
     add_exception_handler(app)
-    users = TokenAsyncUserDB(memory_db)
-    app.dependency_overrides[user_db] = lambda: users
 
     @app.get("/me")
     async def me(user: CurrentUser) -> str:
@@ -381,6 +367,7 @@ async def secured(memory_db: Database) -> AsyncIterator[tuple[httpx.AsyncClient,
         return user.username
 
     async with app.router.lifespan_context(app):
+        users = getattr(app.state, STATE_KEY)
         await users.create(username="alice")
         await users.create(username="root", is_superuser=True)
         await users.create(username="off", is_active=False)
@@ -390,10 +377,14 @@ async def secured(memory_db: Database) -> AsyncIterator[tuple[httpx.AsyncClient,
 
 @pytest.mark.anyio
 async def test_current_user_from_each_header_and_401_otherwise(
-    secured: tuple[httpx.AsyncClient, TokenAsyncUserDB],
+    secured: tuple[httpx.AsyncClient, AsyncUserDB],
 ) -> None:
     client, users = secured
-    token, key = users.issue("alice"), users.issue("alice", api_key=True)
+    token, key = await users.issue_token("alice"), await users.create_api_key("alice")
+    await users.create(username="deleted-later")
+    deleted_token = await users.issue_token("deleted-later")
+    off_key = await users.create_api_key("off")
+    await users.delete("deleted-later")
     for headers in (
         {"Authorization": f"Bearer {token}"},
         {"Authentication": f"Bearer {token}"},  # codx-junior's client (sic)
@@ -412,8 +403,8 @@ async def test_current_user_from_each_header_and_401_otherwise(
         {API_KEY_HEADER: token},  # a token is not a key
         {"Authorization": f"Bearer {key}"},  # nor a key a token
         {"Authorization": "Bearer cxt_forged", API_KEY_HEADER: key},  # a bad token does not fall through
-        {"Authorization": f"Bearer {users.issue('off')}"},  # disabled user
-        {"Authorization": f"Bearer {users.issue('deleted-later')}"},  # no such user
+        {API_KEY_HEADER: off_key},  # disabled user
+        {"Authorization": f"Bearer {deleted_token}"},  # no such user
     ):
         response = await client.get("/me", headers=headers)
         assert response.status_code == 401, headers
@@ -424,11 +415,11 @@ async def test_current_user_from_each_header_and_401_otherwise(
 
 
 @pytest.mark.anyio
-async def test_current_superuser_is_403_for_others(secured: tuple[httpx.AsyncClient, TokenAsyncUserDB]) -> None:
+async def test_current_superuser_is_403_for_others(secured: tuple[httpx.AsyncClient, AsyncUserDB]) -> None:
     client, users = secured
-    response = await client.get("/admin", headers={"Authorization": f"Bearer {users.issue('alice')}"})
+    response = await client.get("/admin", headers={"Authorization": f"Bearer {await users.issue_token('alice')}"})
     assert response.status_code == 403 and "'alice' is not an admin" in response.json()["detail"]
-    response = await client.get("/admin", headers={"Authorization": f"Bearer {users.issue('root')}"})
+    response = await client.get("/admin", headers={"Authorization": f"Bearer {await users.issue_token('root')}"})
     assert (response.status_code, response.json()) == (200, "root")
     assert (await client.get("/admin")).status_code == 401
 

@@ -17,7 +17,7 @@ from db.models import USERS_KEY, User, UserContainer, email_key
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from migrations.runner import GENERATION_KEY
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli_in_process
 
 Corruption = Callable[[UserContainer], None]
 
@@ -272,7 +272,7 @@ def test_cli_check_and_repair(tmp_path: Path) -> None:
     _seed(database)
     database.close()
 
-    clean = run_cli(settings, "check")
+    clean = run_cli_in_process(settings, "check")
     assert clean.returncode == 0, clean.stderr
     assert "ok: no problems found" in clean.stdout
 
@@ -281,25 +281,25 @@ def test_cli_check_and_repair(tmp_path: Path) -> None:
     _corrupt(database, _drop_email)
     database.close()
 
-    found = run_cli(settings, "check")
+    found = run_cli_in_process(settings, "check")
     assert found.returncode == 1
     assert "username-wrong-key" in found.stdout and "email-unindexed" in found.stdout
     assert "codx-db check --repair" in found.stdout
     assert found.stderr == ""
 
-    as_json = run_cli(settings, "check", "--json")
+    as_json = run_cli_in_process(settings, "check", "--json")
     assert as_json.returncode == 1
     report = json.loads(as_json.stdout)  # the one and only document on stdout
     assert report["ok"] is False
     assert {p["code"] for p in report["problems"]} == {"username-wrong-key", "username-unindexed", "email-unindexed"}
     assert all(p["repairable"] for p in report["problems"])
 
-    repaired = run_cli(settings, "--json", "check", "--repair")
+    repaired = run_cli_in_process(settings, "--json", "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     result = json.loads(repaired.stdout)
     assert result["repaired"] and result["after"]["ok"] and not result["before"]["ok"]
 
-    again = run_cli(settings, "check")
+    again = run_cli_in_process(settings, "check")
     assert again.returncode == 0 and "ok: no problems found" in again.stdout
 
 
@@ -309,7 +309,7 @@ def test_cli_repair_refusal_exits_1(tmp_path: Path) -> None:
     _seed(database)
     _corrupt(database, _duplicate_email)
     database.close()
-    result = run_cli(settings, "check", "--repair")
+    result = run_cli_in_process(settings, "check", "--repair")
     assert result.returncode == 1
     assert "email-duplicate" in result.stdout
     assert "not repaired" in result.stdout

@@ -1,4 +1,9 @@
-"""The codx-db command line, run as a real subprocess on the file and postgres backends."""
+"""The codx-db command line on the file and postgres backends.
+
+Most tests run it in-process (``Cli`` on StringIO streams: fast); ``test_user_session`` runs
+both ways, and the tests that need a process boundary (the console script, settings from the
+environment) run it as a real subprocess.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,19 @@ from pathlib import Path
 import pytest
 
 from db.settings import CodxJuniorGlobalSettings
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, run_cli_in_process, settings_env
 
 PASSWORD = "s3cret-Passw0rd"
 
 
 class CLI:
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], settings: CodxJuniorGlobalSettings | None = None) -> None:
         self.env = env
+        self.settings = settings  # given: run in-process on these settings
 
     def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        if self.settings is not None:
+            return run_cli_in_process(self.settings, *args, input=input)
         return subprocess.run(
             [sys.executable, "-m", "db", *args],
             env=self.env,
@@ -38,16 +46,21 @@ class CLI:
         return json.loads(result.stdout)
 
 
-@pytest.fixture
-def cli(persistent_settings: CodxJuniorGlobalSettings) -> CLI:
+@pytest.fixture(params=["in-process"])
+def cli(request: pytest.FixtureRequest, persistent_settings: CodxJuniorGlobalSettings) -> CLI:
+    """The CLI on an existing, empty database; ``process`` (indirect param) runs it as a subprocess."""
     from db.database import Database
 
-    database = Database(persistent_settings)  # an existing, empty database
+    database = Database(persistent_settings)
     database.open()
     database.close()
-    return CLI(settings_env(persistent_settings))
+    in_process = request.param == "in-process"
+    if not in_process and persistent_settings.kind != "file":
+        pytest.skip("one subprocess session is enough: the process boundary does not depend on the backend")
+    return CLI(settings_env(persistent_settings), persistent_settings if in_process else None)
 
 
+@pytest.mark.parametrize("cli", ["process", "in-process"], indirect=True)
 def test_user_session(cli: CLI) -> None:
     added = cli(
         "user",

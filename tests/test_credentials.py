@@ -147,7 +147,13 @@ def test_issuing_purges_a_bounded_number_of_expired_tokens_oldest_first(
     assert in_store(database, lambda s: purge_expired(s, later + HOUR, limit=10)) == 1
 
 
+def drop_store(database: Database) -> None:
+    """Make the database look installed before the credential store (install.py now creates it)."""
+    database.run(lambda uow: uow.root.pop(CREDENTIALS_KEY))
+
+
 def test_the_store_never_commits_for_the_caller(database: Database, ids: dict[str, str]) -> None:
+    drop_store(database)
     issued: list[str] = []
 
     def issue_then_fail(uow: UnitOfWork) -> None:
@@ -162,6 +168,8 @@ def test_the_store_never_commits_for_the_caller(database: Database, ids: dict[st
 
 
 def test_a_database_without_the_store_says_to_migrate(database: Database) -> None:
+    database.run(lambda uow: None)  # installed (with its store) by the first unit of work
+    drop_store(database)
     with pytest.raises(GenerationError, match="codx-db migrate --apply"):
         database.run(lambda uow: credential_store(uow.root))
     in_store(database, lambda s: None)

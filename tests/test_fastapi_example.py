@@ -18,14 +18,13 @@ import pytest
 
 from db import db
 from db.database import Database
-from db.fastapi import AsyncUserDB, user_db
+from db.fastapi import AsyncUserDB
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from examples.fastapi_app import app
 from migrations import GENERATION
 from migrations.runner import GENERATION_KEY
 from tests.conftest import BACKENDS, ROOT, make_settings, settings_env
-from tests.test_async_user_db import TokenAsyncUserDB
 
 T = TypeVar("T")
 
@@ -124,6 +123,7 @@ async def test_the_event_loop_keeps_ticking_while_8_logins_hash(client: httpx.As
         )
     )
     assert [(r.status_code, r.json()["username"]) for r in responses] == [(200, name) for name in passwords]
+    assert len({r.json()["token"] for r in responses}) == 8
     assert ticks > 100, ticks
 
     # Control (the assertion above can fail): the same 8 logins called directly on the loop
@@ -142,19 +142,24 @@ async def test_the_event_loop_keeps_ticking_while_8_logins_hash(client: httpx.As
 
 
 @pytest.mark.anyio
-async def test_me_needs_a_credential(client: httpx.AsyncClient) -> None:
+async def test_login_gives_a_token_that_me_accepts_until_logout(client: httpx.AsyncClient) -> None:
     response = await client.get("/me")
     assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
-    # A token from the temporary test-local store (tests/test_async_user_db.py) until UserDB
-    # issues tokens: then log in through /login and use the token it returns.
-    UserDB(db).create(username="meg")
-    users = TokenAsyncUserDB(db)
-    app.dependency_overrides[user_db] = lambda: users
-    try:
-        response = await client.get("/me", headers={"Authentication": f"Bearer {users.issue('meg')}"})
-    finally:
-        app.dependency_overrides.clear()
-    assert (response.status_code, response.json()["username"]) == (200, "meg")
+    UserDB(db).create(username="meg", password="violet-harbour-tide")
+    response = await client.post("/login", json={"username": "MEG", "password": "violet-harbour-tide"})
+    assert response.status_code == 200
+    token = response.json()["token"]
+    assert token.startswith("cxt_") and response.json()["username"] == "meg"
+    for header in ("Authorization", "Authentication"):  # the standard header and codx-junior's
+        response = await client.get("/me", headers={header: f"Bearer {token}"})
+        assert (response.status_code, response.json()["username"]) == (200, "meg")
+        assert "token" not in response.json()  # /me never echoes a credential
+    assert (await client.post("/logout", headers={"Authorization": f"Bearer {token}"})).status_code == 204
+    assert (await client.get("/me", headers={"Authorization": f"Bearer {token}"})).status_code == 401
+    # A password change ends every other session too.
+    token = (await client.post("/login", json={"username": "meg", "password": "violet-harbour-tide"})).json()["token"]
+    UserDB(db).set_password("meg", "amber-canyon-drift")
+    assert (await client.get("/me", headers={"Authentication": f"Bearer {token}"})).status_code == 401
 
 
 # -- under uvicorn, in a real process --------------------------------------------------------------------
@@ -230,4 +235,4 @@ def test_uvicorn_refuses_to_start_on_a_database_newer_than_the_code(tmp_path: Pa
     returncode = process.wait(60)
     output = log.read_text()
     assert returncode != 0, output
-    assert "GenerationError" in output and "newer" in output and "Application startup failed" in output
+    assert "GenerationTooHigh" in output and "newer" in output and "Application startup failed" in output

@@ -19,6 +19,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from ZODB.FileStorage import FileStorage
 
 import migrations
+from db.cli.render import render_text
 from db.database import Database
 from db.errors import StorageInUse
 from db.models import USERS_KEY
@@ -487,6 +488,6 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(monkeypatch: pytest
 
 def test_no_secret_reaches_a_report(source: CodxJuniorGlobalSettings, tmp_path: Path) -> None:
     report = copy_database(source, tmp_path / "c.fs")
-    text = json.dumps(report.to_dict()) + "\n".join(report.lines())
+    text = json.dumps(report.to_dict()) + "\n".join(render_text(report))
     assert "$argon2" not in text and "$2b$" not in text
     assert os.fspath(tmp_path / "c.fs") in text

@@ -58,7 +58,8 @@ def tid_to_str(tid: bytes) -> str:
 
 def tid_from_str(text: str) -> bytes:
     """Parse 16 hex digits back into a transaction id."""
-    return p64(int(text, 16))
+    tid: bytes = p64(int(text, 16))
+    return tid
 
 
 def ensure_history(storage: Any) -> None:
@@ -110,12 +111,10 @@ def snapshot(state: dict[str, Any]) -> CodxUser:
     """A CodxUser from a stored state (class defaults fill fields older revisions lack)."""
     values = {name: state.get(name, getattr(User, name, None)) for name in TRACKED_FIELDS}
     values["projects"] = projects_from_tuple(values["projects"] or ())
-    return CodxUser(
-        id=state["id"],
-        created_at=state["created_at"],
-        updated_at=state.get("updated_at", state["created_at"]),
-        **values,
-    )
+    values["id"] = state["id"]
+    values["created_at"] = state["created_at"]
+    values["updated_at"] = state.get("updated_at", state["created_at"])
+    return CodxUser.model_validate(values)
 
 
 def _history(connection: Any, user: User, size: int) -> list[dict[str, Any]]:
@@ -123,7 +122,7 @@ def _history(connection: Any, user: User, size: int) -> list[dict[str, Any]]:
     # unit of work polled (the shared storage's view is stale and not thread-safe). Call by
     # keyword: ZODB.DB.history() passes size positionally, which RelStorage's
     # history(oid, version=None, size=1) takes as its version argument.
-    entries = connection._storage.history(user._p_oid, size=size)
+    entries: list[dict[str, Any]] = connection._storage.history(user._p_oid, size=size)
     for entry in entries:
         for key in ("user_name", "description"):
             if isinstance(entry.get(key), bytes):

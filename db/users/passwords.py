@@ -17,7 +17,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from db.errors import InvalidUserData
 
-MIN_PASSWORD_LENGTH = 8
+# The hard floor only: an empty password is no password. How long a new password must be is
+# the policy's rule (db/users/policy.py, CODX_JUNIOR_DB_PASSWORD_MIN_LENGTH, default 8).
+MIN_PASSWORD_LENGTH = 1
 # Argon2 itself accepts any length; the cap stops a megabyte "password" from being a cheap DoS.
 MAX_PASSWORD_LENGTH = 1024
 
@@ -58,7 +60,7 @@ def check_password(password: object) -> str:
     if not isinstance(password, str):
         raise InvalidUserData(["password: must be a string"])
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidUserData([f"password: must be at least {MIN_PASSWORD_LENGTH} characters"])
+        raise InvalidUserData(["password: must not be empty"])
     if len(password) > MAX_PASSWORD_LENGTH:
         raise InvalidUserData([f"password: must be at most {MAX_PASSWORD_LENGTH} characters"])
     if "\x00" in password:

@@ -1,0 +1,278 @@
+"""The ``codx-db`` commands: each takes the session and the parsed arguments and returns a result.
+
+A command never prints and never exits: it returns data (a ``CodxUser``, a report...) or an
+``Outcome`` whose ``ok`` is False when the command must exit 1 after its report is printed.
+Errors are raised (codx-db errors, ``CommandError``, ``UsageError``) and mapped to exit codes
+by ``db.cli.app``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import migrations
+from db.cli.progress import Progress, write
+from db.cli.results import CheckResult, CommandError, Message, Outcome, RevisionList, UsageError, UserList
+from db.database import Database
+from db.errors import GenerationError, InvalidUserData
+from db.importer import import_codx_junior
+from db.ops.check import check, repair
+from db.ops.copy import backup, copy_database, restore, target_settings
+from db.ops.pack import pack
+from db.ops.reports import InfoReport, MigrationReport, PendingStep
+from db.user_db import UserDB
+from db.users.models import USERS_KEY
+from db.users.schemas import CodxUser
+from migrations.runner import GENERATION_KEY, evolve, holds_database, open_for_migration, read_generation, status
+
+EMPTY = "empty: no codx-db database here yet"
+
+Handler = Callable[["Session", argparse.Namespace], Any]
+
+
+@dataclass
+class Session:
+    """What a command works with: the database and the streams (a terminal, pipes, or StringIO)."""
+
+    database: Database
+    stdin: TextIO
+    stdout: TextIO
+    stderr: TextIO
+
+    def progress(self, label: str) -> Progress:
+        """The progress display of a long operation, on this session's stderr."""
+        return Progress(label, stream=self.stderr)
+
+
+# -- database -------------------------------------------------------------------------------------
+
+
+def cmd_info(session: Session, args: argparse.Namespace) -> InfoReport:
+    """Backend, location (secrets masked), generation, status and user count."""
+    settings = session.database.settings
+    if not holds_database(settings):
+        # Opening would create it: report the emptiness and leave the location as it is.
+        return InfoReport(
+            backend=settings.kind,
+            location=settings.location,
+            generation=None,
+            code_generation=migrations.GENERATION,
+            status=f"{EMPTY} (the first write creates it, e.g. `codx-db user add`)",
+            users=0,
+        )
+    try:
+        with session.database.transaction() as uow:
+            generation, users, state = uow.root.get(GENERATION_KEY), len(uow.root[USERS_KEY]), "ok"
+    except GenerationError as exc:
+        # An old (or newer) database: still say where it stands, without evolving it.
+        with open_for_migration(settings) as zodb, zodb.transaction() as conn:
+            root = conn.root()
+            generation = read_generation(root)
+            users = len(root[USERS_KEY]) if USERS_KEY in root else 0
+        state = str(exc)
+    if state == "ok" and generation is not None and generation < migrations.GENERATION:
+        state = "usable; `codx-db migrate --apply` would evolve it to the latest generation"
+    return InfoReport(
+        backend=settings.kind,
+        location=settings.location,
+        generation=generation,
+        code_generation=migrations.GENERATION,
+        status=state,
+        users=users,
+    )
+
+
+def cmd_migrate(session: Session, args: argparse.Namespace) -> MigrationReport:
+    """Show the generation status; ``--apply`` or ``--dry-run`` run the pending steps."""
+
+    def progress(message: str, done: int, total: int | None) -> None:
+        if not args.json:
+            suffix = f" ({done}/{total})" if total else ""
+            write(session.stderr, f"  {message}{suffix}\n")
+
+    settings = session.database.settings
+    with open_for_migration(settings) as zodb:
+        before = status(zodb, args.to)
+        report = MigrationReport(
+            current=before.current,
+            target=before.target,
+            minimum=before.minimum,
+            pending=[PendingStep(generation=s.generation, description=s.description) for s in before.pending],
+            dry_run=bool(args.dry_run),
+        )
+        if args.apply or args.dry_run:
+            ran = evolve(
+                zodb, args.to, dry_run=args.dry_run, progress=progress, batch_size=settings.db_migrate_batch_size
+            )
+            report.applied = [s.generation for s in ran]
+            report.current = status(zodb).current if not args.dry_run else before.current
+    return report
+
+
+def cmd_check(session: Session, args: argparse.Namespace) -> Outcome:
+    """Check the database (``--repair``: rebuild the indexes); exit 1 if problems remain."""
+    database = session.database
+    report = repair(database) if args.repair else check(database)
+    return Outcome(CheckResult(database.settings.location, report), ok=report.ok)
+
+
+# -- users ----------------------------------------------------------------------------------------
+
+
+def cmd_user_add(session: Session, args: argparse.Namespace) -> CodxUser:
+    """Create a user."""
+    password = None if args.no_password else _read_password(session, args.password_stdin, confirm=True)
+    return _users(session, args).create(
+        username=args.username,
+        email=args.email,
+        full_name=args.full_name,
+        password=password,
+        is_superuser=True if args.superuser else None,
+        is_active=not args.inactive,
+        **_profile_changes(args),
+    )
+
+
+def cmd_user_get(session: Session, args: argparse.Namespace) -> CodxUser:
+    """Show one user."""
+    users = _users(session, args)
+    if "@" in args.username:
+        return users.get_by_email(args.username)
+    return users.get(args.username)
+
+
+def cmd_user_list(session: Session, args: argparse.Namespace) -> UserList:
+    """A page of users."""
+    return UserList(
+        _users(session, args).list(
+            offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix, after=args.after
+        )
+    )
+
+
+def cmd_user_update(session: Session, args: argparse.Namespace) -> CodxUser:
+    """Change the fields given."""
+    changes: dict[str, Any] = {}
+    if args.rename is not None:
+        changes["username"] = args.rename
+    if args.no_email:
+        changes["email"] = None
+    elif args.email is not None:
+        changes["email"] = args.email
+    for name in ("full_name", "is_superuser", "is_active"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    changes.update(_profile_changes(args))
+    if args.no_projects:
+        if args.projects:
+            raise UsageError("--no-projects and --project contradict each other")
+        changes["projects"] = []
+    if not changes:
+        raise UsageError("nothing to change: give --rename, --email, --full-name, --role, ...")
+    return _users(session, args).update(args.username, **changes)
+
+
+def cmd_user_passwd(session: Session, args: argparse.Namespace) -> Message:
+    """Set a password."""
+    users = _users(session, args)
+    users.get(args.username)  # fail before prompting for a user that does not exist
+    users.set_password(args.username, _read_password(session, args.password_stdin, confirm=True))
+    return Message({"username": args.username, "password": "changed"})
+
+
+def cmd_user_delete(session: Session, args: argparse.Namespace) -> Message:
+    """Delete a user, after confirmation."""
+    users = _users(session, args)
+    user = users.get(args.username)
+    if not args.yes:
+        if not session.stdin.isatty():
+            raise CommandError("refusing to delete without confirmation: pass --yes")
+        write(session.stdout, f"Delete user {user.username!r}? [y/N] ")
+        if session.stdin.readline().strip().lower() not in ("y", "yes"):
+            raise CommandError("not deleted")
+    users.delete(user.username)
+    return Message({"deleted": user.username})
+
+
+def cmd_user_history(session: Session, args: argparse.Namespace) -> RevisionList:
+    """Past versions of a user, newest first."""
+    return RevisionList(_users(session, args).history(args.username, limit=args.limit))
+
+
+def cmd_user_revert(session: Session, args: argparse.Namespace) -> CodxUser:
+    """Restore the fields a user had at a revision or time."""
+    return _users(session, args).revert(args.username, args.to)
+
+
+# -- moving and keeping the data (the work is in db/ops/) -----------------------------------------
+
+
+def cmd_copy(session: Session, args: argparse.Namespace) -> Outcome:
+    """Copy the configured database to --to-dsn, --to-file or --to-config, then verify."""
+    target = args.to_file if args.to_file is not None else target_settings(dsn=args.to_dsn, config_file=args.to_config)
+    settings = session.database.settings
+    report = copy_database(settings, target, force=args.force, progress=session.progress("copy"))
+    return Outcome(report, ok=report.ok)
+
+
+def cmd_import_codx_junior(session: Session, args: argparse.Namespace) -> Outcome:
+    """Import codx-junior's users (all or nothing); exit 1 on conflicts."""
+    actor = getattr(args, "actor", None) or f"{_login()} (codx-db import-codx-junior)"
+    report = import_codx_junior(session.database, args.path, dry_run=args.dry_run, actor=actor)
+    return Outcome(report, ok=report.ok)
+
+
+def cmd_pack(session: Session, args: argparse.Namespace) -> Outcome:
+    """Pack the configured database; report sizes."""
+    return Outcome(pack(session.database.settings, days=args.days))
+
+
+def cmd_backup(session: Session, args: argparse.Namespace) -> Outcome:
+    """Write a verified snapshot of the configured database to a new file."""
+    report = backup(session.database.settings, args.path, progress=session.progress("backup"))
+    return Outcome(report, ok=report.ok)
+
+
+def cmd_restore(session: Session, args: argparse.Namespace) -> Outcome:
+    """Load a backup file into the configured database, then verify."""
+    report = restore(args.path, session.database.settings, force=args.force, progress=session.progress("restore"))
+    return Outcome(report, ok=report.ok)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _users(session: Session, args: argparse.Namespace) -> UserDB:
+    # Changes made from the command line are recorded as made by the login that ran it.
+    return UserDB(session.database, actor=getattr(args, "actor", None) or f"{_login()} (codx-db cli)")
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def _read_password(session: Session, from_stdin: bool, confirm: bool) -> str:
+    if from_stdin or not session.stdin.isatty():
+        line = session.stdin.readline()
+        if not line:
+            raise InvalidUserData(["password: nothing was read from stdin"])
+        return line.rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Repeat password: ") != password:
+        raise InvalidUserData(["password: the two entries differ"])
+    return password
+
+
+def _profile_changes(args: argparse.Namespace) -> dict[str, Any]:
+    changes = {name: getattr(args, name) for name in ("avatar", "theme", "role", "github")}
+    changes = {name: value for name, value in changes.items() if value is not None}
+    if args.projects is not None:
+        changes["projects"] = args.projects
+    return changes

@@ -1,0 +1,414 @@
+"""Consistency check of the user store, and its repair (``codx-db check [--repair]``).
+
+The ``users`` BTree (id -> ``User``) is the source of truth. The username and email indexes,
+the set of inactive users' username keys (generation 2), the look-alike (skeleton) index
+(generation 3) and the ``Length`` count are derived from it, so they can be verified against it and rebuilt
+from it. A check reads one consistent snapshot (a single unit of work) and never writes.
+
+What cannot be derived is never "repaired": two users sharing a username or an email, a
+user stored under the wrong id, something that is not a user, an unknown generation or a
+damaged BTree need a person to decide. ``repair`` then changes nothing and says why.
+
+Look-alike usernames stored before generation 3 are a *warning*, not a problem: both users
+keep working, and only a person can choose whom to rename.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import migrations
+from db.database import Database, UnitOfWork
+from db.ops.reports import CheckReport, Problem, RepairReport
+from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
+from migrations.runner import read_generation
+
+# The generation that added ``UserContainer.inactive``; below it the set may be absent.
+INACTIVE_INDEX_GENERATION = 2
+# The generation that added ``UserContainer.by_skeleton``; below it the index may be absent
+# or half built by an interrupted migration (``migrate --apply`` finishes it).
+SKELETON_INDEX_GENERATION = 3
+MAX_WARNINGS = 100
+
+
+def check(database: Database) -> CheckReport:
+    """Check the database in one read-only unit of work."""
+    return database.run(lambda uow: check_root(uow.root))
+
+
+def repair(database: Database) -> RepairReport:
+    """Rebuild the indexes and the count from the users when every problem is repairable.
+
+    Runs as one unit of work (retried after a conflict), then checks again in a new one.
+    """
+
+    def run(uow: UnitOfWork) -> tuple[CheckReport, list[str]]:
+        before = check_root(uow.root)
+        if not before.repairable:
+            return before, []
+        fixed = rebuild_indexes(uow.root[USERS_KEY])
+        uow.note(f"codx-db: check --repair: {len(fixed)} fixes")
+        return before, fixed
+
+    before, fixed = database.run(run, note="codx-db: check --repair")
+    return RepairReport(before=before, after=check(database), repaired=bool(fixed), fixed=fixed)
+
+
+def check_root(root: Any) -> CheckReport:
+    """Check the user container and generation found in a database root (reads only)."""
+    problems: list[Problem] = []
+    generation = _check_generation(root, problems)
+    container = root.get(USERS_KEY)
+    if not isinstance(container, UserContainer):
+        problems.append(Problem(code="container-missing", message=f"the root holds no user container at {USERS_KEY!r}"))
+        return CheckReport(
+            generation=generation,
+            code_generation=migrations.GENERATION,
+            users=0,
+            count=None,
+            username_entries=0,
+            email_entries=0,
+            problems=problems,
+        )
+
+    for name in ("users", "by_username", "by_email"):
+        _check_structure(name, getattr(container, name), problems)
+
+    users = _valid_users(container, problems)
+    _check_index("username", container.by_username, users, _username_key, problems)
+    _check_index("email", container.by_email, users, _email_key, problems)
+    _check_inactive(container, users, generation, problems)
+    warnings: list[Problem] = []
+    _check_skeleton(container, users, generation, problems, warnings)
+    count = container.length()
+    if count != len(container.users):
+        problems.append(
+            Problem(
+                code="count-mismatch", message=f"the stored count is {count} but there are {len(container.users)} users"
+            )
+        )
+    return CheckReport(
+        generation=generation,
+        code_generation=migrations.GENERATION,
+        users=len(container.users),
+        count=count,
+        username_entries=len(container.by_username),
+        email_entries=len(container.by_email),
+        inactive_entries=None if container.inactive is None else len(container.inactive),
+        problems=problems,
+        skeleton_entries=None if container.by_skeleton is None else len(container.by_skeleton),
+        warnings=warnings,
+    )
+
+
+def rebuild_indexes(container: UserContainer) -> list[str]:
+    """Make the indexes and the count agree with the users; return one line per fix.
+
+    Changes are made key by key in the existing BTrees rather than by swapping in new
+    ones: a concurrent create or rename touching other keys then merges with the repair
+    through BTrees' conflict resolution, and one touching the same key conflicts and the
+    repair is retried. A swapped-in tree would silently drop the concurrent writer's entry.
+    """
+    users = list(container.users.values())
+    fixed = _sync_index("username", container.by_username, {username_key(u.username): u for u in users})
+    fixed += _sync_index("email", container.by_email, {email_key(u.email): u for u in users if u.email})
+    if container.inactive is not None:
+        wanted = {username_key(u.username) for u in users if not u.is_active}
+        for key in [k for k in container.inactive if k not in wanted]:
+            container.inactive.remove(key)
+            fixed.append(f"inactive: removed {key!r}")
+        for key in sorted(wanted):
+            if container.inactive.add(key):
+                fixed.append(f"inactive: added {key!r}")
+        if not container.inactive_complete:
+            container.inactive_complete = True
+            fixed.append("inactive: index marked complete")
+    if container.by_skeleton is not None:
+        fixed += _sync_skeleton(container.by_skeleton, users)
+    if container.length() != len(users):
+        fixed.append(f"count: {container.length()} -> {len(users)}")
+        # set() in place: Length's conflict resolution adds concurrent creates on top.
+        container.length.set(len(users))
+    return fixed
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _check_generation(root: Any, problems: list[Problem]) -> int | None:
+    try:
+        generation = read_generation(root)
+    except (TypeError, ValueError):
+        problems.append(Problem(code="generation-unknown", message="the stored generation is not a number"))
+        return None
+    if generation is None:
+        problems.append(Problem(code="generation-unknown", message="the database has no generation (never installed)"))
+    elif not 0 <= generation <= migrations.GENERATION:
+        problems.append(
+            Problem(
+                code="generation-unknown",
+                message=f"the database is at generation {generation}, "
+                f"unknown to this code (0..{migrations.GENERATION})",
+            )
+        )
+    return generation
+
+
+def _check_structure(name: str, tree: Any, problems: list[Problem]) -> None:
+    from BTrees.check import check as check_btree
+
+    try:
+        check_btree(tree)
+    except AssertionError as exc:
+        first = (str(exc).strip().splitlines() or ["damaged"])[0]
+        problems.append(Problem(code="btree-damaged", message=f"the {name} BTree is damaged: {first}"))
+
+
+def _valid_users(container: UserContainer, problems: list[Problem]) -> list[User]:
+    """Users stored under their own id; report (and leave out) everything else."""
+    valid: list[User] = []
+    seen: dict[str, dict[str, User]] = {"username": {}, "email": {}}  # kind -> key -> first user
+    for key, user in container.users.items():
+        if not isinstance(user, User):
+            problems.append(
+                Problem(code="not-a-user", message=f"users[{key!r}] holds a {type(user).__name__}, not a User")
+            )
+            continue
+        if getattr(user, "id", None) != key:
+            problems.append(
+                Problem(
+                    code="user-wrong-id",
+                    message=f"user {describe_user(user)} is stored under id {key!r}, not its own id",
+                )
+            )
+            continue
+        if not isinstance(getattr(user, "username", None), str) or not username_key(user.username):
+            problems.append(Problem(code="user-invalid", message=f"user id {key!r} has no valid username"))
+            continue
+        if user.email is not None and not isinstance(user.email, str):
+            problems.append(
+                Problem(code="user-invalid", message=f"user {describe_user(user)} has an email that is not a string")
+            )
+            continue
+        keys = {"username": username_key(user.username), "email": email_key(user.email) if user.email else None}
+        for kind, unique_key in keys.items():
+            if unique_key is None:
+                continue
+            first = seen[kind].setdefault(unique_key, user)
+            if first is not user:
+                problems.append(
+                    Problem(
+                        code=f"{kind}-duplicate",
+                        message=f"users {describe_user(first)} and {describe_user(user)} "
+                        f"share the {kind} key {unique_key!r}",
+                    )
+                )
+        valid.append(user)
+    return valid
+
+
+def _username_key(user: User) -> str | None:
+    return username_key(user.username)
+
+
+def _email_key(user: User) -> str | None:
+    return email_key(user.email) if user.email else None
+
+
+def _check_index(
+    kind: str,
+    index: Any,
+    users: Iterable[User],
+    key_of: Callable[[User], str | None],
+    problems: list[Problem],
+) -> None:
+    """Every entry points to a stored user under that user's key; every user is there once.
+
+    ``key_of`` gives None for a user that must not be in this index (no email).
+    """
+    stored = {user.id: user for user in users}
+    entries_per_user: dict[str, int] = {}
+    for key, user in index.items():
+        user_id = getattr(user, "id", None)
+        # An id that is not a str is never a key of ``stored``: dangling too.
+        if not isinstance(user, User) or not isinstance(user_id, str) or stored.get(user_id) is not user:
+            problems.append(
+                Problem(code=f"{kind}-dangling", message=f"{kind} index entry {key!r} points to no stored user")
+            )
+            continue
+        entries_per_user[user_id] = entries_per_user.get(user_id, 0) + 1
+        if key != key_of(user):
+            problems.append(
+                Problem(
+                    code=f"{kind}-wrong-key",
+                    message=f"{kind} index entry {key!r} points to user {describe_user(user)}, "
+                    f"whose {kind} key is {key_of(user)!r}",
+                )
+            )
+    for user in stored.values():
+        key = key_of(user)
+        if key is None:
+            continue
+        if index.get(key) is not user:
+            problems.append(
+                Problem(
+                    code=f"{kind}-unindexed",
+                    message=f"user {describe_user(user)} is not in the {kind} index under {key!r}",
+                )
+            )
+        if entries_per_user.get(user.id, 0) > 1:
+            problems.append(
+                Problem(
+                    code=f"{kind}-indexed-twice",
+                    message=f"user {describe_user(user)} is in the {kind} index {entries_per_user[user.id]} times",
+                )
+            )
+
+
+def _check_inactive(
+    container: UserContainer, users: list[User], generation: int | None, problems: list[Problem]
+) -> None:
+    """The inactive set holds exactly the username keys of the inactive stored users."""
+    inactive = container.inactive
+    if inactive is None:
+        _missing(generation, INACTIVE_INDEX_GENERATION, "inactive-missing", "index of inactive users", problems)
+        return
+    _check_structure("inactive", inactive, problems)
+    if not container.inactive_complete and generation is not None and generation >= INACTIVE_INDEX_GENERATION:
+        problems.append(
+            Problem(
+                code="inactive-incomplete", message=f"generation {generation} but the inactive index is not complete"
+            )
+        )
+    wanted = {username_key(u.username): u for u in users if not u.is_active}
+    active = {username_key(u.username) for u in users if u.is_active}
+    for key in inactive:
+        if key in wanted:
+            continue
+        what = "an active user" if key in active else "no stored user"
+        problems.append(Problem(code="inactive-dangling", message=f"inactive index entry {key!r} is {what}"))
+    for key, user in wanted.items():
+        if key not in inactive:
+            problems.append(
+                Problem(
+                    code="inactive-unindexed",
+                    message=f"inactive user {describe_user(user)} is not in the inactive index",
+                )
+            )
+
+
+def _missing(generation: int | None, since: int, code: str, what: str, problems: list[Problem]) -> None:
+    """An index is absent: a problem when the generation (``since`` or later) says it should exist."""
+    if generation is not None and generation >= since:
+        problems.append(Problem(code=code, message=f"generation {generation} but no {what}"))
+
+
+def _wanted_skeletons(users: Iterable[User]) -> dict[str, tuple[User, ...]]:
+    wanted: dict[str, tuple[User, ...]] = {}
+    for user in users:
+        key = username_skeleton(user.username)
+        wanted[key] = (*wanted.get(key, ()), user)
+    return wanted
+
+
+def _check_skeleton(
+    container: UserContainer,
+    users: list[User],
+    generation: int | None,
+    problems: list[Problem],
+    warnings: list[Problem],
+) -> None:
+    """Each user is in the entry of its username's skeleton, once; look-alike pairs are warnings."""
+    index = container.by_skeleton
+    if index is None:
+        _missing(generation, SKELETON_INDEX_GENERATION, "skeleton-missing", "look-alike index", problems)
+        return
+    if generation is not None and generation < SKELETON_INDEX_GENERATION:
+        return  # being built by `codx-db migrate --apply`: not complete yet, nothing to check
+    _check_structure("skeleton", index, problems)
+    stored = {user.id: user for user in users}
+    wanted = _wanted_skeletons(users)
+    for key, entry in index.items():
+        members = entry if isinstance(entry, tuple) else (entry,)
+        for user in members:
+            user_id = getattr(user, "id", None)
+            if not isinstance(user, User) or not isinstance(user_id, str) or stored.get(user_id) is not user:
+                problems.append(
+                    Problem(code="skeleton-dangling", message=f"look-alike index entry {key!r} holds no stored user")
+                )
+            elif user not in wanted.get(key, ()):
+                problems.append(
+                    Problem(
+                        code="skeleton-wrong-key",
+                        message=f"look-alike index entry {key!r} holds user {describe_user(user)}, "
+                        f"whose skeleton is {username_skeleton(user.username)!r}",
+                    )
+                )
+    for key, group in wanted.items():
+        entry = index.get(key, ())
+        for user in group:
+            found = sum(1 for other in entry if other is user)
+            if found == 0:
+                problems.append(
+                    Problem(
+                        code="skeleton-unindexed",
+                        message=f"user {describe_user(user)} is not in the look-alike index under {key!r}",
+                    )
+                )
+            elif found > 1:
+                problems.append(
+                    Problem(
+                        code="skeleton-unindexed",
+                        message=f"user {describe_user(user)} is in look-alike entry {key!r} {found} times",
+                    )
+                )
+        if len(group) > 1:
+            # ascii() shows what the eye cannot: '\u0430dmin' beside 'admin'.
+            names = ", ".join(
+                describe_user(user) + ("" if user.username.isascii() else f" = {user.username!a}") for user in group
+            )
+            warnings.append(
+                Problem(
+                    code="username-lookalike",
+                    message=f"{len(group)} users have look-alike names, stored before generation 3: {names}; "
+                    "each still logs in by its exact name; to tell them apart, rename all but one "
+                    "(`codx-db user update NAME --rename NEW`)",
+                )
+            )
+    if len(warnings) > MAX_WARNINGS:
+        more = len(warnings) - MAX_WARNINGS
+        del warnings[MAX_WARNINGS:]
+        warnings.append(Problem(code="more-warnings", message=f"... and {more} more warnings"))
+
+
+def _sync_skeleton(index: Any, users: list[User]) -> list[str]:
+    wanted = _wanted_skeletons(users)
+    fixed: list[str] = []
+    for key in [k for k in index if k not in wanted]:
+        del index[key]
+        fixed.append(f"skeleton: removed entry {key!r}")
+    for key, group in wanted.items():
+        entry = index.get(key, ())
+        if len(entry) != len(group) or any(user not in entry for user in group):
+            index[key] = group
+            fixed.append(f"skeleton: entry {key!r} -> {', '.join(describe_user(user) for user in group)}")
+    return fixed
+
+
+def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:
+    fixed: list[str] = []
+    for key in [k for k in index if k not in wanted]:
+        del index[key]
+        fixed.append(f"{kind}: removed entry {key!r}")
+    for key, user in wanted.items():
+        if index.get(key) is not user:
+            index[key] = user
+            fixed.append(f"{kind}: entry {key!r} -> user {describe_user(user)}")
+    return fixed
+
+
+def describe_user(user: Any) -> str:
+    """A user for messages: its username and id (never other data: it may be personal)."""
+    username = getattr(user, "username", None)
+    return f"{username!r} (id {getattr(user, 'id', '?')})"

@@ -1,0 +1,99 @@
+"""Packing a database: dropping history older than N days and objects no longer reachable."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ZODB
+
+from db.database import Database
+from db.errors import TransferError
+from db.ops.endpoints import file_has_data, has_data, settings_source
+from db.ops.reports import PackReport
+from db.settings import CodxJuniorGlobalSettings
+from db.storage import file_storage_exists, storage_spec
+
+Sizes = tuple[int | None, int | None]  # (bytes, object records); None when unknown
+
+
+def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackReport:
+    """Pack a database: drop history older than ``days`` and objects no longer reachable.
+
+    FileStorage keeps the file as it was before as ``<file>.old``. On a history-free
+    RelStorage a pack is the garbage collection of unreachable objects (``days`` only
+    matters with history). Sizes are measured before and after.
+    """
+    if days < 0:
+        raise TransferError(f"days must be 0 or more, not {days}")
+    settings = source.settings if isinstance(source, Database) else source
+    measure = _size_measure(settings)
+    started = time.monotonic()
+    before = measure()
+    notes: list[str] = []
+    path = settings.db_file_path if settings.kind == "file" else None
+    mode = path.stat().st_mode & 0o777 if path is not None and path.exists() else None
+    if isinstance(source, Database):
+        source.open().pack(days=days)
+    else:
+        src = settings_source(settings, read_only=False)
+        with src.storage() as storage:
+            if not has_data(storage):
+                raise TransferError(f"{settings.location} holds no database: nothing to pack")
+            zodb = ZODB.DB(storage, database_name="codx-db pack")
+            try:
+                zodb.pack(days=days)
+            finally:
+                zodb.close()
+    if path is not None and mode is not None:
+        # FileStorage writes the packed file anew with the umask's mode: keep it private.
+        os.chmod(path, mode)
+    after = measure()
+    if path is not None and Path(f"{path}.old").exists():
+        notes.append(f"the file as it was before the pack is kept as {path}.old")
+    elif settings.kind == "postgres":
+        notes.append("PostgreSQL reuses the freed space; the files shrink after VACUUM FULL")
+    if days:
+        notes.append(f"objects that became unreachable in the last {days} days are kept (--days 0 collects them all)")
+    return PackReport(
+        location=settings.location,
+        backend=settings.kind,
+        days=days,
+        seconds=time.monotonic() - started,
+        bytes_before=before[0],
+        bytes_after=after[0],
+        records_before=before[1],
+        records_after=after[1],
+        notes=notes,
+    )
+
+
+def _size_measure(settings: CodxJuniorGlobalSettings) -> Callable[[], Sizes]:
+    """A function giving (bytes, object records) of the database now."""
+    if settings.kind == "file":
+        path = settings.db_file_path
+
+        def file_size() -> Sizes:
+            from ZODB.FileStorage import FileStorage
+
+            if not file_storage_exists(path) or not file_has_data(path):
+                return None, None
+            storage = FileStorage(str(path), read_only=True)
+            try:
+                return path.stat().st_size, len(storage)
+            finally:
+                storage.close()
+
+        return file_size
+    dsn = storage_spec(settings).dsn if settings.kind != "memory" else None
+    if dsn is None:
+        return lambda: (None, None)
+
+    def postgres_size() -> Sizes:
+        from db.pg.admin import pg_size  # lazy: psycopg2 only for PostgreSQL
+
+        return pg_size(dsn)
+
+    return postgres_size

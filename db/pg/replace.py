@@ -1,0 +1,247 @@
+"""Replace a PostgreSQL database's contents in one transaction (restore/copy ``--force``).
+
+RelStorage can only empty a database (``zap_all``, committed at once) and then fill it one
+transaction at a time: a failure or a kill in between leaves an empty or half-filled database.
+So the new contents are first written and verified in a staging schema of the same database,
+then moved into the live tables in a single PostgreSQL transaction: until it commits, every
+reader sees the old data; a crash before the commit leaves the old data and a staging schema
+that the next run drops.
+
+The staging tables are copies of the live ones (``CREATE TABLE ... (LIKE ... INCLUDING ALL)``);
+RelStorage writes into them through a connection whose ``search_path`` puts the staging schema
+first, so its unqualified table names and its stored functions (in ``public``) reach them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn, parse_dsn
+from ZODB.interfaces import IStorage
+
+from db.errors import TransferError
+
+log = logging.getLogger(__name__)
+
+STAGING_SCHEMA = "codx_db_staging"
+# The one-row table RelStorage locks (FOR UPDATE) to serialise commits; it is not data.
+COMMIT_LOCK_TABLE = "commit_row_lock"
+# Rows a new RelStorage schema holds before any data: (table, which rows).
+SEED_ROWS = [(COMMIT_LOCK_TABLE, "true"), ("transaction", "tid = 0")]
+
+
+@contextlib.contextmanager
+def _connection(dsn: str) -> Iterator[Any]:
+    import psycopg2
+
+    conn = psycopg2.connect(dsn, application_name="codx-db replace")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def drop_leftover_staging(dsn: str) -> bool:
+    """Drop a staging schema a killed run left; True if there was one.
+
+    Call it only under the startup lock: then no other copy into this database is running.
+    """
+    with _connection(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (STAGING_SCHEMA,))
+        if cur.fetchone() is None:
+            return False
+        cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(STAGING_SCHEMA)))
+        conn.commit()
+    log.warning("dropped the schema %s left by a copy or restore that did not finish", STAGING_SCHEMA)
+    return True
+
+
+def _live_schema(cur: Any) -> str:
+    cur.execute("SELECT current_schema()")
+    return str(cur.fetchone()[0])
+
+
+def _tables(cur: Any, schema: str) -> list[str]:
+    cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (schema,))
+    return [row[0] for row in cur.fetchall()]
+
+
+def _sequences(cur: Any, schema: str) -> list[str]:
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'S' AND n.nspname = %s ORDER BY c.relname",
+        (schema,),
+    )
+    return [row[0] for row in cur.fetchall()]
+
+
+def keeps_history(dsn: str) -> bool:
+    """True when the live RelStorage schema keeps history (it has ``current_object``)."""
+    with _connection(dsn) as conn, conn.cursor() as cur:
+        return "current_object" in _tables(cur, _live_schema(cur))
+
+
+@contextlib.contextmanager
+def staging_storage(dsn: str) -> Iterator[IStorage]:
+    """A RelStorage writing into a fresh, empty staging copy of the live schema.
+
+    The staging schema is dropped when the block ends, unless ``replace_from_staging`` moved
+    it into place (it drops it in the same transaction).
+    """
+    from relstorage.adapters.postgresql import PostgreSQLAdapter
+    from relstorage.options import Options
+    from relstorage.storage import RelStorage
+
+    history = keeps_history(dsn)
+    with _connection(dsn) as conn, conn.cursor() as cur:
+        live = _live_schema(cur)
+        staging = sql.Identifier(STAGING_SCHEMA)
+        try:
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(staging))
+        except Exception as exc:  # noqa: BLE001 - psycopg2's errors: say what is needed
+            raise TransferError(
+                f"cannot create the schema {STAGING_SCHEMA} in the target database to stage the new data "
+                f"({str(exc).strip().splitlines()[0]}): the role needs CREATE on the database"
+            ) from None
+        for table in _tables(cur, live):
+            cur.execute(
+                sql.SQL("CREATE TABLE {}.{} (LIKE {}.{} INCLUDING ALL)").format(
+                    staging, sql.Identifier(table), sql.Identifier(live), sql.Identifier(table)
+                )
+            )
+        for sequence in _sequences(cur, live):
+            cur.execute(sql.SQL("CREATE SEQUENCE {}.{}").format(staging, sql.Identifier(sequence)))
+        # Views (a history-keeping schema reads through current_object_state) are bound to the
+        # live tables: recreate them over the staging ones. Their definitions are printed with
+        # unqualified names while only the live schema is on the search path.
+        cur.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(live)))
+        cur.execute("SELECT viewname, definition FROM pg_views WHERE schemaname = %s ORDER BY viewname", (live,))
+        views = cur.fetchall()
+        cur.execute(sql.SQL("SET search_path = {}, {}").format(staging, sql.Identifier(live)))
+        for view, definition in views:
+            cur.execute(sql.SQL("CREATE VIEW {}.{} AS ").format(staging, sql.Identifier(view)) + sql.SQL(definition))
+        # The rows RelStorage puts in a new schema: the commit lock's row, and (history-keeping)
+        # transaction 0, which object_state.prev_tid of every first version points to.
+        for table, condition in SEED_ROWS:
+            if table in _tables(cur, live):
+                cur.execute(
+                    sql.SQL("INSERT INTO {}.{} SELECT * FROM {}.{} WHERE ").format(
+                        staging, sql.Identifier(table), sql.Identifier(live), sql.Identifier(table)
+                    )
+                    + sql.SQL(condition)
+                )
+        conn.commit()
+    try:
+        options = Options(
+            keep_history=history,
+            create_schema=False,
+            driver="psycopg2",
+            name="codx-db staging",
+            cache_local_mb=0,
+        )
+        adapter = PostgreSQLAdapter(dsn=_staging_dsn(dsn, live), options=options)
+        storage = RelStorage(adapter, options=options)
+        try:
+            yield storage
+        finally:
+            storage.close()
+    finally:
+        drop_leftover_staging_quietly(dsn)
+
+
+def drop_leftover_staging_quietly(dsn: str) -> None:
+    with _connection(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STAGING_SCHEMA)))
+        conn.commit()
+
+
+def _staging_dsn(dsn: str, live: str) -> str:
+    """The DSN with a search_path that finds the staging tables first, then RelStorage's functions."""
+    options = parse_dsn(dsn).get("options", "")
+    path = f"{STAGING_SCHEMA},{live}".replace("\\", "\\\\").replace(" ", "\\ ")
+    return make_dsn(dsn, options=f"{options} -c search_path={path}".strip())
+
+
+def replace_from_staging(dsn: str) -> None:
+    """Move the staged data into the live tables in one transaction (old data visible until it commits).
+
+    RelStorage's commit lock is held meanwhile, so no application commits in between.
+    """
+    with _connection(dsn) as conn, conn.cursor() as cur:
+        live = _live_schema(cur)
+        tables = [t for t in _tables(cur, live) if t != COMMIT_LOCK_TABLE]
+        staged = set(_tables(cur, STAGING_SCHEMA))
+        missing = [t for t in tables if t not in staged]
+        if missing:
+            raise TransferError(f"the staging schema lacks the tables {', '.join(missing)}: nothing was replaced")
+        ordered = _parents_first(cur, live, tables)
+        if COMMIT_LOCK_TABLE in _tables(cur, live):
+            cur.execute(
+                sql.SQL("SELECT tid FROM {}.{} FOR UPDATE").format(
+                    sql.Identifier(live), sql.Identifier(COMMIT_LOCK_TABLE)
+                )
+            )
+        for table in reversed(ordered):  # rows that reference others go first
+            cur.execute(sql.SQL("DELETE FROM {}.{}").format(sql.Identifier(live), sql.Identifier(table)))
+        for table in ordered:
+            columns = sql.SQL(", ").join(sql.Identifier(c) for c in _columns(cur, live, table))
+            cur.execute(
+                sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {}.{}").format(
+                    sql.Identifier(live),
+                    sql.Identifier(table),
+                    columns,
+                    columns,
+                    sql.Identifier(STAGING_SCHEMA),
+                    sql.Identifier(table),
+                )
+            )
+        for sequence in _sequences(cur, live):
+            # New object ids continue after the highest either side handed out.
+            query = "SELECT setval({}, GREATEST((SELECT last_value FROM {}.{}), (SELECT last_value FROM {}.{})))"
+            cur.execute(
+                sql.SQL(query).format(
+                    sql.Literal(f"{live}.{sequence}"),
+                    sql.Identifier(live),
+                    sql.Identifier(sequence),
+                    sql.Identifier(STAGING_SCHEMA),
+                    sql.Identifier(sequence),
+                )
+            )
+        cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(STAGING_SCHEMA)))
+        conn.commit()
+
+
+def _columns(cur: Any, schema: str, table: str) -> list[str]:
+    cur.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+        "ORDER BY ordinal_position",
+        (schema, table),
+    )
+    return [row[0] for row in cur.fetchall()]
+
+
+def _parents_first(cur: Any, schema: str, tables: list[str]) -> list[str]:
+    """The tables ordered so that each comes after the tables its foreign keys point to."""
+    cur.execute(
+        "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c "
+        "JOIN pg_namespace n ON n.oid = c.connamespace WHERE c.contype = 'f' AND n.nspname = %s",
+        (schema,),
+    )
+    parents: dict[str, set[str]] = {t: set() for t in tables}
+    for child, parent in cur.fetchall():
+        child, parent = child.split(".")[-1].strip('"'), parent.split(".")[-1].strip('"')
+        if child in parents and parent in parents and child != parent:
+            parents[child].add(parent)
+    ordered: list[str] = []
+    while parents:
+        ready = sorted(t for t, needs in parents.items() if not needs - set(ordered))
+        if not ready:
+            raise TransferError(f"circular foreign keys between {', '.join(sorted(parents))}: nothing was replaced")
+        for table in ready:
+            ordered.append(table)
+            del parents[table]
+    return ordered

@@ -1,0 +1,279 @@
+"""First login, access tokens and API keys at the user level: what ``UserDB``'s credential methods do.
+
+``UserDB`` delegates to one ``CredentialService`` (one line per method); the store itself
+(hashed secrets, indexes, expiry) is db/users/credentials.py. Each method here is one unit of
+work of its own (``database.run``), or joins the caller's. Input is checked and passwords are
+hashed before the unit of work starts, so a retry after a conflict never hashes again.
+
+The credential store and old databases: a database installed by this version gets the store
+from migrations/install.py. A database created before it has none, and no generation adds it:
+the first write that needs it (``issue_token``, ``create_api_key``) creates it in its own unit
+of work, and every read treats a missing store as "no credentials" (``get_by_token`` answers
+None). So tokens need no migration; a later generation may create the store up front.
+
+The module-level ``forget_*`` functions are the revocation hooks UserDB's writes call inside
+their own unit of work: a password change ends the user's sessions (Django's session
+invalidation), deactivation ends them too, deletion also removes the API keys.
+
+No secret (password, token, key) is logged, put in a transaction note, or shown in an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from db.database import Database, UnitOfWork
+from db.errors import InvalidUserData, UserNotFound, shown
+from db.users import credentials
+from db.users.credentials import CREDENTIALS_KEY, MAX_TTL, MIN_TTL, ApiKeyInfo, CredentialStore
+from db.users.models import USERS_KEY, User, UserContainer, utcnow
+from db.users.passwords import check_password, hash_password
+from db.users.policy import PasswordContext, PasswordPolicy
+from db.users.schemas import CodxUser
+
+T = TypeVar("T")
+
+MAX_PURGE = 1_000_000
+
+
+class CredentialService:
+    """First login, tokens and API keys over a ``Database``; ``clock`` decides expiry (tests inject one)."""
+
+    def __init__(self, database: Database, clock: Callable[[], datetime] = utcnow, *, actor: str | None = None) -> None:
+        self.database = database
+        self.clock = clock
+        self.actor = actor  # recorded as the transaction's user unless the caller's unit of work has one
+
+    def __repr__(self) -> str:
+        return f"<CredentialService actor={self.actor!r}>"
+
+    # -- new passwords -------------------------------------------------------------------------
+
+    def new_password_hash(self, password: str, context: PasswordContext) -> str:
+        """Hash a new clear password that meets the hard rules and the settings' policy (never an imported hash)."""
+        check_password(password)
+        PasswordPolicy.from_settings(self.database.settings).check(password, context)
+        return hash_password(password)
+
+    def new_password_hash_for(self, username: str, password: str) -> str:
+        """``new_password_hash`` with the stored user as the policy's context (one read); UserNotFound."""
+        _require_str("username", username)
+        check_password(password)  # the hard rules before a read: a bad type is the caller's mistake
+        context = self._read(lambda users: _context(_get(users, username)))
+        return self.new_password_hash(password, context)
+
+    # -- first login ---------------------------------------------------------------------------
+
+    def has_password(self, username: str) -> bool:
+        """Whether the user has a password (else its first login sets one); UserNotFound."""
+        _require_str("username", username)
+        return self._read(lambda users: _get(users, username).password_hash is not None)
+
+    def set_password_if_unset(self, username: str, password: str) -> bool:
+        """Set the first password of an active user who has none; False if it has one or is inactive.
+
+        Two racing first logins both see no password and both write the same user: the second
+        commit conflicts, its unit of work is retried, sees the winner's password and answers
+        False. Exactly one True. Tokens are left alone (a GitHub login may have issued one).
+        """
+        password_hash = self.new_password_hash_for(username, password)
+
+        def set_if_unset(uow: UnitOfWork) -> bool:
+            user = _get(_users(uow), username)
+            if not user.is_active or user.password_hash is not None:
+                return False
+            user.password_hash = password_hash
+            user.touch()
+            uow.note(f"codx-db: set first password of {user.username}")
+            return True
+
+        return self._write(set_if_unset)
+
+    # -- access tokens -------------------------------------------------------------------------
+
+    def issue_token(self, username: str, ttl: timedelta | None = None) -> str:
+        """A new access token for an active user, valid ``ttl`` (default ``db_token_ttl_hours``); shown once."""
+        _require_str("username", username)
+        if ttl is None:
+            ttl = timedelta(hours=self.database.settings.db_token_ttl_hours)
+        if not isinstance(ttl, timedelta) or not MIN_TTL <= ttl <= MAX_TTL:
+            raise InvalidUserData(["ttl: must be a timedelta between 1 second and 400 days, or None"])
+
+        def issue(uow: UnitOfWork) -> str:
+            user = self._credential_owner(uow, username)
+            if not user.is_active:
+                raise InvalidUserData(
+                    [f"username: {shown(user.username)} is disabled: no token; enable the user first"]
+                )
+            store = credentials.install_credentials(uow.root)  # lazily on a database older than the store
+            return credentials.issue_token(store, user.id, ttl, self.clock())
+
+        return self._write(issue)
+
+    def get_by_token(self, token: str) -> CodxUser | None:
+        """The active user this unexpired token belongs to, else None (unknown, expired, revoked, user gone)."""
+
+        def find(uow: UnitOfWork) -> CodxUser | None:
+            store = _store(uow)
+            found = None if store is None else credentials.find_token(store, token, self.clock())
+            return None if found is None else _active_user(uow, found.user_id)
+
+        return self.database.run(find)
+
+    def revoke_token(self, token: str) -> bool:
+        """End one token (a logout); False if it is unknown or already gone."""
+        return self._write(lambda uow: _with_store(uow, False, lambda store: credentials.revoke_token(store, token)))
+
+    def revoke_tokens(self, username: str) -> int:
+        """End every token of the user (logout everywhere); how many. UserNotFound."""
+        _require_str("username", username)
+
+        def revoke(uow: UnitOfWork) -> int:
+            user = _get(_users(uow), username)
+            count = forget_tokens(uow.root, user)
+            if count:
+                uow.note(f"codx-db: revoke {count} tokens of {user.username}")
+            return count
+
+        return self._write(revoke)
+
+    def purge_expired_tokens(self, limit: int = 10_000) -> int:
+        """Remove up to ``limit`` expired tokens, oldest first (for a periodic job); how many."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PURGE:
+            raise InvalidUserData([f"limit: must be an integer from 1 to {MAX_PURGE}"])
+        now = self.clock()
+        return self._write(lambda uow: _with_store(uow, 0, lambda store: credentials.purge_expired(store, now, limit)))
+
+    # -- API keys ------------------------------------------------------------------------------
+
+    def create_api_key(self, username: str, name: str = "") -> str:
+        """A new API key for the user, shown once (stored hashed, no expiry). It works while the user is active."""
+        _require_str("username", username)
+
+        def create(uow: UnitOfWork) -> str:
+            user = self._credential_owner(uow, username)
+            store = credentials.install_credentials(uow.root)  # lazily on a database older than the store
+            secret = credentials.create_api_key(store, user.id, name, self.clock())
+            uow.note(f"codx-db: create API key of {user.username}")
+            return secret
+
+        return self._write(create)
+
+    def get_by_api_key(self, key: str) -> CodxUser | None:
+        """The active user this API key belongs to, else None (unknown, revoked, user inactive or gone)."""
+
+        def find(uow: UnitOfWork) -> CodxUser | None:
+            store = _store(uow)
+            found = None if store is None else credentials.find_api_key(store, key)
+            return None if found is None else _active_user(uow, found.user_id)
+
+        return self.database.run(find)
+
+    def revoke_api_key(self, key: str) -> bool:
+        """Remove an API key given its secret; False if it is unknown."""
+        return self._write(lambda uow: _with_store(uow, False, lambda store: credentials.revoke_api_key(store, key)))
+
+    def api_keys(self, username: str) -> list[ApiKeyInfo]:
+        """The user's API keys, oldest first: key id, name, creation time (never the secret). UserNotFound."""
+        _require_str("username", username)
+
+        def listing(uow: UnitOfWork) -> list[ApiKeyInfo]:
+            user = _get(_users(uow), username)
+            return _with_store(uow, [], lambda store: credentials.list_api_keys(store, user.id))
+
+        return self.database.run(listing)
+
+    def revoke_api_key_id(self, username: str, key_id: str) -> bool:
+        """Remove the user's key with this ``key_id`` (from ``api_keys``); False if it has none. UserNotFound."""
+        _require_str("username", username)
+
+        def revoke(uow: UnitOfWork) -> bool:
+            user = _get(_users(uow), username)
+            done = _with_store(uow, False, lambda store: credentials.revoke_api_key_id(store, user.id, key_id))
+            if done:
+                uow.note(f"codx-db: revoke API key {shown(key_id, 20)} of {user.username}")
+            return done
+
+        return self._write(revoke)
+
+    # -- units of work -------------------------------------------------------------------------
+
+    def _credential_owner(self, uow: UnitOfWork, username: str) -> User:
+        user = _get(_users(uow), username)
+        # A credential must not outlive its user: a deletion or deactivation committing meanwhile
+        # changes the user, so this write conflicts, is retried and sees the change.
+        uow.connection.readCurrent(user)
+        return user
+
+    def _read(self, fn: Callable[[UserContainer], T]) -> T:
+        return self.database.run(lambda uow: fn(_users(uow)))
+
+    def _write(self, fn: Callable[[UnitOfWork], T]) -> T:
+        def write(uow: UnitOfWork) -> T:
+            if self.actor and not uow.transaction.user:
+                uow.transaction.user = self.actor
+            return fn(uow)
+
+        return self.database.run(write)
+
+
+# -- revocation hooks: called by UserDB's writes inside their unit of work -----------------------
+
+
+def forget_tokens(root: Any, user: User) -> int:
+    """Revoke every token of ``user`` (password change, deactivation); how many."""
+    store = root.get(CREDENTIALS_KEY)
+    return 0 if store is None else credentials.revoke_user_tokens(store, user.id)
+
+
+def forget_tokens_if_deactivated(root: Any, user: User, changed: dict[str, Any]) -> int:
+    """After an update: revoke the user's tokens if this change made it inactive; how many."""
+    return forget_tokens(root, user) if "is_active" in changed and not user.is_active else 0
+
+
+def forget_credentials(root: Any, user: User) -> int:
+    """Revoke every token and API key of ``user`` (deletion); how many."""
+    store = root.get(CREDENTIALS_KEY)
+    if store is None:
+        return 0
+    return credentials.revoke_user_tokens(store, user.id) + credentials.revoke_user_api_keys(store, user.id)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _users(uow: UnitOfWork) -> UserContainer:
+    return uow.root[USERS_KEY]  # type: ignore[no-any-return]
+
+
+def _store(uow: UnitOfWork) -> CredentialStore | None:
+    return uow.root.get(CREDENTIALS_KEY)  # type: ignore[no-any-return]
+
+
+def _with_store(uow: UnitOfWork, missing: T, fn: Callable[[CredentialStore], T]) -> T:
+    """``fn(store)``, or ``missing`` on a database that has no store yet (so no credentials)."""
+    store = _store(uow)
+    return missing if store is None else fn(store)
+
+
+def _get(users: UserContainer, username: str) -> User:
+    user = users.find_by_username(username)
+    if user is None:
+        raise UserNotFound(username)
+    return user
+
+
+def _active_user(uow: UnitOfWork, user_id: str) -> CodxUser | None:
+    user = _users(uow).users.get(user_id)
+    return None if user is None or not user.is_active else CodxUser.from_model(user)
+
+
+def _context(user: User) -> PasswordContext:
+    return PasswordContext(user.username, user.email, user.full_name)
+
+
+def _require_str(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidUserData([f"{name}: must be a string"])
