@@ -85,7 +85,10 @@ def from_codx_junior(data: Mapping[str, Any]) -> dict[str, Any]:
 
     Secrets are not among them: ``token`` is dropped, ``api_key`` is read with ``api_key_of``.
     """
-    kwargs, _ = parse_codx_junior(data)
+    checked, _ = check_codx_junior(data)
+    kwargs = checked.model_dump(exclude={"projects", "apps"})
+    kwargs["projects"] = [_project_to_codx_junior(project) for project in checked.projects]
+    kwargs["apps"] = list(checked.apps)
     return kwargs
 
 
@@ -99,8 +102,8 @@ def api_key_of(data: Mapping[str, Any]) -> str | None:
     return key
 
 
-def parse_codx_junior(data: Mapping[str, Any], extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], set[str]]:
-    """(validated create arguments, names of the fields given); ``extra``: more keys the caller handles itself.
+def check_codx_junior(data: Mapping[str, Any], extra: tuple[str, ...] = ()) -> tuple[UserCreate, set[str]]:
+    """(validated fields, names of the fields given); ``extra``: more keys the caller handles itself.
 
     Every problem of the record is in one InvalidUserData (``field: message``), never a value.
     """
@@ -135,11 +138,7 @@ def parse_codx_junior(data: Mapping[str, Any], extra: tuple[str, ...] = ()) -> t
     if isinstance(fields["apps"], tuple):
         fields["apps"] = list(fields["apps"])
     checked = UserCreate.parse(fields)  # every field rule; InvalidUserData lists each problem
-    kwargs = checked.model_dump(exclude={"projects", "apps"})
-    kwargs["projects"] = [_project_to_codx_junior(project) for project in checked.projects]
-    kwargs["apps"] = list(checked.apps)
-    given = {key for key in data if key not in SECRET_FIELDS}
-    return kwargs, given
+    return checked, {key for key in data if key not in SECRET_FIELDS}
 
 
 def _is_active(data: Mapping[str, Any], problems: list[str]) -> bool:
@@ -202,7 +201,7 @@ __all__ = [
     "CODX_JUNIOR_FIELDS",
     "api_key_of",
     "from_codx_junior",
-    "parse_codx_junior",
+    "check_codx_junior",
     "project_access",
     "summary",
     "to_codx_junior",
