@@ -133,6 +133,8 @@ def check_codx_junior(data: Mapping[str, Any], extra: tuple[str, ...] = ()) -> t
     for name in ("full_name", "is_superuser"):
         if name in data:
             fields[name] = data[name]
+    if isinstance(fields["projects"], tuple):  # CodxUser.model_dump() gives tuples
+        fields["projects"] = list(fields["projects"])
     if isinstance(fields["projects"], list):
         fields["projects"] = [_project_from_codx_junior(entry) for entry in fields["projects"]]
     if isinstance(fields["apps"], tuple):
@@ -200,8 +202,8 @@ def summary(user: CodxUser) -> dict[str, str]:
 __all__ = [
     "CODX_JUNIOR_FIELDS",
     "api_key_of",
-    "from_codx_junior",
     "check_codx_junior",
+    "from_codx_junior",
     "project_access",
     "summary",
     "to_codx_junior",
