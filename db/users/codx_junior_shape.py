@@ -45,7 +45,7 @@ CODX_DB_FIELDS = ("full_name", "is_active", "is_superuser")
 SECRET_FIELDS = ("token", "api_key")
 
 # A None field (codx-junior declares all of them Optional) means codx-junior's default.
-_NONE_MEANS = {"avatar": "", "theme": "dim", "projects": [], "role": None, "github": "", "apps": []}
+_NONE_MEANS: dict[str, Any] = {"avatar": "", "theme": "dim", "projects": [], "role": None, "github": "", "apps": []}
 _PROJECT_FIELDS = ("project_id", "permissions", "children", "apps")
 
 
