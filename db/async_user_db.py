@@ -32,6 +32,7 @@ from db.user_db import UserDB
 from db.users.credentials import ApiKeyInfo
 from db.users.history import UserRevision
 from db.users.schemas import CodxUser, ProjectPermission
+from db.users.sync import SyncReport
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -300,3 +301,7 @@ class AsyncUserDB:
     async def revoke_api_key_id(self, username: str, key_id: str) -> bool:
         """Remove the user's API key with this ``key_id``; False if none."""
         return await self._call(self.user_db.revoke_api_key_id, username, key_id)
+
+    async def sync(self, records: Iterable[Mapping[str, Any]], *, require_admin: bool = True) -> SyncReport:
+        """Make the stored users match ``records`` in one unit of work (see ``UserDB.sync``)."""
+        return await self._call(self.user_db.sync, records, require_admin=require_admin)

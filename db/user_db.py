@@ -21,6 +21,7 @@ from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists, UserNotFound, shown, shown_field
 from db.users import access, repository
 from db.users import credential_service as creds
+from db.users import sync as user_sync
 from db.users.credentials import ApiKeyInfo
 from db.users.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
 from db.users.models import User, UserContainer, email_key, github_key, username_key, username_skeleton, utcnow
@@ -43,6 +44,7 @@ from db.users.schemas import (
     parse_project,
     projects_to_tuple,
 )
+from db.users.sync import SyncReport
 
 T = TypeVar("T")
 
@@ -583,6 +585,24 @@ class UserDB:
     def revoke_api_key_id(self, username: str, key_id: str) -> bool:
         """Remove the user's API key with this ``key_id`` (from ``api_keys``); False if none."""
         return self._credentials.revoke_api_key_id(username, key_id)
+
+    # -- whole-list sync: codx-junior's admin settings save (db/users/sync.py) ----------------
+
+    def sync(self, records: Iterable[Mapping[str, Any]], *, require_admin: bool = True) -> SyncReport:
+        """Make the stored users match ``records`` (codx-junior CodxUser dicts or codx-db fields) in one unit of work.
+
+        Every record is checked first (InvalidUserData naming each ``records[i].field``, nothing
+        written); then users are matched by ``id``, else exact username: the unmatched stored
+        ones are deleted (tokens and API keys too), changed ones updated, new ones created.
+        Empty ``token``/``api_key`` leave credentials alone. With ``require_admin`` a list that
+        leaves no active admin is refused. See db/users/sync.py.
+        """
+        if not isinstance(require_admin, bool):
+            raise InvalidUserData(["require_admin: must be true or false"])
+        parsed = user_sync.parse_records(records)
+        return self._write(
+            lambda uow: user_sync.sync_users(uow, parsed, now=self.clock(), require_admin=require_admin), None
+        )
 
 
 _ID_SALT = secrets.randbits(16)
