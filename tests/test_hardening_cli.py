@@ -290,12 +290,12 @@ def test_check_after_an_interrupted_migration_advises_migrate(tmp_path: Path) ->
     _database_with_many_users(settings, 400)
     _interrupt_generation_2(settings)
     result = run_cli(settings, "check")
-    output = result.stdout + result.stderr
     assert result.returncode == 1
-    # Generation 1 is below this code's minimum: the open itself refuses, naming the remedy
-    # (a database behind but above the minimum gets the same advice from the check's report).
-    assert "codx-db migrate --apply" in output, output
-    assert "check --repair" not in output, output
+    assert "codx-db migrate --apply" in result.stdout, result.stdout
+    assert "check --repair" not in result.stdout, result.stdout
+    assert "... and" in result.stdout  # 100 problems: capped
+    report = json.loads(run_cli(settings, "check", "--json").stdout)
+    assert report["generation"] == 1 and report["remedy"] == "codx-db migrate --apply"
 
     # The advice works: the migration finishes and the check is clean.
     assert run_cli(settings, "migrate", "--apply").returncode == 0

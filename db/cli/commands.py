@@ -20,10 +20,10 @@ from db.cli.results import CheckResult, CommandError, Message, Outcome, Revision
 from db.database import Database
 from db.errors import GenerationError, InvalidUserData
 from db.importer import import_codx_junior
-from db.ops.check import check, repair
+from db.ops.check import check, check_root, repair
 from db.ops.copy import backup, copy_database, restore, target_settings
 from db.ops.pack import pack
-from db.ops.reports import InfoReport, MigrationReport, PendingStep
+from db.ops.reports import CheckReport, InfoReport, MigrationReport, PendingStep, RepairReport
 from db.user_db import UserDB
 from db.users.models import USERS_KEY
 from db.users.schemas import CodxUser
@@ -116,7 +116,14 @@ def cmd_migrate(session: Session, args: argparse.Namespace) -> MigrationReport:
 def cmd_check(session: Session, args: argparse.Namespace) -> Outcome:
     """Check the database (``--repair``: rebuild the indexes); exit 1 if problems remain."""
     database = session.database
-    report = repair(database) if args.repair else check(database)
+    report: CheckReport | RepairReport
+    try:
+        report = repair(database) if args.repair else check(database)
+    except GenerationError:
+        # Below the minimum generation (a migration pending or interrupted) the database does
+        # not open for use; read it as it is, so the report can say what to run.
+        with open_for_migration(database.settings) as zodb, zodb.transaction() as conn:
+            report = check_root(conn.root())
     return Outcome(CheckResult(database.settings.location, report), ok=report.ok)
 
 
