@@ -230,4 +230,5 @@ def test_uvicorn_refuses_to_start_on_a_database_newer_than_the_code(tmp_path: Pa
     returncode = process.wait(60)
     output = log.read_text()
     assert returncode != 0, output
-    assert "GenerationError" in output and "newer" in output and "Application startup failed" in output
+    # GenerationTooHigh is a GenerationError (db/errors.py, generations per package).
+    assert "GenerationTooHigh" in output and "newer" in output and "Application startup failed" in output
