@@ -362,10 +362,19 @@ def cmd_check(args: argparse.Namespace) -> None:
     document on stdout (``--json``), and the exit code must be 1 without an error line.
     """
     from db import db
-    from db.check import check, repair
+    from db.check import CheckReport, RepairReport, check, check_root, repair
+    from db.errors import GenerationError
+    from migrations.runner import open_for_migration
 
     settings = db.settings
-    result = repair(db) if args.repair else check(db)
+    result: CheckReport | RepairReport
+    try:
+        result = repair(db) if args.repair else check(db)
+    except GenerationError:
+        # Below the minimum generation (a migration pending or interrupted) the database does
+        # not open for use; read it as it is, so the report can say what to run.
+        with open_for_migration(settings) as zodb, zodb.transaction() as conn:
+            result = check_root(conn.root())
     if args.json:
         _out(json.dumps({"location": settings.location, **result.to_dict()}, indent=2, ensure_ascii=False))
     else:
