@@ -67,7 +67,9 @@ class UserDB:
         tokens are issued and checked at (tests move it past an expiry).
         """
         if database is None:
-            from db import db as database
+            from db import db as global_database
+
+            database = global_database
         self.database: Database = database
         self.actor = actor
         self.clock = clock
@@ -116,7 +118,7 @@ class UserDB:
         active: bool | None = None,
         prefix: str | None = None,
         after: str | None = None,
-    ) -> list[CodxUser]:
+    ) -> builtins.list[CodxUser]:
         """A page of users sorted by username; ``active`` filters, ``prefix`` narrows by name.
 
         ``after`` (the last username of the previous page) pages in O(log n) however deep;
@@ -137,7 +139,7 @@ class UserDB:
         if problems:
             raise InvalidUserData(problems)
 
-        def page(uow: UnitOfWork) -> list[CodxUser]:
+        def page(uow: UnitOfWork) -> builtins.list[CodxUser]:
             found = list(repository.container(uow).page(offset, limit, active, prefix, after))
             # RelStorage loads the users not yet cached in one query instead of one each
             # (FileStorage and MappingStorage have nothing to prefetch: a no-op there).
@@ -165,7 +167,7 @@ class UserDB:
         theme: str = "dim",
         role: str | None = None,
         github: str = "",
-        projects: list[ProjectPermission] | list[dict[str, Any]] | None = None,
+        projects: builtins.list[ProjectPermission] | builtins.list[dict[str, Any]] | None = None,
         apps: Sequence[str] = (),
     ) -> CodxUser:
         """Create a user; raises UserAlreadyExists (naming the field) or InvalidUserData.
@@ -250,7 +252,7 @@ class UserDB:
                 raise
         return done
 
-    def _import_batch(self, prepared: list[tuple[UserCreate, str | None]], savepoint_every: int, first: int = 0) -> int:
+    def _import_batch(self, prepared: builtins.list[tuple[UserCreate, str | None]], savepoint_every: int, first: int = 0) -> int:
         def write(uow: UnitOfWork) -> int:
             users = repository.container(uow)
             _check_import_unique(users, prepared, first)
@@ -477,7 +479,7 @@ class UserDB:
 
     # -- history -----------------------------------------------------------------------------
 
-    def history(self, username: str, limit: int = 20) -> list[UserRevision]:
+    def history(self, username: str, limit: int = 20) -> builtins.list[UserRevision]:
         """Past versions of a user, newest first: when, by whom, what changed.
 
         Raises HistoryUnavailable on a storage that keeps no history (history-free RelStorage).
@@ -486,7 +488,7 @@ class UserDB:
         if not _is_int(limit) or not 1 <= limit <= MAX_PAGE:
             raise InvalidUserData([f"limit: must be an integer from 1 to {MAX_PAGE}"])
 
-        def history(uow: UnitOfWork) -> list[UserRevision]:
+        def history(uow: UnitOfWork) -> builtins.list[UserRevision]:
             return revisions(uow.connection, repository.get(repository.container(uow), username), limit)
 
         return self.database.run(history)
@@ -578,7 +580,7 @@ class UserDB:
         """Remove an API key given its secret; False if it is unknown."""
         return self._credentials.revoke_api_key(key)
 
-    def api_keys(self, username: str) -> list[ApiKeyInfo]:
+    def api_keys(self, username: str) -> builtins.list[ApiKeyInfo]:
         """The user's API keys by creation time and name, never the secret; raises UserNotFound."""
         return self._credentials.api_keys(username)
 
