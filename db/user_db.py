@@ -252,7 +252,9 @@ class UserDB:
                 raise
         return done
 
-    def _import_batch(self, prepared: builtins.list[tuple[UserCreate, str | None]], savepoint_every: int, first: int = 0) -> int:
+    def _import_batch(
+        self, prepared: builtins.list[tuple[UserCreate, str | None]], savepoint_every: int, first: int = 0
+    ) -> int:
         def write(uow: UnitOfWork) -> int:
             users = repository.container(uow)
             _check_import_unique(users, prepared, first)
