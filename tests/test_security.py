@@ -168,7 +168,7 @@ def test_no_secret_in_logs_errors_or_reprs(secret_dsn: str, all_logs: pytest.Log
         assert users.authenticate("nobody", USER_SECRET) is None
         for call in (
             lambda: users.create(username="alice", password=USER_SECRET),
-            lambda: users.create(username="bad name!", password=USER_SECRET),
+            lambda: users.create(username="bad\tname", password=USER_SECRET),
             lambda: users.set_password("alice", USER_SECRET * 100),
             lambda: users.set_password("nobody", USER_SECRET),
             lambda: users.update("alice", password=USER_SECRET),
