@@ -1,0 +1,1 @@
+"""Operations on a whole database: copy, backup, restore, pack, verify, check, import."""
