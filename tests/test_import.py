@@ -321,3 +321,15 @@ def test_a_user_looking_like_a_stored_one_is_a_conflict_and_nothing_is_written(
         ("admi\u0144", "its username looks like the codx-db user 'admin'")
     ]
     assert users.count() == 1
+
+
+def test_a_username_that_is_another_users_email_in_the_file_is_a_file_error(
+    tmp_path: Path, memory_db: Database
+) -> None:
+    path = write_json(
+        tmp_path, {"users": [{"username": "ann", "email": "x@example.com"}, {"username": "x@example.com"}]}
+    )
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        import_codx_junior(memory_db, path)
+    assert "users[1] ('x@example.com'): its username is the email of users[0] ('ann')" in str(excinfo.value)
+    assert UserDB(memory_db).count() == 0

@@ -274,7 +274,9 @@ def _duplicates(users: list[tuple[int, UserCreate]]) -> list[str]:
     problems = []
     for dup in find_duplicates(users):
         later, first = names[dup.index], names[dup.first]
-        if dup.looks_alike:
+        if dup.first_field:
+            problems.append(f"{later}: its {dup.field} is the {dup.first_field} of {first}")
+        elif dup.looks_alike:
             problems.append(f"{later}: username looks like {first}")
         elif dup.field == "username":
             problems.append(f"{later}: same username as {first} (codx-db usernames ignore case)")

@@ -82,23 +82,36 @@ class Duplicate:
     field: str  # "username" or "email"
     first: int  # the position of the earlier record it repeats
     looks_alike: bool = False  # the same confusable skeleton, not the same name
+    first_field: str = ""  # the earlier record's field holding it, when not ``field`` (a name that is an email)
 
 
 def find_duplicates(records: Iterable[tuple[int, UserCreate]]) -> list[Duplicate]:
-    """Records whose username (ignoring case, or by look-alike skeleton) or email an earlier one holds."""
+    """Records whose username or email an earlier record holds: the keys ``repository.check_unique`` compares.
+
+    Usernames ignore case and look-alikes (the confusable skeleton); a username holding an @ must
+    not be another record's email, nor an email another record's username (a login by that address
+    would find two users).
+    """
     seen: dict[tuple[str, str], int] = {}  # (kind of key, key) -> the first record holding it
     found: list[Duplicate] = []
     for index, data in records:
-        same = seen.setdefault(("username", username_key(data.username)), index)
-        alike = seen.setdefault(("skeleton", username_skeleton(data.username)), index)
+        name = data.username
+        same = seen.setdefault(("username", username_key(name)), index)
+        alike = seen.setdefault(("skeleton", username_skeleton(name)), index)
+        as_email = seen.get(("email", email_key(name))) if "@" in name else None
         if same != index:
             found.append(Duplicate(index, "username", same))
         elif alike != index:
             found.append(Duplicate(index, "username", alike, looks_alike=True))
+        elif as_email is not None:
+            found.append(Duplicate(index, "username", as_email, first_field="email"))
         if data.email:
             same = seen.setdefault(("email", email_key(data.email)), index)
+            as_name = seen.get(("username", username_key(data.email)), index)
             if same != index:
                 found.append(Duplicate(index, "email", same))
+            elif as_name != index:
+                found.append(Duplicate(index, "email", as_name, first_field="username"))
     return found
 
 
@@ -132,7 +145,8 @@ def prepare_records(records: Iterable[Mapping[str, Any]], policy: PasswordPolicy
         checked.append((index, data))
     for duplicate in find_duplicates(checked):
         how = "looks like" if duplicate.looks_alike else "the same as"
-        problems.append(f"records[{duplicate.index}].{duplicate.field}: {how} records[{duplicate.first}]")
+        other = f".{duplicate.first_field}" if duplicate.first_field else ""
+        problems.append(f"records[{duplicate.index}].{duplicate.field}: {how} records[{duplicate.first}]{other}")
     if problems:
         raise InvalidUserData(problems)  # which lists the first MAX_LISTED_ERRORS
     return [_prepared(data) for _, data in checked]
