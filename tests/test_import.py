@@ -293,3 +293,43 @@ def test_a_huge_username_or_field_name_is_not_echoed_whole(tmp_path: Path) -> No
     path = write_json(tmp_path, {"users": [{"username": "ann", huge: 1, huge + "b": 2}]})
     _, warnings = read_codx_junior_settings(path)
     assert len("\n".join(warnings)) < 1_000
+
+
+def test_lookalike_usernames_in_one_file_are_refused_naming_both_entries(tmp_path: Path, memory_db: Database) -> None:
+    """Two entries that would be two users looking the same: a file error like any other duplicate.
+
+    UserDB.import_users refuses them in its batch check; the codx-junior import shares that check.
+    """
+    acute_admin = "admi\u0144"  # n with an acute accent: the confusable skeleton of "admin"
+    path = write_json(tmp_path, {"users": [{"username": "admin"}, {"username": acute_admin}]})
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        import_codx_junior(memory_db, path)
+    assert f"users[1] ({acute_admin!r}): username looks like users[0] ('admin')" in str(excinfo.value)
+    assert UserDB(memory_db).count() == 0
+
+
+def test_a_user_looking_like_a_stored_one_is_a_conflict_and_nothing_is_written(
+    tmp_path: Path, memory_db: Database
+) -> None:
+    """A file user whose name looks like a codx-db user's is reported, like any other conflict."""
+    users = UserDB(memory_db)
+    users.create(username="admin")
+    path = write_json(tmp_path, {"users": [{"username": "carol"}, {"username": "admi\u0144"}]})
+    report = import_codx_junior(memory_db, path)
+    assert not report.written and report.created == ["carol"]
+    assert [(c.username, c.reason) for c in report.conflicts] == [
+        ("admi\u0144", "its username looks like the codx-db user 'admin'")
+    ]
+    assert users.count() == 1
+
+
+def test_a_username_that_is_another_users_email_in_the_file_is_a_file_error(
+    tmp_path: Path, memory_db: Database
+) -> None:
+    path = write_json(
+        tmp_path, {"users": [{"username": "ann", "email": "x@example.com"}, {"username": "x@example.com"}]}
+    )
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        import_codx_junior(memory_db, path)
+    assert "users[1] ('x@example.com'): its username is the email of users[0] ('ann')" in str(excinfo.value)
+    assert UserDB(memory_db).count() == 0
