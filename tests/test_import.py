@@ -222,6 +222,7 @@ def test_orphan_and_duplicate_logins_are_warnings_and_extra_fields_are_named_not
             "users": [{"username": "ann", "token": "tok-SECRET-123", "api_key": "key-SECRET-456"}],
             "user_logins": [
                 {"username": "ann", "password": hash_a, "token": "tok-SECRET-789"},
+                {"username": "ann", "password": hash_b},
                 {"username": "Ann", "password": hash_b},
                 {"username": "ghost", "password": hash_b},
                 {"username": "ann2", "password": ""},
@@ -231,8 +232,9 @@ def test_orphan_and_duplicate_logins_are_warnings_and_extra_fields_are_named_not
     entries, warnings = read_codx_junior_settings(path)
     assert [(e.username, e.password_hash) for e in entries] == [("ann", hash_a)]  # the first login counts
     text = "\n".join(warnings)
-    assert "user_logins[1] ('Ann'): a second login for this user" in text
-    assert "user_logins[2] ('ghost'): no user of that name" in text
+    assert "user_logins[1] ('ann'): a second login for this user" in text
+    assert "user_logins[2] ('Ann'): no user of exactly that name" in text  # not ann's: codx-junior matches exactly
+    assert "user_logins[3] ('ghost'): no user of exactly that name" in text
     assert "api_key (1 user), token (1 user)" in text
     assert "SECRET" not in text
 
@@ -321,3 +323,33 @@ def test_a_user_looking_like_a_stored_one_is_a_conflict_and_nothing_is_written(
         ("admi\u0144", "its username looks like the codx-db user 'admin'")
     ]
     assert users.count() == 1
+
+
+# -- issue 13 item 2: an import a maintainer can trust ------------------------------------------------
+
+HASHES = [login["password"] for login in json.loads(SAMPLE.read_text())["user_logins"]]
+
+
+def test_a_login_is_attached_only_to_the_user_of_exactly_that_name(tmp_path: Path, memory_db: Database) -> None:
+    """codx-junior's find_user_login is ``==``: ``Carol`` never gets ``carol``'s (a deleted user's) password."""
+    path = write_json(
+        tmp_path,
+        {
+            "users": [{"username": "Carol"}, {"username": "Alice"}, {"username": "bob"}],
+            "user_logins": [
+                {"username": "carol", "password": HASHES[3]},  # a deleted user's leftover login
+                {"username": "alice", "password": HASHES[1]},
+                {"username": "bob", "password": HASHES[2]},
+            ],
+        },
+    )
+    report = import_codx_junior(memory_db, path)
+    assert report.written and report.created == ["Carol", "Alice", "bob"]
+    assert report.without_password == ["Carol", "Alice"]  # they set their password at first login
+    users = UserDB(memory_db)
+    assert users.authenticate("Carol", PASSWORDS["carol"]) is None
+    assert users.authenticate("Alice", PASSWORDS["alice"]) is None
+    assert stored_hash(memory_db, "Carol") is None and stored_hash(memory_db, "Alice") is None
+    assert users.authenticate("bob", PASSWORDS["bob"]) is not None
+    text = "\n".join(report.warnings)
+    assert "'carol'" in text and "'alice'" in text  # the leftover logins are named

@@ -21,9 +21,11 @@ Rules (decided here, tested in ``tests/test_import.py``):
   file's hash: *updated*.
 * Hashes are kept as they are (``$2a$``/``$2b$``/``$2y$`` bcrypt only; anything else is an
   error): the users log in with their codx-junior passwords and are rehashed to argon2id then.
-* A login entry without a user is not imported (codx-junior cannot log it in either): a
-  warning. Of two login entries for one user, the first counts, as in codx-junior. A user
-  without a login entry is imported without a password (it cannot log in until one is set).
+* A login belongs to the user of exactly its username (codx-junior's ``find_user_login`` is
+  ``==``); any other login entry (``carol`` for user ``Carol``, a deleted user's) is not
+  imported, never attached to another user (codx-junior cannot log it in either): a warning.
+  Of two login entries for one user, the first counts, as in codx-junior. A user without
+  a login entry is imported without a password (it sets one at its first login).
 * codx-junior permissions written as a list (``[]`` is codx-junior's default) are joined with
   commas, the form codx-junior writes them in otherwise.
 """
@@ -47,7 +49,7 @@ from db.database import Database, UnitOfWork
 from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData, UserAlreadyExists
 from db.users import repository
-from db.users.models import User, UserContainer, email_key, username_key
+from db.users.models import User, UserContainer, email_key
 from db.users.records import find_duplicates
 from db.users.schemas import UserCreate, projects_to_tuple
 
@@ -142,18 +144,20 @@ def read_codx_junior_settings(path: Path) -> tuple[list[ImportEntry], list[str]]
     warnings: list[str] = []
     users: list[tuple[int, UserCreate]] = []
     ignored: Counter[str] = Counter()
+    exact_names: dict[int, str] = {}  # index -> the username as the file spells it (logins match it exactly)
     for index, raw in enumerate(settings.users or []):
         user, where, mistakes = parse_entry(CodxJuniorUser, raw, f"users[{index}]")
         problems.extend(mistakes)
         if user is None:
             continue
         ignored.update(user.ignored_fields())
+        exact_names[index] = user.username
         try:
             users.append((index, user.to_user_record()))  # the rules UserDB.import_users applies
         except InvalidUserData as exc:
             problems.extend(f"{where}: {error}" for error in exc.errors)
     problems.extend(_duplicates(users))
-    hashes = _hashes(settings.user_logins or [], {username_key(data.username) for _, data in users}, problems, warnings)
+    hashes = _hashes(settings.user_logins or [], {exact_names[index] for index, _ in users}, problems, warnings)
     if problems:
         raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(problems, MAX_LISTED_PROBLEMS)))
     if ignored:
@@ -162,9 +166,7 @@ def read_codx_junior_settings(path: Path) -> tuple[list[ImportEntry], list[str]]
             for name, count in sorted(ignored.items())
         ]
         warnings.append(f"fields codx-db does not store were left out: {joined(names, MAX_LISTED_NAMES)}")
-    entries = [
-        ImportEntry(index, data.username, data, hashes.get(username_key(data.username))) for index, data in users
-    ]
+    entries = [ImportEntry(index, data.username, data, hashes.get(exact_names[index])) for index, data in users]
     return entries, warnings
 
 
@@ -284,7 +286,12 @@ def _duplicates(users: list[tuple[int, UserCreate]]) -> list[str]:
 
 
 def _hashes(logins: list[Any], usernames: set[str], problems: list[str], warnings: list[str]) -> dict[str, str]:
-    """Username key -> bcrypt hash, from ``user_logins``."""
+    """Username -> bcrypt hash, from ``user_logins``.
+
+    A login belongs to the user whose username is exactly its username (codx-junior's
+    ``find_user_login`` is ``==``): ``carol``'s login, maybe left by a deleted user, is never
+    ``Carol``'s. Such a user is imported without a password and sets it at first login.
+    """
     hashes: dict[str, str] = {}
     first_entry: dict[str, int] = {}
     for index, raw in enumerate(logins):
@@ -292,9 +299,11 @@ def _hashes(logins: list[Any], usernames: set[str], problems: list[str], warning
         problems.extend(mistakes)
         if login is None:
             continue
-        key = username_key(login.username)
+        key = login.username
         if key not in usernames:
-            warnings.append(f"{where}: no user of that name in users: left out (codx-junior cannot log it in either)")
+            warnings.append(
+                f"{where}: no user of exactly that name in users: left out (codx-junior cannot log it in either)"
+            )
             continue
         if key in first_entry:
             warnings.append(
