@@ -232,9 +232,10 @@ def test_orphan_and_duplicate_logins_are_warnings_and_extra_fields_are_named_not
     entries, warnings = read_codx_junior_settings(path)
     assert [(e.username, e.password_hash) for e in entries] == [("ann", hash_a)]  # the first login counts
     text = "\n".join(warnings)
-    assert "user_logins[1] ('ann'): a second login for this user" in text
-    assert "user_logins[2] ('Ann'): no user of exactly that name" in text  # not ann's: codx-junior matches exactly
-    assert "user_logins[3] ('ghost'): no user of exactly that name" in text
+    # Grouped, one line each: a file with 3,000 leftover logins does not print 3,000 lines.
+    assert "1 second login for one user left out (the first counts, as in codx-junior): 'ann'" in text
+    # 'Ann' is not ann's: codx-junior matches exactly.
+    assert "3 logins without a user of exactly that name left out" in text and "'Ann', 'ghost', 'ann2'" in text
     assert "api_key (1 user), token (1 user)" in text
     assert "SECRET" not in text
 
@@ -353,3 +354,82 @@ def test_a_login_is_attached_only_to_the_user_of_exactly_that_name(tmp_path: Pat
     assert users.authenticate("bob", PASSWORDS["bob"]) is not None
     text = "\n".join(report.warnings)
     assert "'carol'" in text and "'alice'" in text  # the leftover logins are named
+
+
+def test_case_collisions_are_found_in_one_pass_even_next_to_other_problems(tmp_path: Path) -> None:
+    """Today a collision with a malformed entry showed only once that entry was fixed: a second run."""
+    path = write_json(
+        tmp_path,
+        {
+            "users": [
+                {"username": "Ann", "theme": 3},
+                {"username": "ann"},
+                {"username": "BOB", "role": "root"},
+                {"username": "bob"},
+            ]
+        },
+    )
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        read_codx_junior_settings(path)
+    message = str(excinfo.value)
+    assert "users[0] ('Ann'): theme: expected a string" in message
+    assert "users[1] ('ann'): same username as users[0] ('Ann')" in message
+    assert "users[3] ('bob'): same username as users[2] ('BOB')" in message
+
+
+def test_skip_invalid_imports_the_valid_users_and_names_each_refused_one(tmp_path: Path, database: Database) -> None:
+    memory_db = database  # memory, file and postgres
+    path = write_json(
+        tmp_path,
+        {
+            "users": [
+                {"username": "ok"},
+                {"username": "x", "theme": 3},
+                {"username": "Carol"},
+                {"username": "carol"},
+                {"username": " dan ", "email": "Dan@EXAMPLE.com", "github": "@dangh"},
+            ],
+            "user_logins": [{"username": "ok", "password": HASHES[1]}],
+        },
+    )
+    with pytest.raises(CodxJuniorFileError):  # without the flag: all or nothing, as before
+        import_codx_junior(memory_db, path)
+    assert UserDB(memory_db).count() == 0
+
+    report = import_codx_junior(memory_db, path, skip_invalid=True)
+    assert report.ok and report.written
+    assert report.created == ["ok", "Carol", "dan"]  # of two colliding entries the first is kept
+    assert [(r.where, r.username) for r in report.refused] == [("users[1]", "x"), ("users[3]", "carol")]
+    assert report.refused[0].reasons == ["theme: expected a string, found a number"]
+    assert "same username as users[2] ('Carol')" in report.refused[1].reasons[0]
+    assert "global_settings.json" in report.refused[1].fix and "users[3]" in report.refused[1].fix
+    assert report.normalized == [
+        "users[4] (' dan '): username: NFKC-normalised and trimmed",
+        "users[4] (' dan '): email: NFKC-normalised, trimmed, domain lower-cased",
+        "users[4] (' dan '): github: trimmed, leading @ dropped",
+    ]
+    text = "\n".join(report.lines())
+    assert "refused:      2" in text and "users[3] ('carol')" in text and "normalised:" in text
+    assert "EXAMPLE" not in text and "dangh" not in text  # field names, never values
+    assert UserDB(memory_db).authenticate("ok", PASSWORDS["alice"]) is not None
+    assert sorted(u.username for u in UserDB(memory_db).list()) == ["Carol", "dan", "ok"]
+    assert report.to_dict()["refused"][0]["where"] == "users[1]"
+
+
+def test_cli_skip_invalid_exits_0_and_names_the_refused(tmp_path: Path) -> None:
+    settings = CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "data" / "users.fs")
+    path = write_json(tmp_path, {"users": [{"username": "ok"}, {"username": "x", "role": "root"}]})
+    command = [sys.executable, "-m", "db", "import-codx-junior", str(path)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = settings_env(settings)
+        return subprocess.run([*command, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    refused = run()
+    assert refused.returncode == 1 and "users[1] ('x'): role: must be one of user, admin" in refused.stderr
+    done = run("--skip-invalid", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["created"] == ["ok"] and report["written"]
+    assert [(r["where"], r["username"]) for r in report["refused"]] == [("users[1]", "x")]
+    assert "fix" in report["refused"][0] and report["refused"][0]["reasons"] == ["role: must be one of user, admin"]

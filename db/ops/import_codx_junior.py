@@ -49,12 +49,12 @@ from db.database import Database, UnitOfWork
 from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData, UserAlreadyExists
 from db.users import repository
-from db.users.models import User, UserContainer, email_key
-from db.users.records import find_duplicates
+from db.users.models import User, UserContainer, email_key, username_key, username_skeleton
 from db.users.schemas import UserCreate, projects_to_tuple
 
 MAX_LISTED_PROBLEMS = 20
 MAX_LISTED_NAMES = 20  # usernames on one line of the report
+MAX_LISTED_LOGINS = 10  # usernames of grouped leftover logins
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,9 @@ class ImportReport:
     updated: list[str] = field(default_factory=list)  # an identical user that had no password got the hash
     skipped: list[str] = field(default_factory=list)  # already there, identical
     conflicts: list[Conflict] = field(default_factory=list)
-    without_password: list[str] = field(default_factory=list)  # imported users that cannot log in yet
+    without_password: list[str] = field(default_factory=list)  # imported users that set a password at first login
+    refused: list[Refusal] = field(default_factory=list)  # entries left out (skip_invalid)
+    normalized: list[str] = field(default_factory=list)  # fields stored differently from the file (no values)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -106,6 +108,8 @@ class ImportReport:
             "skipped": self.skipped,
             "conflicts": [{"username": c.username, "reason": c.reason} for c in self.conflicts],
             "without_password": self.without_password,
+            "refused": [refusal.to_dict() for refusal in self.refused],
+            "normalized": self.normalized,
             "warnings": self.warnings,
         }
 
@@ -125,13 +129,69 @@ class ImportReport:
             lines.append(f"{label + ':':<13} {len(names)}" + (f"  {joined(names, MAX_LISTED_NAMES)}" if names else ""))
         lines.append(f"conflicts:    {len(self.conflicts)}")
         lines.extend(f"  {line}" for line in capped([f"{c.username}: {c.reason}" for c in self.conflicts]))
+        if self.refused:
+            lines.append(f"refused:      {len(self.refused)}  (not imported; fix the file and re-run to add them)")
+            lines.extend(
+                f"  {line}"
+                for line in capped(
+                    [f"{r.named}: {'; '.join(r.reasons)} -> {r.fix}" for r in self.refused], what="refused entries"
+                )
+            )
         if self.without_password:
             lines.append(
                 f"no password:  {len(self.without_password)}  {joined(self.without_password, MAX_LISTED_NAMES)} "
-                "(cannot log in until `codx-db user passwd NAME` sets one)"
+                "(they set it at their first login, or `codx-db user passwd NAME` does)"
             )
+        if self.normalized:
+            lines.append(f"normalised:   {len(self.normalized)} field(s) stored differently from the file")
+            lines.extend(f"  {line}" for line in capped(self.normalized, what="fields"))
         lines.extend(f"warning:      {warning}" for warning in capped(self.warnings, what="warnings"))
         return lines
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A file entry that is not imported: where it is, its reasons, and what to do about it."""
+
+    where: str  # ``users[3]`` or ``user_logins[2]``
+    username: str | None  # as the file spells it
+    reasons: list[str]
+    fix: str
+
+    @property
+    def named(self) -> str:
+        """``users[3] ('carol')``: how messages name the entry."""
+        return f"{self.where} ({quoted(self.username)})" if self.username and self.username.strip() else self.where
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {"where": self.where, "username": self.username, "reasons": self.reasons, "fix": self.fix}
+
+
+@dataclass
+class SettingsFile:
+    """What the file brings: the users to import, the entries refused, what is stored differently."""
+
+    entries: list[ImportEntry]
+    refused: list[Refusal]
+    normalized: list[str]  # ``users[4] ('bob'): email: ...``: field names and rules, never values
+    warnings: list[str]
+
+    def problems(self) -> list[str]:
+        """Every reason of every refusal, one message each (the all-or-nothing error)."""
+        return [f"{refusal.named}: {reason}" for refusal in self.refused for reason in refusal.reasons]
+
+
+# How codx-db stores a field differently from the file (db/users/normalize.py): said, never silent.
+NORMALIZATION_RULES = {
+    "username": "NFKC-normalised and trimmed",
+    "email": "NFKC-normalised, trimmed, domain lower-cased",
+    "full_name": "NFC-normalised and trimmed",
+    "avatar": "trimmed",
+    "theme": "trimmed",
+    "role": "trimmed, lower-cased",
+    "github": "trimmed, leading @ dropped",
+}
 
 
 def read_codx_junior_settings(path: Path) -> tuple[list[ImportEntry], list[str]]:
@@ -139,35 +199,71 @@ def read_codx_junior_settings(path: Path) -> tuple[list[ImportEntry], list[str]]
 
     Raises CodxJuniorFileError listing every malformed entry.
     """
+    parsed = read_settings_file(path)
+    if parsed.refused:
+        raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(parsed.problems(), MAX_LISTED_PROBLEMS)))
+    return parsed.entries, parsed.warnings
+
+
+def read_settings_file(path: Path) -> SettingsFile:
+    """One pass over every entry: each gets its problems (shape, rules, collisions, its login).
+
+    Collisions are computed over every entry with a string username, even one with other
+    problems, so that one run names them all. Of two colliding entries the later is refused.
+    """
     settings = CodxJuniorSettingsFile.read(path)
-    problems: list[str] = []
-    warnings: list[str] = []
-    users: list[tuple[int, UserCreate]] = []
+    reasons: dict[int, list[str]] = {}
+    spelled: dict[int, str | None] = {}  # index -> the username as the file spells it
+    valid: dict[int, tuple[CodxJuniorUser, UserCreate]] = {}
     ignored: Counter[str] = Counter()
-    exact_names: dict[int, str] = {}  # index -> the username as the file spells it (logins match it exactly)
+    collided: set[int] = set()
     for index, raw in enumerate(settings.users or []):
-        user, where, mistakes = parse_entry(CodxJuniorUser, raw, f"users[{index}]")
-        problems.extend(mistakes)
+        name = raw.get("username") if isinstance(raw, dict) else None
+        spelled[index] = name if isinstance(name, str) else None
+        user, named, mistakes = parse_entry(CodxJuniorUser, raw, f"users[{index}]")
+        reasons[index] = [mistake.removeprefix(f"{named}: ") for mistake in mistakes]
         if user is None:
             continue
         ignored.update(user.ignored_fields())
-        exact_names[index] = user.username
         try:
-            users.append((index, user.to_user_record()))  # the rules UserDB.import_users applies
+            valid[index] = (user, user.to_user_record())  # the rules UserDB.import_users applies
         except InvalidUserData as exc:
-            problems.extend(f"{where}: {error}" for error in exc.errors)
-    problems.extend(_duplicates(users))
-    hashes = _hashes(settings.user_logins or [], {exact_names[index] for index, _ in users}, problems, warnings)
-    if problems:
-        raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(problems, MAX_LISTED_PROBLEMS)))
+            reasons[index].extend(exc.errors)
+    for later, reason in _collisions(settings.users or [], spelled):
+        reasons[later].append(reason)
+        collided.add(later)
+    hashes, login_refusals, warnings = _hashes(settings.user_logins or [], spelled, reasons)
+
+    refused = [
+        Refusal(f"users[{index}]", spelled[index], problems, _fix(index, index in collided, path))
+        for index, problems in reasons.items()
+        if problems
+    ]
+    refused.extend(login_refusals)
+    entries: list[ImportEntry] = []
+    normalized: list[str] = []
+    for index, (user, data) in valid.items():
+        if reasons[index]:
+            continue
+        entries.append(ImportEntry(index, data.username, data, hashes.get(user.username)))
+        named = f"users[{index}] ({quoted(user.username)})"
+        for field_name, rule in NORMALIZATION_RULES.items():
+            given, stored = getattr(user, field_name), getattr(data, field_name)
+            if isinstance(given, str) and given and given != stored:
+                normalized.append(f"{named}: {field_name}: {rule}")
     if ignored:
         names = [
             f"{shorten(name, MAX_NAME_CHARS)} ({count} user{'' if count == 1 else 's'})"
             for name, count in sorted(ignored.items())
         ]
         warnings.append(f"fields codx-db does not store were left out: {joined(names, MAX_LISTED_NAMES)}")
-    entries = [ImportEntry(index, data.username, data, hashes.get(exact_names[index])) for index, data in users]
-    return entries, warnings
+    return SettingsFile(entries, refused, normalized, warnings)
+
+
+def _fix(index: int, collided: bool, path: Path) -> str:
+    if collided:
+        return f"rename or delete users[{index}] (or the entry it collides with) in {path.name}, then re-run"
+    return f"correct or delete users[{index}] in {path.name}, then re-run"
 
 
 def import_codx_junior(
@@ -175,15 +271,26 @@ def import_codx_junior(
     path: Path,
     *,
     dry_run: bool = False,
+    skip_invalid: bool = False,
     actor: str | None = None,
 ) -> ImportReport:
-    """Import the users of a codx-junior ``global_settings.json`` into ``database``, all or nothing."""
-    entries, warnings = read_codx_junior_settings(path)
+    """Import the users of a codx-junior ``global_settings.json`` into ``database``, all or nothing.
+
+    With ``skip_invalid`` the valid users are imported and every refused entry is in the
+    report's ``refused``, with its reasons and fix; without it a refused entry is a
+    CodxJuniorFileError naming every problem, and nothing is written.
+    """
+    parsed = read_settings_file(path)
+    if parsed.refused and not skip_invalid:
+        raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(parsed.problems(), MAX_LISTED_PROBLEMS)))
+    entries, warnings = parsed.entries, parsed.warnings
 
     def run(uow: UnitOfWork) -> ImportReport:
         users = repository.container(uow)
         report = _plan(users, entries, str(path), dry_run)
         report.warnings = list(warnings)
+        report.refused = list(parsed.refused)
+        report.normalized = list(parsed.normalized)
         if report.conflicts or dry_run or not (report.created or report.updated):
             return report  # a read-only unit of work: nothing is committed
         by_name = {entry.username: entry for entry in entries}
@@ -270,48 +377,82 @@ def _differing(user: User, entry: ImportEntry) -> list[str]:
 # -- checking the file ----------------------------------------------------------------------------
 
 
-def _duplicates(users: list[tuple[int, UserCreate]]) -> list[str]:
-    """Two entries for one codx-db user (or two users looking the same) are ambiguous."""
-    names = {index: f"users[{index}] ({quoted(data.username)})" for index, data in users}
-    problems = []
-    for dup in find_duplicates(users):
-        later, first = names[dup.index], names[dup.first]
-        if dup.looks_alike:
-            problems.append(f"{later}: username looks like {first}")
-        elif dup.field == "username":
-            problems.append(f"{later}: same username as {first} (codx-db usernames ignore case)")
-        else:
-            problems.append(f"{later}: same email as {first}")
-    return problems
+def _collisions(raw_users: list[Any], spelled: dict[int, str | None]) -> list[tuple[int, str]]:
+    """(later index, reason) for every entry whose username (ignoring case, or by look-alike skeleton) or
+    email an earlier entry holds: two entries for one codx-db user are ambiguous."""
+    seen: dict[tuple[str, str], int] = {}
+    found: list[tuple[int, str]] = []
+    for index, name in spelled.items():
+        if name is None or not name.strip():
+            continue
+        keys = [("username", username_key(name)), ("skeleton", username_skeleton(name))]
+        email = raw_users[index].get("email")
+        if isinstance(email, str) and email.strip():
+            keys.append(("email", email_key(email)))
+        for kind_of_key, key in keys:
+            first = seen.setdefault((kind_of_key, key), index)
+            if first == index:
+                continue
+            other = f"users[{first}] ({quoted(spelled[first] or '')})"
+            if kind_of_key == "username":
+                found.append((index, f"same username as {other} (codx-db usernames ignore case)"))
+            elif kind_of_key == "skeleton":
+                if not any(later == index for later, _ in found):
+                    found.append((index, f"username looks like {other}"))
+            else:
+                found.append((index, f"same email as {other}"))
+    return found
 
 
-def _hashes(logins: list[Any], usernames: set[str], problems: list[str], warnings: list[str]) -> dict[str, str]:
-    """Username -> bcrypt hash, from ``user_logins``.
+def _hashes(
+    logins: list[Any], spelled: dict[int, str | None], reasons: dict[int, list[str]]
+) -> tuple[dict[str, str], list[Refusal], list[str]]:
+    """Username -> bcrypt hash from ``user_logins``, the login entries refused, and warnings.
 
     A login belongs to the user whose username is exactly its username (codx-junior's
     ``find_user_login`` is ``==``): ``carol``'s login, maybe left by a deleted user, is never
-    ``Carol``'s. Such a user is imported without a password and sets it at first login.
+    ``Carol``'s. Such a user is imported without a password and sets it at first login. A
+    malformed login refuses its user (or itself, when it has none).
     """
+    users = {name: index for index, name in reversed(list(spelled.items())) if name is not None}
     hashes: dict[str, str] = {}
     first_entry: dict[str, int] = {}
+    refused: list[Refusal] = []
+    leftover: list[str] = []
+    second: list[str] = []
     for index, raw in enumerate(logins):
-        login, where, mistakes = parse_entry(CodxJuniorLogin, raw, f"user_logins[{index}]")
-        problems.extend(mistakes)
-        if login is None:
+        where = f"user_logins[{index}]"
+        login, named, mistakes = parse_entry(CodxJuniorLogin, raw, where)
+        name = raw.get("username") if isinstance(raw, dict) else None
+        owner = users.get(name) if isinstance(name, str) else None
+        if mistakes:
+            if owner is not None:
+                reasons[owner].extend(f"its login {mistake}" for mistake in mistakes)
+            else:
+                reason = [mistake.removeprefix(f"{named}: ") for mistake in mistakes]
+                fix = f"correct or delete {where} (no user has exactly its username), then re-run"
+                refused.append(Refusal(where, name if isinstance(name, str) else None, reason, fix))
             continue
-        key = login.username
-        if key not in usernames:
-            warnings.append(
-                f"{where}: no user of exactly that name in users: left out (codx-junior cannot log it in either)"
-            )
+        assert login is not None
+        if owner is None:
+            leftover.append(quoted(login.username))
             continue
-        if key in first_entry:
-            warnings.append(
-                f"{where}: a second login for this user: left out (user_logins[{first_entry[key]}] counts, "
-                "as in codx-junior)"
-            )
+        if login.username in first_entry:
+            second.append(quoted(login.username))
             continue
-        first_entry[key] = index
+        first_entry[login.username] = index
         if login.password is not None:
-            hashes[key] = login.password
-    return hashes
+            hashes[login.username] = login.password
+    warnings = []
+    if leftover:
+        warnings.append(
+            f"{len(leftover)} login{'' if len(leftover) == 1 else 's'} without a user of exactly that name "
+            f"left out (codx-junior cannot log them in either; never attached to another user): "
+            f"{joined(leftover, MAX_LISTED_LOGINS)}"
+        )
+    if second:
+        warnings.append(
+            f"{len(second)} second login{'' if len(second) == 1 else 's'} for one user left out "
+            f"(the first counts, as in codx-junior): {joined(second, MAX_LISTED_LOGINS)}"
+        )
+    return hashes, refused, warnings
