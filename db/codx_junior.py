@@ -97,8 +97,11 @@ class CodxJuniorUser(_Shape):
     projects: list[CodxJuniorProject] | None = None
 
     def ignored_fields(self) -> list[str]:
-        """The names of the fields codx-db does not store (``token``, ``apps``...)."""
-        return sorted(self.model_extra or {})
+        """The names of the fields codx-db does not store (``token``, ``apps``...) that hold a value.
+
+        ``""``, ``null``, ``[]``, ``{}`` and ``false`` are codx-junior's defaults: nothing is lost.
+        """
+        return sorted(name for name, value in (self.model_extra or {}).items() if _has_value(value))
 
     def to_user_record(self) -> UserRecord:
         """The codx-db record of this user (no password: logins are separate); InvalidUserData."""
@@ -115,6 +118,10 @@ class CodxJuniorUser(_Shape):
                 "projects": [project.to_permission() for project in self.projects or []],
             }
         )
+
+
+def _has_value(value: Any) -> bool:
+    return value is not None and value is not False and value not in ("", [], {})
 
 
 class CodxJuniorLogin(_Shape):

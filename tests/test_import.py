@@ -236,7 +236,8 @@ def test_orphan_and_duplicate_logins_are_warnings_and_extra_fields_are_named_not
     assert "1 second login for one user left out (the first counts, as in codx-junior): 'ann'" in text
     # 'Ann' is not ann's: codx-junior matches exactly.
     assert "3 logins without a user of exactly that name left out" in text and "'Ann', 'ghost', 'ann2'" in text
-    assert "api_key (1 user), token (1 user)" in text
+    assert "left out: api_key (1 user)" in text
+    assert "token (1 user): codx-db issues its own tokens; they log in again" in text
     assert "SECRET" not in text
 
 
@@ -433,3 +434,20 @@ def test_cli_skip_invalid_exits_0_and_names_the_refused(tmp_path: Path) -> None:
     assert report["created"] == ["ok"] and report["written"]
     assert [(r["where"], r["username"]) for r in report["refused"]] == [("users[1]", "x")]
     assert "fix" in report["refused"][0] and report["refused"][0]["reasons"] == ["role: must be one of user, admin"]
+
+
+def test_left_out_fields_count_only_users_with_a_value(tmp_path: Path) -> None:
+    """Today: "api_key (3 users)" when none of them had one."""
+    empty: dict[str, Any] = {"api_key": "", "token": None, "extra": [], "more": {}, "flag": False}
+    path = write_json(
+        tmp_path,
+        {"users": [{"username": "a", **empty}, {"username": "b", **empty}, {"username": "c", **empty, "extra": [1]}]},
+    )
+    _, warnings = read_codx_junior_settings(path)
+    text = "\n".join(warnings)
+    assert "extra (1 user)" in text
+    assert "token" not in text
+    path = write_json(tmp_path, {"users": [{"username": "a", "token": "t1"}, {"username": "b", "token": "t2"}]})
+    assert "token (2 users): codx-db issues its own tokens" in "\n".join(read_codx_junior_settings(path)[1])
+    for name in ("api_key", "token", "more", "flag"):
+        assert name not in text, text

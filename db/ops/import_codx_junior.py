@@ -251,6 +251,11 @@ def read_settings_file(path: Path) -> SettingsFile:
             given, stored = getattr(user, field_name), getattr(data, field_name)
             if isinstance(given, str) and given and given != stored:
                 normalized.append(f"{named}: {field_name}: {rule}")
+    tokens = ignored.pop("token", 0)
+    if tokens:
+        warnings.append(
+            f"token ({tokens} user{'' if tokens == 1 else 's'}): codx-db issues its own tokens; they log in again"
+        )
     if ignored:
         names = [
             f"{shorten(name, MAX_NAME_CHARS)} ({count} user{'' if count == 1 else 's'})"
