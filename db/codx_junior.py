@@ -95,6 +95,7 @@ class CodxJuniorUser(_Shape):
     github: StrictStr | None = None
     disabled: StrictBool | None = None
     projects: list[CodxJuniorProject] | None = None
+    api_key: StrictStr | None = None  # stored hashed (db.users.credentials), not in the user record
 
     def ignored_fields(self) -> list[str]:
         """The names of the fields codx-db does not store (``token``, ``apps``...) that hold a value.

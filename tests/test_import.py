@@ -17,6 +17,7 @@ from db.importer import import_codx_junior, read_codx_junior_settings
 from db.models import USERS_KEY
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
+from db.users import credentials
 from tests.conftest import ROOT, settings_env
 
 SAMPLE = Path(__file__).parent / "fixtures" / "codx_junior_global_settings.json"
@@ -236,7 +237,8 @@ def test_orphan_and_duplicate_logins_are_warnings_and_extra_fields_are_named_not
     assert "1 second login for one user left out (the first counts, as in codx-junior): 'ann'" in text
     # 'Ann' is not ann's: codx-junior matches exactly.
     assert "3 logins without a user of exactly that name left out" in text and "'Ann', 'ghost', 'ann2'" in text
-    assert "left out: api_key (1 user)" in text
+    assert "left out: api_key" not in text  # imported (hashed), no longer left out...
+    assert "short api_key (1 user, under 20 characters)" in text  # ...but worth rotating
     assert "token (1 user): codx-db issues its own tokens; they log in again" in text
     assert "SECRET" not in text
 
@@ -451,3 +453,40 @@ def test_left_out_fields_count_only_users_with_a_value(tmp_path: Path) -> None:
     assert "token (2 users): codx-db issues its own tokens" in "\n".join(read_codx_junior_settings(path)[1])
     for name in ("api_key", "token", "more", "flag"):
         assert name not in text, text
+
+
+def test_api_keys_are_imported_hashed_and_keep_working(tmp_path: Path, database: Database) -> None:
+    key = "codx-junior-key-0123456789abcdef"
+    path = write_json(
+        tmp_path,
+        {"users": [{"username": "ann", "api_key": key}, {"username": "bo", "api_key": ""}, {"username": "cy"}]},
+    )
+    report = import_codx_junior(database, path)
+    assert report.written and not any("api_key" in warning for warning in report.warnings)
+    (tmp_path / "short").mkdir()
+    short = write_json(tmp_path / "short", {"users": [{"username": "sho", "api_key": "abc123"}]})
+    assert "short api_key (1 user" in "\n".join(read_codx_junior_settings(short)[1])
+    assert "abc123" not in "\n".join(read_codx_junior_settings(short)[1])
+    users = UserDB(database)
+    found = users.get_by_api_key(key)
+    assert found is not None and found.username == "ann"
+    assert users.get_by_api_key("") is None and users.get_by_api_key("x" * 20) is None
+    with database.transaction() as uow:
+        store = credentials.credential_store(uow.root)
+        assert key not in store.api_keys and len(store.api_keys) == 1  # stored under its digest only
+        [info] = credentials.list_api_keys(store, found.id)
+        assert info.imported and info.name == "codx-junior"
+    again = import_codx_junior(database, path)
+    assert not again.written and again.skipped == ["ann", "bo", "cy"]  # a re-run is idempotent
+
+    # A key another user holds is a conflict; two entries with one key are refused.
+    other = write_json(tmp_path, {"users": [{"username": "dee", "api_key": key}]})
+    conflict = import_codx_junior(database, other)
+    assert [(c.username, c.reason) for c in conflict.conflicts] == [
+        ("dee", "its api_key belongs to another codx-db user")
+    ]
+    twice = write_json(
+        tmp_path, {"users": [{"username": "e1", "api_key": "k" * 30}, {"username": "e2", "api_key": "k" * 30}]}
+    )
+    with pytest.raises(CodxJuniorFileError, match=r"users\[1\] \('e2'\): same api_key as users\[0\] \('e1'\)"):
+        import_codx_junior(database, twice)

@@ -3,8 +3,10 @@
 Read (db/codx_junior.py has the file's shapes): the ``users`` list (``username``, ``email``,
 ``avatar``, ``theme``, ``projects`` as ``{project_id, permissions, children}``, ``role``,
 ``disabled``, ``github``) and the ``user_logins`` list (``username`` and a bcrypt ``password``
-hash). Everything else in the file is ignored; fields codx-db does not store (``token``,
-``apps``, ``api_key``...) are named in the report's warnings, never their values.
+hash). A user's ``api_key`` is stored hashed (db.users.credentials.import_api_key, named
+"codx-junior") and keeps working with ``UserDB.get_by_api_key``. Everything else in the file
+is ignored; fields codx-db does not store (``token``, ``apps``...) are named in the report's
+warnings when a user has a value there, never the values.
 
 Rules (decided here, tested in ``tests/test_import.py``):
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +51,11 @@ from db.codx_junior import (
 from db.database import Database, UnitOfWork
 from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData, UserAlreadyExists
-from db.users import repository
+from db.users import credentials, repository
 from db.users.models import User, UserContainer, email_key, username_key, username_skeleton
 from db.users.schemas import UserCreate, projects_to_tuple
 
+API_KEY_NAME = "codx-junior"  # the name an imported key is listed under
 MAX_LISTED_PROBLEMS = 20
 MAX_LISTED_NAMES = 20  # usernames on one line of the report
 MAX_LISTED_LOGINS = 10  # usernames of grouped leftover logins
@@ -65,6 +69,7 @@ class ImportEntry:
     username: str  # normalised
     data: UserCreate
     password_hash: str | None
+    api_key: str | None = None  # codx-junior's key: stored as a digest, usable with UserDB.get_by_api_key
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,8 @@ def read_settings_file(path: Path) -> SettingsFile:
         if user is None:
             continue
         ignored.update(user.ignored_fields())
+        if user.api_key and len(user.api_key) > credentials.MAX_SECRET_LENGTH:
+            reasons[index].append(f"api_key: must be at most {credentials.MAX_SECRET_LENGTH} characters")
         try:
             valid[index] = (user, user.to_user_record())  # the rules UserDB.import_users applies
         except InvalidUserData as exc:
@@ -245,12 +252,19 @@ def read_settings_file(path: Path) -> SettingsFile:
     for index, (user, data) in valid.items():
         if reasons[index]:
             continue
-        entries.append(ImportEntry(index, data.username, data, hashes.get(user.username)))
+        entries.append(ImportEntry(index, data.username, data, hashes.get(user.username), user.api_key or None))
         named = f"users[{index}] ({quoted(user.username)})"
         for field_name, rule in NORMALIZATION_RULES.items():
             given, stored = getattr(user, field_name), getattr(data, field_name)
             if isinstance(given, str) and given and given != stored:
                 normalized.append(f"{named}: {field_name}: {rule}")
+    short = [quoted(e.username) for e in entries if e.api_key and len(e.api_key) < credentials.SHORT_IMPORTED_KEY]
+    if short:
+        warnings.append(
+            f"short api_key ({len(short)} user{'' if len(short) == 1 else 's'}, under "
+            f"{credentials.SHORT_IMPORTED_KEY} characters): imported so it keeps working; rotate it "
+            f"(`create_api_key`, then `revoke_api_key`): {joined(short, MAX_LISTED_LOGINS)}"
+        )
     tokens = ignored.pop("token", 0)
     if tokens:
         warnings.append(
@@ -292,19 +306,24 @@ def import_codx_junior(
 
     def run(uow: UnitOfWork) -> ImportReport:
         users = repository.container(uow)
-        report = _plan(users, entries, str(path), dry_run)
+        report = _plan(users, uow.root.get(credentials.CREDENTIALS_KEY), entries, str(path), dry_run)
         report.warnings = list(warnings)
         report.refused = list(parsed.refused)
         report.normalized = list(parsed.normalized)
         if report.conflicts or dry_run or not (report.created or report.updated):
             return report  # a read-only unit of work: nothing is committed
         by_name = {entry.username: entry for entry in entries}
+        now = datetime.now(UTC)
+        store = credentials.install_credentials(uow.root) if any(e.api_key for e in entries) else None
         for name in report.created:
-            repository.add(users, by_name[name].data, by_name[name].password_hash)
+            user = repository.add(users, by_name[name].data, by_name[name].password_hash)
+            _import_key(store, user, by_name[name], now)
         for name in report.updated:
-            password_hash = by_name[name].password_hash
-            assert password_hash is not None  # updated means: the file brings a hash for a user without one
-            repository.set_password_hash(repository.get(users, name), password_hash)
+            # Updated: the file brings a hash for a user without one, or a key not stored yet.
+            user, password_hash = repository.get(users, name), by_name[name].password_hash
+            if user.password_hash is None and password_hash is not None:
+                repository.set_password_hash(user, password_hash)
+            _import_key(store, user, by_name[name], now)
         uow.note(
             f"codx-db: import-codx-junior {path.name}: {len(report.created)} created, {len(report.updated)} updated"
         )
@@ -317,13 +336,29 @@ def import_codx_junior(
 # -- planning -------------------------------------------------------------------------------------
 
 
-def _plan(users: UserContainer, entries: list[ImportEntry], source: str, dry_run: bool) -> ImportReport:
+def _import_key(store: credentials.CredentialStore | None, user: User, entry: ImportEntry, now: datetime) -> None:
+    if entry.api_key is not None and store is not None:
+        credentials.import_api_key(store, user.id, entry.api_key, API_KEY_NAME, now)
+
+
+def _plan(
+    users: UserContainer,
+    store: credentials.CredentialStore | None,
+    entries: list[ImportEntry],
+    source: str,
+    dry_run: bool,
+) -> ImportReport:
     """Sort each entry into created, updated, skipped or conflict against the stored users."""
     report = ImportReport(source=source, dry_run=dry_run)
     for entry in entries:
         email = entry.data.email
         existing = users.find_by_username(entry.username)
         owner = users.find_by_email(email) if email else None
+        key = credentials.find_api_key(store, entry.api_key) if store is not None and entry.api_key else None
+        if key is not None and (existing is None or key.user_id != existing.id):
+            report.conflicts.append(Conflict(entry.username, "its api_key belongs to another codx-db user"))
+            continue
+        new_key = entry.api_key is not None and key is None
         if existing is None:
             if owner is not None:
                 report.conflicts.append(
@@ -349,12 +384,12 @@ def _plan(users: UserContainer, entries: list[ImportEntry], source: str, dry_run
                     Conflict(entry.username, f"exists in codx-db with a different {', '.join(differing)}")
                 )
                 continue
-            if existing.password_hash is None and entry.password_hash is not None:
+            if (existing.password_hash is None and entry.password_hash is not None) or new_key:
                 report.updated.append(entry.username)
             else:
                 report.skipped.append(entry.username)
                 continue
-        if entry.password_hash is None:
+        if (existing is None or existing.password_hash is None) and entry.password_hash is None:
             report.without_password.append(entry.username)
     return report
 
@@ -394,6 +429,9 @@ def _collisions(raw_users: list[Any], spelled: dict[int, str | None]) -> list[tu
         email = raw_users[index].get("email")
         if isinstance(email, str) and email.strip():
             keys.append(("email", email_key(email)))
+        api_key = raw_users[index].get("api_key")
+        if isinstance(api_key, str) and api_key.strip():
+            keys.append(("api_key", api_key))  # one key, one user
         for kind_of_key, key in keys:
             first = seen.setdefault((kind_of_key, key), index)
             if first == index:
@@ -405,7 +443,7 @@ def _collisions(raw_users: list[Any], spelled: dict[int, str | None]) -> list[tu
                 if not any(later == index for later, _ in found):
                     found.append((index, f"username looks like {other}"))
             else:
-                found.append((index, f"same email as {other}"))
+                found.append((index, f"same {kind_of_key} as {other}"))
     return found
 
 
