@@ -84,6 +84,7 @@ class CodxJuniorProject(_Shape):
     project_id: StrictStr
     permissions: Annotated[StrictStr | None, BeforeValidator(_comma_joined)] = ""
     children: StrictBool | None = None
+    apps: list[StrictStr] | None = None
 
     def to_permission(self) -> dict[str, Any]:
         """codx-db's ``ProjectPermission`` fields."""
@@ -91,6 +92,7 @@ class CodxJuniorProject(_Shape):
             "project_id": self.project_id,
             "permissions": self.permissions or "",
             "children": True if self.children is None else self.children,
+            "apps": self.apps or [],
         }
 
 
@@ -108,10 +110,15 @@ class CodxJuniorUser(_Shape):
     github: StrictStr | None = None
     disabled: StrictBool | None = None
     projects: list[CodxJuniorProject] | None = None
+    apps: list[StrictStr] | None = None
+    api_key: StrictStr | None = None  # stored hashed (db.users.credentials), not in the user record
 
     def ignored_fields(self) -> list[str]:
-        """The names of the fields codx-db does not store (``token``, ``apps``...)."""
-        return sorted(self.model_extra or {})
+        """The names of the fields codx-db does not store (``token``...) that hold a value.
+
+        ``""``, ``null``, ``[]``, ``{}`` and ``false`` are codx-junior's defaults: nothing is lost.
+        """
+        return sorted(name for name, value in (self.model_extra or {}).items() if _has_value(value))
 
     def to_user_record(self) -> UserRecord:
         """The codx-db record of this user (no password: logins are separate); InvalidUserData."""
@@ -126,8 +133,13 @@ class CodxJuniorUser(_Shape):
                 "github": self.github or "",
                 "is_active": not self.disabled,
                 "projects": [project.to_permission() for project in self.projects or []],
+                "apps": self.apps or [],
             }
         )
+
+
+def _has_value(value: Any) -> bool:
+    return value is not None and value is not False and value not in ("", [], {})
 
 
 class CodxJuniorLogin(_Shape):

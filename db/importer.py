@@ -4,8 +4,9 @@ from db.ops.import_codx_junior import (
     Conflict,
     ImportEntry,
     ImportReport,
+    Refusal,
     import_codx_junior,
     read_codx_junior_settings,
 )
 
-__all__ = ["Conflict", "ImportEntry", "ImportReport", "import_codx_junior", "read_codx_junior_settings"]
+__all__ = ["Conflict", "ImportEntry", "ImportReport", "Refusal", "import_codx_junior", "read_codx_junior_settings"]

@@ -101,9 +101,10 @@ class UserDB:
 
         Each batch is read in its own unit of work, resuming after the last username (O(log n)),
         so no connection stays open between batches. Not a snapshot: a user created, renamed or
-        deleted meanwhile may be seen or missed once. A bad ``batch`` raises InvalidUserData.
+        deleted meanwhile may be seen or missed once. A bad ``batch`` raises InvalidUserData when the
+        iteration starts.
         """
-        return self._users.iter_users(batch)
+        yield from self._users.iter_users(batch)  # a generator here: AsyncUserDB's twin is an async one
 
     # -- codx-junior lookups and project grants (db/users/access.py) -------------------------
 

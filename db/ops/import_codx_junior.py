@@ -1,10 +1,12 @@
 """Import users from codx-junior's ``global_settings.json`` (``codx-db import-codx-junior``).
 
 Read (db/codx_junior.py has the file's shapes): the ``users`` list (``username``, ``email``,
-``avatar``, ``theme``, ``projects`` as ``{project_id, permissions, children}``, ``role``,
-``disabled``, ``github``) and the ``user_logins`` list (``username`` and a bcrypt ``password``
-hash). Everything else in the file is ignored; fields codx-db does not store (``token``,
-``apps``, ``api_key``...) are named in the report's warnings, never their values.
+``avatar``, ``theme``, ``projects`` as ``{project_id, permissions, children, apps}``, ``role``,
+``disabled``, ``github``, ``apps``) and the ``user_logins`` list (``username`` and a bcrypt ``password``
+hash). A user's ``api_key`` is stored hashed (db.users.credentials.import_api_key, named
+"codx-junior") and keeps working with ``UserDB.get_by_api_key``. Everything else in the file
+is ignored; fields codx-db does not store (``token``...) are named in the report's
+warnings when a user has a value there, never the values.
 
 Rules (decided here, tested in ``tests/test_import.py``):
 
@@ -21,9 +23,11 @@ Rules (decided here, tested in ``tests/test_import.py``):
   file's hash: *updated*.
 * Hashes are kept as they are (``$2a$``/``$2b$``/``$2y$`` bcrypt only; anything else is an
   error): the users log in with their codx-junior passwords and are rehashed to argon2id then.
-* A login entry without a user is not imported (codx-junior cannot log it in either): a
-  warning. Of two login entries for one user, the first counts, as in codx-junior. A user
-  without a login entry is imported without a password (it cannot log in until one is set).
+* A login belongs to the user of exactly its username (codx-junior's ``find_user_login`` is
+  ``==``); any other login entry (``carol`` for user ``Carol``, a deleted user's) is not
+  imported, never attached to another user (codx-junior cannot log it in either): a warning.
+  Of two login entries for one user, the first counts, as in codx-junior. A user without
+  a login entry is imported without a password (it sets one at its first login).
 * codx-junior permissions written as a list (``[]`` is codx-junior's default) are joined with
   commas, the form codx-junior writes them in otherwise.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +51,14 @@ from db.codx_junior import (
 from db.database import Database, UnitOfWork
 from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData, UserAlreadyExists
-from db.users import repository
-from db.users.models import User, UserContainer, email_key, username_key
-from db.users.records import find_duplicates
+from db.users import credentials, repository
+from db.users.models import User, UserContainer, email_key, github_key, username_key, username_skeleton
 from db.users.schemas import UserCreate, projects_to_tuple, upgrade_project_tuple
 
+API_KEY_NAME = "codx-junior"  # the name an imported key is listed under
 MAX_LISTED_PROBLEMS = 20
 MAX_LISTED_NAMES = 20  # usernames on one line of the report
+MAX_LISTED_LOGINS = 10  # usernames of grouped leftover logins
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class ImportEntry:
     username: str  # normalised
     data: UserCreate
     password_hash: str | None
+    api_key: str | None = None  # codx-junior's key: stored as a digest, usable with UserDB.get_by_api_key
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,9 @@ class ImportReport:
     updated: list[str] = field(default_factory=list)  # an identical user that had no password got the hash
     skipped: list[str] = field(default_factory=list)  # already there, identical
     conflicts: list[Conflict] = field(default_factory=list)
-    without_password: list[str] = field(default_factory=list)  # imported users that cannot log in yet
+    without_password: list[str] = field(default_factory=list)  # imported users that set a password at first login
+    refused: list[Refusal] = field(default_factory=list)  # entries left out (skip_invalid)
+    normalized: list[str] = field(default_factory=list)  # fields stored differently from the file (no values)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -104,6 +113,8 @@ class ImportReport:
             "skipped": self.skipped,
             "conflicts": [{"username": c.username, "reason": c.reason} for c in self.conflicts],
             "without_password": self.without_password,
+            "refused": [refusal.to_dict() for refusal in self.refused],
+            "normalized": self.normalized,
             "warnings": self.warnings,
         }
 
@@ -123,13 +134,69 @@ class ImportReport:
             lines.append(f"{label + ':':<13} {len(names)}" + (f"  {joined(names, MAX_LISTED_NAMES)}" if names else ""))
         lines.append(f"conflicts:    {len(self.conflicts)}")
         lines.extend(f"  {line}" for line in capped([f"{c.username}: {c.reason}" for c in self.conflicts]))
+        if self.refused:
+            lines.append(f"refused:      {len(self.refused)}  (not imported; fix the file and re-run to add them)")
+            lines.extend(
+                f"  {line}"
+                for line in capped(
+                    [f"{r.named}: {'; '.join(r.reasons)} -> {r.fix}" for r in self.refused], what="refused entries"
+                )
+            )
         if self.without_password:
             lines.append(
                 f"no password:  {len(self.without_password)}  {joined(self.without_password, MAX_LISTED_NAMES)} "
-                "(cannot log in until `codx-db user passwd NAME` sets one)"
+                "(they set it at their first login, or `codx-db user passwd NAME` does)"
             )
+        if self.normalized:
+            lines.append(f"normalised:   {len(self.normalized)} field(s) stored differently from the file")
+            lines.extend(f"  {line}" for line in capped(self.normalized, what="fields"))
         lines.extend(f"warning:      {warning}" for warning in capped(self.warnings, what="warnings"))
         return lines
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A file entry that is not imported: where it is, its reasons, and what to do about it."""
+
+    where: str  # ``users[3]`` or ``user_logins[2]``
+    username: str | None  # as the file spells it
+    reasons: list[str]
+    fix: str
+
+    @property
+    def named(self) -> str:
+        """``users[3] ('carol')``: how messages name the entry."""
+        return f"{self.where} ({quoted(self.username)})" if self.username and self.username.strip() else self.where
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {"where": self.where, "username": self.username, "reasons": self.reasons, "fix": self.fix}
+
+
+@dataclass
+class SettingsFile:
+    """What the file brings: the users to import, the entries refused, what is stored differently."""
+
+    entries: list[ImportEntry]
+    refused: list[Refusal]
+    normalized: list[str]  # ``users[4] ('bob'): email: ...``: field names and rules, never values
+    warnings: list[str]
+
+    def problems(self) -> list[str]:
+        """Every reason of every refusal, one message each (the all-or-nothing error)."""
+        return [f"{refusal.named}: {reason}" for refusal in self.refused for reason in refusal.reasons]
+
+
+# How codx-db stores a field differently from the file (db/users/normalize.py): said, never silent.
+NORMALIZATION_RULES = {
+    "username": "NFKC-normalised and trimmed",
+    "email": "NFKC-normalised, trimmed, domain lower-cased",
+    "full_name": "NFC-normalised and trimmed",
+    "avatar": "trimmed",
+    "theme": "trimmed",
+    "role": "trimmed, lower-cased",
+    "github": "trimmed, leading @ dropped",
+}
 
 
 def read_codx_junior_settings(path: Path) -> tuple[list[ImportEntry], list[str]]:
@@ -137,35 +204,85 @@ def read_codx_junior_settings(path: Path) -> tuple[list[ImportEntry], list[str]]
 
     Raises CodxJuniorFileError listing every malformed entry.
     """
+    parsed = read_settings_file(path)
+    if parsed.refused:
+        raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(parsed.problems(), MAX_LISTED_PROBLEMS)))
+    return parsed.entries, parsed.warnings
+
+
+def read_settings_file(path: Path) -> SettingsFile:
+    """One pass over every entry: each gets its problems (shape, rules, collisions, its login).
+
+    Collisions are computed over every entry with a string username, even one with other
+    problems, so that one run names them all. Of two colliding entries the later is refused.
+    """
     settings = CodxJuniorSettingsFile.read(path)
-    problems: list[str] = []
-    warnings: list[str] = []
-    users: list[tuple[int, UserCreate]] = []
+    reasons: dict[int, list[str]] = {}
+    spelled: dict[int, str | None] = {}  # index -> the username as the file spells it
+    valid: dict[int, tuple[CodxJuniorUser, UserCreate]] = {}
     ignored: Counter[str] = Counter()
+    collided: set[int] = set()
     for index, raw in enumerate(settings.users or []):
-        user, where, mistakes = parse_entry(CodxJuniorUser, raw, f"users[{index}]")
-        problems.extend(mistakes)
+        name = raw.get("username") if isinstance(raw, dict) else None
+        spelled[index] = name if isinstance(name, str) else None
+        user, named, mistakes = parse_entry(CodxJuniorUser, raw, f"users[{index}]")
+        reasons[index] = [mistake.removeprefix(f"{named}: ") for mistake in mistakes]
         if user is None:
             continue
         ignored.update(user.ignored_fields())
+        if user.api_key and len(user.api_key) > credentials.MAX_SECRET_LENGTH:
+            reasons[index].append(f"api_key: must be at most {credentials.MAX_SECRET_LENGTH} characters")
         try:
-            users.append((index, user.to_user_record()))  # the rules UserDB.import_users applies
+            valid[index] = (user, user.to_user_record())  # the rules UserDB.import_users applies
         except InvalidUserData as exc:
-            problems.extend(f"{where}: {error}" for error in exc.errors)
-    problems.extend(_duplicates(users))
-    hashes = _hashes(settings.user_logins or [], {username_key(data.username) for _, data in users}, problems, warnings)
-    if problems:
-        raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(problems, MAX_LISTED_PROBLEMS)))
+            reasons[index].extend(exc.errors)
+    for later, reason in _collisions(settings.users or [], spelled):
+        reasons[later].append(reason)
+        collided.add(later)
+    hashes, login_refusals, warnings = _hashes(settings.user_logins or [], spelled, reasons)
+
+    refused = [
+        Refusal(f"users[{index}]", spelled[index], problems, _fix(index, index in collided, path))
+        for index, problems in reasons.items()
+        if problems
+    ]
+    refused.extend(login_refusals)
+    entries: list[ImportEntry] = []
+    normalized: list[str] = []
+    for index, (user, data) in valid.items():
+        if reasons[index]:
+            continue
+        entries.append(ImportEntry(index, data.username, data, hashes.get(user.username), user.api_key or None))
+        named = f"users[{index}] ({quoted(user.username)})"
+        for field_name, rule in NORMALIZATION_RULES.items():
+            given, stored = getattr(user, field_name), getattr(data, field_name)
+            if isinstance(given, str) and given and given != stored:
+                normalized.append(f"{named}: {field_name}: {rule}")
+    short = [quoted(e.username) for e in entries if e.api_key and len(e.api_key) < credentials.SHORT_IMPORTED_KEY]
+    if short:
+        warnings.append(
+            f"short api_key ({len(short)} user{'' if len(short) == 1 else 's'}, under "
+            f"{credentials.SHORT_IMPORTED_KEY} characters): imported so it keeps working; rotate it "
+            f"(`create_api_key`, then `revoke_api_key`): {joined(short, MAX_LISTED_LOGINS)}"
+        )
+    tokens = ignored.pop("token", 0)
+    if tokens:
+        warnings.append(
+            f"token ({tokens} user{'' if tokens == 1 else 's'}): codx-db issues its own tokens; they log in again"
+        )
     if ignored:
         names = [
             f"{shorten(name, MAX_NAME_CHARS)} ({count} user{'' if count == 1 else 's'})"
             for name, count in sorted(ignored.items())
         ]
         warnings.append(f"fields codx-db does not store were left out: {joined(names, MAX_LISTED_NAMES)}")
-    entries = [
-        ImportEntry(index, data.username, data, hashes.get(username_key(data.username))) for index, data in users
-    ]
-    return entries, warnings
+    return SettingsFile(entries, refused, normalized, warnings)
+
+
+def _fix(index: int, collided: bool, path: Path) -> str:
+    if collided:
+        return f"rename or delete users[{index}] (or the entry it collides with) in {path.name}, then re-run"
+    return f"correct or delete users[{index}] in {path.name}, then re-run"
 
 
 def import_codx_junior(
@@ -173,24 +290,40 @@ def import_codx_junior(
     path: Path,
     *,
     dry_run: bool = False,
+    skip_invalid: bool = False,
     actor: str | None = None,
 ) -> ImportReport:
-    """Import the users of a codx-junior ``global_settings.json`` into ``database``, all or nothing."""
-    entries, warnings = read_codx_junior_settings(path)
+    """Import the users of a codx-junior ``global_settings.json`` into ``database``, all or nothing.
+
+    With ``skip_invalid`` the valid users are imported and every refused entry is in the
+    report's ``refused``, with its reasons and fix; without it a refused entry is a
+    CodxJuniorFileError naming every problem, and nothing is written.
+    """
+    parsed = read_settings_file(path)
+    if parsed.refused and not skip_invalid:
+        raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(parsed.problems(), MAX_LISTED_PROBLEMS)))
+    entries, warnings = parsed.entries, parsed.warnings
 
     def run(uow: UnitOfWork) -> ImportReport:
         users = repository.container(uow)
-        report = _plan(users, entries, str(path), dry_run)
+        report = _plan(users, uow.root.get(credentials.CREDENTIALS_KEY), entries, str(path), dry_run)
         report.warnings = list(warnings)
+        report.refused = list(parsed.refused)
+        report.normalized = list(parsed.normalized)
         if report.conflicts or dry_run or not (report.created or report.updated):
             return report  # a read-only unit of work: nothing is committed
         by_name = {entry.username: entry for entry in entries}
+        now = datetime.now(UTC)
+        store = credentials.install_credentials(uow.root) if any(e.api_key for e in entries) else None
         for name in report.created:
-            repository.add(users, by_name[name].data, by_name[name].password_hash)
+            user = repository.add(users, by_name[name].data, by_name[name].password_hash)
+            _import_key(store, user, by_name[name], now)
         for name in report.updated:
-            password_hash = by_name[name].password_hash
-            assert password_hash is not None  # updated means: the file brings a hash for a user without one
-            repository.set_password_hash(repository.get(users, name), password_hash)
+            # Updated: the file brings a hash for a user without one, or a key not stored yet.
+            user, password_hash = repository.get(users, name), by_name[name].password_hash
+            if user.password_hash is None and password_hash is not None:
+                repository.set_password_hash(user, password_hash)
+            _import_key(store, user, by_name[name], now)
         uow.note(
             f"codx-db: import-codx-junior {path.name}: {len(report.created)} created, {len(report.updated)} updated"
         )
@@ -203,13 +336,29 @@ def import_codx_junior(
 # -- planning -------------------------------------------------------------------------------------
 
 
-def _plan(users: UserContainer, entries: list[ImportEntry], source: str, dry_run: bool) -> ImportReport:
+def _import_key(store: credentials.CredentialStore | None, user: User, entry: ImportEntry, now: datetime) -> None:
+    if entry.api_key is not None and store is not None:
+        credentials.import_api_key(store, user.id, entry.api_key, API_KEY_NAME, now)
+
+
+def _plan(
+    users: UserContainer,
+    store: credentials.CredentialStore | None,
+    entries: list[ImportEntry],
+    source: str,
+    dry_run: bool,
+) -> ImportReport:
     """Sort each entry into created, updated, skipped or conflict against the stored users."""
     report = ImportReport(source=source, dry_run=dry_run)
     for entry in entries:
         email = entry.data.email
         existing = users.find_by_username(entry.username)
         owner = users.find_by_email(email) if email else None
+        key = credentials.find_api_key(store, entry.api_key) if store is not None and entry.api_key else None
+        if key is not None and (existing is None or key.user_id != existing.id):
+            report.conflicts.append(Conflict(entry.username, "its api_key belongs to another codx-db user"))
+            continue
+        new_key = entry.api_key is not None and key is None
         if existing is None:
             if owner is not None:
                 report.conflicts.append(
@@ -235,12 +384,12 @@ def _plan(users: UserContainer, entries: list[ImportEntry], source: str, dry_run
                     Conflict(entry.username, f"exists in codx-db with a different {', '.join(differing)}")
                 )
                 continue
-            if existing.password_hash is None and entry.password_hash is not None:
+            if (existing.password_hash is None and entry.password_hash is not None) or new_key:
                 report.updated.append(entry.username)
             else:
                 report.skipped.append(entry.username)
                 continue
-        if entry.password_hash is None:
+        if (existing is None or existing.password_hash is None) and entry.password_hash is None:
             report.without_password.append(entry.username)
     return report
 
@@ -260,6 +409,8 @@ def _differing(user: User, entry: ImportEntry) -> list[str]:
     for name in ("full_name", "avatar", "theme", "role", "github", "is_active"):
         if getattr(user, name) != getattr(wanted, name):
             differing.append(name)
+    if tuple(user.apps) != tuple(wanted.apps):
+        differing.append("apps")
     # Stored grants of an older generation have 3 fields: compare in today's form.
     if tuple(upgrade_project_tuple(entry) for entry in user.projects) != projects_to_tuple(wanted.projects):
         differing.append("projects")
@@ -269,43 +420,101 @@ def _differing(user: User, entry: ImportEntry) -> list[str]:
 # -- checking the file ----------------------------------------------------------------------------
 
 
-def _duplicates(users: list[tuple[int, UserCreate]]) -> list[str]:
-    """Two entries for one codx-db user (or two users looking the same) are ambiguous."""
-    names = {index: f"users[{index}] ({quoted(data.username)})" for index, data in users}
-    problems = []
-    for dup in find_duplicates(users):
-        later, first = names[dup.index], names[dup.first]
-        if dup.first_field:
-            problems.append(f"{later}: its {dup.field} is the {dup.first_field} of {first}")
-        elif dup.looks_alike:
-            problems.append(f"{later}: username looks like {first}")
-        elif dup.field == "username":
-            problems.append(f"{later}: same username as {first} (codx-db usernames ignore case)")
-        else:
-            problems.append(f"{later}: same email as {first}")
-    return problems
+def _collisions(raw_users: list[Any], spelled: dict[int, str | None]) -> list[tuple[int, str]]:
+    """(later index, reason) for every entry whose username (ignoring case, or by look-alike skeleton) or
+    email an earlier entry holds: two entries for one codx-db user are ambiguous."""
+    seen: dict[tuple[str, str], int] = {}
+    found: list[tuple[int, str]] = []
+    for index, name in spelled.items():
+        if name is None or not name.strip():
+            continue
+        keys = [("username", username_key(name)), ("skeleton", username_skeleton(name))]
+        email = raw_users[index].get("email")
+        if isinstance(email, str) and email.strip():
+            keys.append(("email", email_key(email)))
+        github = raw_users[index].get("github")
+        if isinstance(github, str) and github_key(github):
+            keys.append(("github", github_key(github)))  # GitHub logins are unique in codx-db
+        api_key = raw_users[index].get("api_key")
+        if isinstance(api_key, str) and api_key.strip():
+            keys.append(("api_key", api_key))  # one key, one user
+        for kind_of_key, key in keys:
+            first = seen.setdefault((kind_of_key, key), index)
+            if first == index:
+                continue
+            other = _entry(spelled, first)
+            if kind_of_key == "username":
+                found.append((index, f"same username as {other} (codx-db usernames ignore case)"))
+            elif kind_of_key == "skeleton":
+                if not any(later == index for later, _ in found):
+                    found.append((index, f"username looks like {other}"))
+            else:
+                found.append((index, f"same {kind_of_key} as {other}"))
+        # A login by an address finds a user by username or email: one entry's username must not
+        # be another's email (nor the other way round), as repository.check_unique refuses.
+        as_email = seen.get(("email", email_key(name))) if "@" in name else None
+        if as_email is not None and as_email != index:
+            found.append((index, f"its username is the email of {_entry(spelled, as_email)}"))
+        if isinstance(email, str) and email.strip():
+            as_name = seen.get(("username", username_key(email)))
+            if as_name is not None and as_name != index:
+                found.append((index, f"its email is the username of {_entry(spelled, as_name)}"))
+    return found
 
 
-def _hashes(logins: list[Any], usernames: set[str], problems: list[str], warnings: list[str]) -> dict[str, str]:
-    """Username key -> bcrypt hash, from ``user_logins``."""
+def _entry(spelled: dict[int, str | None], index: int) -> str:
+    return f"users[{index}] ({quoted(spelled[index] or '')})"
+
+
+def _hashes(
+    logins: list[Any], spelled: dict[int, str | None], reasons: dict[int, list[str]]
+) -> tuple[dict[str, str], list[Refusal], list[str]]:
+    """Username -> bcrypt hash from ``user_logins``, the login entries refused, and warnings.
+
+    A login belongs to the user whose username is exactly its username (codx-junior's
+    ``find_user_login`` is ``==``): ``carol``'s login, maybe left by a deleted user, is never
+    ``Carol``'s. Such a user is imported without a password and sets it at first login. A
+    malformed login refuses its user (or itself, when it has none).
+    """
+    users = {name: index for index, name in reversed(list(spelled.items())) if name is not None}
     hashes: dict[str, str] = {}
     first_entry: dict[str, int] = {}
+    refused: list[Refusal] = []
+    leftover: list[str] = []
+    second: list[str] = []
     for index, raw in enumerate(logins):
-        login, where, mistakes = parse_entry(CodxJuniorLogin, raw, f"user_logins[{index}]")
-        problems.extend(mistakes)
-        if login is None:
+        where = f"user_logins[{index}]"
+        login, named, mistakes = parse_entry(CodxJuniorLogin, raw, where)
+        name = raw.get("username") if isinstance(raw, dict) else None
+        owner = users.get(name) if isinstance(name, str) else None
+        if mistakes:
+            if owner is not None:
+                reasons[owner].extend(f"its login {mistake}" for mistake in mistakes)
+            else:
+                reason = [mistake.removeprefix(f"{named}: ") for mistake in mistakes]
+                fix = f"correct or delete {where} (no user has exactly its username), then re-run"
+                refused.append(Refusal(where, name if isinstance(name, str) else None, reason, fix))
             continue
-        key = username_key(login.username)
-        if key not in usernames:
-            warnings.append(f"{where}: no user of that name in users: left out (codx-junior cannot log it in either)")
+        assert login is not None
+        if owner is None:
+            leftover.append(quoted(login.username))
             continue
-        if key in first_entry:
-            warnings.append(
-                f"{where}: a second login for this user: left out (user_logins[{first_entry[key]}] counts, "
-                "as in codx-junior)"
-            )
+        if login.username in first_entry:
+            second.append(quoted(login.username))
             continue
-        first_entry[key] = index
+        first_entry[login.username] = index
         if login.password is not None:
-            hashes[key] = login.password
-    return hashes
+            hashes[login.username] = login.password
+    warnings = []
+    if leftover:
+        warnings.append(
+            f"{len(leftover)} login{'' if len(leftover) == 1 else 's'} without a user of exactly that name "
+            f"left out (codx-junior cannot log them in either; never attached to another user): "
+            f"{joined(leftover, MAX_LISTED_LOGINS)}"
+        )
+    if second:
+        warnings.append(
+            f"{len(second)} second login{'' if len(second) == 1 else 's'} for one user left out "
+            f"(the first counts, as in codx-junior): {joined(second, MAX_LISTED_LOGINS)}"
+        )
+    return hashes, refused, warnings
