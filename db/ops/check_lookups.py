@@ -47,7 +47,7 @@ def check_lookup_indexes(
     if container.by_github is not None:
         groups = _github_groups(users)
         for key, user in container.by_github.items():
-            if not isinstance(user, User) or stored.get(getattr(user, "id", None)) is not user:
+            if not isinstance(user, User) or stored.get(str(getattr(user, "id", ""))) is not user:
                 problems.append(_problem("github-dangling", f"github index entry {key!r} points to no stored user"))
             elif user not in groups.get(key, ()):
                 problems.append(

@@ -174,7 +174,7 @@ class UserContainer(Persistent):
         self.admins = OOTreeSet()
 
     def __len__(self) -> int:
-        return self.length()
+        return int(self.length())
 
     def add(self, user: User) -> None:
         """Insert a user the caller has checked is unique."""
@@ -321,11 +321,13 @@ class UserContainer(Persistent):
 
     def find_by_username(self, username: str) -> User | None:
         """O(log n) lookup by username (case-insensitive)."""
-        return self.by_username.get(username_key(username))
+        user: User | None = self.by_username.get(username_key(username))
+        return user
 
     def find_by_email(self, email: str) -> User | None:
         """O(log n) lookup by email (case-insensitive)."""
-        return self.by_email.get(email_key(email))
+        user: User | None = self.by_email.get(email_key(email))
+        return user
 
     def iter_sorted(self, prefix: str | None = None, after: str | None = None) -> Iterator[tuple[str, User]]:
         """(key, user) in username order: usernames starting with ``prefix``, after ``after``.
@@ -392,7 +394,7 @@ def _skip(items: Iterator[Any], count: int) -> int:
 
 def install_root(root: Any) -> UserContainer:
     """Create the root containers if missing; return the user container."""
-    container = root.get(USERS_KEY)
+    container: UserContainer | None = root.get(USERS_KEY)
     if container is None:
         container = root[USERS_KEY] = UserContainer()
     return container
