@@ -17,6 +17,7 @@ from db.importer import import_codx_junior, read_codx_junior_settings
 from db.models import USERS_KEY
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
+from db.users import credentials
 from tests.conftest import ROOT, settings_env
 
 SAMPLE = Path(__file__).parent / "fixtures" / "codx_junior_global_settings.json"
@@ -135,7 +136,7 @@ def test_conflicts_are_reported_and_nothing_is_written(memory_db: Database) -> N
     assert not report.ok and not report.written
     conflicts = {c.username: c.reason for c in report.conflicts}
     assert conflicts == {
-        "alice": "exists in codx-db with a different email, avatar, github, projects",
+        "alice": "exists in codx-db with a different email, avatar, github, apps, projects",
         "bob": "its email belongs to the codx-db user 'robert'",
         "erin": "exists in codx-db with a different github, projects",
     }
@@ -222,6 +223,7 @@ def test_orphan_and_duplicate_logins_are_warnings_and_extra_fields_are_named_not
             "users": [{"username": "ann", "token": "tok-SECRET-123", "api_key": "key-SECRET-456"}],
             "user_logins": [
                 {"username": "ann", "password": hash_a, "token": "tok-SECRET-789"},
+                {"username": "ann", "password": hash_b},
                 {"username": "Ann", "password": hash_b},
                 {"username": "ghost", "password": hash_b},
                 {"username": "ann2", "password": ""},
@@ -231,9 +233,13 @@ def test_orphan_and_duplicate_logins_are_warnings_and_extra_fields_are_named_not
     entries, warnings = read_codx_junior_settings(path)
     assert [(e.username, e.password_hash) for e in entries] == [("ann", hash_a)]  # the first login counts
     text = "\n".join(warnings)
-    assert "user_logins[1] ('Ann'): a second login for this user" in text
-    assert "user_logins[2] ('ghost'): no user of that name" in text
-    assert "api_key (1 user), token (1 user)" in text
+    # Grouped, one line each: a file with 3,000 leftover logins does not print 3,000 lines.
+    assert "1 second login for one user left out (the first counts, as in codx-junior): 'ann'" in text
+    # 'Ann' is not ann's: codx-junior matches exactly.
+    assert "3 logins without a user of exactly that name left out" in text and "'Ann', 'ghost', 'ann2'" in text
+    assert "left out: api_key" not in text  # imported (hashed), no longer left out...
+    assert "short api_key (1 user, under 20 characters)" in text  # ...but worth rotating
+    assert "token (1 user): codx-db issues its own tokens; they log in again" in text
     assert "SECRET" not in text
 
 
@@ -293,3 +299,237 @@ def test_a_huge_username_or_field_name_is_not_echoed_whole(tmp_path: Path) -> No
     path = write_json(tmp_path, {"users": [{"username": "ann", huge: 1, huge + "b": 2}]})
     _, warnings = read_codx_junior_settings(path)
     assert len("\n".join(warnings)) < 1_000
+
+
+def test_lookalike_usernames_in_one_file_are_refused_naming_both_entries(tmp_path: Path, memory_db: Database) -> None:
+    """Two entries that would be two users looking the same: a file error like any other duplicate.
+
+    UserDB.import_users refuses them in its batch check; the codx-junior import shares that check.
+    """
+    acute_admin = "admi\u0144"  # n with an acute accent: the confusable skeleton of "admin"
+    path = write_json(tmp_path, {"users": [{"username": "admin"}, {"username": acute_admin}]})
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        import_codx_junior(memory_db, path)
+    assert f"users[1] ({acute_admin!r}): username looks like users[0] ('admin')" in str(excinfo.value)
+    assert UserDB(memory_db).count() == 0
+
+
+def test_a_user_looking_like_a_stored_one_is_a_conflict_and_nothing_is_written(
+    tmp_path: Path, memory_db: Database
+) -> None:
+    """A file user whose name looks like a codx-db user's is reported, like any other conflict."""
+    users = UserDB(memory_db)
+    users.create(username="admin")
+    path = write_json(tmp_path, {"users": [{"username": "carol"}, {"username": "admi\u0144"}]})
+    report = import_codx_junior(memory_db, path)
+    assert not report.written and report.created == ["carol"]
+    assert [(c.username, c.reason) for c in report.conflicts] == [
+        ("admi\u0144", "its username looks like the codx-db user 'admin'")
+    ]
+    assert users.count() == 1
+
+
+def test_a_username_that_is_another_users_email_in_the_file_is_a_file_error(
+    tmp_path: Path, memory_db: Database
+) -> None:
+    path = write_json(
+        tmp_path, {"users": [{"username": "ann", "email": "x@example.com"}, {"username": "x@example.com"}]}
+    )
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        import_codx_junior(memory_db, path)
+    assert "users[1] ('x@example.com'): its username is the email of users[0] ('ann')" in str(excinfo.value)
+    assert UserDB(memory_db).count() == 0
+
+
+# -- issue 13 item 2: an import a maintainer can trust ------------------------------------------------
+
+HASHES = [login["password"] for login in json.loads(SAMPLE.read_text())["user_logins"]]
+
+
+def test_a_login_is_attached_only_to_the_user_of_exactly_that_name(tmp_path: Path, memory_db: Database) -> None:
+    """codx-junior's find_user_login is ``==``: ``Carol`` never gets ``carol``'s (a deleted user's) password."""
+    path = write_json(
+        tmp_path,
+        {
+            "users": [{"username": "Carol"}, {"username": "Alice"}, {"username": "bob"}],
+            "user_logins": [
+                {"username": "carol", "password": HASHES[3]},  # a deleted user's leftover login
+                {"username": "alice", "password": HASHES[1]},
+                {"username": "bob", "password": HASHES[2]},
+            ],
+        },
+    )
+    report = import_codx_junior(memory_db, path)
+    assert report.written and report.created == ["Carol", "Alice", "bob"]
+    assert report.without_password == ["Carol", "Alice"]  # they set their password at first login
+    users = UserDB(memory_db)
+    assert users.authenticate("Carol", PASSWORDS["carol"]) is None
+    assert users.authenticate("Alice", PASSWORDS["alice"]) is None
+    assert stored_hash(memory_db, "Carol") is None and stored_hash(memory_db, "Alice") is None
+    assert users.authenticate("bob", PASSWORDS["bob"]) is not None
+    text = "\n".join(report.warnings)
+    assert "'carol'" in text and "'alice'" in text  # the leftover logins are named
+
+
+def test_case_collisions_are_found_in_one_pass_even_next_to_other_problems(tmp_path: Path) -> None:
+    """Today a collision with a malformed entry showed only once that entry was fixed: a second run."""
+    path = write_json(
+        tmp_path,
+        {
+            "users": [
+                {"username": "Ann", "theme": 3},
+                {"username": "ann"},
+                {"username": "BOB", "role": "root"},
+                {"username": "bob"},
+            ]
+        },
+    )
+    with pytest.raises(CodxJuniorFileError) as excinfo:
+        read_codx_junior_settings(path)
+    message = str(excinfo.value)
+    assert "users[0] ('Ann'): theme: expected a string" in message
+    assert "users[1] ('ann'): same username as users[0] ('Ann')" in message
+    assert "users[3] ('bob'): same username as users[2] ('BOB')" in message
+
+
+def test_skip_invalid_imports_the_valid_users_and_names_each_refused_one(tmp_path: Path, database: Database) -> None:
+    memory_db = database  # memory, file and postgres
+    path = write_json(
+        tmp_path,
+        {
+            "users": [
+                {"username": "ok"},
+                {"username": "x", "theme": 3},
+                {"username": "Carol"},
+                {"username": "carol"},
+                {"username": " dan ", "email": "Dan@EXAMPLE.com", "github": "@dangh"},
+            ],
+            "user_logins": [{"username": "ok", "password": HASHES[1]}],
+        },
+    )
+    with pytest.raises(CodxJuniorFileError):  # without the flag: all or nothing, as before
+        import_codx_junior(memory_db, path)
+    assert UserDB(memory_db).count() == 0
+
+    report = import_codx_junior(memory_db, path, skip_invalid=True)
+    assert report.ok and report.written
+    assert report.created == ["ok", "Carol", "dan"]  # of two colliding entries the first is kept
+    assert [(r.where, r.username) for r in report.refused] == [("users[1]", "x"), ("users[3]", "carol")]
+    assert report.refused[0].reasons == ["theme: expected a string, found a number"]
+    assert "same username as users[2] ('Carol')" in report.refused[1].reasons[0]
+    assert "global_settings.json" in report.refused[1].fix and "users[3]" in report.refused[1].fix
+    assert report.normalized == [
+        "users[4] (' dan '): username: NFKC-normalised and trimmed",
+        "users[4] (' dan '): email: NFKC-normalised, trimmed, domain lower-cased",
+        "users[4] (' dan '): github: trimmed, leading @ dropped",
+    ]
+    text = "\n".join(report.lines())
+    assert "refused:      2" in text and "users[3] ('carol')" in text and "normalised:" in text
+    assert "EXAMPLE" not in text and "dangh" not in text  # field names, never values
+    assert UserDB(memory_db).authenticate("ok", PASSWORDS["alice"]) is not None
+    assert sorted(u.username for u in UserDB(memory_db).list()) == ["Carol", "dan", "ok"]
+    assert report.to_dict()["refused"][0]["where"] == "users[1]"
+
+
+def test_cli_skip_invalid_exits_0_and_names_the_refused(tmp_path: Path) -> None:
+    settings = CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "data" / "users.fs")
+    path = write_json(tmp_path, {"users": [{"username": "ok"}, {"username": "x", "role": "root"}]})
+    command = [sys.executable, "-m", "db", "import-codx-junior", str(path)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = settings_env(settings)
+        return subprocess.run([*command, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    refused = run()
+    assert refused.returncode == 1 and "users[1] ('x'): role: must be one of user, admin" in refused.stderr
+    done = run("--skip-invalid", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["created"] == ["ok"] and report["written"]
+    assert [(r["where"], r["username"]) for r in report["refused"]] == [("users[1]", "x")]
+    assert "fix" in report["refused"][0] and report["refused"][0]["reasons"] == ["role: must be one of user, admin"]
+
+
+def test_left_out_fields_count_only_users_with_a_value(tmp_path: Path) -> None:
+    """Today: "api_key (3 users)" when none of them had one."""
+    empty: dict[str, Any] = {"api_key": "", "token": None, "extra": [], "more": {}, "flag": False}
+    path = write_json(
+        tmp_path,
+        {"users": [{"username": "a", **empty}, {"username": "b", **empty}, {"username": "c", **empty, "extra": [1]}]},
+    )
+    _, warnings = read_codx_junior_settings(path)
+    text = "\n".join(warnings)
+    assert "extra (1 user)" in text
+    assert "token" not in text
+    path = write_json(tmp_path, {"users": [{"username": "a", "token": "t1"}, {"username": "b", "token": "t2"}]})
+    assert "token (2 users): codx-db issues its own tokens" in "\n".join(read_codx_junior_settings(path)[1])
+    for name in ("api_key", "token", "more", "flag"):
+        assert name not in text, text
+
+
+def test_api_keys_are_imported_hashed_and_keep_working(tmp_path: Path, database: Database) -> None:
+    key = "codx-junior-key-0123456789abcdef"
+    path = write_json(
+        tmp_path,
+        {"users": [{"username": "ann", "api_key": key}, {"username": "bo", "api_key": ""}, {"username": "cy"}]},
+    )
+    report = import_codx_junior(database, path)
+    assert report.written and not any("api_key" in warning for warning in report.warnings)
+    (tmp_path / "short").mkdir()
+    short = write_json(tmp_path / "short", {"users": [{"username": "sho", "api_key": "abc123"}]})
+    assert "short api_key (1 user" in "\n".join(read_codx_junior_settings(short)[1])
+    assert "abc123" not in "\n".join(read_codx_junior_settings(short)[1])
+    users = UserDB(database)
+    found = users.get_by_api_key(key)
+    assert found is not None and found.username == "ann"
+    assert users.get_by_api_key("") is None and users.get_by_api_key("x" * 20) is None
+    with database.transaction() as uow:
+        store = credentials.credential_store(uow.root)
+        assert key not in store.api_keys and len(store.api_keys) == 1  # stored under its digest only
+        [info] = credentials.list_api_keys(store, found.id)
+        assert info.imported and info.name == "codx-junior"
+    again = import_codx_junior(database, path)
+    assert not again.written and again.skipped == ["ann", "bo", "cy"]  # a re-run is idempotent
+
+    # A key another user holds is a conflict; two entries with one key are refused.
+    other = write_json(tmp_path, {"users": [{"username": "dee", "api_key": key}]})
+    conflict = import_codx_junior(database, other)
+    assert [(c.username, c.reason) for c in conflict.conflicts] == [
+        ("dee", "its api_key belongs to another codx-db user")
+    ]
+    twice = write_json(
+        tmp_path, {"users": [{"username": "e1", "api_key": "k" * 30}, {"username": "e2", "api_key": "k" * 30}]}
+    )
+    with pytest.raises(CodxJuniorFileError, match=r"users\[1\] \('e2'\): same api_key as users\[0\] \('e1'\)"):
+        import_codx_junior(database, twice)
+
+
+def test_apps_and_project_apps_are_kept_and_a_rerun_skips(tmp_path: Path, memory_db: Database) -> None:
+    """codx-junior's ``apps`` (user and project grant) were dropped as "left out" fields before."""
+    path = write_json(
+        tmp_path,
+        {
+            "users": [
+                {
+                    "username": "ann",
+                    "apps": ["chat", "wiki"],
+                    "projects": [{"project_id": "p", "permissions": "tasks", "apps": ["coder"]}],
+                }
+            ]
+        },
+    )
+    report = import_codx_junior(memory_db, path)
+    assert report.written and report.created == ["ann"]
+    assert not any("apps" in warning for warning in report.warnings)
+    user = UserDB(memory_db).get("ann")
+    assert tuple(user.apps) == ("chat", "wiki")
+    assert tuple(user.projects[0].apps) == ("coder",)
+    again = import_codx_junior(memory_db, path)
+    assert not again.written and again.skipped == ["ann"]
+
+
+def test_two_entries_with_one_github_login_are_a_file_error(tmp_path: Path, memory_db: Database) -> None:
+    path = write_json(tmp_path, {"users": [{"username": "a", "github": "Octo"}, {"username": "b", "github": "octo"}]})
+    with pytest.raises(CodxJuniorFileError, match=r"users\[1\] \('b'\): same github as users\[0\] \('a'\)"):
+        import_codx_junior(memory_db, path)
+    assert UserDB(memory_db).count() == 0

@@ -219,3 +219,29 @@ def test_one_transaction_too_large_for_postgres_locks_fails_fast_and_clearly() -
             database.close()
     finally:
         server.destroy()
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        (
+            [{"username": "ann", "email": "x@example.com"}, {"username": "X@example.com"}],
+            "records[1].username: the same as records[0].email",
+        ),
+        (
+            [{"username": "x@example.com"}, {"username": "ann", "email": "X@example.com"}],
+            "records[1].email: the same as records[0].username",
+        ),
+    ],
+)
+def test_a_username_that_is_another_records_email_names_both_records(
+    users: UserDB, database: Database, batch: list[dict[str, Any]], expected: str
+) -> None:
+    """A login by that address would find two users: refused like any in-batch duplicate, before writing."""
+    before = snapshot_state(database)
+    with pytest.raises(InvalidUserData) as raised:
+        users.import_users(batch)
+    assert expected in str(raised.value)
+    assert snapshot_state(database) == before
+    # One record holding the same address as its username and its email is one user: fine.
+    assert users.import_users([{"username": "y@example.com", "email": "Y@example.com"}]) == 1

@@ -231,9 +231,11 @@ def cmd_copy(session: Session, args: argparse.Namespace) -> Outcome:
 
 
 def cmd_import_codx_junior(session: Session, args: argparse.Namespace) -> Outcome:
-    """Import codx-junior's users (all or nothing); exit 1 on conflicts."""
+    """Import codx-junior's users (all or nothing, or the valid ones with --skip-invalid); exit 1 on conflicts."""
     actor = getattr(args, "actor", None) or f"{_login()} (codx-db import-codx-junior)"
-    report = import_codx_junior(session.database, args.path, dry_run=args.dry_run, actor=actor)
+    report = import_codx_junior(
+        session.database, args.path, dry_run=args.dry_run, skip_invalid=args.skip_invalid, actor=actor
+    )
     return Outcome(report, ok=report.ok)
 
 

@@ -178,6 +178,11 @@ def _add_data_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     imp = commands.add_parser("import-codx-junior", parents=[common], help="import users from codx-junior")
     imp.add_argument("path", type=Path, help="codx-junior's global_settings.json")
     imp.add_argument("--dry-run", action="store_true", help="report what would be imported; write nothing")
+    imp.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="import every valid user; name each refused entry with its reason and fix (default: all or nothing)",
+    )
     imp.set_defaults(handler=cmd.cmd_import_codx_junior, creates=True)
 
     pack = commands.add_parser("pack", parents=[common], help="drop old history and unreachable objects")

@@ -8,13 +8,19 @@ lookup loads only the users it returns. Nothing here commits: the caller's unit 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
+from db.database import UnitOfWork
 from db.errors import GenerationError, InvalidUserData
 from db.users import repository
-from db.users.models import User, UserContainer, username_key
+from db.users.models import User, UserContainer, github_key, username_key
 from db.users.normalize import MAX_PROJECTS
-from db.users.schemas import ProjectPermission, project_to_tuple, upgrade_project_tuple
+from db.users.schemas import CodxUser, ProjectPermission, parse_project, project_to_tuple, upgrade_project_tuple
+from db.users.service import require_str
+
+if TYPE_CHECKING:
+    from db.users.service import UserService
 
 # The generation that created the indexes read here.
 LOOKUP_GENERATION = 5
@@ -83,3 +89,87 @@ def revoke(users: UserContainer, username: str, project_id: str) -> bool:
 def _set_projects(users: UserContainer, user: User, entries: Iterable[tuple]) -> None:  # type: ignore[type-arg]
     # A new tuple, sorted by project id (ids are unique): the stored form of ``projects``.
     repository.apply(users, user, {"projects": tuple(sorted(entries, key=lambda entry: entry[0]))})
+
+
+# -- the UserDB methods over these (db/user_db.py is a face) ----------------------------------
+
+# No GitHub login is longer (39 characters); a lookup of megabytes answers None at once.
+MAX_GITHUB_LOOKUP = 256
+
+
+class AccessService:
+    """``UserDB``'s codx-junior lookups and project grants, each one unit of work (``UserService``'s)."""
+
+    def __init__(self, users: UserService) -> None:
+        self.users = users
+
+    def get_by_github(self, login: str) -> CodxUser | None:
+        """The user with this GitHub login, or None (``""`` and non-strings too: codx-junior would match all)."""
+        if not isinstance(login, str) or not github_key(login) or len(login) > MAX_GITHUB_LOOKUP:
+            return None
+
+        def find(uow: UnitOfWork) -> CodxUser | None:
+            user = find_by_github(repository.container(uow), login)
+            return None if user is None else CodxUser.from_model(user)
+
+        return self.users.database.run(find)
+
+    def with_project_access(self, project_id: str, admins: bool, active: bool | None) -> list[CodxUser]:
+        """``UserDB.with_project_access``: the members of a project (and admins), by username."""
+        problems: list[str] = []
+        if not isinstance(project_id, str):
+            problems.append("project_id: must be a string")
+        if not isinstance(admins, bool):
+            problems.append("admins: must be true or false")
+        if active is not None and not isinstance(active, bool):
+            problems.append("active: must be true, false or None")
+        if problems:
+            raise InvalidUserData(problems)
+
+        def members(uow: UnitOfWork) -> list[CodxUser]:
+            found = project_members(repository.container(uow), project_id, admins=admins, active=active)
+            return [CodxUser.from_model(user) for user in found]
+
+        return self.users.database.run(members)
+
+    def grant_project(
+        self,
+        username: str,
+        project_id: str,
+        permissions: str | Sequence[str],
+        children: bool | None,
+        apps: Sequence[str],
+    ) -> CodxUser:
+        """``UserDB.grant_project``: validate the grant first, then store it in one unit of work."""
+        require_str("username", username)
+        project = parse_project(
+            {
+                "project_id": project_id,
+                "permissions": list(permissions) if isinstance(permissions, tuple) else permissions,
+                "children": children,
+                "apps": list(apps) if isinstance(apps, tuple) else apps,
+            }
+        )
+
+        def write(uow: UnitOfWork) -> CodxUser:
+            user = grant(repository.container(uow), username, project)
+            uow.note(f"codx-db: grant project {project.project_id} to {user.username}")
+            return CodxUser.from_model(user)
+
+        return self.users.write(write, None)
+
+    def revoke_project(self, username: str, project_id: str) -> bool:
+        """``UserDB.revoke_project``: False if the user had no grant for the project."""
+        require_str("username", username)
+        require_str("project_id", project_id)
+
+        def write(uow: UnitOfWork) -> bool:
+            users = repository.container(uow)
+            done = revoke(users, username, project_id)
+            if done:
+                uow.note(
+                    f"codx-db: revoke project {project_id.strip()} from {repository.get(users, username).username}"
+                )
+            return done
+
+        return self.users.write(write, None)

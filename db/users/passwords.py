@@ -87,7 +87,9 @@ def is_bcrypt(stored_hash: str) -> bool:
     return stored_hash.startswith(("$2a$", "$2b$", "$2y$"))
 
 
-_BCRYPT_HASH = re.compile(r"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}")
+# bcrypt as codx-junior's bcrypt package writes it: prefix, 2-digit cost, 22 salt + 31 hash
+# characters. The one copy of the pattern (the codx-junior import checks logins with it).
+BCRYPT_HASH = re.compile(r"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}")
 
 
 def check_password_hash(value: object) -> str:
@@ -111,7 +113,7 @@ def hash_cost_problem(stored_hash: str) -> str | None:
     if len(stored_hash) > MAX_HASH_LENGTH:
         return f"longer than {MAX_HASH_LENGTH} characters: not a password hash"
     if is_bcrypt(stored_hash):
-        match = _BCRYPT_HASH.fullmatch(stored_hash)
+        match = BCRYPT_HASH.fullmatch(stored_hash)
         if match is None:
             return "not a well-formed bcrypt hash"
         cost = int(match.group(1))

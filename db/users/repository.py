@@ -7,12 +7,17 @@ live in one place. Nothing here commits: the caller's unit of work does.
 
 from __future__ import annotations
 
+import os
+import secrets
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from db.database import UnitOfWork
 from db.errors import UserAlreadyExists, UserNotFound
 from db.users.models import USERS_KEY, User, UserContainer, email_key, github_key, username_key
 from db.users.normalize import email_for_lookup
+from db.users.schemas import UserCreate, projects_to_tuple
 
 
 def container(uow: UnitOfWork) -> UserContainer:
@@ -35,6 +40,22 @@ def get_by_id(users: UserContainer, user_id: str) -> User:
     if user is None:
         raise UserNotFound(user_id, field="id")
     return user
+
+
+def add(users: UserContainer, data: UserCreate, password_hash: str | None) -> User:
+    """Store a new user from validated fields (a subclass's extra fields, such as a password, are left out)."""
+    check_unique(users, data.username, data.email, github=data.github)
+    fields = data.model_dump(include=set(UserCreate.model_fields) - {"projects"})
+    user = User(id=new_user_id(), password_hash=password_hash, projects=projects_to_tuple(data.projects), **fields)
+    users.add(user)
+    return user
+
+
+def set_password_hash(user: User, password_hash: str, *, touch: bool = True) -> None:
+    """Store a password hash made (or checked) before the unit of work; ``touch=False`` for a rehash."""
+    user.password_hash = password_hash
+    if touch:
+        user.touch()
 
 
 def apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str, Any]:
@@ -94,3 +115,30 @@ def check_unique(
         other = users.find_by_github(github)
         if other is not None and other is not exclude:
             raise UserAlreadyExists("github", github)
+
+
+def check_unique_all(users: UserContainer, keys: Iterable[tuple[str, str | None, str]], first: int = 0) -> None:
+    """``check_unique`` for each (username, email, github) of an import: UserAlreadyExists names ``records[N]``.
+
+    ``first``: the position in the caller's records of the first pair (a batch of them).
+    """
+    for index, (username, email, github) in enumerate(keys, first):
+        try:
+            check_unique(users, username, email, github=github)
+        except UserAlreadyExists as exc:
+            raise UserAlreadyExists(exc.field, exc.value, where=f"records[{index}]", like=exc.like) from None
+
+
+_ID_SALT = secrets.randbits(16)
+
+
+def new_user_id() -> str:
+    """32 hex digits: a per-process prefix, the creation time in microseconds, 56 random bits.
+
+    Within a process ids grow with time, so a batch of creates lands in a few buckets of the
+    ``users`` BTree instead of one per user (a random uuid4 scatters them). The per-process
+    prefix keeps two processes creating at once in different buckets, where their inserts do
+    not conflict (one shared "last bucket" would).
+    """
+    prefix = (_ID_SALT ^ os.getpid()) & 0xFFFF
+    return f"{prefix:04x}{time.time_ns() // 1000:014x}{secrets.randbits(56):014x}"

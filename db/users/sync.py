@@ -22,10 +22,10 @@ rename looks like a delete and a create. ``UserDB.sync(records)`` gives that sav
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
@@ -36,6 +36,9 @@ from db.users import credential_service as creds
 from db.users.codx_junior_shape import api_key_of, check_codx_junior
 from db.users.models import User, UserContainer, email_key, github_key, username_key, username_skeleton
 from db.users.schemas import projects_to_tuple
+
+if TYPE_CHECKING:
+    from db.users.service import UserService
 
 # codx-db's own output fields, accepted so ``CodxUser.model_dump()`` records sync too.
 _ID_FIELDS = ("id",)
@@ -158,6 +161,16 @@ def _duplicates(parsed: list[SyncRecord]) -> list[str]:
     return problems
 
 
+def sync(
+    service: UserService, records: Iterable[Mapping[str, Any]], *, require_admin: bool, clock: Callable[[], datetime]
+) -> SyncReport:
+    """``UserDB.sync``: check every record first, then sync in one unit of work (``service``'s, retried whole)."""
+    if not isinstance(require_admin, bool):
+        raise InvalidUserData(["require_admin: must be true or false"])
+    parsed = parse_records(records)
+    return service.write(lambda uow: sync_users(uow, parsed, now=clock(), require_admin=require_admin), None)
+
+
 def sync_users(uow: UnitOfWork, records: list[SyncRecord], *, now: datetime, require_admin: bool) -> SyncReport:
     """Make the stored users match ``records`` (checked by ``parse_records``) in this unit of work."""
     users = repository.container(uow)
@@ -235,13 +248,11 @@ def _update(users: UserContainer, user: User, record: SyncRecord) -> dict[str, A
 
 
 def _create(users: UserContainer, record: SyncRecord) -> User:
-    from db.user_db import new_user_id  # the id scheme of every create (db/user_db.py)
-
     try:
         repository.check_unique(users, record.username, record.fields["email"], github=record.fields["github"])
     except UserAlreadyExists as exc:
         raise UserAlreadyExists(exc.field, exc.value, where=f"records[{record.index}]", like=exc.like) from None
-    user = User(id=new_user_id(), **record.fields)
+    user = User(id=repository.new_user_id(), **record.fields)
     users.add(user)
     return user
 
