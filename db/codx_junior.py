@@ -63,11 +63,15 @@ def _present(value: str) -> str:
     return value
 
 
-def _comma_joined(value: Any) -> Any:
-    # codx-junior writes permissions as a list too ([] is its default); otherwise "tasks,coder".
+def _permissions(value: Any) -> Any:
+    # One message for the two forms codx-junior writes (a union would report each form apart).
+    if value is None or isinstance(value, str):
+        return value
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return ",".join(value)
-    return value
+        return value
+    raise PydanticCustomError(
+        "permissions_type", "expected a string or a list of strings, found {kind}", {"kind": kind(value)}
+    )
 
 
 Name = Annotated[StrictStr, AfterValidator(_present)]
@@ -82,16 +86,18 @@ class CodxJuniorProject(_Shape):
     """One project grant: ``children`` None means codx-junior's default (the children too)."""
 
     project_id: StrictStr
-    permissions: Annotated[StrictStr | None, BeforeValidator(_comma_joined)] = ""
-    children: StrictBool | None = None
+    # Kept as codx-junior wrote it: "tasks,coder", or a list ([] is its default).
+    permissions: Annotated[Any, BeforeValidator(_permissions)] = ""
+    # codx-junior's default is true; an explicit null is kept as null (it round-trips).
+    children: StrictBool | None = True
     apps: list[StrictStr] | None = None
 
     def to_permission(self) -> dict[str, Any]:
         """codx-db's ``ProjectPermission`` fields."""
         return {
             "project_id": self.project_id,
-            "permissions": self.permissions or "",
-            "children": True if self.children is None else self.children,
+            "permissions": "" if self.permissions is None else self.permissions,
+            "children": self.children,
             "apps": self.apps or [],
         }
 

@@ -81,7 +81,8 @@ def test_the_sample_imports_and_its_users_log_in_with_their_codx_junior_password
             ("5d0c6a0e-8a4b-4f57-9a54-3f1d2b7c9e10", "tasks,coder", True),
             ("docs-site", "tasks", False),
         ]
-        assert [(p.permissions, p.children) for p in users.get("bob").projects] == [("", True)]  # codx-junior's []
+        # codx-junior's default [] is kept as written (a list), not joined into a string.
+        assert [(p.permissions, p.children) for p in users.get("bob").projects] == [((), True)]
         erin = users.get("erin")
         assert erin.email is None and erin.role == "admin" and erin.is_superuser
         assert users.get("carol").disabled and not users.get("carol").is_active
@@ -176,7 +177,7 @@ def test_an_identical_user_without_a_password_gets_the_hash(memory_db: Database)
         ),
         (
             {"users": [{"username": "ann", "projects": [{"project_id": "p", "permissions": 7}]}]},
-            "projects[0] ('p'): permissions: expected a string, found a number",
+            "projects[0] ('p'): permissions: expected a string or a list of strings, found a number",
         ),
         (
             {"users": [{"username": "ann"}, {"username": "ANN"}]},
@@ -533,3 +534,21 @@ def test_two_entries_with_one_github_login_are_a_file_error(tmp_path: Path, memo
     with pytest.raises(CodxJuniorFileError, match=r"users\[1\] \('b'\): same github as users\[0\] \('a'\)"):
         import_codx_junior(memory_db, path)
     assert UserDB(memory_db).count() == 0
+
+
+def test_permission_lists_and_null_children_round_trip_as_codx_junior_wrote_them(
+    tmp_path: Path, memory_db: Database
+) -> None:
+    """Before, a permissions list was joined into "a,b" and ``children: null`` became true."""
+    from db.codx_junior import to_codx_junior
+
+    projects = [
+        {"project_id": "p", "permissions": ["tasks", "coder"], "children": None, "apps": []},
+        {"project_id": "q", "permissions": [], "children": False, "apps": ["viewer"]},
+        {"project_id": "r", "permissions": "tasks,coder", "children": True, "apps": []},
+    ]
+    path = write_json(tmp_path, {"users": [{"username": "ann", "projects": projects}]})
+    assert import_codx_junior(memory_db, path).created == ["ann"]
+    assert to_codx_junior(UserDB(memory_db).get("ann"))["projects"] == projects
+    again = import_codx_junior(memory_db, path)
+    assert not again.written and again.skipped == ["ann"]
