@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http import HTTPStatus
+from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
 import anyio
@@ -36,6 +38,8 @@ from db.errors import (
     UserNotFound,
     shown,
 )
+from db.ops.import_codx_junior import import_codx_junior
+from db.user_db import UserDB
 from db.users.schemas import CodxUser
 
 __all__ = [
@@ -75,6 +79,7 @@ def lifespan(
     *,
     actor: str | None = "codx-api",
     limiter: anyio.CapacityLimiter | None = None,
+    import_from: Path | None = None,
 ) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]:
     """A lifespan that opens ``database`` (the global ``db`` by default) at start-up and closes it at shutdown.
 
@@ -87,6 +92,11 @@ def lifespan(
         async def app_lifespan(app):
             async with codx_db_lifespan(app) as state:
                 yield {**state, "other": ...}
+
+    ``import_from``: codx-junior's ``global_settings.json``. When the file exists and the database
+    has no users yet, its users are imported once at start-up (``--skip-invalid``: refused
+    entries are logged by position and reason), so switching a running
+    codx-junior to codx-db needs no separate step. Later starts find users and import nothing.
     """
 
     @asynccontextmanager
@@ -96,6 +106,8 @@ def lifespan(
         try:
             # Opening reads files or connects to PostgreSQL and may run generations: off the loop.
             await run_in_thread(users.database.open)
+            if import_from is not None:
+                await run_in_thread(functools.partial(_first_start_import, users.database, import_from, actor))
             if app_state is not None:
                 setattr(app_state, STATE_KEY, users)
             yield {STATE_KEY: users}
@@ -106,6 +118,16 @@ def lifespan(
             await run_in_thread(users.database.close)
 
     return codx_db_lifespan
+
+
+def _first_start_import(database: Database, path: Path, actor: str | None) -> None:
+    """Import codx-junior's users into an empty database (the one-time switch), or do nothing."""
+    if not path.is_file() or UserDB(database).count():
+        return
+    report = import_codx_junior(database, path, skip_invalid=True, actor=actor)
+    log.info("imported %d codx-junior users from %s", len(report.created), path)
+    for refusal in report.refused:
+        log.warning("codx-junior import: %s not imported: %s", refusal.where, "; ".join(refusal.reasons))
 
 
 # -- dependencies --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import threading
 import typing
 from collections.abc import AsyncIterator, Iterator
@@ -293,6 +294,30 @@ async def test_lifespan_opens_at_start_up_and_closes_at_shutdown(tmp_path: Path)
     assert not database.is_open and not hasattr(app.state, STATE_KEY)
     # Closed cleanly: the file opens again (no lock left) with the user in it.
     assert UserDB(database).get("kept").username == "kept"
+    database.close()
+
+
+@pytest.mark.anyio
+async def test_lifespan_imports_codx_junior_users_once_into_an_empty_database(tmp_path: Path) -> None:
+    """The one-time switch: the first start imports global_settings.json (skipping bad entries)."""
+    sample = Path(__file__).parent / "fixtures" / "codx_junior_global_settings.json"
+    settings_file = tmp_path / "global_settings.json"
+    data = json.loads(sample.read_text())
+    data["users"].append({"username": "bad\tname"})  # refused, logged, the others still come in
+    settings_file.write_text(json.dumps(data))
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs"))
+    async with lifespan(database, import_from=settings_file)(FastAPI()) as state:
+        users = state[STATE_KEY]
+        imported = await users.count()
+        assert imported == len(data["users"]) - 1
+        await users.delete("alice")
+    # A later start finds users and imports nothing: alice, deleted in codx-db, stays deleted.
+    async with lifespan(database, import_from=settings_file)(FastAPI()) as state:
+        assert await state[STATE_KEY].count() == imported - 1
+        assert await state[STATE_KEY].find("alice") is None
+    # No file: nothing to import, the start goes on.
+    async with lifespan(database, import_from=tmp_path / "absent.json")(FastAPI()) as state:
+        assert await state[STATE_KEY].count() == imported - 1
     database.close()
 
 
