@@ -48,15 +48,16 @@ class CLI:
 
 @pytest.fixture(params=["in-process"])
 def cli(request: pytest.FixtureRequest, persistent_settings: CodxJuniorGlobalSettings) -> CLI:
-    """The CLI on an existing, empty database; ``process`` (indirect param) runs it as a subprocess."""
+    """The CLI on an existing, empty database; ``process`` (indirect param) runs it as a subprocess.
+
+    Both ways run on every persistent backend: in CI a PostgreSQL test never skips.
+    """
     from db.database import Database
 
     database = Database(persistent_settings)
     database.open()
     database.close()
     in_process = request.param == "in-process"
-    if not in_process and persistent_settings.kind != "file":
-        pytest.skip("one subprocess session is enough: the process boundary does not depend on the backend")
     return CLI(settings_env(persistent_settings), persistent_settings if in_process else None)
 
 
