@@ -353,3 +353,15 @@ def test_a_password_longer_than_any_accepted_one_is_refused_without_hashing(
     longest = "y" * passwords.MAX_PASSWORD_LENGTH
     assert users.authenticate("alice", longest) is None
     assert counting.reset() == (1, 0)
+
+
+def test_an_imported_bcrypt_hash_of_a_password_over_72_bytes_still_verifies() -> None:
+    """codx-junior's bcrypt (< 5) hashed only the first 72 bytes; bcrypt 5 raises on longer input."""
+    import bcrypt as bcrypt_module
+
+    from db.users.passwords import verify_password
+
+    long_password = "correct horse battery staple " * 4  # 116 bytes
+    stored = bcrypt_module.hashpw(long_password.encode()[:72], bcrypt_module.gensalt(rounds=4)).decode()
+    assert verify_password(stored, long_password) == (True, True)  # matches, and asks for argon2id
+    assert verify_password(stored, long_password[:71] + "x" + long_password[72:])[0] is False

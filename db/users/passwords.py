@@ -162,7 +162,9 @@ def verify_password(stored_hash: str | None, password: str) -> tuple[bool, bool]
     for tried, candidate in enumerate(candidates):
         if is_bcrypt(stored_hash):
             try:
-                ok = bcrypt.checkpw(candidate.encode("utf-8"), stored_hash.encode("ascii"))
+                # bcrypt reads 72 bytes: codx-junior's bcrypt (< 5) cut longer passwords
+                # silently, bcrypt 5 raises on them; cut them as the hash was made.
+                ok = bcrypt.checkpw(candidate.encode("utf-8")[:72], stored_hash.encode("ascii"))
             except (ValueError, UnicodeEncodeError):
                 ok = False
             if ok:
