@@ -21,7 +21,7 @@ from typing import Any
 import migrations
 from db.database import Database, UnitOfWork
 from db.ops.check_lookups import check_lookup_indexes, sync_lookup_indexes
-from db.ops.reports import CheckReport, Problem, RepairReport
+from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
 from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
 from migrations.runner import read_generation
 
@@ -409,9 +409,3 @@ def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:
             index[key] = user
             fixed.append(f"{kind}: entry {key!r} -> user {describe_user(user)}")
     return fixed
-
-
-def describe_user(user: Any) -> str:
-    """A user for messages: its username and id (never other data: it may be personal)."""
-    username = getattr(user, "username", None)
-    return f"{username!r} (id {getattr(user, 'id', '?')})"

@@ -11,19 +11,13 @@ from typing import Any
 
 from BTrees.OOBTree import OOTreeSet
 
-from db.ops.reports import Problem
+from db.ops.reports import Problem, describe_user
 from db.users.models import User, UserContainer, github_key, project_ids
 
 # The generation that added the GitHub, project and admin indexes (codx-junior lookups).
 LOOKUP_INDEX_GENERATION = 5
 
 CheckStructure = Callable[[str, Any, list[Problem]], None]
-
-
-def describe_user(user: Any) -> str:
-    """A user for messages: its username and id (never other data: it may be personal)."""
-    username = getattr(user, "username", None)
-    return f"{username!r} (id {getattr(user, 'id', '?')})"
 
 
 def check_lookup_indexes(

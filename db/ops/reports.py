@@ -271,3 +271,9 @@ class MigrationReport(Report):
     pending: list[PendingStep]
     applied: list[int] = Field(default_factory=list)
     dry_run: bool = False
+
+
+def describe_user(user: Any) -> str:
+    """A user for messages: its username and id (never other data: it may be personal)."""
+    username = getattr(user, "username", None)
+    return f"{username!r} (id {getattr(user, 'id', '?')})"

@@ -18,8 +18,8 @@ from ZODB.interfaces import IStorage
 from ZODB.utils import u64
 
 from db.display import capped
-from db.ops.check import check_root, describe_user
-from db.ops.reports import Verification
+from db.ops.check import check_root
+from db.ops.reports import Verification, describe_user
 from db.users.models import USERS_KEY, UserContainer
 from migrations.runner import read_generation
 
