@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -173,19 +174,7 @@ def revoke_token(store: CredentialStore, secret: object) -> bool:
 
 def revoke_user_tokens(store: CredentialStore, user_id: str) -> int:
     """Remove every token of the user (password change, deactivation, deletion); return how many."""
-    _check_user_id(user_id)
-    digests = store.tokens_by_user.get(user_id)
-    if digests is None:
-        return 0
-    count = 0
-    for digest in list(digests):
-        token = store.tokens.get(digest)
-        if token is not None:
-            _remove_token(store, token)
-            count += 1
-    # Removing the last token deletes the set; a set left with dangling digests goes too.
-    store.tokens_by_user.pop(user_id, None)
-    return count
+    return _remove_all_of_user(store.tokens, store.tokens_by_user, user_id, lambda token: _remove_token(store, token))
 
 
 def purge_expired(store: CredentialStore, now: datetime, limit: int) -> int:
@@ -305,17 +294,23 @@ def list_api_keys(store: CredentialStore, user_id: str) -> list[ApiKeyInfo]:
 
 def revoke_user_api_keys(store: CredentialStore, user_id: str) -> int:
     """Remove every API key of the user (deletion); return how many."""
+    return _remove_all_of_user(store.api_keys, store.api_keys_by_user, user_id, lambda key: _remove_api_key(store, key))
+
+
+def _remove_all_of_user(records: OOBTree, by_user: OOBTree, user_id: str, remove: Callable[[Any], None]) -> int:
+    """Remove every record (token or key) the user's digest set names; return how many there were."""
     _check_user_id(user_id)
-    digests = store.api_keys_by_user.get(user_id)
+    digests = by_user.get(user_id)
     if digests is None:
         return 0
     count = 0
     for digest in list(digests):
-        key = store.api_keys.get(digest)
-        if key is not None:
-            _remove_api_key(store, key)
+        record = records.get(digest)
+        if record is not None:
+            remove(record)
             count += 1
-    store.api_keys_by_user.pop(user_id, None)
+    # Removing the last record deletes the set; a set left with dangling digests goes too.
+    by_user.pop(user_id, None)
     return count
 
 
