@@ -74,7 +74,9 @@ def roundtrip_table(report: dict[str, Any]) -> str | None:
             found = report["systems"][system]["results"].get(op, {})
             per_op = found.get("roundtrips_per_op")
             piped = found.get("pipelined_per_op") or 0
+            hidden = found.get("hidden_commits_per_op") or 0
             cell = "-" if per_op is None else f"{per_op:.2f}"
+            cell += f" ({hidden:.2f}h)" if hidden >= 0.005 else ""
             row.append(cell + (f" +{piped:.2f}p" if piped >= 0.005 else ""))
         rows.append(row)
     return table(["SQL round trips/op", *systems], rows)
@@ -191,6 +193,8 @@ def render(report: dict[str, Any]) -> str:
                 "SQL round trips per operation (client side: BEGIN, statements, COMMIT/ROLLBACK)",
                 trips,
                 "  +Np: statements sent without waiting for their reply (codx-db's ROLLBACK after a read)",
+                "  (Nh): of the waited ones, COMMITs psycopg2 sends after RelStorage's COMMIT inside the move's",
+                '        message (the server already committed: "no transaction in progress")',
             ]
         parts += ["", system_notes(report)]
         parts += ["", "Operations:"] + [f"  {op:13s} {DESCRIPTIONS[op]}" for op in ROWS]

@@ -49,3 +49,55 @@ def test_the_tuning_run_prints_its_table(pg_server: PostgresServer) -> None:
     result = _run("bench.tuning", "--users", "300", "--gets", "50", "--pg-dsn", pg_server.admin_dsn)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cold gets/s" in result.stdout and "db_cache_dir (second start)" in result.stdout
+
+
+# RelStorage's commit, as a plain psycopg2 client sends it (relstorage/adapters/postgresql/
+# adapter.py): the move and COMMIT in one message, then conn.commit() to resync psycopg2.
+_MOVE_AND_COMMIT = "SELECT set_config('rs.tid', '1', false); COMMIT; SELECT current_setting('rs.tid')"
+
+
+def _sequence(dsn: str, autocommit: bool) -> tuple[int, int, list[str]]:
+    from bench import pg
+
+    conn = pg.connect(dsn, autocommit=autocommit)
+    try:
+        before, hidden = pg.roundtrips(), pg.hidden_commits()
+        with conn.cursor() as cur:
+            # Autocommit (how a store connection can avoid the second COMMIT): the client opens
+            # the transaction itself, in the message of its first statement.
+            cur.execute("BEGIN; SELECT 1" if autocommit else "SELECT 1")
+            cur.execute(_MOVE_AND_COMMIT)
+            assert cur.fetchone() == ("1",)
+        conn.commit()
+        return pg.roundtrips() - before, pg.hidden_commits() - hidden, list(conn.notices)
+    finally:
+        conn.close()
+
+
+def test_the_counter_sees_the_commit_psycopg2_sends_after_a_commit_inside_a_statement(pg_dsn: str) -> None:
+    trips, hidden, notices = _sequence(pg_dsn, autocommit=False)
+    # The server's warning proves the second COMMIT went over the wire.
+    assert any("no transaction in progress" in n for n in notices), notices
+    assert (trips, hidden) == (4, 1)  # BEGIN, SELECT 1, move+COMMIT, the hidden COMMIT
+
+
+def test_the_counter_counts_no_commit_when_psycopg2_sends_none(pg_dsn: str) -> None:
+    trips, hidden, notices = _sequence(pg_dsn, autocommit=True)
+    assert not any("no transaction in progress" in n for n in notices), notices
+    assert (trips, hidden) == (2, 0)
+
+
+def test_an_ordinary_commit_is_one_round_trip_and_not_hidden(pg_dsn: str) -> None:
+    from bench import pg
+
+    conn = pg.connect(pg_dsn)
+    try:
+        before, hidden = pg.roundtrips(), pg.hidden_commits()
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.commit()
+        conn.commit()  # nothing open: psycopg2 sends nothing
+        conn.rollback()
+        assert (pg.roundtrips() - before, pg.hidden_commits() - hidden) == (3, 0)
+    finally:
+        conn.close()
