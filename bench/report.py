@@ -114,6 +114,70 @@ def concurrency_table(report: dict[str, Any]) -> str | None:
     return table(["creates/s", "1 process", "2 processes (each)", "2 / 1", "conflict retries"], rows)
 
 
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def matrix_table(report: dict[str, Any]) -> str | None:
+    """The concurrency matrix: one row per system and cell, then retries and give-ups by class."""
+    found = report.get("matrix")
+    if not found:
+        return None
+    rows, notes = [], []
+    for system, data in found["systems"].items():
+        if data.get("error"):
+            rows.append([system, "ERROR: " + data["error"], *[""] * 8])
+            continue
+        for c in data["cells"]:
+            cell = f"{c['processes']} x {c['threads']}"
+            if "error" in c:
+                rows.append([system, cell, "", "ERROR: " + c["error"], *[""] * 6])
+                continue
+            check = c["check"]
+            verdict = "ok" if check["ok"] else f"FAILED: missing {check['missing']}, count {check['count']:,}"
+            if not check["ok"]:
+                verdict += f" vs {check['expected']:,}"
+            if check.get("consistency_ok") is False:
+                verdict += f"; {check['consistency']}"
+            if check["failed_present"]:
+                verdict += f" ({check['failed_present']} given up yet stored)"
+            per_1000 = c.get("retries_per_1000")
+            rows.append(
+                [
+                    system,
+                    cell,
+                    str(c["writers"]),
+                    f"{c['creates_per_s']:,.0f}",
+                    f"{c['ratio']:.2f}x" if "ratio" in c else "-",
+                    f"{c['retries']}" + (f" ({per_1000:.0f}/1k)" if per_1000 is not None else ""),
+                    str(c["errors"]),
+                    f"{c['batch_mean']:.1f}" if c.get("batch_mean") is not None else "n/a",
+                    f"{c['acknowledged']:,}",
+                    verdict,
+                ]
+            )
+            if c["retries_all_rounds"]:
+                notes.append(f"  {system} {cell} retries (all rounds): {_counts(c['retries_all_rounds'])}")
+            if c["errors_by_class"]:
+                notes.append(f"  {system} {cell} GIVE-UPS: {_counts(c['errors_by_class'])}")
+            if c.get("pool_warnings"):
+                warned = c["pool_warnings"]
+                notes.append(f"  {system} {cell}: ZODB warned {warned} times: more connections open than its pool")
+    headers = [
+        "system",
+        "procs x threads",
+        "writers",
+        "creates/s",
+        "vs 1x1",
+        "retries (per 1k creates)",
+        "give-ups",
+        "batch mean",
+        "acknowledged",
+        "check",
+    ]
+    return "\n".join([table(headers, rows, "llrrrrrrrl"), *notes])
+
+
 def scaling_table(report: dict[str, Any]) -> str | None:
     found = report.get("scaling")
     if not found:
@@ -221,6 +285,18 @@ def render(report: dict[str, Any]) -> str:
             f"Concurrent creates on PostgreSQL ({config['concurrency_seconds']}s per measurement,"
             f" on {config['users']:,} users)",
             conc,
+        ]
+    matrix = matrix_table(report)
+    if matrix:
+        m = report["matrix"]["config"]
+        skipped = ", ".join(f"{p}x{t}" for p, t in m["skipped"])
+        parts += [
+            "",
+            f"Concurrency matrix: creates on PostgreSQL, each system on a fresh database of {m['users']:,} users;"
+            f" best of {m['rounds']} round(s) of {m['seconds']}s per cell",
+            "  (retries, batch mean: best round; give-ups, acknowledged, check: all rounds"
+            + (f"; skipped, over {m['max_writers']} writers: {skipped})" if skipped else ")"),
+            matrix,
         ]
     scale = scaling_table(report)
     if scale:
