@@ -126,12 +126,12 @@ def matrix_table(report: dict[str, Any]) -> str | None:
     rows, notes = [], []
     for system, data in found["systems"].items():
         if data.get("error"):
-            rows.append([system, "ERROR: " + data["error"], *[""] * 8])
+            rows.append([system, *["-"] * 8, "ERROR: " + data["error"]])
             continue
         for c in data["cells"]:
             cell = f"{c['processes']} x {c['threads']}"
             if "error" in c:
-                rows.append([system, cell, "", "ERROR: " + c["error"], *[""] * 6])
+                rows.append([system, cell, str(c["processes"] * c["threads"]), *["-"] * 6, "ERROR: " + c["error"]])
                 continue
             check = c["check"]
             verdict = "ok" if check["ok"] else f"FAILED: missing {check['missing']}, count {check['count']:,}"
@@ -160,6 +160,9 @@ def matrix_table(report: dict[str, Any]) -> str | None:
                 notes.append(f"  {system} {cell} retries (all rounds): {_counts(c['retries_all_rounds'])}")
             if c["errors_by_class"]:
                 notes.append(f"  {system} {cell} GIVE-UPS: {_counts(c['errors_by_class'])}")
+            if c.get("close_errors"):
+                failed, first = len(c["close_errors"]), c["close_errors"][0]
+                notes.append(f"  {system} {cell}: closing failed after the round in {failed} process(es): {first}")
             if c.get("pool_warnings"):
                 warned = c["pool_warnings"]
                 notes.append(f"  {system} {cell}: ZODB warned {warned} times: more connections open than its pool")
