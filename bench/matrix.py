@@ -92,6 +92,7 @@ class _Writer:
     created: int = 0  # acknowledged inside the timed window
     failed: list[int] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, str] = field(default_factory=dict)  # the first message of each give-up class
     retries: dict[str, int] = field(default_factory=dict)
 
 
@@ -110,6 +111,7 @@ def _create(system: Any, writer: _Writer, retry: bool) -> bool:
                 time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** (attempt - 1))))
                 continue
             writer.errors[name] = writer.errors.get(name, 0) + 1
+            writer.samples.setdefault(name, " ".join(str(exc).split())[:160])
             writer.failed.append(index)
             return False
     return False  # pragma: no cover
@@ -175,6 +177,10 @@ def _writers(
     for w in writers:
         for k, v in w.errors.items():
             errors[k] = errors.get(k, 0) + v
+    samples: dict[str, str] = {}
+    for w in writers:
+        for k, message in w.samples.items():
+            samples.setdefault(k, message)
     batches = None
     if batches_before is not None and batches_after is not None:
         batches = [batches_after[0] - batches_before[0], batches_after[1] - batches_before[1]]
@@ -183,6 +189,7 @@ def _writers(
         "created": sum(w.created for w in writers),
         "writers": [[w.base, w.attempted, w.failed] for w in writers],
         "errors": errors,
+        "error_samples": samples,
         "retries": retried,
         "batches": batches,
         "pool_warnings": pool.count,
@@ -298,12 +305,15 @@ def _cell(
     failed: list[str] = []
     batches, requests, pool_warnings = 0, 0, 0
     close_errors: list[str] = []
+    samples: dict[str, str] = {}
     have_batches = True
     for found in rounds_found:
         for f in found:
             _merge(errors, f["errors"])
             _merge(retries_total, f["retries"])
             pool_warnings += f["pool_warnings"]
+            for k, v in f["error_samples"].items():
+                samples.setdefault(k, v)
             if f["close_error"]:
                 close_errors.append(f["close_error"])
             for base, attempted, failed_indexes in f["writers"]:
@@ -334,6 +344,7 @@ def _cell(
         "retries_all_rounds": retries_total,
         "errors": sum(errors.values()),
         "errors_by_class": errors,
+        "error_samples": samples,
         "acknowledged": len(acknowledged),
         "batch_mean": requests / batches if have_batches and batches else None,
         "pool_warnings": pool_warnings,

@@ -160,6 +160,8 @@ def matrix_table(report: dict[str, Any]) -> str | None:
                 notes.append(f"  {system} {cell} retries (all rounds): {_counts(c['retries_all_rounds'])}")
             if c["errors_by_class"]:
                 notes.append(f"  {system} {cell} GIVE-UPS: {_counts(c['errors_by_class'])}")
+                for name, message in c.get("error_samples", {}).items():
+                    notes.append(f"    first {name}: {message}")
             if c.get("close_errors"):
                 failed, first = len(c["close_errors"]), c["close_errors"][0]
                 notes.append(f"  {system} {cell}: closing failed after the round in {failed} process(es): {first}")
