@@ -22,8 +22,19 @@ from bench.targets import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY_SYSTEMS = ("codx-pg", "psycopg2")
-QUICK = {"users": 2_000, "bulk": 5_000, "seconds": 0.5, "max_ops": 1_000, "concurrency_seconds": 1.0}
-DEFAULTS = {"users": 10_000, "bulk": 20_000, "seconds": 1.5, "max_ops": 5_000, "concurrency_seconds": 3.0}
+QUICK: dict[str, Any] = {"users": 2_000, "bulk": 5_000, "seconds": 0.5, "max_ops": 1_000, "concurrency_seconds": 1.0}
+DEFAULTS: dict[str, Any] = {
+    "users": 10_000,
+    "bulk": 20_000,
+    "seconds": 1.5,
+    "max_ops": 5_000,
+    "concurrency_seconds": 3.0,
+}
+# The concurrency matrix (bench/matrix.py): the whole grid with --matrix-only, a short one in a
+# default run, a tiny one with --quick. Any --matrix-* option overrides its entry.
+MATRIX_FULL: dict[str, Any] = {"processes": [1, 2, 4, 8], "threads": [1, 8, 16], "seconds": 3.0, "rounds": 2}
+MATRIX_SHORT: dict[str, Any] = {"processes": [1, 2, 4], "threads": [1, 8], "seconds": 1.5, "rounds": 2}
+MATRIX_QUICK: dict[str, Any] = {"processes": [1, 2], "threads": [1, 4], "seconds": 0.5, "rounds": 1, "users": 500}
 
 
 def _sizes(text: str) -> list[int]:
@@ -43,6 +54,26 @@ def _systems(text: str) -> list[str]:
     unknown = [name for name in names if name not in SYSTEMS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}")
+    return names
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r} (e.g. 1,2,4)") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"counts must be >= 1: {text!r}")
+    return values
+
+
+def _matrix_systems(text: str) -> list[str]:
+    from bench.matrix import SYSTEMS as MATRIX_SYSTEMS
+
+    names = _systems(text)
+    unknown = [name for name in names if name not in MATRIX_SYSTEMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"not a matrix system: {unknown}; choose from {', '.join(MATRIX_SYSTEMS)}")
     return names
 
 
@@ -70,6 +101,27 @@ def parser() -> argparse.ArgumentParser:
         "--concurrency-seconds", type=float, help="duration of each concurrent-create measurement (default 3)"
     )
     p.add_argument("--no-concurrency", action="store_true", help="skip the two-process create measurement")
+    m = p.add_argument_group("concurrency matrix (bench/matrix.py)")
+    m.add_argument(
+        "--matrix",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the concurrency matrix (default: yes, a short one; --quick: a tiny one)",
+    )
+    m.add_argument("--matrix-only", action="store_true", help="run only the matrix (the whole grid by default)")
+    m.add_argument("--matrix-processes", type=_counts, help="processes per cell, e.g. 1,2,4,8")
+    m.add_argument("--matrix-threads", type=_counts, help="threads per process, e.g. 1,8,16")
+    m.add_argument(
+        "--matrix-systems",
+        type=_matrix_systems,
+        default=["codx-pg", "zodb-pg", "sqlalchemy"],
+        help="systems of the matrix (default codx-pg,zodb-pg,sqlalchemy; without --matrix-only, only those"
+        " also in --systems)",
+    )
+    m.add_argument("--matrix-seconds", type=float, help="seconds per round (full 3, default run 1.5, quick 0.5)")
+    m.add_argument("--matrix-rounds", type=int, help="rounds per cell, the best counts (2; quick 1)")
+    m.add_argument("--matrix-users", type=int, help="users seeded in each system's database (3000; quick 500)")
+    m.add_argument("--matrix-max-writers", type=int, default=32, help="skip cells with more writers (32)")
     p.add_argument("--scaling", type=_sizes, help="also run the scaling mode at these sizes, e.g. 1000,100000,1000000")
     p.add_argument("--scaling-only", action="store_true", help="run only the scaling mode")
     # Before notes were capped (12724cf), codx-db appended a note per create to the batch's
@@ -144,6 +196,26 @@ def _progress(message: str) -> None:
     print(f"... {message}", file=sys.stderr, flush=True)
 
 
+def _matrix_config(args: argparse.Namespace) -> Any:
+    """The matrix to run (a ``bench.matrix.MatrixConfig``), or None."""
+    wanted = args.matrix if args.matrix is not None else not args.scaling_only
+    if not (wanted or args.matrix_only):
+        return None
+    from bench.matrix import MatrixConfig
+
+    base = MATRIX_FULL if args.matrix_only else MATRIX_QUICK if args.quick else MATRIX_SHORT
+    systems = args.matrix_systems if args.matrix_only else [s for s in args.matrix_systems if s in args.systems]
+    return MatrixConfig(
+        processes=args.matrix_processes or base["processes"],
+        threads=args.matrix_threads or base["threads"],
+        systems=systems,
+        seconds=args.matrix_seconds or base["seconds"],
+        rounds=args.matrix_rounds or base["rounds"],
+        users=args.matrix_users or base.get("users", 3_000),
+        max_writers=args.matrix_max_writers,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     sizes = QUICK if args.quick else DEFAULTS
@@ -152,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or sizes["seconds"]
     max_ops = args.max_ops or sizes["max_ops"]
     concurrency_seconds = args.concurrency_seconds or sizes["concurrency_seconds"]
-    systems = [] if args.scaling_only else args.systems
+    systems = [] if args.scaling_only or args.matrix_only else args.systems
+    matrix = _matrix_config(args)
     options = dict(args.codx_setting)
     storages = [s.strip() for s in args.scaling_storages.split(",") if s.strip()]
     scaling = args.scaling or ([1_000, 100_000, 1_000_000] if args.scaling_only else None)
@@ -163,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.pg_setting:
         os.environ[pg.SETTINGS_ENV] = ";".join(args.pg_setting)
         pg.database_settings()  # fail now on a bad name
-    needs_pg = any(STORAGE[s] == "postgres" for s in systems) or bool(scaling and "postgres" in storages)
+    needs_pg = (
+        any(STORAGE[s] == "postgres" for s in systems)
+        or bool(scaling and "postgres" in storages)
+        or bool(matrix and matrix.systems)
+    )
     if needs_pg:
         problem = pg.check_server(args.pg_dsn)
         if problem:
@@ -184,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             "codx_settings": options,
             "pg_settings": pg.database_settings(),
             "quick": args.quick,
+            "matrix": matrix.as_dict() if matrix else None,
         },
         "systems": {},
     }
@@ -205,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             report["floor"] = {"error": f"{type(exc).__name__}: {exc}"}
 
-    if not args.no_concurrency:
+    if not args.no_concurrency and not args.matrix_only:
         from bench.concurrency import measure
 
         report["concurrency"] = {}
@@ -221,7 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001
                 report["concurrency"][name] = {"error": f"{type(exc).__name__}: {exc}"}
 
-    if scaling:
+    if matrix and matrix.systems:
+        from bench.matrix import run_matrix
+
+        report["matrix"] = run_matrix(args.pg_dsn, options, matrix, _progress)
+
+    if scaling and not args.matrix_only:
         from bench.scaling import run_scaling
 
         report["scaling"] = run_scaling(

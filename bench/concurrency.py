@@ -34,13 +34,20 @@ class ConcurrencyResult:
 
 
 class _RetryCounter(logging.Handler):
+    """Counts codx-db's conflict retries from its debug log (``Database.run``), by exception class."""
+
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.count = 0
+        self.by_class: dict[str, int] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
+        # logging.Handler.handle holds the handler's lock here: threads count one at a time.
         if record.getMessage().startswith("retrying unit of work"):
             self.count += 1
+            args = record.args if isinstance(record.args, tuple) else ()
+            name = str(args[0]) if args else "?"
+            self.by_class[name] = self.by_class.get(name, 0) + 1
 
 
 def _worker(

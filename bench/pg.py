@@ -2,7 +2,14 @@
 
 Round trips are counted in the client: every ``execute`` is one, so is the ``BEGIN`` psycopg2
 sends before the first statement of a transaction, and a ``COMMIT``/``ROLLBACK`` that ends
-one. The same connection class serves RelStorage, SQLAlchemy and raw psycopg2, so the counts
+one. What psycopg2 sends is decided by its *own* status (``connection.status``), not libpq's:
+it sends ``BEGIN`` when it is ``STATUS_READY`` and ``COMMIT``/``ROLLBACK`` when it is
+``STATUS_BEGIN`` (outside autocommit), so that is what is counted. The two differ after
+RelStorage's commit: ``lock_and_choose_tid_and_move`` travels with ``COMMIT`` in one message
+(libpq: IDLE), then RelStorage calls ``conn.commit()`` to resync psycopg2, whose status is
+still BEGIN, so a second, waited ``COMMIT`` goes out (the server answers "there is no
+transaction in progress"). That one is counted, and also apart as ``hidden_commits``.
+The same connection class serves RelStorage, SQLAlchemy and raw psycopg2, so the counts
 compare like with like. codx-db's reads put ``BEGIN`` in the same message as the poll (one round
 trip) and send their ``ROLLBACK`` without waiting for the reply (db/pg_roundtrips.py): those are
 counted apart, as pipelined.
@@ -31,6 +38,10 @@ SETTINGS_ENV = "CODX_BENCH_PG_SETTINGS"
 T = TypeVar("T")
 
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+# psycopg2's own view of the transaction: READY -> it sends BEGIN before a statement;
+# BEGIN -> commit()/rollback() send COMMIT/ROLLBACK (psycopg/pqpath.c pq_begin_locked, pq_commit).
+_READY = psycopg2.extensions.STATUS_READY
+_BEGIN = psycopg2.extensions.STATUS_BEGIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +60,20 @@ class RoundTrips:
     """
 
     count = 0
+    # COMMITs psycopg2 sent although libpq was already IDLE (included in ``count``): RelStorage's
+    # resync after the COMMIT it sent inside lock_and_choose_tid_and_move's message.
+    hidden_commits = 0
     log: list[Trip] | None = None
 
 
 def roundtrips() -> int:
     """SQL round trips waited for so far in this process."""
     return RoundTrips.count
+
+
+def hidden_commits() -> int:
+    """COMMITs sent after the server had already committed, so far in this process (in ``roundtrips``)."""
+    return RoundTrips.hidden_commits
 
 
 def pipelined() -> int:
@@ -68,8 +87,9 @@ def pipelined() -> int:
 
 
 def _counted(conn: Any, query: Any, trips: int, call: Callable[[], T]) -> T:
-    # psycopg2 sends BEGIN on its own before the first statement of a transaction.
-    begin = not conn.autocommit and conn.info.transaction_status == _IDLE
+    # psycopg2 sends BEGIN on its own before the first statement of a transaction: when its own
+    # status is READY (libpq's may differ, e.g. IDLE right after a COMMIT inside a statement).
+    begin = not conn.autocommit and conn.status == _READY
     trips += begin
     RoundTrips.count += trips
     if RoundTrips.log is None:
@@ -110,11 +130,15 @@ class CountingConnection(psycopg2.extensions.connection):
         self.cursor_factory = CountingCursor
 
     def _end(self, what: str, call: Callable[[], None]) -> None:
-        if self.info.transaction_status == _IDLE:
-            call()  # nothing to end: psycopg2 sends nothing
+        if self.autocommit or self.status != _BEGIN:
+            call()  # psycopg2 sends nothing (pq_commit / pq_abort return early)
             return
-        # autocommit is False here: _counted must not add a BEGIN.
         RoundTrips.count += 1
+        if self.info.transaction_status == _IDLE:
+            # The server has no transaction (a COMMIT went out inside a statement): psycopg2
+            # still sends this one, a waited round trip for a warning.
+            RoundTrips.hidden_commits += 1
+            what = f"{what} (hidden: server already IDLE)"
         if RoundTrips.log is None:
             call()
             return

@@ -74,7 +74,9 @@ def roundtrip_table(report: dict[str, Any]) -> str | None:
             found = report["systems"][system]["results"].get(op, {})
             per_op = found.get("roundtrips_per_op")
             piped = found.get("pipelined_per_op") or 0
+            hidden = found.get("hidden_commits_per_op") or 0
             cell = "-" if per_op is None else f"{per_op:.2f}"
+            cell += f" ({hidden:.2f}h)" if hidden >= 0.005 else ""
             row.append(cell + (f" +{piped:.2f}p" if piped >= 0.005 else ""))
         rows.append(row)
     return table(["SQL round trips/op", *systems], rows)
@@ -110,6 +112,75 @@ def concurrency_table(report: dict[str, Any]) -> str | None:
         each = " + ".join(f"{x:,.0f}" for x in r["two_each"])
         rows.append([system, f"{r['one']:,.0f}", f"{r['two']:,.0f} ({each})", f"{r['ratio']:.2f}x", str(r["retries"])])
     return table(["creates/s", "1 process", "2 processes (each)", "2 / 1", "conflict retries"], rows)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def matrix_table(report: dict[str, Any]) -> str | None:
+    """The concurrency matrix: one row per system and cell, then retries and give-ups by class."""
+    found = report.get("matrix")
+    if not found:
+        return None
+    rows, notes = [], []
+    for system, data in found["systems"].items():
+        if data.get("error"):
+            rows.append([system, *["-"] * 8, "ERROR: " + data["error"]])
+            continue
+        for c in data["cells"]:
+            cell = f"{c['processes']} x {c['threads']}"
+            if "error" in c:
+                rows.append([system, cell, str(c["processes"] * c["threads"]), *["-"] * 6, "ERROR: " + c["error"]])
+                continue
+            check = c["check"]
+            verdict = "ok" if check["ok"] else f"FAILED: missing {check['missing']}, count {check['count']:,}"
+            if not check["ok"]:
+                verdict += f" vs {check['expected']:,}"
+            if check.get("consistency_ok") is False:
+                verdict += f"; {check['consistency']}"
+            if check["failed_present"]:
+                verdict += f" ({check['failed_present']} given up yet stored)"
+            per_1000 = c.get("retries_per_1000")
+            rows.append(
+                [
+                    system,
+                    cell,
+                    str(c["writers"]),
+                    f"{c['creates_per_s']:,.0f}",
+                    f"{c['ratio']:.2f}x" if "ratio" in c else "-",
+                    f"{c['retries']}" + (f" ({per_1000:.0f}/1k)" if per_1000 is not None else ""),
+                    str(c["errors"]),
+                    f"{c['batch_mean']:.1f}" if c.get("batch_mean") is not None else "n/a",
+                    f"{c['acknowledged']:,}",
+                    verdict,
+                ]
+            )
+            if c["retries_all_rounds"]:
+                notes.append(f"  {system} {cell} retries (all rounds): {_counts(c['retries_all_rounds'])}")
+            if c["errors_by_class"]:
+                notes.append(f"  {system} {cell} GIVE-UPS: {_counts(c['errors_by_class'])}")
+                for name, message in c.get("error_samples", {}).items():
+                    notes.append(f"    first {name}: {message}")
+            if c.get("close_errors"):
+                failed, first = len(c["close_errors"]), c["close_errors"][0]
+                notes.append(f"  {system} {cell}: closing failed after the round in {failed} process(es): {first}")
+            if c.get("pool_warnings"):
+                warned = c["pool_warnings"]
+                notes.append(f"  {system} {cell}: ZODB warned {warned} times: more connections open than its pool")
+    headers = [
+        "system",
+        "procs x threads",
+        "writers",
+        "creates/s",
+        "vs 1x1",
+        "retries (per 1k creates)",
+        "give-ups",
+        "batch mean",
+        "acknowledged",
+        "check",
+    ]
+    return "\n".join([table(headers, rows, "llrrrrrrrl"), *notes])
 
 
 def scaling_table(report: dict[str, Any]) -> str | None:
@@ -191,6 +262,8 @@ def render(report: dict[str, Any]) -> str:
                 "SQL round trips per operation (client side: BEGIN, statements, COMMIT/ROLLBACK)",
                 trips,
                 "  +Np: statements sent without waiting for their reply (codx-db's ROLLBACK after a read)",
+                "  (Nh): of the waited ones, COMMITs psycopg2 sends after RelStorage's COMMIT inside the move's",
+                '        message (the server already committed: "no transaction in progress")',
             ]
         parts += ["", system_notes(report)]
         parts += ["", "Operations:"] + [f"  {op:13s} {DESCRIPTIONS[op]}" for op in ROWS]
@@ -217,6 +290,18 @@ def render(report: dict[str, Any]) -> str:
             f"Concurrent creates on PostgreSQL ({config['concurrency_seconds']}s per measurement,"
             f" on {config['users']:,} users)",
             conc,
+        ]
+    matrix = matrix_table(report)
+    if matrix:
+        m = report["matrix"]["config"]
+        skipped = ", ".join(f"{p}x{t}" for p, t in m["skipped"])
+        parts += [
+            "",
+            f"Concurrency matrix: creates on PostgreSQL, each system on a fresh database of {m['users']:,} users;"
+            f" best of {m['rounds']} round(s) of {m['seconds']}s per cell",
+            "  (retries, batch mean: best round; give-ups, acknowledged, check: all rounds"
+            + (f"; skipped, over {m['max_writers']} writers: {skipped})" if skipped else ")"),
+            matrix,
         ]
     scale = scaling_table(report)
     if scale:

@@ -160,9 +160,91 @@ def scaling_targets(report: dict[str, Any]) -> list[TargetResult]:
     return results
 
 
+def _cell(report: dict[str, Any], system: str, processes: int, threads: int) -> dict[str, Any] | None:
+    for c in report.get("matrix", {}).get("systems", {}).get(system, {}).get("cells", []):
+        if c["processes"] == processes and c["threads"] == threads and "error" not in c:
+            return c  # type: ignore[no-any-return]
+    return None
+
+
+def _scaling_target(report: dict[str, Any], label: str, cell: tuple[int, int], minimum: float) -> TargetResult:
+    one, many = _cell(report, "codx-pg", 1, 1), _cell(report, "codx-pg", *cell)
+    if one is None or many is None or not one["creates_per_s"]:
+        wanted = f"needs the matrix with codx-pg cells 1x1 and {cell[0]}x{cell[1]}"
+        return TargetResult(label, "-", NOT_MEASURED, wanted)
+    ratio = many["creates_per_s"] / one["creates_per_s"]
+    return TargetResult(
+        label,
+        f"{ratio:.2f}x ({many['creates_per_s']:,.0f} vs {one['creates_per_s']:,.0f} creates/s)",
+        MET if ratio >= minimum else NOT_MET,
+        f"retries {many['retries']} in the best round ({', '.join(sorted(many['retries_by_class'])) or 'none'})",
+    )
+
+
+def matrix_targets(report: dict[str, Any]) -> list[TargetResult]:
+    """The concurrency matrix (docs/design/load.md §5): scaling, give-ups, correctness, single writer."""
+    results = [
+        _scaling_target(report, "PG creates: 2 processes >= 1.3x 1 process (codx-pg)", (2, 1), 1.3),
+        _scaling_target(report, "PG creates: 4 processes >= 1.5x 1 process (codx-pg)", (4, 1), 1.5),
+        _scaling_target(report, "PG creates: 8 threads >= 3x 1 thread, one process (codx-pg)", (1, 8), 3.0),
+    ]
+    systems = report.get("matrix", {}).get("systems", {})
+    codx = systems.get("codx-pg", {})
+    measured = [c for c in codx.get("cells", []) if "error" not in c]
+    failed = [c for c in codx.get("cells", []) if "error" in c]
+    label = "no give-ups (errors after retries) in any cell (codx-pg)"
+    if not measured:
+        results.append(TargetResult(label, "-", NOT_MEASURED, "needs the matrix with codx-pg"))
+    else:
+        given_up = [c for c in measured if c["errors"]]
+        peers = [
+            f"{name} {sum(c['errors'] for c in found.get('cells', []) if 'error' not in c)}"
+            for name, found in systems.items()
+            if name != "codx-pg"
+        ]
+        results.append(
+            TargetResult(
+                label,
+                f"{sum(c['errors'] for c in measured)} in {len(measured)} cells"
+                + (f" ({len(failed)} cells failed to run)" if failed else ""),
+                MET if not given_up and not failed else NOT_MET,
+                ("peers' give-ups: " + ", ".join(peers)) if peers else "",
+            )
+        )
+    label = "every cell's check: acknowledged creates present, count exact, codx-db check clean"
+    cells = [(name, c) for name, found in systems.items() for c in found.get("cells", []) if "error" not in c]
+    if not cells:
+        results.append(TargetResult(label, "-", NOT_MEASURED, "needs the matrix"))
+    else:
+        bad = [f"{name} {c['processes']}x{c['threads']}" for name, c in cells if not c["check"]["ok"]]
+        results.append(
+            TargetResult(
+                label,
+                f"{len(cells) - len(bad)} of {len(cells)} cells",
+                MET if not bad else NOT_MET,
+                ("failed: " + ", ".join(bad)) if bad else "",
+            )
+        )
+    label = "PG create (single writer) >= 1.5x raw ZODB on RelStorage"
+    mine, theirs = _cell(report, "codx-pg", 1, 1), _cell(report, "zodb-pg", 1, 1)
+    if mine is not None and theirs is not None and theirs["creates_per_s"]:
+        ratio = mine["creates_per_s"] / theirs["creates_per_s"]
+        measured_text = f"{ratio:.2f}x ({mine['creates_per_s']:,.0f} vs {theirs['creates_per_s']:,.0f} creates/s)"
+        results.append(TargetResult(label, measured_text, MET if ratio >= 1.5 else NOT_MET, "matrix 1x1 cells"))
+    else:
+        found = _ratio_target(report, label, "codx-pg", "zodb-pg", "create", 1.5)
+        if found.status != NOT_MEASURED:
+            found.note = "per-operation create (no matrix 1x1 cells)"
+        else:
+            found.note = "needs codx-pg and zodb-pg in the matrix or in --systems"
+        results.append(found)
+    return results
+
+
 CHECKS: tuple[Callable[[dict[str, Any]], list[TargetResult]], ...] = (
     comparison_targets,
     concurrency_targets,
+    matrix_targets,
     scaling_targets,
 )
 

@@ -85,6 +85,8 @@ class OpResult:
     roundtrips: int | None = None  # SQL round trips waited for in the timed loop (PostgreSQL systems)
     extra: dict[str, Any] = field(default_factory=dict)
     pipelined: int | None = None  # statements sent without waiting for a reply (codx-db's ROLLBACKs)
+    # COMMITs psycopg2 sent after RelStorage's COMMIT inside a statement (included in roundtrips)
+    hidden_commits: int | None = None
 
     @property
     def ops_per_s(self) -> float:
@@ -102,11 +104,16 @@ class OpResult:
     def pipelined_per_op(self) -> float | None:
         return None if self.pipelined is None or not self.ops else self.pipelined / self.ops
 
+    @property
+    def hidden_commits_per_op(self) -> float | None:
+        return None if self.hidden_commits is None or not self.ops else self.hidden_commits / self.ops
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(ops_per_s=self.ops_per_s, us_per_op=self.us_per_op)
         data["roundtrips_per_op"] = self.roundtrips_per_op
         data["pipelined_per_op"] = self.pipelined_per_op
+        data["hidden_commits_per_op"] = self.hidden_commits_per_op
         return data
 
 
@@ -119,6 +126,7 @@ def timed_loop(
     """Call ``step(i)`` for i = 0, 1, ... until the budget is spent; ``step`` returns ops done."""
     before = roundtrips() if roundtrips else None
     sent = pg.pipelined() if roundtrips else 0
+    hidden = pg.hidden_commits() if roundtrips else 0
     done = 0
     i = 0
     start = time.perf_counter()
@@ -131,7 +139,8 @@ def timed_loop(
     elapsed = time.perf_counter() - start
     trips = roundtrips() - before if roundtrips and before is not None else None
     piped = pg.pipelined() - sent if roundtrips else None
-    return OpResult(op, done, elapsed, trips, pipelined=piped)
+    hidden_sent = pg.hidden_commits() - hidden if roundtrips else None
+    return OpResult(op, done, elapsed, trips, pipelined=piped, hidden_commits=hidden_sent)
 
 
 def rng(seed: int, op: str) -> random.Random:

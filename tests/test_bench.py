@@ -29,7 +29,7 @@ def test_a_tiny_benchmark_run_reports_every_system(pg_server: PostgresServer, tm
         "bench",
         "--systems", "codx-file,codx-pg,zodb-file,zodb-pg,psycopg2",
         "--users", "200", "--bulk", "300", "--batch", "100",
-        "--seconds", "0.05", "--max-ops", "20", "--concurrency-seconds", "0.5",
+        "--seconds", "0.05", "--max-ops", "20", "--concurrency-seconds", "0.5", "--no-matrix",
         "--pg-dsn", pg_server.admin_dsn, "--json", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -45,7 +45,115 @@ def test_a_tiny_benchmark_run_reports_every_system(pg_server: PostgresServer, tm
     assert get["roundtrips_per_op"] == pytest.approx(1.0) and get["pipelined_per_op"] == pytest.approx(1.0)
 
 
+def _matrix_systems() -> list[str]:
+    import importlib.util
+
+    # sqlalchemy is a [bench] extra: the matrix runs it when it is installed.
+    return ["codx-pg", "zodb-pg"] + (["sqlalchemy"] if importlib.util.find_spec("sqlalchemy") else [])
+
+
+def test_a_tiny_matrix_reports_every_cell_checked(pg_server: PostgresServer, tmp_path: Path) -> None:
+    out = tmp_path / "matrix.json"
+    systems = _matrix_systems()
+    result = _run(
+        "bench", "--matrix-only", "--matrix-processes", "1", "--matrix-threads", "1,2",
+        "--matrix-seconds", "0.5", "--matrix-rounds", "1", "--matrix-users", "200",
+        "--matrix-systems", ",".join(systems), "--pg-dsn", pg_server.admin_dsn, "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Concurrency matrix" in result.stdout and "8 threads >= 3x 1 thread" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["systems"] == {}  # --matrix-only: no per-operation run
+    seeded = report["matrix"]["config"]["users"]
+    for system in systems:
+        found = report["matrix"]["systems"][system]
+        assert not found.get("error"), (system, found)
+        cells = {(c["processes"], c["threads"]): c for c in found["cells"]}
+        assert set(cells) == {(1, 1), (1, 2)}, (system, found["cells"])
+        added = 0
+        for cell in found["cells"]:  # in the order they ran: each check counts what came before
+            assert "error" not in cell, (system, cell)
+            assert cell["errors"] == 0 and cell["errors_by_class"] == {}, (system, cell)
+            assert cell["acknowledged"] > 0 and cell["creates_per_s"] > 0
+            check = cell["check"]
+            added += cell["acknowledged"] + check["failed_present"]
+            assert check["missing"] == 0 and check["count"] == check["expected"] == seeded + added, (system, check)
+            assert check["ok"] and check["consistency_ok"] is not False, (system, check)
+        assert cells[(1, 1)]["ratio"] == pytest.approx(1.0)
+        assert "ratio" in cells[(1, 2)]
+    # codx-db's own check ran on its database after each cell.
+    assert all(c["check"]["consistency_ok"] is True for c in report["matrix"]["systems"]["codx-pg"]["cells"])
+    statuses = {t["target"]: t["status"] for t in report["targets"]}
+    assert statuses["no give-ups (errors after retries) in any cell (codx-pg)"] == "MET"
+    assert statuses["PG creates: 4 processes >= 1.5x 1 process (codx-pg)"] == "NOT MEASURED"
+    assert statuses["PG create (single writer) >= 1.5x raw ZODB on RelStorage"] in ("MET", "NOT MET")
+
+
+def test_the_matrix_check_finds_a_missing_acknowledged_user(pg_dsn: str) -> None:
+    from bench.matrix import _check, _seed
+    from bench.workload import user
+
+    assert _seed("codx-pg", pg_dsn, {}, 50) == 50
+    stored, ghost = user(3).username, "never-created"
+    found = _check("codx-pg", pg_dsn, {}, [stored, ghost], [user(4).username, "given-up"])
+    assert (found["missing"], found["missing_first"], found["count"]) == (1, [ghost], 50)
+    assert found["failed_present"] == 1  # user 4 is stored although its writer was told it failed
+    assert found["consistency_ok"] is True
+
+
 def test_the_tuning_run_prints_its_table(pg_server: PostgresServer) -> None:
     result = _run("bench.tuning", "--users", "300", "--gets", "50", "--pg-dsn", pg_server.admin_dsn)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cold gets/s" in result.stdout and "db_cache_dir (second start)" in result.stdout
+
+
+# RelStorage's commit, as a plain psycopg2 client sends it (relstorage/adapters/postgresql/
+# adapter.py): the move and COMMIT in one message, then conn.commit() to resync psycopg2.
+_MOVE_AND_COMMIT = "SELECT set_config('rs.tid', '1', false); COMMIT; SELECT current_setting('rs.tid')"
+
+
+def _sequence(dsn: str, autocommit: bool) -> tuple[int, int, list[str]]:
+    from bench import pg
+
+    conn = pg.connect(dsn, autocommit=autocommit)
+    try:
+        before, hidden = pg.roundtrips(), pg.hidden_commits()
+        with conn.cursor() as cur:
+            # Autocommit (how a store connection can avoid the second COMMIT): the client opens
+            # the transaction itself, in the message of its first statement.
+            cur.execute("BEGIN; SELECT 1" if autocommit else "SELECT 1")
+            cur.execute(_MOVE_AND_COMMIT)
+            assert cur.fetchone() == ("1",)
+        conn.commit()
+        return pg.roundtrips() - before, pg.hidden_commits() - hidden, list(conn.notices)
+    finally:
+        conn.close()
+
+
+def test_the_counter_sees_the_commit_psycopg2_sends_after_a_commit_inside_a_statement(pg_dsn: str) -> None:
+    trips, hidden, notices = _sequence(pg_dsn, autocommit=False)
+    # The server's warning proves the second COMMIT went over the wire.
+    assert any("no transaction in progress" in n for n in notices), notices
+    assert (trips, hidden) == (4, 1)  # BEGIN, SELECT 1, move+COMMIT, the hidden COMMIT
+
+
+def test_the_counter_counts_no_commit_when_psycopg2_sends_none(pg_dsn: str) -> None:
+    trips, hidden, notices = _sequence(pg_dsn, autocommit=True)
+    assert not any("no transaction in progress" in n for n in notices), notices
+    assert (trips, hidden) == (2, 0)
+
+
+def test_an_ordinary_commit_is_one_round_trip_and_not_hidden(pg_dsn: str) -> None:
+    from bench import pg
+
+    conn = pg.connect(pg_dsn)
+    try:
+        before, hidden = pg.roundtrips(), pg.hidden_commits()
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.commit()
+        conn.commit()  # nothing open: psycopg2 sends nothing
+        conn.rollback()
+        assert (pg.roundtrips() - before, pg.hidden_commits() - hidden) == (3, 0)
+    finally:
+        conn.close()

@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 
 CHILD = """
 import json, sys
-from bench.pg import install_relstorage_counter, pipelined, roundtrips
+from bench.pg import hidden_commits, install_relstorage_counter, pipelined, roundtrips
 install_relstorage_counter()
 import transaction
 from db.database import Database
@@ -37,10 +37,11 @@ for _ in range(n):
 ours = (roundtrips() - before) / n
 ours_pipelined = (pipelined() - sent) / n
 
-before = roundtrips()
+before, hidden = roundtrips(), hidden_commits()
 for i in range(20):
     users.update("alice", full_name=f"name {i}")
 write = (roundtrips() - before) / 20
+write_hidden = (hidden_commits() - hidden) / 20
 
 zodb = database.open()
 before, sent = roundtrips(), pipelined()
@@ -49,7 +50,8 @@ for _ in range(n):
         conn.root()[USERS_KEY].find_by_username("alice").username
 naive = (roundtrips() - before) / n + (pipelined() - sent) / n
 database.close()
-print(json.dumps({"ours": ours, "ours_pipelined": ours_pipelined, "naive": naive, "write": write}))
+counts = {"ours": ours, "ours_pipelined": ours_pipelined, "naive": naive}
+print(json.dumps({**counts, "write": write, "write_hidden": write_hidden}))
 """
 
 
@@ -67,8 +69,11 @@ def test_a_read_only_unit_of_work_costs_the_fewest_round_trips(pg_dsn: str) -> N
     assert counts["ours_pipelined"] == 1
     assert counts["naive"] >= counts["ours"] + counts["ours_pipelined"] + 3
     # A write: the poll, then RelStorage's store protocol (BEGIN + COPY, lock objects, lock
-    # and move + COMMIT) without the SET lock_timeout + COMMIT it used to repeat each time.
-    assert counts["write"] <= 6
+    # and move + COMMIT) without the SET lock_timeout + COMMIT it used to repeat each time,
+    # plus, while psycopg2 drives the store connection's transactions, the COMMIT it sends after
+    # the one inside the move's message (counted apart as hidden; bench/pg.py): 6 = 5 + 1.
+    assert counts["write_hidden"] in (0, 1)
+    assert counts["write"] <= 5 + counts["write_hidden"]
 
 
 PAGE_CHILD = """

@@ -73,6 +73,28 @@ class System(ABC):
     def count(self) -> int:
         """How many users there are."""
 
+    def existing(self, usernames: Sequence[str]) -> set[str]:
+        """Which of ``usernames`` are stored, lowercased (the matrix's check of acknowledged creates).
+
+        One get each here; systems override it with one unit of work or one query.
+        """
+        found = set()
+        for name in usernames:
+            try:
+                self.get(name)
+            except Exception:  # noqa: BLE001 - each system has its own "not found"
+                continue
+            found.add(name.lower())
+        return found
+
+    def consistency(self) -> tuple[bool, str] | None:
+        """The system's own consistency check, if it has one: (ok, summary)."""
+        return None
+
+    def commit_batches(self) -> tuple[int, int] | None:
+        """(commits, writes they carried) so far in this process, if the system groups writes."""
+        return None
+
     @staticmethod
     def username_of(found: Any) -> str:
         """The username of what ``get`` returned (for the sanity checks)."""

@@ -71,6 +71,29 @@ class CodxSystem(System):
     def count(self) -> int:
         return self.users.count()
 
+    def existing(self, usernames: Sequence[str]) -> set[str]:
+        with self.database.transaction():
+            return {name.lower() for name in usernames if self.users.find(name) is not None}
+
+    def consistency(self) -> tuple[bool, str] | None:
+        from db.ops.check import check
+
+        report = check(self.database)
+        summary = f"{report.users:,} users, {report.problem_count} problems"
+        if report.problems:
+            summary += ": " + "; ".join(p.message for p in report.problems[:3])
+        return report.ok, summary
+
+    def commit_batches(self) -> tuple[int, int] | None:
+        # Group commit (docs/design/load.md §3.2) may or may not be in this tree: read its
+        # figures only if Database offers them, as a mapping or a method returning one.
+        stats: Any = getattr(self.database, "group_commit_stats", None)
+        if callable(stats):
+            stats = stats()
+        if not isinstance(stats, dict) or "batches" not in stats or "requests" not in stats:
+            return None
+        return int(stats["batches"]), int(stats["requests"])
+
 
 class CodxFile(CodxSystem):
     name = "codx-file"

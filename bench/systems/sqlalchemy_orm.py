@@ -66,7 +66,9 @@ class SqlAlchemyOrm(System):
 
     def open(self) -> None:
         dsn = self.location
-        self.engine = create_engine("postgresql+psycopg2://", creator=lambda: connect(dsn))
+        # pool_size: the matrix gives one connection per thread (SQLAlchemy's default is 5 + 10 overflow).
+        pool = int(self.options.get("pool_size", 5))
+        self.engine = create_engine("postgresql+psycopg2://", creator=lambda: connect(dsn), pool_size=pool)
         with self.engine.begin() as conn:
             conn.execute(text(TABLE_DDL))
         # expire_on_commit=False: returned objects stay readable after the session ends.
@@ -121,3 +123,9 @@ class SqlAlchemyOrm(System):
     def count(self) -> int:
         with self.session() as session:
             return int(session.scalar(select(func.count()).select_from(OrmUser)) or 0)
+
+    def existing(self, usernames: Sequence[str]) -> set[str]:
+        wanted = {name.lower() for name in usernames}
+        with self.session() as session:
+            stored = session.scalars(select(func.lower(OrmUser.username)))
+            return wanted.intersection(stored)

@@ -160,6 +160,20 @@ class ZodbSystem(System):
         with self.db.transaction() as conn:
             return int(conn.root()["count"]())
 
+    def existing(self, usernames: Sequence[str]) -> set[str]:
+        with self.db.transaction() as conn:
+            index = conn.root()["by_username"]
+            return {name.lower() for name in usernames if name.lower() in index}
+
+    def consistency(self) -> tuple[bool, str] | None:
+        # The count the Length keeps against the entries of each index (what raw ZODB has).
+        with self.db.transaction() as conn:
+            root = conn.root()
+            sizes = {name: len(root[name]) for name in ("users", "by_username", "by_email")}
+            counted = int(root["count"]())
+        ok = all(size == counted for size in sizes.values())
+        return ok, f"Length {counted:,}, entries {sizes}"
+
 
 class ZodbFile(ZodbSystem):
     name = "zodb-file"

@@ -1,0 +1,394 @@
+"""Concurrency matrix: creates on PostgreSQL by P processes x T threads each, every cell checked.
+
+Each system gets a fresh database seeded with ``users`` users. In every cell all writers (spawned
+processes, threads in each) create distinct users, start together on a barrier and stop after
+``seconds``; the best of ``rounds`` rounds counts. After a cell, a fresh process checks what the
+writers were told: every acknowledged user is there, and the count is exactly the seed plus the
+acknowledged creates (plus any give-up that was committed after all, reported apart); codx-db also
+runs its own ``check``. Give-ups (errors after retries) are counted by exception class: a cell with
+one is a failed cell, however fast.
+
+codx-db retries conflicts itself (``Database.run``; retries counted from its debug log, as in
+bench/concurrency.py). The peers get the same policy in the worker, as their users would write
+it: up to ``db_conflict_retries`` (10) retries of a transient error with the same jittered backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench import pg
+from bench.concurrency import _RetryCounter
+from bench.procs import SPAWN, in_child
+from bench.runner import import_users
+from bench.systems import system_class
+from bench.workload import user
+
+SYSTEMS = ("codx-pg", "zodb-pg", "sqlalchemy")
+RETRIES = 10  # codx-db's default db_conflict_retries, given to the peers too
+# Index ranges of the users the matrix creates: one block of STRIDE per writer and round.
+MATRIX_BASE = 100_000_000
+STRIDE = 100_000
+SLOT_WRITERS = 128
+ERROR_CAP = 100  # a writer stops after this many give-ups (a broken system must not spin)
+
+
+@dataclass
+class MatrixConfig:
+    """The grid and its budget."""
+
+    processes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    threads: list[int] = field(default_factory=lambda: [1, 8, 16])
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    seconds: float = 3.0
+    rounds: int = 2
+    users: int = 3_000
+    max_writers: int = 32  # cells with more writers are skipped (each holds ~2 PostgreSQL connections)
+
+    def cells(self) -> list[tuple[int, int]]:
+        return [(p, t) for p in self.processes for t in self.threads if p * t <= self.max_writers]
+
+    def skipped(self) -> list[tuple[int, int]]:
+        return [(p, t) for p in self.processes for t in self.threads if p * t > self.max_writers]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "skipped": [list(c) for c in self.skipped()]}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Would a plain user of this system retry it? ZODB conflicts; PostgreSQL deadlock/serialization."""
+    from transaction.interfaces import TransientError
+
+    if isinstance(exc, TransientError):
+        return True
+    code = getattr(getattr(exc, "orig", exc), "pgcode", None)
+    return code in ("40001", "40P01")
+
+
+class _Pool(logging.Filter):
+    """Counts (and keeps off stderr) ZODB's "DB.open() has N open connections" pool warnings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("DB.open() has"):
+            self.count += 1
+            return False
+        return True
+
+
+@dataclass
+class _Writer:
+    base: int
+    attempted: int = 0
+    created: int = 0  # acknowledged inside the timed window
+    failed: list[int] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, str] = field(default_factory=dict)  # the first message of each give-up class
+    retries: dict[str, int] = field(default_factory=dict)
+
+
+def _create(system: Any, writer: _Writer, retry: bool) -> bool:
+    """Create the writer's next user; False on a give-up (counted by class)."""
+    index = writer.base + writer.attempted
+    writer.attempted += 1
+    for attempt in range(1, RETRIES + 2):
+        try:
+            system.create(user(index))
+            return True
+        except Exception as exc:  # noqa: BLE001 - every give-up is counted, none stops the cell
+            name = type(exc).__name__
+            if retry and attempt <= RETRIES and _transient(exc):
+                writer.retries[name] = writer.retries.get(name, 0) + 1
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** (attempt - 1))))
+                continue
+            writer.errors[name] = writer.errors.get(name, 0) + 1
+            writer.samples.setdefault(name, " ".join(str(exc).split())[:160])
+            writer.failed.append(index)
+            return False
+    return False  # pragma: no cover
+
+
+def _process(
+    name: str, dsn: str, options: dict[str, Any], bases: list[int], seconds: float, barrier: Any, out: Any
+) -> None:
+    """One writer process: open, warm each thread, wait for every process, create for ``seconds``."""
+    try:
+        out.put(_writers(name, dsn, options, bases, seconds, barrier))
+    except BaseException as exc:
+        barrier.abort()  # the other processes must not wait for us
+        out.put({"crash": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def _writers(
+    name: str, dsn: str, options: dict[str, Any], bases: list[int], seconds: float, barrier: Any
+) -> dict[str, Any]:
+    retries, pool = _RetryCounter(), _Pool()
+    logger = logging.getLogger("db.database")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(retries)
+    logging.getLogger("ZODB.DB").addFilter(pool)
+    system = system_class(name)(dsn, options)
+    system.open()
+    retry = not name.startswith("codx-")
+    writers = [_Writer(base) for base in bases]
+    ready = threading.Barrier(len(writers) + 1)
+    go = threading.Event()
+    deadline = [0.0]
+
+    def run(writer: _Writer) -> None:
+        _create(system, writer, retry)  # warm the connection and caches before the clock starts
+        ready.wait()
+        go.wait()
+        while time.perf_counter() < deadline[0] and sum(writer.errors.values()) < ERROR_CAP:
+            writer.created += _create(system, writer, retry)
+
+    try:
+        threads = [threading.Thread(target=run, args=(w,)) for w in writers]
+        for thread in threads:
+            thread.start()
+        ready.wait()
+        batches_before = system.commit_batches()
+        retried_before = dict(retries.by_class)
+        barrier.wait()
+        started = time.perf_counter()
+        deadline[0] = started + seconds
+        go.set()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        batches_after = system.commit_batches()
+    finally:
+        close_error = _close(system)
+    retried = {k: v - retried_before.get(k, 0) for k, v in retries.by_class.items() if v > retried_before.get(k, 0)}
+    for w in writers:
+        for k, v in w.retries.items():
+            retried[k] = retried.get(k, 0) + v
+    errors: dict[str, int] = {}
+    for w in writers:
+        for k, v in w.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    samples: dict[str, str] = {}
+    for w in writers:
+        for k, message in w.samples.items():
+            samples.setdefault(k, message)
+    batches = None
+    if batches_before is not None and batches_after is not None:
+        batches = [batches_after[0] - batches_before[0], batches_after[1] - batches_before[1]]
+    return {
+        "elapsed": elapsed,
+        "created": sum(w.created for w in writers),
+        "writers": [[w.base, w.attempted, w.failed] for w in writers],
+        "errors": errors,
+        "error_samples": samples,
+        "retries": retried,
+        "batches": batches,
+        "pool_warnings": pool.count,
+        "close_error": close_error,
+    }
+
+
+def _close(system: Any) -> str | None:
+    """Close the system; a failure here comes after the measurement and is reported, not fatal.
+
+    Raw ZODB's ``DB.close()`` can raise ``KeyError`` from ``TransactionManager.unregisterSynch``
+    after threads used ``DB.transaction()`` with more connections than the pool keeps (seen with
+    8 threads and pool_size 7): the round's creates were acknowledged and are checked anyway.
+    """
+    try:
+        system.close()
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _round(
+    name: str, dsn: str, options: dict[str, Any], processes: int, threads: int, seconds: float, slot: int
+) -> list[dict[str, Any]]:
+    def base(writer: int) -> int:
+        return MATRIX_BASE + (slot * SLOT_WRITERS + writer) * STRIDE
+
+    if base(processes * threads) >= 2**32:  # user() maps indexes below 2**32 one to one
+        raise ValueError("too many cells x rounds x writers for distinct user indexes")
+    barrier, out = SPAWN.Barrier(processes), SPAWN.Queue()
+    workers = [
+        SPAWN.Process(
+            target=_process,
+            args=(name, dsn, options, [base(p * threads + t) for t in range(threads)], seconds, barrier, out),
+        )
+        for p in range(processes)
+    ]
+    for process in workers:
+        process.start()
+    try:
+        found = [out.get(timeout=seconds + 300) for _ in workers]
+    finally:
+        for process in workers:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+    crashed = [f["crash"] for f in found if "crash" in f]
+    if crashed:
+        raise RuntimeError(f"{name} writer process failed: {crashed[0]}")
+    return found
+
+
+def _merge(into: dict[str, int], counts: dict[str, int]) -> None:
+    for key, value in counts.items():
+        into[key] = into.get(key, 0) + value
+
+
+def _seed(name: str, dsn: str, options: dict[str, Any], users: int) -> int:
+    system = system_class(name)(dsn, options)
+    system.open()
+    try:
+        import_users(system, 0, users, 1_000)
+        return system.count()
+    finally:
+        system.close()
+
+
+def _count(name: str, dsn: str, options: dict[str, Any]) -> int:
+    system = system_class(name)(dsn, options)
+    system.open()
+    try:
+        return system.count()
+    finally:
+        system.close()
+
+
+def _check(name: str, dsn: str, options: dict[str, Any], acknowledged: list[str], failed: list[str]) -> dict[str, Any]:
+    """In a fresh process: which acknowledged users are missing, the count, the system's own check."""
+    system = system_class(name)(dsn, options)
+    system.open()
+    try:
+        present = system.existing(acknowledged)
+        missing = [n for n in acknowledged if n.lower() not in present]
+        failed_present = len(system.existing(failed)) if failed else 0
+        own = system.consistency()
+        return {
+            "missing": len(missing),
+            "missing_first": missing[:5],
+            "count": system.count(),
+            "failed_present": failed_present,
+            "consistency_ok": None if own is None else own[0],
+            "consistency": None if own is None else own[1],
+        }
+    finally:
+        system.close()
+
+
+def _cell(
+    name: str, dsn: str, options: dict[str, Any], config: MatrixConfig, cell: tuple[int, int], number: int, total: int
+) -> tuple[dict[str, Any], int]:
+    """Run one cell's rounds and its check; return the cell and the users it added to the store."""
+    processes, threads = cell
+    opts = {**options, "pool_size": threads} if name == "sqlalchemy" else options
+    rates, rounds_found = [], []
+    for r in range(config.rounds):
+        found = _round(name, dsn, opts, processes, threads, config.seconds, number * config.rounds + r)
+        rates.append(sum(f["created"] / f["elapsed"] for f in found if f["elapsed"] > 0))
+        rounds_found.append(found)
+    best = max(range(len(rates)), key=rates.__getitem__)
+    errors: dict[str, int] = {}
+    retries_total: dict[str, int] = {}
+    acknowledged: list[str] = []
+    failed: list[str] = []
+    batches, requests, pool_warnings = 0, 0, 0
+    close_errors: list[str] = []
+    samples: dict[str, str] = {}
+    have_batches = True
+    for found in rounds_found:
+        for f in found:
+            _merge(errors, f["errors"])
+            _merge(retries_total, f["retries"])
+            pool_warnings += f["pool_warnings"]
+            for k, v in f["error_samples"].items():
+                samples.setdefault(k, v)
+            if f["close_error"]:
+                close_errors.append(f["close_error"])
+            for base, attempted, failed_indexes in f["writers"]:
+                gone = set(failed_indexes)
+                acknowledged += [user(i).username for i in range(base, base + attempted) if i not in gone]
+                failed += [user(i).username for i in failed_indexes]
+    for f in rounds_found[best]:
+        if f["batches"] is None:
+            have_batches = False
+        else:
+            batches, requests = batches + f["batches"][0], requests + f["batches"][1]
+    best_retries: dict[str, int] = {}
+    for f in rounds_found[best]:
+        _merge(best_retries, f["retries"])
+    check = in_child(_check, name, dsn, opts, acknowledged, failed)
+    check["expected"] = total + len(acknowledged) + check["failed_present"]
+    check["ok"] = check["missing"] == 0 and check["count"] == check["expected"] and check["consistency_ok"] is not False
+    created_best = sum(f["created"] for f in rounds_found[best])
+    return {
+        "processes": processes,
+        "threads": threads,
+        "writers": processes * threads,
+        "round_rates": rates,
+        "creates_per_s": rates[best],
+        "retries": sum(best_retries.values()),
+        "retries_by_class": best_retries,
+        "retries_per_1000": 1000 * sum(best_retries.values()) / created_best if created_best else None,
+        "retries_all_rounds": retries_total,
+        "errors": sum(errors.values()),
+        "errors_by_class": errors,
+        "error_samples": samples,
+        "acknowledged": len(acknowledged),
+        "batch_mean": requests / batches if have_batches and batches else None,
+        "pool_warnings": pool_warnings,
+        "close_errors": close_errors,
+        "check": check,
+    }, len(acknowledged) + check["failed_present"]
+
+
+def run_system(
+    name: str, admin_dsn: str, options: dict[str, Any], config: MatrixConfig, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Every cell of the grid for one system, on one fresh database (dropped at the end)."""
+    cells: list[dict[str, Any]] = []
+    with pg.fresh_database(admin_dsn, f"{name}-matrix") as dsn:
+        total = in_child(_seed, name, dsn, options, config.users)
+        for number, cell in enumerate(config.cells()):
+            progress(f"matrix {name}: {cell[0]} process(es) x {cell[1]} thread(s), {config.rounds} x {config.seconds}s")
+            try:
+                found, added = _cell(name, dsn, options, config, cell, number, total)
+            except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
+                cells.append({"processes": cell[0], "threads": cell[1], "error": f"{type(exc).__name__}: {exc}"})
+                # Its writers may have stored users nobody counted: the next cell's exact count
+                # starts from what is there now.
+                total = in_child(_count, name, dsn, options)
+                continue
+            total += added
+            cells.append(found)
+    one = next((c for c in cells if c["processes"] == 1 and c["threads"] == 1 and "error" not in c), None)
+    for c in cells:
+        if one and "error" not in c and one["creates_per_s"]:
+            c["ratio"] = c["creates_per_s"] / one["creates_per_s"]
+    return {"cells": cells, "seeded": config.users}
+
+
+def run_matrix(
+    admin_dsn: str, options: dict[str, Any], config: MatrixConfig, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The matrix of every configured system (JSON-shaped, for the report)."""
+    found: dict[str, Any] = {"config": config.as_dict(), "systems": {}}
+    for name in config.systems:
+        try:
+            found["systems"][name] = run_system(
+                name, admin_dsn, options if name.startswith("codx-") else {}, config, progress
+            )
+        except Exception as exc:  # noqa: BLE001
+            found["systems"][name] = {"error": f"{type(exc).__name__}: {exc}", "cells": []}
+    return found
