@@ -28,6 +28,9 @@ StartupPolicy = Literal["evolve", "minimum", "refuse"]
 # Built-in password validators (db/users/policy.py), by the name db_password_validators uses.
 PASSWORD_VALIDATOR_NAMES = ("length", "common", "similarity")
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+# An unquoted PostgreSQL identifier as the server keeps it (folded to lower case), at most 63 bytes
+# (NAMEDATALEN - 1): it travels unquoted in libpq's `options=-c temp_tablespaces=...`.
+_PG_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
 
 
 def default_file_path() -> Path:
@@ -101,6 +104,11 @@ class CodxJuniorGlobalSettings(BaseSettings):
         True,
         description="PostgreSQL: fewer round trips per unit of work (db/pg/roundtrips.py); false: plain RelStorage",
     )
+    db_pg_temp_tablespace: str | None = Field(
+        None,
+        description="PostgreSQL: tablespace for RelStorage's temp tables (temp_tablespaces), e.g. one on tmpfs; "
+        "checked at open (docs/deployment-tuning.md)",
+    )
     db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")
     db_migrate_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="objects per commit in large migration steps"
@@ -136,6 +144,19 @@ class CodxJuniorGlobalSettings(BaseSettings):
             if name not in names:
                 names.append(name)
         return ",".join(names)
+
+    @field_validator("db_pg_temp_tablespace", mode="before")
+    @classmethod
+    def _tablespace_name(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str) or not _PG_IDENTIFIER.fullmatch(value.strip()):
+            raise ValueError(
+                f"{shown(str(value), 70)} is not a tablespace name codx-db can pass on: use an unquoted "
+                "PostgreSQL identifier in lower case (a-z, 0-9, _ and $, not starting with a digit, "
+                "at most 63 characters)"
+            )
+        return value.strip()
 
     @field_validator("db_backend", "db_startup", mode="before")
     @classmethod

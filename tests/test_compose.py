@@ -59,6 +59,7 @@ def test_docker_compose_file_is_valid(tmp_path: Path) -> None:
     shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
     shutil.copy(ROOT / "compose.env.example", tmp_path / "compose.env")
     shutil.copy(ROOT / "Dockerfile", tmp_path / "Dockerfile")
+    shutil.copytree(ROOT / "compose", tmp_path / "compose")
     result = subprocess.run(
         [compose, "--env-file", str(tmp_path / "compose.env"), "-f", str(tmp_path / "docker-compose.yml"), "config"],
         cwd=tmp_path,
@@ -77,6 +78,15 @@ def test_docker_compose_file_is_valid(tmp_path: Path) -> None:
     dsn = re.search(r"CODX_JUNIOR_DB_DSN: (.*)", config)
     assert dsn is not None and "password" not in dsn.group(1) and "change-me" not in dsn.group(1)
     assert "change-me" not in COMPOSE_FILE.read_text()
+    # Tuning: RelStorage's temp tables on a tmpfs tablespace, created on first init, checked at open.
+    assert "exec docker-entrypoint.sh postgres -c temp_tablespaces=codx_tmp" in config
+    assert "- /var/lib/postgresql/tmp:size=256m\n" in config and "TUNING PLACEHOLDER" not in COMPOSE_FILE.read_text()
+    assert f"- {tmp_path / 'compose' / 'initdb'}:/docker-entrypoint-initdb.d:ro" in config
+    assert "CODX_JUNIOR_DB_PG_TEMP_TABLESPACE: codx_tmp" in config
+    assert (
+        "CREATE TABLESPACE codx_tmp LOCATION '/var/lib/postgresql/tmp';"
+        in (ROOT / "compose" / "initdb" / "10-codx-tmp.sql").read_text()
+    )
     # Volumes belong to the compose project: no fixed name shared by every checkout.
     assert config.endswith("volumes:\n  cache: {}\n  pgdata: {}\n\n") and "codx-db-pgdata" not in config
 
@@ -243,6 +253,34 @@ def host_command() -> str:
     return "".join(line.removeprefix("#").removeprefix("   ") + "\n" for line in block.splitlines())
 
 
+# In the app's container, after a write by codx-db: where PostgreSQL put the temp tables of
+# RelStorage's sessions (still open: the Database is not closed) and of a plain session of the
+# app's role (the server's temp_tablespaces), and which tablespaces exist.
+TEMP_TABLESPACES = """
+import os
+import psycopg2
+from db.user_db import UserDB
+users = UserDB()
+users.create(username="tmpfs-probe", email="tmpfs-probe@example.com")
+conn = psycopg2.connect(os.environ["CODX_JUNIOR_DB_DSN"])
+conn.autocommit = True
+with conn.cursor() as cur:
+    where = (
+        "SELECT DISTINCT COALESCE(t.spcname, 'default') FROM pg_class c "
+        "LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.relpersistence = 't' AND c.relname = %s"
+    )
+    cur.execute(where, ("temp_store",))
+    print("temp_store in", sorted(row[0] for row in cur.fetchall()))
+    cur.execute("CREATE TEMP TABLE app_probe (x int)")
+    cur.execute(where, ("app_probe",))
+    print("app_probe in", sorted(row[0] for row in cur.fetchall()))
+    cur.execute("SELECT spcname FROM pg_tablespace ORDER BY spcname")
+    print("tablespaces", [row[0] for row in cur.fetchall()])
+conn.close()
+print("created", users.get("tmpfs-probe").username)
+"""
+
+
 AUTHENTICATE = """
 import os
 import sys
@@ -283,6 +321,13 @@ def test_compose_stack_end_to_end(stack: Stack, engine: Engine) -> None:
     assert sorted(stack.volumes()) == [f"{stack.project}_cache", f"{stack.project}_pgdata"]
     stack.up_postgres()
     assert "alice@example.com" in stack.codx_db("user", "get", "alice")
+    # The tmpfs came back empty: a write still works and its temp tables are on it (the start
+    # command recreated the tablespace's PG_15_<catalog> directory).
+    info = stack.codx_db("info")
+    assert "temp_tablespace: codx_tmp" in info and "users: 1" in info
+    probe = stack.ok("run", "--rm", "-T", "--entrypoint", "python", "codx-db", "-c", TEMP_TABLESPACES)
+    assert "temp_store in ['codx_tmp']" in probe and "app_probe in ['codx_tmp']" in probe, probe
+    assert "'codx_tmp'" in probe.split("tablespaces", 1)[1] and "created tmpfs-probe" in probe, probe
 
     # From the host, with the command docker-compose.yml prints: no URL encoding of the password.
     env = {
@@ -293,5 +338,5 @@ def test_compose_stack_end_to_end(stack: Stack, engine: Engine) -> None:
     }
     host = _run(["bash", "-euc", host_command()], env, input=stack.password + "\n", cwd=ROOT)
     assert host.returncode == 0, host.stderr
-    assert "backend: postgres" in host.stdout and "users: 1" in host.stdout
+    assert "backend: postgres" in host.stdout and "users: 2" in host.stdout
     assert f"port={stack.port}" in host.stdout and stack.password not in host.stdout + host.stderr

@@ -63,6 +63,7 @@ def cmd_info(session: Session, args: argparse.Namespace) -> InfoReport:
             code_generation=migrations.GENERATION,
             status=f"{EMPTY} (the first write creates it, e.g. `codx-db user add`)",
             users=0,
+            temp_tablespace=settings.db_pg_temp_tablespace if settings.kind == "postgres" else None,
         )
     try:
         with session.database.transaction() as uow:
@@ -83,6 +84,7 @@ def cmd_info(session: Session, args: argparse.Namespace) -> InfoReport:
         code_generation=migrations.GENERATION,
         status=state,
         users=users,
+        temp_tablespace=settings.db_pg_temp_tablespace if settings.kind == "postgres" else None,
     )
 
 

@@ -253,6 +253,15 @@ class InfoReport(Report):
     code_generation: int
     status: str
     users: int
+    # db_pg_temp_tablespace, shown only when set (postgres backend).
+    temp_tablespace: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form; ``temp_tablespace`` only when set, so other outputs stay as they were."""
+        data = super().to_dict()
+        if data.get("temp_tablespace") is None:
+            data.pop("temp_tablespace", None)
+        return data
 
 
 class PendingStep(BaseModel):

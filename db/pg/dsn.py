@@ -52,3 +52,16 @@ def scrub(message: str, dsn: str | None) -> str:
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message (libpq adds context lines that may repeat the DSN)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def with_server_settings(dsn: str, **settings: str) -> str:
+    """The keyword DSN with ``-c name=value`` server settings added to libpq's ``options``.
+
+    The server applies them when the session starts: no statement, no extra round trip.
+    Settings already in the DSN's ``options`` are kept; a later ``-c`` wins on the server.
+    Values must not contain spaces or backslashes (libpq's separators and escape there).
+    """
+    params = parse_dsn(dsn)
+    extra = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    params["options"] = f"{params['options']} {extra}" if params.get("options") else extra
+    return str(make_dsn(**params))

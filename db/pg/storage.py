@@ -14,8 +14,8 @@ from db.errors import ConfigurationError
 from db.file_storage import make_private_dir
 from db.pg import roundtrips
 from db.pg.connect import connect, unavailable_on_connect_error, unit_errors
-from db.pg.dsn import keyword_dsn
-from db.settings import CodxJuniorGlobalSettings
+from db.pg.dsn import keyword_dsn, with_server_settings
+from db.settings import CodxJuniorGlobalSettings, env_name
 from db.storage import StorageSpec
 
 
@@ -50,9 +50,9 @@ def open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
     """Open RelStorage on ``dsn`` (creating its schema in an empty database)."""
     options = Options(**relstorage_options(settings))
     with unavailable_on_connect_error(dsn):
-        check_history_mode(dsn, settings.db_keep_history)
+        check_server(dsn, settings.db_keep_history, settings.db_pg_temp_tablespace)
         # Looked up at call time, as RelStorage's own ZConfig factory does (a subclass may be patched in).
-        adapter = postgresql.PostgreSQLAdapter(dsn=dsn, options=options)
+        adapter = postgresql.PostgreSQLAdapter(dsn=relstorage_dsn(settings, dsn), options=options)
         prepare_adapter(adapter, settings.db_pg_fast_reads)
         return RelStorage(adapter, options=options)
 
@@ -68,22 +68,58 @@ def prepare_adapter(adapter: Any, fast_reads: bool) -> None:
     forks.track_connections(adapter)
 
 
-def check_history_mode(dsn: str, keep_history: bool) -> None:
-    """Refuse, naming the setting, a keep-history value that contradicts an existing schema.
+def relstorage_dsn(settings: CodxJuniorGlobalSettings, dsn: str) -> str:
+    """The DSN RelStorage's own sessions use: ``dsn`` plus the server settings codx-db asks for.
 
-    RelStorage fixes the mode when it creates its tables; opening with the other mode fails
-    deep inside RelStorage (a foreign-key error or a schema mismatch) without saying why.
+    ``db_pg_temp_tablespace`` goes in as ``temp_tablespaces`` in libpq's startup options, so it
+    costs no statement and is in force before RelStorage creates its temp tables.
+    """
+    if settings.db_pg_temp_tablespace is None:
+        return dsn
+    return with_server_settings(dsn, temp_tablespaces=settings.db_pg_temp_tablespace)
+
+
+# One statement, one round trip: what the schema holds and what the temp tablespace allows.
+# The database's own default tablespace needs no CREATE privilege for temp tables (PostgreSQL
+# skips the check for it, see PrepareTempTablespaces), so it counts as usable.
+_SERVER_CHECK = """
+SELECT ARRAY(
+           SELECT table_name::text FROM information_schema.tables
+           WHERE table_schema = current_schema() AND table_name IN ('object_state', 'current_object')),
+       (SELECT has_tablespace_privilege(t.oid, 'CREATE')
+               OR t.oid = (SELECT dattablespace FROM pg_database WHERE datname = current_database())
+          FROM pg_tablespace t WHERE t.spcname = %s),
+       current_user::text
+"""
+
+
+def check_server(dsn: str, keep_history: bool, temp_tablespace: str | None) -> None:
+    """Refuse, naming the setting, what the server would get wrong or silently ignore.
+
+    - ``db_keep_history`` contradicting an existing schema: RelStorage fixes the mode when it
+      creates its tables; opening with the other mode fails deep inside RelStorage (a
+      foreign-key error or a schema mismatch) without saying why.
+    - ``db_pg_temp_tablespace`` naming a tablespace that does not exist or that this role may
+      not create in: PostgreSQL ignores such a ``temp_tablespaces`` entry without a word and
+      puts the temp tables in the default tablespace, so the tuning would silently be off.
+
+    Runs before RelStorage opens anything: a refusal writes nothing.
     """
     conn = connect(dsn, "codx-db schema check")
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT table_name FROM information_schema.tables "
-                "WHERE table_schema = current_schema() AND table_name IN ('object_state', 'current_object')"
-            )
-            tables = {row[0] for row in cur.fetchall()}
+            cur.execute(_SERVER_CHECK, (temp_tablespace,))
+            row = cur.fetchone()
     finally:
         conn.close()
+    assert row is not None  # a SELECT without FROM returns one row
+    tables, tablespace_usable, role = set(row[0]), row[1], row[2]
+    _check_history_mode(tables, keep_history)
+    if temp_tablespace is not None:
+        _check_temp_tablespace(temp_tablespace, tablespace_usable, role)
+
+
+def _check_history_mode(tables: set[str], keep_history: bool) -> None:
     if "object_state" not in tables:
         return  # a new database: RelStorage creates it in the mode asked for
     existing = "current_object" in tables  # only history-preserving schemas have it
@@ -93,4 +129,19 @@ def check_history_mode(dsn: str, keep_history: bool) -> None:
             f"db_keep_history: the PostgreSQL database {mode}, but CODX_JUNIOR_DB_KEEP_HISTORY="
             f"{str(keep_history).lower()}: set it to {str(existing).lower()}, or copy the data into "
             "a new database of the other kind with `codx-db copy`"
+        )
+
+
+def _check_temp_tablespace(name: str, usable: bool | None, role: str) -> None:
+    setting = f"db_pg_temp_tablespace: {env_name('db_pg_temp_tablespace')}={name}"
+    if usable is None:
+        raise ConfigurationError(
+            f"{setting}, but the PostgreSQL server has no tablespace {name!r} (PostgreSQL would silently "
+            f"use the default one): create it (CREATE TABLESPACE {name} LOCATION '...', see "
+            "docs/deployment-tuning.md) or unset the setting"
+        )
+    if not usable:
+        raise ConfigurationError(
+            f"{setting}, but role {role!r} may not create tables in tablespace {name!r} (PostgreSQL would "
+            f"silently use the default one): GRANT CREATE ON TABLESPACE {name} TO {role}, or unset the setting"
         )

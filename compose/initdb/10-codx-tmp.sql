@@ -1,0 +1,13 @@
+-- Run once, by the postgres image's entrypoint, when the data volume is first initialised
+-- (files in /docker-entrypoint-initdb.d run only on an empty volume).
+--
+-- A tablespace on the tmpfs docker-compose.yml mounts at /var/lib/postgresql/tmp, named by the
+-- server's temp_tablespaces: temporary tables (RelStorage's temp_store & co., truncated at every
+-- commit) and temporary files then live in memory. See docs/deployment-tuning.md.
+--
+-- POSTGRES_USER is a superuser and may use it as is. Another application role needs:
+--   GRANT CREATE ON TABLESPACE codx_tmp TO that_role;
+-- A volume initialised before this file existed: run this statement once by hand
+--   docker compose --env-file compose.env exec postgres psql -U codx -d codx \
+--       -c "CREATE TABLESPACE codx_tmp LOCATION '/var/lib/postgresql/tmp'"
+CREATE TABLESPACE codx_tmp LOCATION '/var/lib/postgresql/tmp';
