@@ -246,15 +246,14 @@ def test_a_client_killed_mid_commit_leaves_nothing_stale(database: Database, pg_
     assert check(database).problems == []
 
 
-def test_many_commits_keep_temp_store_small(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_temps, "TRUNCATE_EVERY", 500)
+def test_many_commits_keep_temp_store_small(database: Database) -> None:
     zodb = database.open()
     _two_objects(zodb)
     truncates = store_temps.Counters.truncates
     conn = zodb.open()
     try:
         root = conn.root()
-        for i in range(2000):
+        for i in range(2500):  # one 1 KB row each
             root["a"]["n"] = i
             root["a"]["pad"] = "x" * 900
             transaction.commit()
@@ -265,9 +264,9 @@ def test_many_commits_keep_temp_store_small(database: Database, monkeypatch: pyt
     finally:
         transaction.abort()
         conn.close()
-    assert store_temps.Counters.truncates - truncates >= 3
-    # 2,000 deleted 1 KB rows would be ~2 MB without the TRUNCATEs.
-    assert size <= 600 * 1024, size
+    assert store_temps.Counters.truncates - truncates >= 2
+    # Without the TRUNCATEs: 2.1 MB after 2,000 commits, growing (deleted rows' space is not reused).
+    assert size <= 1536 * 1024, size
 
 
 def test_the_setting_off_keeps_relstorage_tables(pg_dsn: str) -> None:
@@ -383,3 +382,67 @@ def test_a_write_waits_for_four_round_trips(pg_dsn: str) -> None:
     # poll; BEGIN + DELETEs + COPY; lock objects; move + COMMIT. RelStorage alone: BEGIN sent
     # alone, and the second COMMIT after the hidden one.
     assert counts == {"on": 4, "off": 6}
+
+
+def test_a_relstorage_without_the_store_hook_keeps_its_own_tables(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A RelStorage release that renamed the private method store_temps wraps: really gone from
+    # the classes, RelStorage itself opening store connections under another name.
+    from relstorage.adapters.connmanager import AbstractConnectionManager
+
+    monkeypatch.setattr(store_temps, "_warned", set())
+    monkeypatch.setattr(
+        AbstractConnectionManager, "_open_store", AbstractConnectionManager._do_open_for_store, raising=False
+    )
+    monkeypatch.delattr(AbstractConnectionManager, "_do_open_for_store")
+
+    def open_for_store(self, **open_args):  # type: ignore[no-untyped-def]
+        conn, cursor = self._open_store(**open_args)
+        self._call_hooks(self._on_store_opened, conn, cursor, cursor, restart=False)
+        return conn, cursor
+
+    monkeypatch.setattr(AbstractConnectionManager, "open_for_store", open_for_store)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            database = Database(_settings(pg_dsn))
+            try:
+                conn = database.open().open()
+                try:
+                    conn.root()["x"] = PersistentMapping(n=len(caplog.records))
+                    transaction.commit()
+                    store = _store_connection(conn)
+                    assert not getattr(store, "codx_store", False)
+                    assert not _rows_survive_a_commit(store, "temp_store")
+                finally:
+                    transaction.abort()
+                    conn.close()
+            finally:
+                database.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == store_temps.log.name]
+    assert len(warnings) == 1, warnings
+    assert "_do_open_for_store" in warnings[0] and "OWN_TEMP_TABLES" in warnings[0]
+
+
+def test_big_transactions_truncate_sooner(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_temps, "TRUNCATE_ROWS", 300)
+    zodb = database.open()
+    truncates = store_temps.Counters.truncates
+    conn = zodb.open()
+    try:
+        root = conn.root()
+        for batch in range(3):
+            for i in range(200):
+                root[f"o{i}"] = PersistentMapping(batch=batch)
+            transaction.commit()
+        root["last"] = PersistentMapping()
+        transaction.commit()
+        assert store_temps.Counters.truncates - truncates == 1  # before the third batch
+        assert {root[f"o{i}"]["batch"] for i in range(200)} == {2}
+        assert _zoids_at(database.settings.db_dsn.get_secret_value(), u64(root["last"]._p_serial)) == {
+            u64(root._p_oid),
+            u64(root["last"]._p_oid),
+        }
+    finally:
+        transaction.abort()
+        conn.close()

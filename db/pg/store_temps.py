@@ -13,14 +13,17 @@ source at install time) and ``ON COMMIT PRESERVE ROWS``, before RelStorage's
 **the first message of every store transaction empties them** (``DELETE FROM temp_store; DELETE
 FROM temp_store_replacements;`` prefixed to the transaction's first statement, the same message):
 rows left by a transaction that ended in any way (committed and moved, aborted, failed) can never
-reach the next move. Every ``TRUNCATE_EVERY`` transactions the prefix is a ``TRUNCATE`` instead,
-which bounds the dead tuples ``DELETE`` leaves (autovacuum never visits temp tables); that one
-truncation happens at the start of a transaction, not at its commit.
+reach the next move. Every ``TRUNCATE_EVERY`` transactions (or ``TRUNCATE_ROWS`` rows copied in)
+the prefix is a ``TRUNCATE`` instead, which bounds the space ``DELETE`` leaves behind (autovacuum
+never visits temp tables); that truncation runs at the start of a transaction, not at its commit.
 
-``temp_blob_chunk`` is RelStorage's unless no blob directory is configured: its ``DELETE``
-trigger unlinks the large objects its rows name, which after a commit are the committed blobs,
-so it cannot be emptied by ``DELETE``; PostgreSQL's truncation fires no trigger. Without a blob
-directory RelStorage never writes a row to it (only ``upload_blob`` does), so it is created
+``temp_blob_chunk`` stays RelStorage's when a blob directory is configured: its ``DELETE``
+trigger (procs/temp_blob_chunk_delete_trigger.sql) ``lo_unlink``s a row's large object unless
+``blob_chunk`` still names it. Right after a commit it does, but by the next transaction another
+writer may have replaced that blob or a pack removed it (``blob_chunk``'s own trigger then
+unlinked it already): a ``DELETE`` would unlink twice and fail, every time, on that connection.
+PostgreSQL's truncation fires no trigger. Without a blob directory RelStorage never writes a row
+to it (only ``mover.upload_blob`` does, for ``storeBlob``/``restoreBlob``), so it is created
 ``PRESERVE ROWS`` too and nothing of the session is truncated at commit any more.
 
 Round trips (§4.2): psycopg2 sends ``BEGIN`` alone before a transaction's first statement, and
@@ -58,8 +61,11 @@ log = logging.getLogger(__name__)
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE;"
 CLEAN = "DELETE FROM temp_store;DELETE FROM temp_store_replacements;"
 TRUNCATE = "TRUNCATE temp_store, temp_store_replacements;"
-# One TRUNCATE (new empty files for the two tables and their indexes) per this many transactions.
+# One TRUNCATE (new empty files for the two tables and their indexes) per this many transactions,
+# or sooner once this many rows were copied in since the last one (2,000 rows of 1 KB deleted one
+# transaction at a time leave temp_store at ~2 MB: PostgreSQL reuses little of that space).
 TRUNCATE_EVERY = 1000
+TRUNCATE_ROWS = 5000
 _IDLE = getattr(psycopg2.extensions, "TRANSACTION_STATUS_IDLE", None)
 
 # RelStorage's DDL, PostgreSQLObjectMover.on_store_opened (relstorage/adapters/postgresql/mover.py).
@@ -118,7 +124,12 @@ class _StoreCursorMixin:
         # libpq's PQexec stops at the COPY's CopyIn reply: the prefix's results are read and
         # dropped, and psycopg2 streams the rows as usual (tests/test_pg_temp_tables.py).
         with conn.codx_starting(self, sql) as sql:
-            return super().copy_expert(sql, file, size)  # type: ignore[misc]
+            result = super().copy_expert(sql, file, size)  # type: ignore[misc]
+        try:
+            conn.codx_store_rows += len(file)  # RelStorage's TempStoreCopyBuffer: rows
+        except TypeError:
+            conn.codx_store_rows += 1
+        return result
 
     def _codx_alone(self, method: str, *args: Any, **kwargs: Any) -> Any:
         conn: Any = self.connection  # type: ignore[attr-defined]
@@ -174,6 +185,7 @@ class _StoreConnectionMixin(_ConnectionBase):
     codx_store_manual: bool  # ... in autocommit mode, codx-db sending BEGIN/COMMIT/ROLLBACK
     codx_clean_due: bool  # the next statement must carry the prefix
     codx_store_txns: int
+    codx_store_rows: int  # rows copied in since the last TRUNCATE
     codx_store_cursor: Any  # the cursor class before take-over (plain statements)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -182,6 +194,7 @@ class _StoreConnectionMixin(_ConnectionBase):
         self.codx_store_manual = False
         self.codx_clean_due = True
         self.codx_store_txns = 0
+        self.codx_store_rows = 0
 
     def codx_store_take_over(self, ddl: list[str], manual: bool) -> None:
         """Create our temp tables (before RelStorage's DDL) and drive this store connection."""
@@ -212,7 +225,8 @@ class _StoreConnectionMixin(_ConnectionBase):
         prefix = BEGIN if idle and self.codx_store_manual else ""
         Counters.begins += bool(prefix)
         self.codx_store_txns += 1
-        if self.codx_store_txns % TRUNCATE_EVERY == 0:
+        if self.codx_store_txns % TRUNCATE_EVERY == 0 or self.codx_store_rows >= TRUNCATE_ROWS:
+            self.codx_store_txns = self.codx_store_rows = 0
             prefix += TRUNCATE
             Counters.truncates += 1
         else:
@@ -275,7 +289,8 @@ def _subclass(mixin: type, base: type, slots: tuple[str, ...] = ()) -> type:
     return cls
 
 
-_SLOTS = ("codx_store", "codx_store_manual", "codx_clean_due", "codx_store_txns", "codx_store_cursor")
+_SLOTS = ("codx_store", "codx_store_manual", "codx_clean_due", "codx_store_txns", "codx_store_rows")
+_SLOTS += ("codx_store_cursor",)
 _CONNECTION_NEEDS = ("info", "autocommit", "cursor_factory", "cursor", "rollback", "commit")
 
 
