@@ -289,8 +289,8 @@ def _subclass(mixin: type, base: type, slots: tuple[str, ...] = ()) -> type:
     return cls
 
 
-_SLOTS = ("codx_store", "codx_store_manual", "codx_clean_due", "codx_store_txns", "codx_store_rows")
-_SLOTS += ("codx_store_cursor",)
+_SLOTS: tuple[str, ...] = ("codx_store", "codx_store_manual", "codx_clean_due", "codx_store_txns")
+_SLOTS += ("codx_store_rows", "codx_store_cursor")
 _CONNECTION_NEEDS = ("info", "autocommit", "cursor_factory", "cursor", "rollback", "commit")
 
 
