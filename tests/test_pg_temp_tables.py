@@ -108,7 +108,16 @@ class _FailingVote:
     def tpc_finish(self, txn: Any) -> None: ...
 
 
-def test_a_commit_writes_only_its_own_objects_after_a_commit_and_an_abort(database: Database, pg_dsn: str) -> None:
+@pytest.mark.parametrize("keep_history", [False, True], ids=["history-free", "keep-history"])
+def test_a_commit_writes_only_its_own_objects_after_a_commit_and_an_abort(pg_dsn: str, keep_history: bool) -> None:
+    database = Database(_settings(pg_dsn, db_keep_history=keep_history))
+    try:
+        _commit_abort_commit(database, pg_dsn)
+    finally:
+        database.close()
+
+
+def _commit_abort_commit(database: Database, pg_dsn: str) -> None:
     zodb = database.open()
     _two_objects(zodb)
     conn = zodb.open()

@@ -114,8 +114,7 @@ class _StoreCursorMixin:
         conn: Any = self.connection  # type: ignore[attr-defined]
         if not conn.codx_store:
             return super().execute(query, vars)  # type: ignore[misc]
-        with conn.codx_starting(self, query) as query:
-            return super().execute(query, vars)  # type: ignore[misc]
+        return super().execute(conn.codx_starting(self, query), vars)  # type: ignore[misc]
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> Any:
         conn: Any = self.connection  # type: ignore[attr-defined]
@@ -123,8 +122,7 @@ class _StoreCursorMixin:
             return super().copy_expert(sql, file, size)  # type: ignore[misc]
         # libpq's PQexec stops at the COPY's CopyIn reply: the prefix's results are read and
         # dropped, and psycopg2 streams the rows as usual (tests/test_pg_temp_tables.py).
-        with conn.codx_starting(self, sql) as sql:
-            result = super().copy_expert(sql, file, size)  # type: ignore[misc]
+        result = super().copy_expert(conn.codx_starting(self, sql), file, size)  # type: ignore[misc]
         try:
             conn.codx_store_rows += len(file)  # RelStorage's TempStoreCopyBuffer: rows
         except TypeError:
@@ -134,8 +132,7 @@ class _StoreCursorMixin:
     def _codx_alone(self, method: str, *args: Any, **kwargs: Any) -> Any:
         conn: Any = self.connection  # type: ignore[attr-defined]
         if conn.codx_store:
-            with conn.codx_starting(None, None):
-                return getattr(super(), method)(*args, **kwargs)
+            conn.codx_starting(None, None)
         return getattr(super(), method)(*args, **kwargs)
 
     def executemany(self, query: Any, vars_list: Any) -> Any:
@@ -155,25 +152,6 @@ if TYPE_CHECKING:
     _ConnectionBase = psycopg2.extensions.connection
 else:
     _ConnectionBase = object
-
-
-class _Starting:
-    """Context of one statement: the query to send, and the prefix's bookkeeping if it fails."""
-
-    __slots__ = ("conn", "query")
-
-    def __init__(self, conn: Any, query: Any) -> None:
-        self.conn, self.query = conn, query
-
-    def __enter__(self) -> Any:
-        return self.query
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None:
-            # Whether the prefix reached the server or not, empty the tables again next time
-            # (an extra DELETE is harmless; a missing one is not). A failed transaction is
-            # rolled back before any store statement can succeed on it anyway.
-            self.conn.codx_clean_due = True
 
 
 class _StoreConnectionMixin(_ConnectionBase):
@@ -211,17 +189,23 @@ class _StoreConnectionMixin(_ConnectionBase):
         self.codx_clean_due = True
         self.codx_store = True
 
-    def codx_starting(self, cursor: Any, query: Any) -> _Starting:
+    def codx_starting(self, cursor: Any, query: Any) -> Any:
         """``query`` with the transaction's prefix when it is the first statement of one.
 
         ``cursor`` None (or a named cursor, whose DECLARE takes no prefix): the prefix, if due,
         is sent alone now and ``query`` is returned unchanged.
+
+        The prefix is due once: a statement that carried it and raised either never reached
+        the server (the transaction is then still IDLE, and the next statement carries it
+        again) or did (the DELETEs ran, or the transaction failed and is rolled back, which
+        makes it due again). Sending it again inside a transaction that goes on would delete
+        that transaction's own rows.
         """
         idle = self.info.transaction_status == _IDLE
         if not (idle or self.codx_clean_due):
-            return _Starting(self, query)
-        # A transaction begun by something else than these cursors (psycopg2's large objects)
-        # is not idle, but has not been emptied yet: codx_clean_due says so.
+            return query
+        # A transaction begun by something else than these cursors (psycopg2's large objects;
+        # RelStorage 4.3 always runs a statement first) is not idle, but not emptied yet.
         prefix = BEGIN if idle and self.codx_store_manual else ""
         Counters.begins += bool(prefix)
         self.codx_store_txns += 1
@@ -234,18 +218,14 @@ class _StoreConnectionMixin(_ConnectionBase):
         Counters.cleans += 1
         self.codx_clean_due = False
         if cursor is None or cursor.name is not None or query is None:
-            try:
-                with self.codx_store_cursor(self) as cur:
-                    cur.execute(prefix)
-            except BaseException:
-                self.codx_clean_due = True
-                raise
-            return _Starting(self, query)
+            with self.codx_store_cursor(self) as cur:
+                cur.execute(prefix)
+            return query
         if isinstance(query, bytes):
-            return _Starting(self, prefix.encode() + query)
+            return prefix.encode() + query
         if not isinstance(query, str):  # psycopg2.sql.Composable
             query = query.as_string(self)
-        return _Starting(self, prefix + query)
+        return prefix + query
 
     def _codx_store_end(self, statement: str) -> None:
         if self.info.transaction_status == _IDLE:
