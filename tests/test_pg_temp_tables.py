@@ -455,3 +455,31 @@ def test_big_transactions_truncate_sooner(database: Database, monkeypatch: pytes
     finally:
         transaction.abort()
         conn.close()
+
+
+def test_a_keep_history_pack_then_writes(pg_dsn: str) -> None:
+    # RelStorage's pack opens its connections as store connections (open_for_pre_pack): ours.
+    database = Database(_settings(pg_dsn, db_keep_history=True))
+    try:
+        users = UserDB(database)
+        users.create(username="alice")
+        for i in range(5):
+            users.update("alice", full_name=f"name {i}")
+        database.open().pack()
+        users.update("alice", full_name="after the pack")
+        users.create(username="bob")
+        assert users.get("alice").full_name == "after the pack"
+        assert check(database).problems == []
+    finally:
+        database.close()
+
+
+def test_the_setting_is_on_by_default_and_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from db.errors import ConfigurationError
+
+    assert CodxJuniorGlobalSettings.load().db_pg_own_temp_tables is True
+    monkeypatch.setenv("CODX_JUNIOR_DB_PG_OWN_TEMP_TABLES", "false")
+    assert CodxJuniorGlobalSettings.load().db_pg_own_temp_tables is False
+    monkeypatch.setenv("CODX_JUNIOR_DB_PG_OWN_TEMP_TABLES", "maybe")
+    with pytest.raises(ConfigurationError, match="CODX_JUNIOR_DB_PG_OWN_TEMP_TABLES"):
+        CodxJuniorGlobalSettings.load()
