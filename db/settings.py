@@ -109,6 +109,11 @@ class CodxJuniorGlobalSettings(BaseSettings):
         description="PostgreSQL: tablespace for RelStorage's temp tables (temp_tablespaces), e.g. one on tmpfs; "
         "checked at open (docs/deployment-tuning.md)",
     )
+    db_pg_own_temp_tables: bool = Field(
+        True,
+        description="PostgreSQL: codx-db's store temp tables, not truncated at commit, 4 round trips per write "
+        "(db/pg/store_temps.py; needs db_pg_fast_reads); false: RelStorage's own",
+    )
     db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")
     db_migrate_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="objects per commit in large migration steps"

@@ -12,7 +12,7 @@ from ZODB.interfaces import IStorage
 from db import forks
 from db.errors import ConfigurationError
 from db.file_storage import make_private_dir
-from db.pg import roundtrips
+from db.pg import roundtrips, store_temps
 from db.pg.connect import connect, unavailable_on_connect_error, unit_errors
 from db.pg.dsn import keyword_dsn, with_server_settings
 from db.settings import CodxJuniorGlobalSettings, env_name
@@ -53,18 +53,22 @@ def open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
         check_server(dsn, settings.db_keep_history, settings.db_pg_temp_tablespace)
         # Looked up at call time, as RelStorage's own ZConfig factory does (a subclass may be patched in).
         adapter = postgresql.PostgreSQLAdapter(dsn=relstorage_dsn(settings, dsn), options=options)
-        prepare_adapter(adapter, settings.db_pg_fast_reads)
+        prepare_adapter(adapter, settings.db_pg_fast_reads, settings.db_pg_own_temp_tables)
         return RelStorage(adapter, options=options)
 
 
-def prepare_adapter(adapter: Any, fast_reads: bool) -> None:
+def prepare_adapter(adapter: Any, fast_reads: bool, own_temp_tables: bool = True) -> None:
     """Hook a PostgreSQL adapter before it opens its first connection.
 
-    Its connections then take the fast read path (unless ``db_pg_fast_reads`` is off) and
-    are known to a forked child (db/forks.py).
+    Its connections then take the fast read path (unless ``db_pg_fast_reads`` is off), its
+    store connections own their temp tables (db/pg/store_temps.py, unless
+    ``db_pg_own_temp_tables`` is off; ``db_pg_fast_reads=false`` turns that off too: it asks
+    for plain RelStorage) and they are known to a forked child (db/forks.py).
     """
     if fast_reads:
         roundtrips.install(adapter)
+        if own_temp_tables:
+            store_temps.install(adapter)
     forks.track_connections(adapter)
 
 
