@@ -57,4 +57,3 @@ def evolve(context: EvolveContext) -> None:
         container.counts = new_counts(int(container.__dict__["length"]()))
         del container.__dict__["length"]
         container._p_changed = True
-

@@ -140,7 +140,9 @@ def test_evolve5_is_idempotent(tmp_path: Path) -> None:
         with zodb.transaction() as conn:  # as if interrupted after its batches: run it again
             conn.root()[GENERATION_KEY] = 4
             conn.root()[GENERATIONS_KEY]["codx_db"] = 4
-        assert [step.generation for step in runner.evolve(zodb, batch_size=1)] == list(range(5, migrations.GENERATION + 1))
+        assert [step.generation for step in runner.evolve(zodb, batch_size=1)] == list(
+            range(5, migrations.GENERATION + 1)
+        )
     finally:
         zodb.close()
     assert stored_state(settings) == first == EXPECTED
