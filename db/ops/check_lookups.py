@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from BTrees.OOBTree import OOTreeSet
-
 from db.ops.reports import Problem, describe_user
-from db.users.indexes import INDEX_CLASSES
+from db.users.indexes import INDEX_CLASSES, IndexSet
 from db.users.models import User, UserContainer, github_key, project_ids
 
 # The generation that added the GitHub, project and admin indexes (codx-junior lookups).
@@ -160,7 +158,7 @@ def sync_lookup_indexes(container: UserContainer, users: list[User]) -> list[str
         for project_id, ids in wanted.items():
             members = container.by_project.get(project_id)
             if members is None:
-                members = container.by_project[project_id] = OOTreeSet()
+                members = container.by_project[project_id] = IndexSet()
             for user_id in sorted(ids):
                 if members.add(user_id):
                     fixed.append(f"project: added {user_id!r} to {project_id!r}")
