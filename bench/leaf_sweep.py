@@ -72,6 +72,38 @@ def _populate(dsn: str, leaf: int, population: int, legacy_count: bool) -> None:
         database.close()
 
 
+def bytes_per_create(leaf: int, population: int, creates: int = 200) -> float:
+    """Bytes a create appends to a FileStorage holding ``population`` users: the pickles written.
+
+    Unlike creates/s this does not depend on the machine's load: it shows what bigger
+    buckets cost each commit (the whole bucket is re-pickled on every insert into it).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from db.database import Database
+    from db.settings import CodxJuniorGlobalSettings
+    from db.user_db import UserDB
+    from db.users.models import USERS_KEY, User
+
+    _set_leaf(leaf)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "users.fs"
+        database = Database(CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=path))
+        try:
+            with database.transaction() as uow:
+                container = uow.root[USERS_KEY]
+                for i in range(population):
+                    container.add(User(id=f"{i:032x}", username=f"seed{i}", email=f"seed{i}@example.com"))
+            users = UserDB(database)
+            before = path.stat().st_size
+            for i in range(creates):
+                users.create(username=f"new{i}", email=f"new{i}@example.com")
+            return (path.stat().st_size - before) / creates
+        finally:
+            database.close()
+
+
 def _worker(dsn: str, leaf: int, worker: int, seconds: float, barrier: Any, results: Any) -> None:
     from db.user_db import UserDB
 
@@ -132,7 +164,8 @@ def sweep(admin_dsn: str, sizes: list[int], seconds: float, population: int, rou
         retries: Counter[str] = Counter()
         for _, _, by_class in runs:
             retries.update(by_class)  # every 2-process round: per 1,000 creates, less load-dependent than creates/s
-        rows.append({"layout": label, "one": one, "two": two, "creates": creates, "retries": retries})
+        written = bytes_per_create(leaf, population)
+        rows.append({"layout": label, "one": one, "two": two, "creates": creates, "retries": retries, "bytes": written})
         print(_line(rows[-1]), flush=True)
     return rows
 
@@ -144,7 +177,7 @@ def _line(row: dict[str, Any]) -> str:
     per_1000 = 1000 * sum(retries.values()) / max(row["creates"], 1)
     return (
         f"| {row['layout']} | {row['one']:.0f} | {row['two']:.0f} | {ratio:.2f} | {row['creates']} "
-        f"| {per_1000:.0f} ({named}) |"
+        f"| {per_1000:.0f} ({named}) | {row['bytes']:.0f} |"
     )
 
 
@@ -162,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"leaf sweep: {args.seconds:g} s per run, best of {args.rounds}, {args.population} users first, PostgreSQL")
     print(
-        "| layout | 1 process creates/s | 2 processes creates/s | 2p/1p | 2p creates | 2p retries per 1,000 creates |"
+        "| layout | 1 process creates/s | 2 processes creates/s | 2p/1p | 2p creates "
+        "| 2p retries per 1,000 creates | bytes per create (FileStorage) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     sweep(admin_dsn, [int(size) for size in args.sizes.split(",")], args.seconds, args.population, args.rounds)
     return 0
 
