@@ -92,6 +92,11 @@ class ShardedLength:
         self.shards = shards
 
     def __call__(self) -> int:
+        ghosts = [shard for shard in self.shards if shard._p_changed is None]
+        jar = ghosts[0]._p_jar if ghosts else None
+        if len(ghosts) > 1 and jar is not None:
+            # One query for the shards not in memory (RelStorage), not one round trip each.
+            jar.prefetch(ghosts)
         return sum(int(shard()) for shard in self.shards)
 
     def value(self) -> int:
