@@ -255,3 +255,28 @@ def test_check_warns_about_an_old_class_index_and_finds_a_damaged_new_one(
     finally:
         database.close()
     assert IndexSet.max_leaf_size == IndexTree.max_leaf_size > 30
+
+
+def test_a_dry_run_of_evolve6_writes_nothing(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    settings = generation5_database("file", tmp_path, request)
+    before = snapshot(settings)
+    size = settings.db_file_path.stat().st_size
+    with runner.open_for_migration(settings) as zodb:
+        assert [step.generation for step in runner.evolve(zodb, dry_run=True, batch_size=500)] == [6]
+    assert snapshot(settings) == before
+    assert settings.db_file_path.stat().st_size == size
+
+
+def test_startup_minimum_evolves_a_generation5_database_at_open(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    settings = generation5_database("file", tmp_path, request)
+    stored = snapshot(settings)["count"]
+    database = Database(settings.model_copy(update={"db_startup": "minimum"}))
+    try:
+        users = UserDB(database)
+        assert users.count() == stored
+        users.create(username="after-open")
+        assert users.count() == stored + 1
+    finally:
+        database.close()
+    after = snapshot(settings)
+    assert after["generation"] == 6 and after["classes"] == INDEX_CLASSES
