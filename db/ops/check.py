@@ -164,8 +164,10 @@ def _check_structure(name: str, tree: Any, problems: list[Problem]) -> None:
     from BTrees.check import check as check_btree
 
     try:
-        # BTrees' checker looks up exact types: the generation-6 subclasses get their own.
-        check_index(tree) if isinstance(tree, IndexTree | IndexSet) else check_btree(tree)
+        if isinstance(tree, IndexTree | IndexSet):
+            check_index(tree)  # BTrees' checker knows only its own exact types, not these subclasses
+        else:
+            check_btree(tree)
     except AssertionError as exc:
         first = (str(exc).strip().splitlines() or ["damaged"])[0]
         problems.append(Problem(code="btree-damaged", message=f"the {name} BTree is damaged: {first}"))
