@@ -10,11 +10,11 @@ migrations/registry.py) and each package keeps its own generation in the databas
 """
 
 # The generation this code writes. Bump it together with a new evolveN.py module.
-GENERATION = 5
+GENERATION = 6
 
 # The oldest generation this code can still read correctly. A database below it must be
 # evolved before use (see the ``db_startup`` setting and ``codx-db migrate``).
-MINIMUM_GENERATION = 5
+MINIMUM_GENERATION = 6
 # Generation 1 is needed: without it every superuser would read as role "user".
 # Generation 2 is not: without the inactive index, list(active=...) loads users to filter.
 # Generation 3 is not: without the look-alike index, new usernames are checked only for
@@ -24,6 +24,11 @@ MINIMUM_GENERATION = 5
 # GitHub/project/admin indexes, and an index that is missing or half built (an interrupted
 # step) gives wrong answers without an error (a user's GitHub login finds nobody). Hence 5:
 # a database below it is refused at open (db_startup=refuse) until `codx-db migrate --apply`.
+# Generation 6 is too: its step copies every index into a bigger-bucket class and swaps them at
+# the end, so a process writing to the old indexes during the copy would lose those writes at
+# the swap. Keeping 5 would need every writer to mirror each change into the half-built copies
+# (and the copy to detect a key deleted after it read it); refusing generation 5 instead keeps
+# writers off the database until `codx-db migrate --apply` (or db_startup=minimum/evolve) ran it.
 
 # Below the numbers: registering codx_db reads them from this (partly imported) module.
 import ZODB  # noqa: E402

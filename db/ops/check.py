@@ -20,8 +20,9 @@ from typing import Any
 
 import migrations
 from db.database import Database, UnitOfWork
-from db.ops.check_lookups import check_lookup_indexes, sync_lookup_indexes
+from db.ops.check_lookups import check_layout, check_lookup_indexes, sync_lookup_indexes
 from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
+from db.users.indexes import IndexSet, IndexTree, check_index
 from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
 from migrations.runner import read_generation
 
@@ -83,6 +84,7 @@ def check_root(root: Any) -> CheckReport:
     warnings: list[Problem] = []
     _check_skeleton(container, users, generation, problems, warnings)
     check_lookup_indexes(container, users, generation, problems, warnings, _check_structure)
+    check_layout(container, generation, warnings)
     count = container.length()
     if count != len(container.users):
         problems.append(
@@ -162,7 +164,10 @@ def _check_structure(name: str, tree: Any, problems: list[Problem]) -> None:
     from BTrees.check import check as check_btree
 
     try:
-        check_btree(tree)
+        if isinstance(tree, IndexTree | IndexSet):
+            check_index(tree)  # BTrees' checker knows only its own exact types, not these subclasses
+        else:
+            check_btree(tree)
     except AssertionError as exc:
         first = (str(exc).strip().splitlines() or ["damaged"])[0]
         problems.append(Problem(code="btree-damaged", message=f"the {name} BTree is damaged: {first}"))

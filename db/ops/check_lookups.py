@@ -1,4 +1,4 @@
-"""``codx-db check`` for the codx-junior lookup indexes (generation 5): GitHub, project, admins.
+"""``codx-db check`` for the codx-junior lookup indexes (generation 5) and the index layout (generation 6).
 
 Kept apart from db/ops/check.py (the username, email, look-alike and inactive indexes) so each
 module stays readable; check.py calls these two functions.
@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from BTrees.OOBTree import OOTreeSet
-
 from db.ops.reports import Problem, describe_user
+from db.users.indexes import INDEX_CLASSES, IndexSet
 from db.users.models import User, UserContainer, github_key, project_ids
 
 # The generation that added the GitHub, project and admin indexes (codx-junior lookups).
 LOOKUP_INDEX_GENERATION = 5
+# The generation that made the indexes IndexTree/IndexSet and sharded the count.
+LAYOUT_GENERATION = 6
 
 CheckStructure = Callable[[str, Any, list[Problem]], None]
 
@@ -97,6 +98,28 @@ def check_lookup_indexes(
             )
 
 
+def check_layout(container: UserContainer, generation: int | None, warnings: list[Problem]) -> None:
+    """Warn about an index of a class older than generation 6 (it works; concurrent writers conflict more).
+
+    Both classes hold the same entries and answer alike, so this is a warning, not a problem:
+    only the bucket size differs. Below generation 6 the old classes are expected.
+    """
+    if generation is None or generation < LAYOUT_GENERATION:
+        return
+    for name, cls in INDEX_CLASSES.items():
+        index = getattr(container, name)
+        if index is not None and type(index) is not cls:
+            warnings.append(
+                _problem(
+                    "index-old-layout",
+                    f"generation {generation} but the {name} index is a {type(index).__name__}, not a {cls.__name__}: "
+                    "it works, with more conflicts between concurrent writers",
+                )
+            )
+    if container.counts is None:
+        warnings.append(_problem("count-not-sharded", f"generation {generation} but the user count is not sharded"))
+
+
 def _github_groups(users: Iterable[User]) -> dict[str, list[User]]:
     """GitHub login key -> the users with it, in id order (the first is the one indexed)."""
     groups: dict[str, list[User]] = {}
@@ -135,7 +158,7 @@ def sync_lookup_indexes(container: UserContainer, users: list[User]) -> list[str
         for project_id, ids in wanted.items():
             members = container.by_project.get(project_id)
             if members is None:
-                members = container.by_project[project_id] = OOTreeSet()
+                members = container.by_project[project_id] = IndexSet()
             for user_id in sorted(ids):
                 if members.add(user_id):
                     fixed.append(f"project: added {user_id!r} to {project_id!r}")

@@ -6,7 +6,8 @@ These objects live in the database; they never leave a unit of work (callers get
 * index keys are normalised ``str`` only (a total, stable order for BTrees);
 * no plain mutable ``dict``/``list`` attributes (ZODB would not notice in-place changes):
   reassign, or use persistent containers;
-* ``Length`` for the count: O(1) and it resolves concurrent increments without conflicts.
+* the count is ``Length`` shards (db/users/indexes.py): O(1), concurrent changes merge, and
+  processes do not queue on one object; the indexes are ``IndexTree``/``IndexSet`` (generation 6).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from BTrees.Length import Length
 from BTrees.OOBTree import OOBTree, OOTreeSet
 from persistent import Persistent
 
+from db.users.indexes import IndexSet, IndexTree, ShardedLength, new_counts
 from db.users.unicode_policy import skeleton
 
 USERS_KEY = "codx_db.users"
@@ -160,18 +162,26 @@ class UserContainer(Persistent):
     by_project: OOBTree | None = None
     # ids of the users with role admin (codx-junior gives admins every project).
     admins: OOTreeSet | None = None
+    # Generation 6: the count in shards (None before: a single ``Length`` stored as ``length``).
+    counts: tuple[Length, ...] | None = None
 
     def __init__(self) -> None:
-        self.users: OOBTree = OOBTree()  # id -> User
-        self.by_username: OOBTree = OOBTree()  # username_key -> User (sorted listing)
-        self.by_email: OOBTree = OOBTree()  # email_key -> User
-        self.length = Length(0)
-        self.inactive = OOTreeSet()
+        self.users: OOBTree = IndexTree()  # id -> User
+        self.by_username: OOBTree = IndexTree()  # username_key -> User (sorted listing)
+        self.by_email: OOBTree = IndexTree()  # email_key -> User
+        self.counts = new_counts()
+        self.inactive = IndexSet()
         self.inactive_complete = True
-        self.by_skeleton = OOBTree()
-        self.by_github = OOBTree()
-        self.by_project = OOBTree()
-        self.admins = OOTreeSet()
+        self.by_skeleton = IndexTree()
+        self.by_github = IndexTree()
+        self.by_project = IndexTree()
+        self.admins = IndexSet()
+
+    @property
+    def length(self) -> Any:
+        """The count, as a ``Length`` (``()``, ``change``, ``set``): the shards' view, or the one of old databases."""
+        counts = self.counts  # reading an attribute loads a ghost's state into __dict__
+        return self.__dict__["length"] if counts is None else ShardedLength(counts)
 
     def __len__(self) -> int:
         return int(self.length())
@@ -259,7 +269,7 @@ class UserContainer(Persistent):
             for project_id in sorted(projects):
                 members = self.by_project.get(project_id)
                 if members is None:
-                    members = self.by_project[project_id] = OOTreeSet()
+                    members = self.by_project[project_id] = IndexSet()
                 members.add(user.id)
         if admin and self.admins is not None:
             self.admins.add(user.id)

@@ -1,0 +1,146 @@
+"""Index classes with bigger nodes, and the user count split into shards (generation 6).
+
+Why (docs/design/load.md §1 items 4-6, §3.1): every insert ``readCurrent``s the internal
+nodes of the BTree it descends; a bucket split rewrites its parent node, and on PostgreSQL
+every other writer that read that node then fails at once (UnableToLockRowsToReadCurrentError)
+or deadlocks. With BTrees' default 30 entries per bucket a split comes about every 15 inserts
+per bucket. Bigger buckets split less often, so concurrent creates conflict less; the price
+is a bigger bucket pickle written per insert.
+
+The sizes are class attributes, which BTrees reads from the type of the tree in C
+(BTreeTemplate.c ``_get_max_size``) and in Python (_base.py ``type(self).max_leaf_size``).
+A subclass keeps the C implementation and its bucket conflict resolution (its buckets are
+plain ``OOBucket``/``OOSet``).
+
+The classes are stored by their import path: ``db.users.indexes.IndexTree`` and
+``db.users.indexes.IndexSet`` must stay importable under these names.
+
+The count: one ``Length`` written by every create and delete serialises writers on its row
+lock (held from vote to commit). ``ShardedLength`` spreads it over ``COUNT_SHARDS`` small
+``Length`` objects; a process always writes the same shard (picked from a per-process salt
+and its pid), so two processes never queue on one count object.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from BTrees.Length import Length
+from BTrees.OOBTree import OOBTree, OOTreeSet
+
+# Chosen from `python -m bench.leaf_sweep` (docs/design/load.md §3.1 has the table).
+LEAF_SIZE = 120
+# Internal nodes: bigger too, so a node split (which also rewrites its parent) is rare.
+INTERNAL_SIZE = 1000
+# Shards of the user count.
+COUNT_SHARDS = 16
+
+
+class IndexTree(OOBTree):  # type: ignore[misc]
+    """An ``OOBTree`` whose buckets hold up to ``LEAF_SIZE`` entries (BTrees' default: 30)."""
+
+    max_leaf_size = LEAF_SIZE
+    max_internal_size = INTERNAL_SIZE
+
+
+class IndexSet(OOTreeSet):  # type: ignore[misc]
+    """An ``OOTreeSet`` whose buckets hold up to ``LEAF_SIZE`` keys (BTrees' default: 30)."""
+
+    max_leaf_size = LEAF_SIZE
+    max_internal_size = INTERNAL_SIZE
+
+
+# The container attributes generation 6 rebuilds into these classes, with the class of each.
+INDEX_CLASSES: dict[str, type] = {
+    "users": IndexTree,
+    "by_username": IndexTree,
+    "by_email": IndexTree,
+    "by_skeleton": IndexTree,
+    "by_github": IndexTree,
+    "by_project": IndexTree,
+    "inactive": IndexSet,
+    "admins": IndexSet,
+}
+
+_SALT = secrets.randbits(16)
+
+
+def process_shard() -> int:
+    """The count shard this process writes: fixed per process, different across processes.
+
+    The pid is read at each call, so a forked child (same salt) usually picks another shard.
+    """
+    return ((_SALT ^ os.getpid()) & 0xFFFF) % COUNT_SHARDS
+
+
+def new_counts(start: int = 0) -> tuple[Length, ...]:
+    """``COUNT_SHARDS`` new shards summing to ``start`` (all of it in shard 0)."""
+    return tuple(Length(start if shard == 0 else 0) for shard in range(COUNT_SHARDS))
+
+
+class ShardedLength:
+    """A ``Length``-like view of the count shards: ``()`` sums them, writes go to this process's shard.
+
+    Not persistent itself: the shards are. ``_p_activate``/``_p_serial`` let code that asks
+    "was the count written after transaction X" (db/ops/verify.py) treat it as one object.
+    """
+
+    def __init__(self, shards: Sequence[Length]) -> None:
+        self.shards = shards
+
+    def __call__(self) -> int:
+        ghosts = [shard for shard in self.shards if shard._p_changed is None]
+        jar = ghosts[0]._p_jar if ghosts else None
+        if len(ghosts) > 1 and jar is not None:
+            # One query for the shards not in memory (RelStorage), not one round trip each.
+            jar.prefetch(ghosts)
+        return sum(int(shard()) for shard in self.shards)
+
+    def value(self) -> int:
+        return self()
+
+    def change(self, delta: int) -> None:
+        """Add ``delta`` to this process's shard (Length resolves concurrent changes to it)."""
+        self.shards[process_shard()].change(delta)
+
+    def set(self, value: int) -> None:
+        """Make the total ``value`` by changing this process's shard only (the others keep merging)."""
+        shard = self.shards[process_shard()]
+        shard.set(int(shard()) + value - self())
+
+    def _p_activate(self) -> None:
+        for shard in self.shards:
+            shard._p_activate()
+
+    @property
+    def _p_serial(self) -> bytes:
+        return max(bytes(shard._p_serial) for shard in self.shards)
+
+
+def copy_into(source: Any, target: Any, keys: Sequence[Any]) -> None:
+    """Copy ``keys`` of ``source`` (a BTree or a tree set) into ``target`` of the same kind."""
+    if isinstance(target, OOTreeSet):
+        target.update(keys)
+    else:
+        target.update([(key, source[key]) for key in keys])
+
+
+def check_index(tree: Any) -> None:
+    """Raise AssertionError when an ``IndexTree``/``IndexSet`` is damaged.
+
+    ``BTrees.check.check`` knows only BTrees' own classes (it looks the exact type up), so a
+    subclass gets this instead: the C-level pointer check (``_check``), then every key in
+    strictly ascending order along the buckets and found again by a search from the root,
+    which goes through every internal node's separator keys.
+    """
+    tree._check()
+    previous: Any = None
+    for count, key in enumerate(tree.keys()):
+        if count and not previous < key:
+            raise AssertionError(f"key {key!r} follows {previous!r}: out of order")
+        if key not in tree:
+            raise AssertionError(f"key {key!r} is in a bucket but a search from the root does not find it")
+        previous = key
