@@ -111,11 +111,12 @@ def storage_errors(explain_lost: Callable[[], str | None] | None = None) -> Iter
     ConflictError (a TransientError, which ``run`` would retry ten times, failing the same
     way each time); it becomes ``TransactionTooLarge``, which is never retried.
 
-    And a lock wait at commit that ran out RelStorage's ``commit_lock_timeout`` (PostgreSQL's
-    ``lock_timeout``), on the commit lock itself (a StorageError) or on an object another
-    session holds (a ConflictError, which ``run`` would retry, waiting the full timeout each
-    time): ``DatabaseTimeout`` naming the setting, never retried. The instant readCurrent
-    failures and deadlocks are real conflicts and stay retried.
+    And a lock wait at commit that ran out: on an object another session holds, after
+    RelStorage's ``commit_lock_timeout`` (PostgreSQL's ``lock_timeout``; a ConflictError, which
+    ``run`` would retry, waiting the full timeout each time), or on the commit lock itself (a
+    StorageError; RelStorage's ``lock_and_choose_tid()`` waits for it up to a fixed 10 minutes,
+    whatever ``commit_lock_timeout`` says): ``DatabaseTimeout``, never retried. The instant
+    readCurrent failures and deadlocks are real conflicts and stay retried.
     """
     try:
         yield
@@ -127,10 +128,12 @@ def storage_errors(explain_lost: Callable[[], str | None] | None = None) -> Iter
                 "(UserDB.import_users(..., batch_size=1000)) or raise max_locks_per_transaction"
             ) from None
         if isinstance(exc, UnableToLockRowsToModifyError) and _lock_wait_ran_out(exc):
-            raise _lock_timeout(exc, "an object this unit of work changes") from None
+            raise _lock_timeout(
+                exc, f"longer than {COMMIT_LOCK_TIMEOUT} for an object this unit of work changes"
+            ) from None
         raise
     except UnableToAcquireCommitLockError as exc:
-        raise _lock_timeout(exc, "the commit lock") from None
+        raise _lock_timeout(exc, "10 minutes (RelStorage's fixed limit) for the commit lock") from None
     except psycopg2.InternalError as exc:  # psycopg2.errors.IdleInTransactionSessionTimeout is one
         if getattr(exc, "pgcode", None) != IDLE_IN_TRANSACTION_SESSION_TIMEOUT:
             raise
@@ -163,13 +166,12 @@ def _lock_wait_ran_out(exc: Exception) -> bool:
     return getattr(cause, "pgcode", None) == LOCK_NOT_AVAILABLE
 
 
-def _lock_timeout(exc: Exception, what: str) -> DatabaseTimeout:
+def _lock_timeout(exc: Exception, waited: str) -> DatabaseTimeout:
     cause = getattr(exc, "__relstorage_cause__", None) or exc.__cause__
     detail = first_line(cause) if isinstance(cause, Exception) else type(exc).__name__
     return DatabaseTimeout(
-        f"the commit waited longer than {COMMIT_LOCK_TIMEOUT} for {what} ({detail}); nothing was saved. "
-        "Another session held it that long: look for a long transaction in pg_stat_activity and pg_locks, "
-        f"or raise {COMMIT_LOCK_TIMEOUT}"
+        f"the commit waited {waited} ({detail}); nothing was saved. Another session held it that long: "
+        f"look for a long transaction in pg_stat_activity and pg_locks ({COMMIT_LOCK_TIMEOUT} bounds object locks)"
     )
 
 
