@@ -24,10 +24,12 @@ import ZODB
 from persistent.mapping import PersistentMapping
 from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
+from ZODB.utils import oid_repr
 
 from db import forks
-from db.errors import StorageInUse
-from db.settings import CodxJuniorGlobalSettings
+from db.display import shorten
+from db.errors import DatabaseTimeout, StorageInUse, WriteContention
+from db.settings import CodxJuniorGlobalSettings, env_name
 from db.storage import StorageErrors, no_storage_errors, storage_spec
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,11 @@ class Database:
         self._forked_from: int | None = None
         # The open storage's error mapping (db/storage.py: a backend's own errors -> codx-db's).
         self._errors: StorageErrors = no_storage_errors
+        # At most db_pool_size units of work hold a connection at once (_own_unit): ZODB would
+        # open more and discard them afterwards. Made at first use from the settings in force;
+        # dropped by close() (so configure() resizes it) and in a forked child.
+        self._gate: threading.BoundedSemaphore | None = None
+        self._gate_lock = threading.Lock()
         forks.on_fork_in_child(self)
 
     # -- configuration and lifecycle ---------------------------------------------------------
@@ -201,6 +208,8 @@ class Database:
         """Close the database (FileStorage writes its index, RelStorage its persistent cache)."""
         with self._open_lock:
             zodb, self._zodb = self._zodb, None
+        # Units still running release the gate they took; the next ones get a new one.
+        self._gate = None
         if zodb is not None:
             zodb.close()
 
@@ -211,6 +220,9 @@ class Database:
         """
         # Another thread of the parent may have held the lock at the fork: it stays held here.
         self._open_lock = threading.Lock()
+        # Likewise the gate's slots taken by the parent's threads: never released here.
+        self._gate_lock = threading.Lock()
+        self._gate = None
         if self._zodb is not None and self.settings.kind != "memory":
             self._zodb = None
             self._forked_from = os.getppid()
@@ -248,29 +260,57 @@ class Database:
         user: str | None = None,
         retries: int | None = None,
     ) -> T:
-        """Call ``fn(uow)`` in a unit of work, retried after transient errors when it owns it."""
+        """Call ``fn(uow)`` in a unit of work, retried after transient errors when it owns it.
+
+        Retried while retries remain (``retries``, default ``db_conflict_retries``) *or* the
+        ``db_conflict_deadline`` has not passed: a count alone runs out in a burst of writers
+        on a fast machine, a time alone gives nothing on a slow one. Then ``WriteContention``.
+        """
         current = self.current()
         if current is not None:
             if note:
                 current.note(note)
             return fn(current)
-        attempts = (self.settings.db_conflict_retries if retries is None else retries) + 1
-        for attempt in range(1, attempts + 1):
+        settings = self.settings
+        retries = settings.db_conflict_retries if retries is None else retries
+        started = time.monotonic()
+        deadline = started + settings.db_conflict_deadline
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 with self._own_unit(note, user) as uow:
                     return fn(uow)
             except TransientError as exc:
-                if attempt == attempts:
-                    raise
+                now = time.monotonic()
+                if attempt > retries and now >= deadline:
+                    raise _contention(exc, attempt, now - started) from exc
                 log.debug("retrying unit of work after %s (attempt %d)", type(exc).__name__, attempt)
                 # Jittered exponential backoff (up to 10 ms, then 20, 40... capped at 0.5 s) so
-                # writers that conflicted do not collide again in lockstep.
-                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** (attempt - 1))))
-        raise AssertionError("unreachable")  # pragma: no cover
+                # writers that conflicted do not collide again in lockstep; no sleep past the deadline
+                # once the retries are spent.
+                delay = random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt - 1, 6)))
+                time.sleep(delay if attempt <= retries else min(delay, deadline - now))
 
     @contextlib.contextmanager
     def _own_unit(self, note: str | None, user: str | None) -> Iterator[UnitOfWork]:
         zodb = self.open()
+        gate = self._gate
+        if gate is None:
+            with self._gate_lock:
+                if self._gate is None:
+                    self._gate = threading.BoundedSemaphore(self.settings.db_pool_size)
+                gate = self._gate
+        if not gate.acquire(timeout=self.settings.db_pool_timeout):
+            raise _pool_timeout(self.settings)
+        try:
+            with self._connection_unit(zodb, note, user) as uow:
+                yield uow
+        finally:
+            gate.release()
+
+    @contextlib.contextmanager
+    def _connection_unit(self, zodb: ZODB.DB, note: str | None, user: str | None) -> Iterator[UnitOfWork]:
         # Explicit mode: the connection polls the storage once, at begin(), instead of also
         # at open and after completion (each poll is an SQL round trip on RelStorage).
         manager = transaction.TransactionManager(explicit=True)
@@ -307,6 +347,31 @@ class Database:
             if _in_transaction(manager):
                 _abort_quietly(manager)
             connection.close()
+
+
+def _pool_timeout(settings: CodxJuniorGlobalSettings) -> DatabaseTimeout:
+    size, wait = settings.db_pool_size, settings.db_pool_timeout
+    return DatabaseTimeout(
+        f"all {size} connections of the pool stayed in use for {wait:g} s: {env_name('db_pool_size')}={size} "
+        f"bounds the units of work open at once in this process, {env_name('db_pool_timeout')} how long one "
+        "waits for a connection. Raise the pool size to the number of threads using the database "
+        "(AnyIO/Starlette: 40), or keep slow work out of `with db.transaction():`"
+    )
+
+
+def _contention(exc: TransientError, attempts: int, seconds: float) -> WriteContention:
+    """What conflicted, shortly: ZODB's ConflictError carries the oid and class; RelStorage's lock errors a message."""
+    oid = getattr(exc, "oid", None)
+    class_name = getattr(exc, "class_name", None)
+    message = str(getattr(exc, "message", None) or exc).strip()
+    first = message.splitlines()[0] if message else ""
+    return WriteContention(
+        attempts,
+        seconds,
+        f"{type(exc).__name__}: {shorten(first, 160)}" if first else type(exc).__name__,
+        oid=oid_repr(oid) if isinstance(oid, bytes) else None,
+        class_name=class_name if isinstance(class_name, str) else None,
+    )
 
 
 def _abort_quietly(manager: transaction.TransactionManager) -> None:

@@ -61,11 +61,37 @@ class DatabaseUnavailable(CodxDBError):
 
 
 class DatabaseTimeout(CodxDBError):
-    """PostgreSQL ended a statement or a session on a server-side limit.
+    """A wait ran out: a server-side limit, the commit lock, or a connection from the pool.
 
     ``statement_timeout`` (one statement ran too long) or ``idle_in_transaction_session_timeout``
-    (a unit of work sat idle too long): the server is reachable, the limit was reached.
+    (a unit of work sat idle too long): the server is reachable, the limit was reached. Or
+    codx-db's own waits: the commit lock (``db_commit_lock_timeout``), a pooled connection
+    (``db_pool_timeout``). The message names the limit to look at.
     """
+
+
+class WriteContention(CodxDBError):
+    """A unit of work kept conflicting with other writers until its retries and its deadline ran out.
+
+    Nothing was written. ``attempts`` and ``seconds`` say how hard codx-db tried; ``conflict``
+    names what conflicted last (the object's oid and class when the storage said, else its
+    short message). The storage's own error is the ``__cause__``. Trying again later may succeed.
+    """
+
+    def __init__(
+        self, attempts: int, seconds: float, conflict: str, oid: str | None = None, class_name: str | None = None
+    ) -> None:
+        self.attempts = attempts
+        self.seconds = seconds
+        self.conflict = conflict
+        self.oid = oid
+        self.class_name = class_name
+        what = ", ".join(part for part in (f"oid {oid}" if oid else "", class_name or "") if part)
+        super().__init__(
+            f"the change conflicted with other writers {attempts} times in {seconds:.1f} s and was not saved "
+            f"({conflict}{f'; {what}' if what else ''}): try again; if it persists, fewer concurrent writers "
+            "or larger CODX_JUNIOR_DB_CONFLICT_RETRIES / CODX_JUNIOR_DB_CONFLICT_DEADLINE"
+        )
 
 
 class TransactionTooLarge(CodxDBError):

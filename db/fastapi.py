@@ -36,6 +36,7 @@ from db.errors import (
     StorageInUse,
     UserAlreadyExists,
     UserNotFound,
+    WriteContention,
     shown,
 )
 from db.ops.import_codx_junior import import_codx_junior
@@ -236,7 +237,11 @@ CurrentSuperuser = Annotated[CodxUser, Depends(current_superuser)]
 
 # -- errors -> HTTP ------------------------------------------------------------------------------
 
-_UNAVAILABLE = (DatabaseUnavailable, DatabaseTimeout, GenerationError, StorageInUse)
+_UNAVAILABLE = (DatabaseUnavailable, DatabaseTimeout, GenerationError, StorageInUse, WriteContention)
+# WriteContention is 503, not 409: the request itself is fine and conflicts with no state the
+# client could change (409's meaning, as for UserAlreadyExists); the server was too busy with
+# other writers to apply it in time, and the same request may succeed later.
+RETRY_AFTER_SECONDS = "1"
 
 
 def add_exception_handler(app: Starlette) -> None:
@@ -246,6 +251,8 @@ def add_exception_handler(app: Starlette) -> None:
 
 async def codx_db_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     """404 not found, 409 already exists, 422 invalid (FastAPI's shape), 401, 403, 503 unavailable, else 500.
+
+    503 also for ``WriteContention`` (too many concurrent writers), with ``Retry-After``.
 
     The message goes to the client: codx-db messages name values and fields, never a secret.
     """
@@ -262,6 +269,8 @@ async def codx_db_exception_handler(request: Request, exc: Exception) -> JSONRes
         status = HTTPStatus.FORBIDDEN
     elif isinstance(exc, _UNAVAILABLE):
         status = HTTPStatus.SERVICE_UNAVAILABLE
+        if isinstance(exc, WriteContention):
+            headers = {"Retry-After": RETRY_AFTER_SECONDS}
         log.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
     else:
         status = HTTPStatus.INTERNAL_SERVER_ERROR

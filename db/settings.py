@@ -47,6 +47,11 @@ def _default_file_path(data: dict[str, Any]) -> Path:
     return default_file_path()
 
 
+def _default_pool_timeout(data: dict[str, Any]) -> float:
+    """Wait for a connection as long as for the commit lock: both are a turn behind other writers."""
+    return float(data.get("db_commit_lock_timeout", 30))
+
+
 def _secrets_dir() -> str | None:
     # pydantic-settings warns about a missing secrets directory; most machines have none.
     path = os.environ.get(ENV_PREFIX + "SECRETS_DIR", DEFAULT_SECRETS_DIR)
@@ -94,12 +99,21 @@ class CodxJuniorGlobalSettings(BaseSettings):
         None, description="ZConfig file (e.g. relstorage.conf); when set it wins over the backend"
     )
     db_keep_history: bool = Field(False, description="RelStorage keeps history (fixed once the schema exists)")
-    db_pool_size: int = Field(7, ge=1, le=1000, description="ZODB connection pool size")
+    # 40 = AnyIO's default thread limiter, which runs Starlette's sync endpoints: one connection per thread.
+    db_pool_size: int = Field(
+        40, ge=1, le=1000, description="ZODB connection pool size: units of work open at once per process"
+    )
     db_cache_size: int = Field(10_000, ge=100, description="objects cached per connection")
     db_cache_local_mb: int = Field(64, ge=0, le=65_536, description="RelStorage local (shared, in-process) cache, MB")
     db_cache_dir: Path | None = Field(None, description="RelStorage persistent cache directory (survives restarts)")
     db_blob_dir: Path | None = Field(None, description="blob directory (none: no blobs)")
     db_commit_lock_timeout: int = Field(30, ge=1, le=3600, description="seconds to wait for the commit lock")
+    db_pool_timeout: float = Field(
+        default_factory=_default_pool_timeout,
+        gt=0,
+        le=3600,
+        description="seconds a unit of work waits for a pooled connection (default: db_commit_lock_timeout)",
+    )
     db_pg_fast_reads: bool = Field(
         True,
         description="PostgreSQL: fewer round trips per unit of work (db/pg/roundtrips.py); false: plain RelStorage",
@@ -115,6 +129,12 @@ class CodxJuniorGlobalSettings(BaseSettings):
         "(db/pg/store_temps.py; needs db_pg_fast_reads); false: RelStorage's own",
     )
     db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")
+    db_conflict_deadline: float = Field(
+        30,
+        ge=0,
+        le=3600,
+        description="seconds a unit of work keeps being retried after conflicts (at least db_conflict_retries times)",
+    )
     db_migrate_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="objects per commit in large migration steps"
     )

@@ -17,6 +17,11 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+from relstorage.adapters.interfaces import (
+    UnableToAcquireCommitLockError,
+    UnableToLockRowsDeadlockError,
+    UnableToLockRowsToModifyError,
+)
 from ZODB.POSException import ConflictError
 
 from db.errors import DatabaseTimeout, DatabaseUnavailable, TransactionTooLarge
@@ -30,6 +35,8 @@ IDLE_LIMIT = "idle_in_transaction_session_timeout"
 # SQLSTATEs (psycopg2.errors.QueryCanceled, .IdleInTransactionSessionTimeout).
 QUERY_CANCELED = "57014"
 IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
+LOCK_NOT_AVAILABLE = "55P03"  # psycopg2.errors.LockNotAvailable: lock_timeout ran out
+COMMIT_LOCK_TIMEOUT = "CODX_JUNIOR_DB_COMMIT_LOCK_TIMEOUT"
 
 
 @contextlib.contextmanager
@@ -103,17 +110,30 @@ def storage_errors(explain_lost: Callable[[], str | None] | None = None) -> Iter
     Also a commit that ran PostgreSQL out of lock slots: RelStorage reports it as a
     ConflictError (a TransientError, which ``run`` would retry ten times, failing the same
     way each time); it becomes ``TransactionTooLarge``, which is never retried.
+
+    And a lock wait at commit that ran out: on an object another session holds, after
+    RelStorage's ``commit_lock_timeout`` (PostgreSQL's ``lock_timeout``; a ConflictError, which
+    ``run`` would retry, waiting the full timeout each time), or on the commit lock itself (a
+    StorageError; RelStorage's ``lock_and_choose_tid()`` waits for it up to a fixed 10 minutes,
+    whatever ``commit_lock_timeout`` says): ``DatabaseTimeout``, never retried. The instant
+    readCurrent failures and deadlocks are real conflicts and stay retried.
     """
     try:
         yield
     except ConflictError as exc:
-        if "max_locks_per_transaction" not in str(exc):
-            raise
-        raise TransactionTooLarge(
-            "this unit of work changes more stored objects than PostgreSQL can lock at once "
-            "(max_locks_per_transaction x max_connections): split it into smaller transactions "
-            "(UserDB.import_users(..., batch_size=1000)) or raise max_locks_per_transaction"
-        ) from None
+        if "max_locks_per_transaction" in str(exc):
+            raise TransactionTooLarge(
+                "this unit of work changes more stored objects than PostgreSQL can lock at once "
+                "(max_locks_per_transaction x max_connections): split it into smaller transactions "
+                "(UserDB.import_users(..., batch_size=1000)) or raise max_locks_per_transaction"
+            ) from None
+        if isinstance(exc, UnableToLockRowsToModifyError) and _lock_wait_ran_out(exc):
+            raise _lock_timeout(
+                exc, f"longer than {COMMIT_LOCK_TIMEOUT} for an object this unit of work changes"
+            ) from None
+        raise
+    except UnableToAcquireCommitLockError as exc:
+        raise _lock_timeout(exc, "10 minutes (RelStorage's fixed limit) for the commit lock") from None
     except psycopg2.InternalError as exc:  # psycopg2.errors.IdleInTransactionSessionTimeout is one
         if getattr(exc, "pgcode", None) != IDLE_IN_TRANSACTION_SESSION_TIMEOUT:
             raise
@@ -136,6 +156,23 @@ def storage_errors(explain_lost: Callable[[], str | None] | None = None) -> Iter
         if explanation is not None:
             raise DatabaseTimeout(explanation) from None
         raise DatabaseUnavailable(f"the database is unreachable: {line}") from None
+
+
+def _lock_wait_ran_out(exc: Exception) -> bool:
+    """A lock_timeout, not a deadlock (RelStorage keeps the driver's error as ``__relstorage_cause__``)."""
+    if isinstance(exc, UnableToLockRowsDeadlockError):
+        return False
+    cause = getattr(exc, "__relstorage_cause__", None) or exc.__cause__
+    return getattr(cause, "pgcode", None) == LOCK_NOT_AVAILABLE
+
+
+def _lock_timeout(exc: Exception, waited: str) -> DatabaseTimeout:
+    cause = getattr(exc, "__relstorage_cause__", None) or exc.__cause__
+    detail = first_line(cause) if isinstance(cause, Exception) else type(exc).__name__
+    return DatabaseTimeout(
+        f"the commit waited {waited} ({detail}); nothing was saved. Another session held it that long: "
+        f"look for a long transaction in pg_stat_activity and pg_locks ({COMMIT_LOCK_TIMEOUT} bounds object locks)"
+    )
 
 
 def explain_lost_connection(dsn: str, started: float) -> str | None:
