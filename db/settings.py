@@ -107,7 +107,12 @@ class CodxJuniorGlobalSettings(BaseSettings):
     db_cache_local_mb: int = Field(64, ge=0, le=65_536, description="RelStorage local (shared, in-process) cache, MB")
     db_cache_dir: Path | None = Field(None, description="RelStorage persistent cache directory (survives restarts)")
     db_blob_dir: Path | None = Field(None, description="blob directory (none: no blobs)")
-    db_commit_lock_timeout: int = Field(30, ge=1, le=3600, description="seconds to wait for the commit lock")
+    db_commit_lock_timeout: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="seconds a write waits for a lock (PostgreSQL: the row locks of the objects it changes)",
+    )
     db_pool_timeout: float = Field(
         default_factory=_default_pool_timeout,
         gt=0,
