@@ -102,6 +102,11 @@ class CodxJuniorGlobalSettings(BaseSettings):
         description="PostgreSQL: fewer round trips per unit of work (db/pg/roundtrips.py); false: plain RelStorage",
     )
     db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")
+    db_group_commit: bool = Field(
+        True,
+        description="threads of this process share one commit per batch of UserDB writes (db/group_commit.py)",
+    )
+    db_group_commit_max: int = Field(64, ge=1, le=10_000, description="most writes one group commit takes")
     db_migrate_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="objects per commit in large migration steps"
     )
