@@ -18,15 +18,7 @@ from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserNotFound, shown
 from db.users import credential_service as creds
 from db.users import repository
-from db.users.history import (
-    TRACKED_FIELDS,
-    UserRevision,
-    record_actor,
-    revisions,
-    snapshot,
-    state_at,
-    tid_from_str,
-)
+from db.users.history import TRACKED_FIELDS, UserRevision, record_actor, revisions, snapshot, state_at, tid_from_str
 from db.users.models import UserContainer
 from db.users.passwords import MAX_PASSWORD_LENGTH, dummy_verify, hash_cost_problem, hash_password, verify_password
 from db.users.policy import PasswordContext, PasswordPolicy
