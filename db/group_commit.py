@@ -117,17 +117,21 @@ class GroupCommit:
 
     def submit(self, database: Database, fn: Callable[[UnitOfWork], T], note: str | None, user: str | None) -> T:
         request: _Request[T] = _Request(fn, note, user)
-        with self._lock:
-            self._requests += 1
-            self._queue.append(request)
-            if not self._leading:
-                # Invariant: a non-empty queue has a leader, so an idle queue was empty and
-                # this request is at its head.
-                self._leading = request.lead = True
-        if not request.lead:
-            request.event.wait()
+        try:
+            with self._lock:
+                self._requests += 1
+                self._queue.append(request)
+                if not self._leading:
+                    # Invariant: a non-empty queue has a leader, so an idle queue was empty and
+                    # this request is at its head.
+                    self._leading = request.lead = True
+            if not request.lead:
+                request.event.wait()
+        except BaseException:
+            self._withdraw(request)  # interrupted while waiting (KeyboardInterrupt)
+            raise
         if request.state == _WAITING:  # promoted (or first): lead one batch, ours at its head
-            self._lead(database)
+            self._lead(database, request)
         if request.state == _SOLO:
             return database.run(fn, note=note, user=user)
         if request.error is not None:
@@ -137,22 +141,24 @@ class GroupCommit:
 
     # -- the leader ------------------------------------------------------------------------------
 
-    def _lead(self, database: Database) -> None:
-        limit = database.settings.db_group_commit_max
-        with self._lock:
-            batch = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+    def _lead(self, database: Database, own: _Request[Any]) -> None:
+        batch: list[_Request[Any]] = []
         committing = [False]  # True once the batch body returned: the commit is under way
         try:
+            limit = database.settings.db_group_commit_max
+            with self._lock:
+                batch = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
             self._run_batch(database, batch, committing)
         except BaseException as exc:
-            # Interrupted (KeyboardInterrupt, SystemExit) outside any request's own error
-            # handling: nobody may be left waiting for this batch.
-            self._abandon(batch, exc, committing[0])
+            # Interrupted (KeyboardInterrupt, SystemExit, or a bug here) outside any request's
+            # own error handling: nobody may be left waiting for this batch.
+            self._abandon(own, batch, exc, committing[0])
             raise
         finally:
             self._hand_off()
-        for request in batch[1:]:  # batch[0] is this thread's own request
-            request.event.set()
+        for request in batch:
+            if request is not own:
+                request.event.set()
 
     def _run_batch(self, database: Database, batch: list[_Request[Any]], committing: list[bool]) -> None:
         actors = {request.user or None for request in batch}
@@ -197,18 +203,34 @@ class GroupCommit:
         for request, (ok, value) in zip(batch, outcomes, strict=True):
             request.answer(ok, value)
 
-    def _abandon(self, batch: list[_Request[Any]], exc: BaseException, committing: bool) -> None:
-        """After an interrupted leader: give its batch back to the queue, or an honest error."""
-        own, others = batch[0], [request for request in batch[1:] if request.state == _WAITING]
-        own.state, own.error = _DONE, exc
-        if committing:
-            # The commit may have happened: running them again could do a write twice.
-            for request in others:
+    def _abandon(self, own: _Request[Any], batch: list[_Request[Any]], exc: BaseException, committing: bool) -> None:
+        """After an interrupted leader: answer its batch, or give it back to the queue."""
+        own.state, own.error = _DONE, exc  # this thread raises exc itself
+        requeue = []
+        for request in batch:
+            if request is own:
+                continue
+            if request.state == _WAITING and committing:
+                # The commit may have happened: running it again could do a write twice.
                 request.answer(False, GroupCommitInterrupted(_INTERRUPTED))
+            if request.state == _WAITING:
+                requeue.append(request)
+            else:
                 request.event.set()
-            return
         with self._lock:
-            self._queue.extendleft(reversed(others))  # back at the head, in their order
+            if own in self._queue:  # interrupted before it took its batch
+                self._queue.remove(own)
+            self._queue.extendleft(reversed(requeue))  # back at the head, in their order
+
+    def _withdraw(self, request: _Request[Any]) -> None:
+        """Take a request whose thread gave up waiting out of the queue (not if a batch holds it)."""
+        with self._lock:
+            if request not in self._queue:
+                return  # taken by a leader: answered after its commit, to nobody
+            promoted = request.lead
+            self._queue.remove(request)
+        if promoted:  # it was to lead the next batch: the next one in line leads instead
+            self._hand_off()
 
     def _hand_off(self) -> None:
         with self._lock:

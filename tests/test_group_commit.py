@@ -368,3 +368,29 @@ def test_a_forked_child_gets_a_fresh_queue(tmp_path: Path, request: pytest.Fixtu
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     database.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill()")
+def test_a_waiter_interrupted_in_the_queue_leaves_it(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    database = Database(make_settings("memory", request, tmp_path))
+    users = UserDB(database)
+    main = threading.get_ident()
+    calls = Calls()
+
+    def interrupt_main_when_queued() -> None:
+        wait_queued(database, 1)  # this (main) thread's request
+        calls.start("g1", lambda: users.create(username="good1"))
+        wait_queued(database, 2)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    with busy_leader(database):
+        killer = threading.Thread(target=interrupt_main_when_queued)
+        killer.start()
+        with pytest.raises(KeyboardInterrupt):
+            users.create(username="interrupted")
+        killer.join(HANG)
+        assert stats(database).waiting == 1  # only good1 still waits
+    outcomes = calls.join()  # good1 was not left behind a request nobody leads
+    assert outcomes["g1"].username == "good1"
+    assert users.find("interrupted") is None
+    database.close()
