@@ -89,8 +89,14 @@ class _Request(Generic[T]):
         if ok:
             self.result = value
         else:
-            self.error = _detached(value)
+            self.error = value
         self.state = _DONE
+
+    def deliver(self) -> None:
+        """Wake the request's (waiting) thread with its answer."""
+        if self.error is not None:
+            _detached(self.error)
+        self.event.set()
 
 
 class GroupCommit:
@@ -158,9 +164,19 @@ class GroupCommit:
             self._hand_off()
         for request in batch:
             if request is not own:
-                request.event.set()
+                request.deliver()
 
     def _run_batch(self, database: Database, batch: list[_Request[Any]], committing: list[bool]) -> None:
+        if len(batch) == 1:
+            # Alone: exactly ``run`` (no savepoint to take; its error aborts its own unit).
+            (request,) = batch
+            try:
+                request.answer(True, database.run(request.fn, note=request.note, user=request.user))
+            except Exception as exc:  # noqa: BLE001 - its answer
+                request.answer(False, exc)
+            with self._lock:
+                self._sizes[1] += 1
+            return
         actors = {request.user or None for request in batch}
         common = actors.pop() if len(actors) == 1 else None
         runs = [0]
@@ -216,7 +232,7 @@ class GroupCommit:
             if request.state == _WAITING:
                 requeue.append(request)
             else:
-                request.event.set()
+                request.deliver()
         with self._lock:
             if own in self._queue:  # interrupted before it took its batch
                 self._queue.remove(own)

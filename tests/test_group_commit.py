@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -180,6 +181,10 @@ def test_a_failing_request_leaves_nothing_while_its_batch_mates_commit(database:
     assert stats(database).sizes.get(3) == 1  # the three shared one batch
     assert stats(database).split == 0  # and it committed as a batch
     assert isinstance(outcomes["bad"], ValueError)
+    # Its traceback still says where, but keeps none of the leader's stored objects alive.
+    frames = [frame for frame, _ in traceback.walk_tb(outcomes["bad"].__traceback__)]
+    assert any(frame.f_code.co_name == "fn" for frame in frames)
+    assert all(not frame.f_locals for frame in frames if frame.f_code.co_name == "fn")
     assert outcomes["g1"].username == "good1" and outcomes["g2"].username == "good2"
     assert_absent(users, "bad")
     assert users.count() == 3
