@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 import traceback
 import weakref
 from collections import Counter
@@ -108,6 +109,7 @@ class GroupCommit:
         self._leading = False  # a thread leads, or has been promoted and is about to
         self._requests = self._retried = self._split = 0
         self._sizes: Counter[int] = Counter()
+        self._delivered = 0  # size of the last batch
 
     def stats(self) -> GroupCommitStats:
         with self._lock:
@@ -152,6 +154,16 @@ class GroupCommit:
         committing = [False]  # True once the batch body returned: the commit is under way
         try:
             limit = database.settings.db_group_commit_max
+            # The threads the last batch answered are likely writing again: yield to them
+            # while they keep joining the queue, at most once per thread answered (a
+            # scheduler hint, never a wait on them), so batches do not alternate 1, N, 1, N.
+            for _ in range(self._delivered - 1):
+                queued = len(self._queue)
+                if queued >= self._delivered:
+                    break
+                time.sleep(0)
+                if len(self._queue) == queued:
+                    break
             with self._lock:
                 batch = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
             self._run_batch(database, batch, committing)
@@ -176,6 +188,7 @@ class GroupCommit:
                 request.answer(False, exc)
             with self._lock:
                 self._sizes[1] += 1
+                self._delivered = 1
             return
         actors = {request.user or None for request in batch}
         common = actors.pop() if len(actors) == 1 else None
@@ -216,6 +229,7 @@ class GroupCommit:
         with self._lock:
             self._retried += runs[0] - 1
             self._sizes[len(batch)] += 1
+            self._delivered = len(batch)
         for request, (ok, value) in zip(batch, outcomes, strict=True):
             request.answer(ok, value)
 
