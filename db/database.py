@@ -29,6 +29,7 @@ from ZODB.utils import oid_repr
 from db import forks
 from db.display import shorten
 from db.errors import DatabaseTimeout, StorageInUse, WriteContention
+from db.group_commit import GroupCommitStats, queue_for
 from db.settings import CodxJuniorGlobalSettings, env_name
 from db.storage import StorageErrors, no_storage_errors, storage_spec
 
@@ -291,6 +292,26 @@ class Database:
                 # once the retries are spent.
                 delay = random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt - 1, 6)))
                 time.sleep(delay if attempt <= retries else min(delay, deadline - now))
+
+    def submit(self, fn: Callable[[UnitOfWork], T], note: str | None = None, user: str | None = None) -> T:
+        """Like ``run(fn, note, user)``, but committed together with other threads' writes (group commit).
+
+        Inside a unit of work it joins it, as ``run`` does. Otherwise the call waits in this
+        database's queue (db/group_commit.py) and returns once the batch holding it committed;
+        ``fn`` may run on another thread, in a unit of work shared with other writes, and again
+        after a conflict (replayable, as for ``run``). Its error rolls back its changes alone.
+        So ``fn`` must return plain data (a detached snapshot, None, bool, str), never a stored
+        object, and do no slow work (hash passwords before submitting): its batch waits for it.
+        ``user`` is the transaction's user when every write of the batch has the same one.
+        ``db_group_commit=false`` makes it ``run``.
+        """
+        if self.current() is not None or not self.settings.db_group_commit:
+            return self.run(fn, note=note, user=user)
+        return queue_for(self).submit(self, fn, note, user)
+
+    def group_commit_stats(self) -> GroupCommitStats:
+        """Batches and requests of this database's group-commit queue in this process."""
+        return queue_for(self).stats()
 
     @contextlib.contextmanager
     def _own_unit(self, note: str | None, user: str | None) -> Iterator[UnitOfWork]:

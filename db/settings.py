@@ -140,6 +140,11 @@ class CodxJuniorGlobalSettings(BaseSettings):
         le=3600,
         description="seconds a unit of work keeps being retried after conflicts (at least db_conflict_retries times)",
     )
+    db_group_commit: bool = Field(
+        True,
+        description="threads of this process share one commit per batch of UserDB writes (db/group_commit.py)",
+    )
+    db_group_commit_max: int = Field(64, ge=1, le=10_000, description="most writes one group commit takes")
     db_migrate_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="objects per commit in large migration steps"
     )

@@ -3,7 +3,8 @@
 ZODB keeps every committed revision of an object on storages that keep history (FileStorage,
 MappingStorage, RelStorage with ``keep-history``) until a pack removes old ones. A revision
 of a user is one transaction that wrote that user; its metadata says when, who (the
-transaction's user) and what (the note UserDB writes). Comparing consecutive states gives the
+transaction's user, or the actor recorded for this user in the transaction's extension when one
+transaction holds several actors' writes) and what (the note UserDB writes). Comparing consecutive states gives the
 fields that changed. Password hashes are never shown: a changed hash reads "changed".
 """
 
@@ -36,6 +37,10 @@ TRACKED_FIELDS = (
 PASSWORD_FIELD = "password_hash"
 # How far back revert looks (FileStorage's history() needs a bound).
 MAX_REVISIONS = 100_000
+# Transaction extension: {user id: actor} when the transaction's user does not name who changed
+# that user (a group commit of several actors' writes, db/group_commit.py). Older transactions
+# lack it: their user names the actor.
+ACTORS_KEY = "codx_actors"
 
 
 class UserRevision(BaseModel):
@@ -86,13 +91,42 @@ def revisions(connection: Any, user: User, limit: int) -> list[UserRevision]:
             UserRevision(
                 tid=tid_to_str(entry["tid"]),
                 at=datetime.fromtimestamp(entry["time"], UTC),
-                by=entry.get("user_name") or None,
+                by=actor_of(entry, user.id),
                 description=entry.get("description") or "",
                 changes=_changes(previous, state),
                 user=snapshot(state),
             )
         )
     return result
+
+
+def record_actor(txn: Any, user_id: str, actor: str) -> None:
+    """Record in ``txn``'s extension that ``actor`` changed the user ``user_id``.
+
+    Two actors changing the same user in one transaction are both named, in order.
+    """
+    actors: dict[str, str] = txn.extension.setdefault(ACTORS_KEY, {})
+    known = actors.get(user_id)
+    if known is None:
+        actors[user_id] = actor
+    elif actor not in known.split(", "):
+        actors[user_id] = f"{known}, {actor}"
+
+
+def actor_of(entry: dict[str, Any], user_id: str) -> str | None:
+    """Who made a history entry's change to ``user_id``: the recorded actor, else the transaction's user."""
+    # FileStorage and RelStorage merge the extension into the entry; MappingStorage nests it.
+    actors = entry.get(ACTORS_KEY)
+    if actors is None:
+        extension = entry.get("extension")
+        actors = extension.get(ACTORS_KEY) if isinstance(extension, dict) else None
+    actor = actors.get(user_id) if isinstance(actors, dict) else None
+    if isinstance(actor, bytes):
+        actor = actor.decode("utf-8", "replace")
+    if isinstance(actor, str) and actor:
+        return actor
+    user_name = entry.get("user_name")
+    return user_name or None
 
 
 def state_at(connection: Any, user: User, tid: bytes | None, when: datetime | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserNotFound, shown
 from db.users import credential_service as creds
 from db.users import repository
-from db.users.history import TRACKED_FIELDS, UserRevision, revisions, snapshot, state_at, tid_from_str
+from db.users.history import TRACKED_FIELDS, UserRevision, record_actor, revisions, snapshot, state_at, tid_from_str
 from db.users.models import UserContainer
 from db.users.passwords import MAX_PASSWORD_LENGTH, dummy_verify, hash_cost_problem, hash_password, verify_password
 from db.users.policy import PasswordContext, PasswordPolicy
@@ -163,6 +163,7 @@ class UserService:
             user = repository.get(repository.container(uow), username)
             repository.set_password_hash(user, password_hash)
             creds.forget_tokens(uow.root, user)  # a new password ends every session
+            self.record_actor(uow, user.id)
             # The stored name: the one given may carry 100 kB of trimmed spaces.
             uow.note(f"codx-db: set password of {user.username}")
 
@@ -318,22 +319,47 @@ class UserService:
                     uow.connection.cacheGC()  # the saved objects can now leave memory
             return len(prepared)
 
-        return self.write(write, f"import {len(prepared)} users")
+        return self.write(write, f"import {len(prepared)} users", bulk=True)
 
     # -- units of work -------------------------------------------------------------------------
 
     def _read(self, fn: Callable[[UserContainer], T]) -> T:
         return self.database.run(lambda uow: fn(repository.container(uow)))
 
-    def write(self, fn: Callable[[UnitOfWork], T], note: str | None) -> T:
-        """Run ``fn`` as a write: one unit of work (or the caller's), recorded as by ``actor``."""
+    def write(self, fn: Callable[[UnitOfWork], T], note: str | None, *, bulk: bool = False) -> T:
+        """Run ``fn`` as a write: one unit of work (or the caller's), recorded as by ``actor``.
 
-        def write(uow: UnitOfWork) -> T:
-            if self.actor and not uow.transaction.user:
-                uow.transaction.user = self.actor
-            return fn(uow)
+        A single-user write (``bulk=False``) outside a unit of work goes through the group-commit
+        queue (``Database.submit``): it may share its transaction with other threads' writes, so
+        ``fn`` returns plain data, and the user it changed is recorded under its own actor
+        (``record_actor``). Bulk writes (imports, sync) own their unit of work (``run``).
+        """
+        wrapped_note = f"codx-db: {note}" if note else None
+        if bulk or self.database.current() is not None:
 
-        return self.database.run(write, note=f"codx-db: {note}" if note else None)
+            def write(uow: UnitOfWork) -> T:
+                if self.actor and not uow.transaction.user:
+                    uow.transaction.user = self.actor
+                return fn(uow)
+
+            return self.database.run(write, note=wrapped_note)
+
+        def submitted(uow: UnitOfWork) -> T:
+            result = fn(uow)
+            if isinstance(result, CodxUser):
+                self.record_actor(uow, result.id)
+            return result
+
+        return self.database.submit(submitted, note=wrapped_note, user=self.actor)
+
+    def record_actor(self, uow: UnitOfWork, user_id: str) -> None:
+        """Name this service's actor as the one who changed ``user_id`` in this unit of work.
+
+        Needed only when the transaction's user does not already say it: a group commit of
+        several actors' writes has none (db/users/history.py reads the map, then the user).
+        """
+        if self.actor and not uow.transaction.user:
+            record_actor(uow.transaction, user_id, self.actor)
 
 
 def _keys(prepared: list[PreparedUser]) -> list[tuple[str, str | None, str]]:

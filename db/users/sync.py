@@ -168,7 +168,8 @@ def sync(
     if not isinstance(require_admin, bool):
         raise InvalidUserData(["require_admin: must be true or false"])
     parsed = parse_records(records)
-    return service.write(lambda uow: sync_users(uow, parsed, now=clock(), require_admin=require_admin), None)
+    # bulk: the whole list in a unit of work of its own, never in a group commit with other writes
+    return service.write(lambda uow: sync_users(uow, parsed, now=clock(), require_admin=require_admin), None, bulk=True)
 
 
 def sync_users(uow: UnitOfWork, records: list[SyncRecord], *, now: datetime, require_admin: bool) -> SyncReport:
