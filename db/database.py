@@ -24,13 +24,12 @@ import ZODB
 from persistent.mapping import PersistentMapping
 from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
-from ZODB.utils import oid_repr
 
 from db import forks
-from db.display import shorten
-from db.errors import DatabaseTimeout, StorageInUse, WriteContention
+from db.contention import pool_exhausted, write_contention
+from db.errors import StorageInUse
 from db.group_commit import GroupCommitStats, queue_for
-from db.settings import CodxJuniorGlobalSettings, env_name
+from db.settings import CodxJuniorGlobalSettings
 from db.storage import StorageErrors, no_storage_errors, storage_spec
 
 log = logging.getLogger(__name__)
@@ -285,7 +284,7 @@ class Database:
             except TransientError as exc:
                 now = time.monotonic()
                 if attempt > retries and now >= deadline:
-                    raise _contention(exc, attempt, now - started) from exc
+                    raise write_contention(exc, attempt, now - started) from exc
                 log.debug("retrying unit of work after %s (attempt %d)", type(exc).__name__, attempt)
                 # Jittered exponential backoff (up to 10 ms, then 20, 40... capped at 0.5 s) so
                 # writers that conflicted do not collide again in lockstep; no sleep past the deadline
@@ -323,7 +322,7 @@ class Database:
                     self._gate = threading.BoundedSemaphore(self.settings.db_pool_size)
                 gate = self._gate
         if not gate.acquire(timeout=self.settings.db_pool_timeout):
-            raise _pool_timeout(self.settings)
+            raise pool_exhausted(self.settings)
         try:
             with self._connection_unit(zodb, note, user) as uow:
                 yield uow
@@ -368,31 +367,6 @@ class Database:
             if _in_transaction(manager):
                 _abort_quietly(manager)
             connection.close()
-
-
-def _pool_timeout(settings: CodxJuniorGlobalSettings) -> DatabaseTimeout:
-    size, wait = settings.db_pool_size, settings.db_pool_timeout
-    return DatabaseTimeout(
-        f"all {size} connections of the pool stayed in use for {wait:g} s: {env_name('db_pool_size')}={size} "
-        f"bounds the units of work open at once in this process, {env_name('db_pool_timeout')} how long one "
-        "waits for a connection. Raise the pool size to the number of threads using the database "
-        "(AnyIO/Starlette: 40), or keep slow work out of `with db.transaction():`"
-    )
-
-
-def _contention(exc: TransientError, attempts: int, seconds: float) -> WriteContention:
-    """What conflicted, shortly: ZODB's ConflictError carries the oid and class; RelStorage's lock errors a message."""
-    oid = getattr(exc, "oid", None)
-    class_name = getattr(exc, "class_name", None)
-    message = str(getattr(exc, "message", None) or exc).strip()
-    first = message.splitlines()[0] if message else ""
-    return WriteContention(
-        attempts,
-        seconds,
-        f"{type(exc).__name__}: {shorten(first, 160)}" if first else type(exc).__name__,
-        oid=oid_repr(oid) if isinstance(oid, bytes) else None,
-        class_name=class_name if isinstance(class_name, str) else None,
-    )
 
 
 def _abort_quietly(manager: transaction.TransactionManager) -> None:

@@ -523,6 +523,13 @@ SETTING_NAMES = [
     "db_blob_dir",
     "db_commit_lock_timeout",
     "db_conflict_retries",
+    "db_conflict_deadline",
+    "db_pool_timeout",
+    "db_group_commit",
+    "db_group_commit_max",
+    "db_pg_fast_reads",
+    "db_pg_own_temp_tables",
+    "db_pg_temp_tablespace",
     "db_startup",
 ]
 setting_values = st.one_of(

@@ -85,14 +85,9 @@ class CodxSystem(System):
         return report.ok, summary
 
     def commit_batches(self) -> tuple[int, int] | None:
-        # Group commit (docs/design/load.md §3.2) may or may not be in this tree: read its
-        # figures only if Database offers them, as a mapping or a method returning one.
-        stats: Any = getattr(self.database, "group_commit_stats", None)
-        if callable(stats):
-            stats = stats()
-        if not isinstance(stats, dict) or "batches" not in stats or "requests" not in stats:
-            return None
-        return int(stats["batches"]), int(stats["requests"])
+        # Group commit (db/group_commit.py): batches committed so far and the writes they held.
+        sizes = self.database.group_commit_stats().sizes
+        return sum(sizes.values()), sum(size * count for size, count in sizes.items())
 
 
 class CodxFile(CodxSystem):

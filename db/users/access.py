@@ -167,9 +167,10 @@ class AccessService:
             users = repository.container(uow)
             done = revoke(users, username, project_id)
             if done:
-                uow.note(
-                    f"codx-db: revoke project {project_id.strip()} from {repository.get(users, username).username}"
-                )
+                user = repository.get(users, username)
+                uow.note(f"codx-db: revoke project {project_id.strip()} from {user.username}")
+                # A bool answer names no user: record the actor here (history; group commit).
+                self.users.record_actor(uow, user.id)
             return done
 
         return self.users.write(write, None)

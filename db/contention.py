@@ -1,0 +1,40 @@
+"""The errors a unit of work raises when it cannot go on: no free connection, endless conflicts.
+
+Built here, apart from db/database.py, so the messages (which settings to turn, what conflicted)
+read in one place.
+"""
+
+from __future__ import annotations
+
+from transaction.interfaces import TransientError
+from ZODB.utils import oid_repr
+
+from db.display import shorten
+from db.errors import DatabaseTimeout, WriteContention
+from db.settings import CodxJuniorGlobalSettings, env_name
+
+
+def pool_exhausted(settings: CodxJuniorGlobalSettings) -> DatabaseTimeout:
+    """All connections of the pool stayed in use for the whole wait."""
+    size, wait = settings.db_pool_size, settings.db_pool_timeout
+    return DatabaseTimeout(
+        f"all {size} connections of the pool stayed in use for {wait:g} s: {env_name('db_pool_size')}={size} "
+        f"bounds the units of work open at once in this process, {env_name('db_pool_timeout')} how long one "
+        "waits for a connection. Raise the pool size to the number of threads using the database "
+        "(AnyIO/Starlette: 40), or keep slow work out of `with db.transaction():`"
+    )
+
+
+def write_contention(exc: TransientError, attempts: int, seconds: float) -> WriteContention:
+    """What conflicted, shortly: ZODB's ConflictError carries the oid and class; RelStorage's lock errors a message."""
+    oid = getattr(exc, "oid", None)
+    class_name = getattr(exc, "class_name", None)
+    message = str(getattr(exc, "message", None) or exc).strip()
+    first = message.splitlines()[0] if message else ""
+    return WriteContention(
+        attempts,
+        seconds,
+        f"{type(exc).__name__}: {shorten(first, 160)}" if first else type(exc).__name__,
+        oid=oid_repr(oid) if isinstance(oid, bytes) else None,
+        class_name=class_name if isinstance(class_name, str) else None,
+    )
