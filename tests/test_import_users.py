@@ -190,8 +190,9 @@ def test_batches_cannot_commit_inside_a_unit_of_work(users: UserDB) -> None:
 def test_one_transaction_too_large_for_postgres_locks_fails_fast_and_clearly() -> None:
     # RelStorage locks every stored object a commit changes; PostgreSQL's lock table holds
     # max_locks_per_transaction x max_connections (6,400 by default, plus some slack). A
-    # private server with a tiny table (10 x 20: 625 locks here) shows the limit with 10,000
-    # users: 10,000 more touch ~1,000 of their index buckets, 100 touch ~200.
+    # private server with a tiny table (10 x 20: 625 locks here) shows the limit: on 30,000
+    # users, 30,000 more touch the ~1,000 stored buckets of the three random-key indexes
+    # (generation 6 buckets hold up to 120 keys: 10,000 users would be too few), 100 touch ~300.
     try:
         server = PrivatePostgres()
         server.start("max_locks_per_transaction=10", "max_connections=20")
@@ -205,16 +206,16 @@ def test_one_transaction_too_large_for_postgres_locks_fails_fast_and_clearly() -
             users = UserDB(database)
             # Random names: new users land in every bucket of the indexes, not after the last.
             rng = random.Random(7)
-            names = [f"u{rng.getrandbits(64):016x}" for _ in range(20_000)]
+            names = [f"u{rng.getrandbits(64):016x}" for _ in range(60_000)]
             batch = [{"username": name, "email": f"{name}@example.com"} for name in names]
-            assert users.import_users(batch[:10_000], batch_size=100) == 10_000
+            assert users.import_users(batch[:30_000], batch_size=100) == 30_000
             started = time.monotonic()
             with pytest.raises(TransactionTooLarge, match="max_locks_per_transaction"):
-                users.import_users(batch[10_000:])
+                users.import_users(batch[30_000:])
             assert time.monotonic() - started < 30  # refused once, not retried as a conflict
-            assert users.count() == 10_000
-            assert users.import_users(batch[10_000:], batch_size=100) == 10_000
-            assert users.count() == 20_000
+            assert users.count() == 30_000
+            assert users.import_users(batch[30_000:32_000], batch_size=100) == 2_000
+            assert users.count() == 32_000
         finally:
             database.close()
     finally:
