@@ -317,3 +317,45 @@ def test_info_on_a_file_database_has_no_connection_lines(tmp_path: Any) -> None:
     settings = CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs")
     info = run_cli_in_process(settings, "info")
     assert info.returncode == 0 and "pool_size" not in info.stdout and "PostgreSQL" not in info.stdout
+
+
+# -- the bound the budget is built on -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "no-group-commit"])
+def test_one_process_opens_at_most_two_sessions_per_pooled_connection(
+    budget_server: BudgetServer, group_commit: bool
+) -> None:
+    """9 threads reading and writing with a pool of 3: never more than 2 x 3 sessions (sampled throughout)."""
+    name, dsn = budget_server.new_database()
+    database = Database(_settings(dsn, db_pool_size=3, db_group_commit=group_commit))
+    users = UserDB(database)
+    users.create(username="seed")
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], budget_server.sessions(name))
+
+    def work(thread: int) -> None:
+        for n in range(5):
+            users.create(username=f"t{thread}n{n}")
+            users.get("seed")
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        workers = [threading.Thread(target=work, args=(thread,)) for thread in range(9)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+    finally:
+        done.set()
+        sampler.join(60)
+    try:
+        assert users.count() == 1 + 9 * 5
+        assert 1 <= peak[0] <= 2 * 3, peak[0]
+        assert budget_server.sessions(name) <= 2 * 3  # kept open after the burst, still within the bound
+    finally:
+        database.close()
