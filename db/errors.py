@@ -57,7 +57,12 @@ class StorageInUse(CodxDBError):
 
 
 class DatabaseUnavailable(CodxDBError):
-    """The storage cannot be reached (PostgreSQL down, network lost)."""
+    """The storage cannot be reached (PostgreSQL down, network lost), or refuses a new session.
+
+    PostgreSQL refuses one when its connections are used up ("too many clients", SQLSTATE
+    53300): the message then names the connection budget (``max_connections``,
+    CODX_JUNIOR_DB_POOL_SIZE, the workers). Not retried by ``Database.run``.
+    """
 
 
 class DatabaseTimeout(CodxDBError):

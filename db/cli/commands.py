@@ -24,6 +24,7 @@ from db.ops.check import check, check_root, repair
 from db.ops.copy import backup, copy_database, restore, target_settings
 from db.ops.pack import pack
 from db.ops.reports import CheckReport, InfoReport, MigrationReport, PendingStep, RepairReport
+from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from db.users.models import USERS_KEY
 from db.users.schemas import CodxUser
@@ -64,6 +65,7 @@ def cmd_info(session: Session, args: argparse.Namespace) -> InfoReport:
             status=f"{EMPTY} (the first write creates it, e.g. `codx-db user add`)",
             users=0,
             temp_tablespace=settings.db_pg_temp_tablespace if settings.kind == "postgres" else None,
+            **_connection_budget(settings),
         )
     try:
         with session.database.transaction() as uow:
@@ -85,7 +87,23 @@ def cmd_info(session: Session, args: argparse.Namespace) -> InfoReport:
         status=state,
         users=users,
         temp_tablespace=settings.db_pg_temp_tablespace if settings.kind == "postgres" else None,
+        **_connection_budget(settings),
     )
+
+
+def _connection_budget(settings: CodxJuniorGlobalSettings) -> dict[str, int | None]:
+    """PostgreSQL: the pool size, the sessions one process may open, what the server allows (read at open)."""
+    if settings.kind != "postgres" or settings.db_dsn is None:
+        return {}
+    from db.pg.connect import SESSIONS_PER_UNIT, known_budget  # lazy backend
+    from db.pg.dsn import keyword_dsn
+
+    budget = known_budget(keyword_dsn(settings.db_dsn.get_secret_value()))
+    return {
+        "pool_size": settings.db_pool_size,
+        "pg_connections_per_process": SESSIONS_PER_UNIT * settings.db_pool_size,
+        "pg_connections_allowed": budget.allowed if budget is not None else None,
+    }
 
 
 def cmd_migrate(session: Session, args: argparse.Namespace) -> MigrationReport:

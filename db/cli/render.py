@@ -101,7 +101,13 @@ def _(result: Message) -> list[str]:
 
 @render_text.register
 def _(result: InfoReport) -> list[str]:
-    return [f"{key}: {value}" for key, value in result.to_dict().items()]
+    data = result.to_dict()
+    per_process, allowed = data.pop("pg_connections_per_process", None), data.pop("pg_connections_allowed", None)
+    lines = [f"{key}: {value}" for key, value in data.items()]
+    if per_process is not None:
+        server = "" if allowed is None else f" (the server allows {allowed} for this role, all processes together)"
+        lines.append(f"PostgreSQL connections: up to {per_process} per process{server}")
+    return lines
 
 
 @render_text.register

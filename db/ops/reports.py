@@ -255,12 +255,18 @@ class InfoReport(Report):
     users: int
     # db_pg_temp_tablespace, shown only when set (postgres backend).
     temp_tablespace: str | None = None
+    # PostgreSQL only: db_pool_size and the sessions one process may open with it (the connection
+    # budget, docs/deployment-tuning.md); what the server allows this role, when it was read.
+    pool_size: int | None = None
+    pg_connections_per_process: int | None = None
+    pg_connections_allowed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form; ``temp_tablespace`` only when set, so other outputs stay as they were."""
+        """The JSON-ready form; the optional fields only when set, so other outputs stay as they were."""
         data = super().to_dict()
-        if data.get("temp_tablespace") is None:
-            data.pop("temp_tablespace", None)
+        for key in ("temp_tablespace", "pool_size", "pg_connections_per_process", "pg_connections_allowed"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 

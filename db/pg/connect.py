@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
@@ -37,6 +40,96 @@ QUERY_CANCELED = "57014"
 IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
 LOCK_NOT_AVAILABLE = "55P03"  # psycopg2.errors.LockNotAvailable: lock_timeout ran out
 COMMIT_LOCK_TIMEOUT = "CODX_JUNIOR_DB_COMMIT_LOCK_TIMEOUT"
+POOL_SIZE = "CODX_JUNIOR_DB_POOL_SIZE"
+TOO_MANY_CONNECTIONS = "53300"  # psycopg2.errors.TooManyConnections
+# SQLSTATE 53300 (too_many_connections) refuses a new session. libpq reports a refused connection
+# without its SQLSTATE (psycopg2's pgcode is None), so the server's FATAL texts are matched:
+# max_connections used up, the rest reserved (superuser_reserved_connections, PG 16's
+# reserved_connections), or a role's / database's CONNECTION LIMIT.
+_SERVER_FULL = ("too many clients", "remaining connection slots are reserved", "too many connections for")
+# PostgreSQL sessions one unit of work may hold: RelStorage's load session and, while it commits,
+# a store session (both kept open by the pool afterwards). Measured: docs/deployment-tuning.md.
+SESSIONS_PER_UNIT = 2
+
+
+@dataclass(frozen=True)
+class ConnectionBudget:
+    """What the server allows (read at open, ``check_server``) against what this process may open."""
+
+    max_connections: int
+    reserved: int  # superuser_reserved_connections + reserved_connections (PG 16)
+    role_limit: int  # the role's CONNECTION LIMIT, -1: none
+    database_limit: int  # the database's CONNECTION LIMIT, -1: none
+    pool_size: int
+
+    @property
+    def allowed(self) -> int:
+        """Sessions this role may have on this database at once, all processes together."""
+        limits = [self.max_connections - self.reserved]
+        limits += [limit for limit in (self.role_limit, self.database_limit) if limit >= 0]
+        return max(0, min(limits))
+
+    @property
+    def per_process(self) -> int:
+        return SESSIONS_PER_UNIT * self.pool_size
+
+    def server_terms(self) -> str:
+        """The server's figures, for a message."""
+        terms = f"max_connections={self.max_connections} minus {self.reserved} reserved"
+        if self.role_limit >= 0:
+            terms += f", role CONNECTION LIMIT {self.role_limit}"
+        if self.database_limit >= 0:
+            terms += f", database CONNECTION LIMIT {self.database_limit}"
+        return terms
+
+
+# DSN -> the budget its last open read (check_server): a full server can no longer be asked.
+_budgets: dict[str, ConnectionBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def remember_budget(dsn: str, budget: ConnectionBudget) -> None:
+    with _budgets_lock:
+        _budgets[dsn] = budget
+
+
+def known_budget(dsn: str | None) -> ConnectionBudget | None:
+    """The budget read when ``dsn`` was last opened in this process, if it was."""
+    with _budgets_lock:
+        return _budgets.get(dsn) if dsn is not None else None
+
+
+def web_workers() -> int | None:
+    """uvicorn/gunicorn's worker count when the environment says it (``WEB_CONCURRENCY``)."""
+    try:
+        workers = int(os.environ.get("WEB_CONCURRENCY", ""))
+    except ValueError:
+        return None
+    return workers if workers >= 1 else None
+
+
+def server_full(exc: BaseException) -> bool:
+    """A new session refused because the server (or the role or database) has all it allows (53300)."""
+    return getattr(exc, "pgcode", None) == TOO_MANY_CONNECTIONS or any(marker in str(exc) for marker in _SERVER_FULL)
+
+
+def server_full_error(exc: BaseException, dsn: str | None) -> DatabaseUnavailable:
+    """``DatabaseUnavailable`` naming the connection budget (not retried: see docs/deployment-tuning.md)."""
+    budget = known_budget(dsn)
+    workers = web_workers()
+    times = f" x {workers} workers (WEB_CONCURRENCY={workers})" if workers else " x the worker processes"
+    if budget is None:
+        mine = f"each codx-db process opens up to {SESSIONS_PER_UNIT} x {POOL_SIZE} sessions{times}"
+        server = "the server's max_connections minus its reserved slots"
+    else:
+        mine = f"{POOL_SIZE}={budget.pool_size} lets each codx-db process open up to {budget.per_process}{times}"
+        server = f"{budget.allowed} sessions ({budget.server_terms()})"
+    return DatabaseUnavailable(
+        f"PostgreSQL refused a new session, its connections are used up ({scrub(first_line(exc), dsn)}); "
+        f"nothing was saved. Connection budget: {mine}, all within {server}, with every other client "
+        f"(pg_stat_activity). Lower {POOL_SIZE} or the workers, or raise max_connections "
+        "(docs/deployment-tuning.md, connection budget)"
+    )
 
 
 @contextlib.contextmanager
@@ -50,6 +143,8 @@ def unavailable_on_connect_error(dsn: str | None) -> Iterator[None]:
             "Raise statement_timeout for this database or role"
         ) from None
     except psycopg2.OperationalError as exc:
+        if server_full(exc):
+            raise server_full_error(exc, dsn) from None
         raise DatabaseUnavailable("cannot connect to PostgreSQL: " + scrub(first_line(exc), dsn)) from None
 
 
@@ -93,15 +188,19 @@ def unit_errors(explain_dsn: str | None) -> Callable[[float | None], AbstractCon
 
     def errors(started: float | None = None) -> AbstractContextManager[None]:
         if explain_dsn is None or started is None:
-            return storage_errors()
-        return storage_errors(functools.partial(explain_lost_connection, explain_dsn, started))
+            return storage_errors(dsn=explain_dsn)
+        return storage_errors(functools.partial(explain_lost_connection, explain_dsn, started), explain_dsn)
 
     return errors
 
 
 @contextlib.contextmanager
-def storage_errors(explain_lost: Callable[[], str | None] | None = None) -> Iterator[None]:
+def storage_errors(explain_lost: Callable[[], str | None] | None = None, dsn: str | None = None) -> Iterator[None]:
     """Turn a lost database connection into one clear ``DatabaseUnavailable``.
+
+    A new session the server refused because its connections are used up (RelStorage opens
+    load and store sessions lazily, inside a unit of work) is a ``DatabaseUnavailable`` naming
+    the connection budget (the figures ``check_server`` read from ``dsn`` at open).
 
     A server-side limit is named instead (``DatabaseTimeout``): ``statement_timeout`` by its
     SQLSTATE; ``idle_in_transaction_session_timeout`` by its SQLSTATE when libpq reports it,
@@ -144,6 +243,8 @@ def storage_errors(explain_lost: Callable[[], str | None] | None = None) -> Iter
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         line = first_line(exc)
         code = getattr(exc, "pgcode", None)
+        if server_full(exc):  # before explain_lost: a full server has no session to ask on
+            raise server_full_error(exc, dsn) from None
         if code == QUERY_CANCELED:  # psycopg2.errors.QueryCanceled
             if "statement timeout" in line:  # other causes: a cancel request, a replica conflict
                 raise DatabaseTimeout(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 from relstorage.adapters import postgresql
@@ -13,10 +15,20 @@ from db import forks
 from db.errors import ConfigurationError
 from db.file_storage import make_private_dir
 from db.pg import roundtrips, store_temps
-from db.pg.connect import connect, unavailable_on_connect_error, unit_errors
+from db.pg.connect import (
+    POOL_SIZE,
+    ConnectionBudget,
+    connect,
+    remember_budget,
+    unavailable_on_connect_error,
+    unit_errors,
+    web_workers,
+)
 from db.pg.dsn import keyword_dsn, with_server_settings
 from db.settings import CodxJuniorGlobalSettings, env_name
 from db.storage import StorageSpec
+
+log = logging.getLogger(__name__)
 
 
 def postgres_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
@@ -50,7 +62,7 @@ def open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
     """Open RelStorage on ``dsn`` (creating its schema in an empty database)."""
     options = Options(**relstorage_options(settings))
     with unavailable_on_connect_error(dsn):
-        check_server(dsn, settings.db_keep_history, settings.db_pg_temp_tablespace)
+        check_server(dsn, settings.db_keep_history, settings.db_pg_temp_tablespace, settings.db_pool_size)
         # Looked up at call time, as RelStorage's own ZConfig factory does (a subclass may be patched in).
         adapter = postgresql.PostgreSQLAdapter(dsn=relstorage_dsn(settings, dsn), options=options)
         prepare_adapter(adapter, settings.db_pg_fast_reads, settings.db_pg_own_temp_tables)
@@ -83,9 +95,10 @@ def relstorage_dsn(settings: CodxJuniorGlobalSettings, dsn: str) -> str:
     return with_server_settings(dsn, temp_tablespaces=settings.db_pg_temp_tablespace)
 
 
-# One statement, one round trip: what the schema holds and what the temp tablespace allows.
-# The database's own default tablespace needs no CREATE privilege for temp tables (PostgreSQL
-# skips the check for it, see PrepareTempTablespaces), so it counts as usable.
+# One statement, one round trip: what the schema holds, what the temp tablespace allows and the
+# connection budget. The database's own default tablespace needs no CREATE privilege for temp
+# tables (PostgreSQL skips the check for it, see PrepareTempTablespaces), so it counts as usable.
+# reserved_connections exists from PostgreSQL 16 on (missing_ok: NULL before).
 _SERVER_CHECK = """
 SELECT ARRAY(
            SELECT table_name::text FROM information_schema.tables
@@ -93,11 +106,19 @@ SELECT ARRAY(
        (SELECT has_tablespace_privilege(t.oid, 'CREATE')
                OR t.oid = (SELECT dattablespace FROM pg_database WHERE datname = current_database())
           FROM pg_tablespace t WHERE t.spcname = %s),
-       current_user::text
+       current_user::text,
+       current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int
+           + COALESCE(current_setting('reserved_connections', true), '0')::int,
+       (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
+       (SELECT datconnlimit FROM pg_database WHERE datname = current_database())
 """
+# Budgets already warned about in this process: one warning, not one per reopen.
+_warned: set[tuple[str, ConnectionBudget, int | None]] = set()
+_warned_lock = threading.Lock()
 
 
-def check_server(dsn: str, keep_history: bool, temp_tablespace: str | None) -> None:
+def check_server(dsn: str, keep_history: bool, temp_tablespace: str | None, pool_size: int | None = None) -> None:
     """Refuse, naming the setting, what the server would get wrong or silently ignore.
 
     - ``db_keep_history`` contradicting an existing schema: RelStorage fixes the mode when it
@@ -108,6 +129,10 @@ def check_server(dsn: str, keep_history: bool, temp_tablespace: str | None) -> N
       puts the temp tables in the default tablespace, so the tuning would silently be off.
 
     Runs before RelStorage opens anything: a refusal writes nothing.
+
+    With ``pool_size``, also reads the connection budget (same statement) and warns once when
+    this process's pool (times ``WEB_CONCURRENCY`` workers, when set) may open more sessions
+    than the server allows this role: not an error, RelStorage opens them lazily, under load.
     """
     conn = connect(dsn, "codx-db schema check")
     try:
@@ -121,6 +146,38 @@ def check_server(dsn: str, keep_history: bool, temp_tablespace: str | None) -> N
     _check_history_mode(tables, keep_history)
     if temp_tablespace is not None:
         _check_temp_tablespace(temp_tablespace, tablespace_usable, role)
+    if pool_size is not None:
+        budget = ConnectionBudget(row[3], row[4], row[5], row[6], pool_size)
+        remember_budget(dsn, budget)
+        _warn_over_budget(dsn, budget)
+
+
+def _warn_over_budget(dsn: str, budget: ConnectionBudget) -> None:
+    workers = web_workers()
+    wanted = budget.per_process * (workers or 1)
+    if wanted <= budget.allowed:
+        return
+    with _warned_lock:
+        if (dsn, budget, workers) in _warned:
+            return
+        _warned.add((dsn, budget, workers))
+    if workers:
+        scope = f"with {workers} workers (WEB_CONCURRENCY={workers}) up to {wanted}"
+    else:
+        scope = "each further process on this server (uvicorn/gunicorn workers: WEB_CONCURRENCY) adds as many"
+    log.warning(
+        "connection budget: %s=%d lets this process open up to %d PostgreSQL sessions (a load and a store "
+        "session per unit of work; %s), but the server allows %d for this role (%s): under load new sessions "
+        "will fail with 'too many clients'. Lower %s or the workers, or raise max_connections "
+        "(docs/deployment-tuning.md, connection budget)",
+        POOL_SIZE,
+        budget.pool_size,
+        budget.per_process,
+        scope,
+        budget.allowed,
+        budget.server_terms(),
+        POOL_SIZE,
+    )
 
 
 def _check_history_mode(tables: set[str], keep_history: bool) -> None:
