@@ -28,7 +28,7 @@ from relstorage.adapters.interfaces import (
 from ZODB.POSException import ConflictError
 
 from db.errors import DatabaseTimeout, DatabaseUnavailable, TransactionTooLarge
-from db.pg.dsn import first_line, scrub
+from db.pg.dsn import first_line, mask_dsn, scrub
 
 # One PostgreSQL advisory lock key for "someone is opening (creating, evolving) this database".
 # Derived from a fixed name so every codx-db version agrees on it.
@@ -83,20 +83,21 @@ class ConnectionBudget:
         return terms
 
 
-# DSN -> the budget its last open read (check_server): a full server can no longer be asked.
+# DSN (password masked: no secret kept) -> the budget its last open read (check_server): a full
+# server can no longer be asked.
 _budgets: dict[str, ConnectionBudget] = {}
 _budgets_lock = threading.Lock()
 
 
 def remember_budget(dsn: str, budget: ConnectionBudget) -> None:
     with _budgets_lock:
-        _budgets[dsn] = budget
+        _budgets[mask_dsn(dsn)] = budget
 
 
 def known_budget(dsn: str | None) -> ConnectionBudget | None:
     """The budget read when ``dsn`` was last opened in this process, if it was."""
     with _budgets_lock:
-        return _budgets.get(dsn) if dsn is not None else None
+        return _budgets.get(mask_dsn(dsn)) if dsn is not None else None
 
 
 def web_workers() -> int | None:
