@@ -97,7 +97,9 @@ def assert_tokens(database: Database, issued: dict[str, list[str]]) -> None:
             found = users.get_by_token(token)
             assert found is not None and found.username == username
     total = sum(len(tokens) for tokens in issued.values())
-    sizes = store_of(database)(lambda s: (len(s.tokens), len(s.token_expiry), [len(d) for d in s.tokens_by_user.values()]))
+    sizes = store_of(database)(
+        lambda s: (len(s.tokens), len(s.token_expiry), [len(d) for d in s.tokens_by_user.values()])
+    )
     assert sizes == (total, total, [LOGINS] * len(issued))
     assert store_of(database)(layout) == {
         **CREDENTIAL_CLASSES,
@@ -146,8 +148,8 @@ errors = []
 
 def logins(name):
     try:
-        for _ in range(%(logins)d):
-            assert users.authenticate(name, %(password)r) is not None
+        for _ in range(LOGINS):
+            assert users.authenticate(name, PASSWORD) is not None
             issued[name].append(users.issue_token(name))
     except BaseException as exc:
         errors.append(repr(exc))
@@ -159,7 +161,7 @@ for thread in threads:
     thread.join()
 database.close()
 print(json.dumps({"issued": issued, "errors": errors}))
-""" % {"logins": LOGINS, "password": PASSWORD}
+""".replace("LOGINS", str(LOGINS)).replace("PASSWORD", repr(PASSWORD))
 
 
 @pytest.mark.postgres
@@ -324,25 +326,24 @@ def old_layout_store() -> CredentialStore:
 def generation5_with_credentials(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Any, dict]:
     settings = generation5_database(backend, tmp_path, request)
     secrets: dict[str, Any] = {"tokens": {}, "keys": {}, "imported": {}}
-    with runner.open_for_migration(settings) as zodb:
-        with zodb.transaction() as conn:
-            container = conn.root()[USERS_KEY]
-            store = conn.root()[CREDENTIALS_KEY] = old_layout_store()
-            active = [user for user in container.users.values() if user.is_active][:400]
-            for number, user in enumerate(active):
-                secrets["tokens"].setdefault(user.username, []).extend(
-                    credentials.issue_token(store, user.id, timedelta(days=1), NOW) for _ in range(1 + number % 2)
-                )
-                if number % 4 == 0:
-                    secrets["keys"][user.username] = credentials.create_api_key(store, user.id, "ci", NOW)
-                if number % 50 == 0:
-                    key = f"imported-{number}-key"
-                    assert credentials.import_api_key(store, user.id, key, "junior", NOW)
-                    secrets["imported"][user.username] = key
-            for name in ("tokens_by_user", "api_keys_by_user"):  # the per-user sets too
-                index = getattr(store, name)
-                for user_id in list(index):
-                    index[user_id] = OOTreeSet(index[user_id])
+    with runner.open_for_migration(settings) as zodb, zodb.transaction() as conn:
+        container = conn.root()[USERS_KEY]
+        store = conn.root()[CREDENTIALS_KEY] = old_layout_store()
+        active = [user for user in container.users.values() if user.is_active][:400]
+        for number, user in enumerate(active):
+            secrets["tokens"].setdefault(user.username, []).extend(
+                credentials.issue_token(store, user.id, timedelta(days=1), NOW) for _ in range(1 + number % 2)
+            )
+            if number % 4 == 0:
+                secrets["keys"][user.username] = credentials.create_api_key(store, user.id, "ci", NOW)
+            if number % 50 == 0:
+                key = f"imported-{number}-key"
+                assert credentials.import_api_key(store, user.id, key, "junior", NOW)
+                secrets["imported"][user.username] = key
+        for name in ("tokens_by_user", "api_keys_by_user"):  # the per-user sets too
+            index = getattr(store, name)
+            for user_id in list(index):
+                index[user_id] = OOTreeSet(index[user_id])
     return settings, secrets
 
 
@@ -389,7 +390,7 @@ def test_evolve6_converts_the_credential_store(backend: str, tmp_path: Path, req
             assert users.get_by_api_key(key).username == username  # type: ignore[union-attr]
         report = check(database)
         assert report.ok, report.problems
-        assert report.warnings == []
+        assert [w for w in report.warnings if w.code == "index-old-layout"] == []
         name = next(iter(secrets["tokens"]))
         assert users.revoke_tokens(name) == len(secrets["tokens"][name])
         assert users.get_by_token(users.issue_token(name)).username == name  # type: ignore[union-attr]
