@@ -427,3 +427,19 @@ def test_check_warns_about_an_old_class_credential_index(database: Database) -> 
     assert report.ok, report.problems
     assert [w.code for w in report.warnings] == ["index-old-layout"]
     assert "tokens" in report.warnings[0].message
+
+
+def test_check_finds_a_token_missing_from_its_user_set(database: Database) -> None:
+    users = UserDB(database)
+    user_id = users.create(username="alice").id
+    users.issue_token("alice")
+    users.issue_token("alice")
+
+    def drop_one(uow: UnitOfWork) -> None:
+        digests = uow.root[CREDENTIALS_KEY].tokens_by_user[user_id]
+        digests.remove(digests.minKey())
+
+    database.run(drop_one)
+    report = check(database)
+    assert [p.code for p in report.problems] == ["credential-inconsistent"] * 2  # the record, and the totals
+    assert not report.repairable
