@@ -443,3 +443,19 @@ def test_check_finds_a_token_missing_from_its_user_set(database: Database) -> No
     report = check(database)
     assert [p.code for p in report.problems] == ["credential-inconsistent"] * 2  # the record, and the totals
     assert not report.repairable
+
+
+def test_two_first_logins_in_one_batch_exactly_one_wins(database: Database) -> None:
+    users = UserDB(database)
+    users.create(username="admin", is_superuser=True)
+    calls = Calls()
+    with busy_leader(database):
+        for password in ("violet-harbour-tide", "amber-meadow-stream"):
+            calls.start(password, lambda password=password: users.set_password_if_unset("admin", password))
+        wait_queued(database, 2)
+    outcomes = calls.join()
+    assert stats(database).sizes.get(2) == 1  # both in one transaction: the second sees the first's password
+    assert sorted(outcomes.values()) == [False, True], outcomes
+    winner = next(password for password, won in outcomes.items() if won)
+    loser = next(password for password, won in outcomes.items() if not won)
+    assert users.authenticate("admin", winner) is not None and users.authenticate("admin", loser) is None
