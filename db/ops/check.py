@@ -20,6 +20,7 @@ from typing import Any
 
 import migrations
 from db.database import Database, UnitOfWork
+from db.ops.check_credentials import check_credentials
 from db.ops.check_lookups import check_layout, check_lookup_indexes, sync_lookup_indexes
 from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
 from db.users.indexes import IndexSet, IndexTree, check_index
@@ -85,6 +86,7 @@ def check_root(root: Any) -> CheckReport:
     _check_skeleton(container, users, generation, problems, warnings)
     check_lookup_indexes(container, users, generation, problems, warnings, _check_structure)
     check_layout(container, generation, warnings)
+    check_credentials(root, generation, problems, warnings, _check_structure)
     count = container.length()
     if count != len(container.users):
         problems.append(

@@ -2,8 +2,15 @@
 
 ``UserDB`` delegates to one ``CredentialService`` (one line per method); the store itself
 (hashed secrets, indexes, expiry) is db/users/credentials.py. Each method here is one unit of
-work of its own (``database.run``), or joins the caller's. Input is checked and passwords are
-hashed before the unit of work starts, so a retry after a conflict never hashes again.
+work of its own, or joins the caller's. Input is checked and passwords are hashed before the
+unit of work starts, so a retry after a conflict never hashes again.
+
+Writes for one user (first password, issue or revoke tokens, create or revoke API keys) go
+through the group-commit queue (``Database.submit``, db/group_commit.py): under a burst of
+logins the threads of a process share one commit instead of conflicting with each other.
+Their functions return plain data (str, bool, int), and each names its actor for the user it
+touched (``history.record_actor``) when a shared transaction's user cannot say it. The purge
+of expired tokens is bulk work and keeps a unit of work of its own (``database.run``).
 
 The credential store and old databases: a database installed by this version gets the store
 from migrations/install.py. A database created before it has none, and no generation adds it:
@@ -28,6 +35,7 @@ from db.database import Database, UnitOfWork
 from db.errors import InvalidUserData, UserNotFound, shown
 from db.users import credentials
 from db.users.credentials import CREDENTIALS_KEY, MAX_TTL, MIN_TTL, ApiKeyInfo, CredentialStore
+from db.users.history import record_actor
 from db.users.models import USERS_KEY, User, UserContainer, utcnow
 from db.users.passwords import check_password, hash_password
 from db.users.policy import PasswordContext, PasswordPolicy
@@ -87,6 +95,7 @@ class CredentialService:
             user.password_hash = password_hash
             user.touch()
             uow.note(f"codx-db: set first password of {user.username}")
+            self._record_actor(uow, user.id)
             return True
 
         return self._write(set_if_unset)
@@ -108,6 +117,7 @@ class CredentialService:
                     [f"username: {shown(user.username)} is disabled: no token; enable the user first"]
                 )
             store = credentials.install_credentials(uow.root)  # lazily on a database older than the store
+            self._record_actor(uow, _credentials_of(user.id))
             return credentials.issue_token(store, user.id, ttl, self.clock())
 
         return self._write(issue)
@@ -124,7 +134,16 @@ class CredentialService:
 
     def revoke_token(self, token: str) -> bool:
         """End one token (a logout); False if it is unknown or already gone."""
-        return self._write(lambda uow: _with_store(uow, False, lambda store: credentials.revoke_token(store, token)))
+
+        def revoke(uow: UnitOfWork) -> bool:
+            store = _store(uow)
+            owner = None if store is None else credentials.token_owner(store, token)
+            if store is None or owner is None:
+                return False
+            self._record_actor(uow, _credentials_of(owner))
+            return credentials.revoke_token(store, token)
+
+        return self._write(revoke)
 
     def revoke_tokens(self, username: str) -> int:
         """End every token of the user (logout everywhere); how many. UserNotFound."""
@@ -135,6 +154,7 @@ class CredentialService:
             count = forget_tokens(uow.root, user)
             if count:
                 uow.note(f"codx-db: revoke {count} tokens of {user.username}")
+                self._record_actor(uow, _credentials_of(user.id))
             return count
 
         return self._write(revoke)
@@ -144,7 +164,9 @@ class CredentialService:
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PURGE:
             raise InvalidUserData([f"limit: must be an integer from 1 to {MAX_PURGE}"])
         now = self.clock()
-        return self._write(lambda uow: _with_store(uow, 0, lambda store: credentials.purge_expired(store, now, limit)))
+        return self._write(
+            lambda uow: _with_store(uow, 0, lambda store: credentials.purge_expired(store, now, limit)), bulk=True
+        )
 
     # -- API keys ------------------------------------------------------------------------------
 
@@ -157,6 +179,7 @@ class CredentialService:
             store = credentials.install_credentials(uow.root)  # lazily on a database older than the store
             secret = credentials.create_api_key(store, user.id, name, self.clock())
             uow.note(f"codx-db: create API key of {user.username}")
+            self._record_actor(uow, _credentials_of(user.id))
             return secret
 
         return self._write(create)
@@ -173,7 +196,16 @@ class CredentialService:
 
     def revoke_api_key(self, key: str) -> bool:
         """Remove an API key given its secret; False if it is unknown."""
-        return self._write(lambda uow: _with_store(uow, False, lambda store: credentials.revoke_api_key(store, key)))
+
+        def revoke(uow: UnitOfWork) -> bool:
+            store = _store(uow)
+            found = None if store is None else credentials.find_api_key(store, key)
+            if store is None or found is None:
+                return False
+            self._record_actor(uow, _credentials_of(found.user_id))
+            return credentials.revoke_api_key(store, key)
+
+        return self._write(revoke)
 
     def api_keys(self, username: str) -> list[ApiKeyInfo]:
         """The user's API keys, oldest first: key id, name, creation time (never the secret). UserNotFound."""
@@ -194,6 +226,7 @@ class CredentialService:
             done = _with_store(uow, False, lambda store: credentials.revoke_api_key_id(store, user.id, key_id))
             if done:
                 uow.note(f"codx-db: revoke API key {shown(key_id, 20)} of {user.username}")
+                self._record_actor(uow, _credentials_of(user.id))
             return done
 
         return self._write(revoke)
@@ -210,13 +243,31 @@ class CredentialService:
     def _read(self, fn: Callable[[UserContainer], T]) -> T:
         return self.database.run(lambda uow: fn(_users(uow)))
 
-    def _write(self, fn: Callable[[UnitOfWork], T]) -> T:
-        def write(uow: UnitOfWork) -> T:
-            if self.actor and not uow.transaction.user:
-                uow.transaction.user = self.actor
-            return fn(uow)
+    def _write(self, fn: Callable[[UnitOfWork], T], *, bulk: bool = False) -> T:
+        """Run ``fn`` as a write by ``actor``: its own unit of work if ``bulk``, else through the queue.
 
-        return self.database.run(write)
+        ``fn`` must return plain data and be replayable (it may share a transaction with other
+        threads' writes and run again after a conflict); it calls ``_record_actor`` for the
+        user it changes. Inside a caller's unit of work it joins it, as ``run`` does.
+        """
+        if bulk or self.database.current() is not None:
+
+            def write(uow: UnitOfWork) -> T:
+                if self.actor and not uow.transaction.user:
+                    uow.transaction.user = self.actor
+                return fn(uow)
+
+            return self.database.run(write)
+        return self.database.submit(fn, user=self.actor)
+
+    def _record_actor(self, uow: UnitOfWork, user_id: str) -> None:
+        """Name ``actor`` as the one who changed ``user_id`` (or, ``_credentials_of(id)``, its credentials).
+
+        Only when the transaction's user does not already say it: a group commit of several
+        actors' writes has none (db/users/history.py reads the map, then the user).
+        """
+        if self.actor and not uow.transaction.user:
+            record_actor(uow.transaction, user_id, self.actor)
 
 
 # -- revocation hooks: called by UserDB's writes inside their unit of work -----------------------
@@ -242,6 +293,15 @@ def forget_credentials(root: Any, user: User) -> int:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _credentials_of(user_id: str) -> str:
+    """The actor-map key of a credential write that leaves the user itself unchanged.
+
+    Not the user id: the user's history names whoever changed the user in a transaction
+    (history.actor_of), and a token issued in the same shared batch is not such a change.
+    """
+    return f"{user_id}:credentials"
 
 
 def _users(uow: UnitOfWork) -> UserContainer:

@@ -32,6 +32,7 @@ from persistent import Persistent
 from pydantic import BaseModel, ConfigDict
 
 from db.errors import GenerationError, InvalidUserData
+from db.users.indexes import IndexSet, IndexTree
 
 CREDENTIALS_KEY = "codx_db.credentials"
 
@@ -90,15 +91,21 @@ class ApiKey(Persistent):
 
 
 class CredentialStore(Persistent):
-    """Tokens and API keys by digest, with per-user sets and a time-ordered expiry index."""
+    """Tokens and API keys by digest, with per-user sets and a time-ordered expiry index.
+
+    From generation 6 every index is an ``IndexTree``/``IndexSet`` (db/users/indexes.py), as
+    the user indexes: random digests land in every bucket, so with BTrees' 30-entry buckets
+    concurrent logins kept splitting buckets under each other (readCurrent conflicts). A store
+    made earlier holds ``OOBTree``/``OOTreeSet`` until migrations/evolve6.py copies them.
+    """
 
     def __init__(self) -> None:
-        self.tokens: OOBTree = OOBTree()  # digest -> AccessToken
-        self.tokens_by_user: OOBTree = OOBTree()  # user id -> OOTreeSet of digests
+        self.tokens: OOBTree = IndexTree()  # digest -> AccessToken
+        self.tokens_by_user: OOBTree = IndexTree()  # user id -> IndexSet of digests
         # "<expires_at, UTC, ISO, microseconds>|<digest>": sorted by time, so purging walks the front.
-        self.token_expiry: OOTreeSet = OOTreeSet()
-        self.api_keys: OOBTree = OOBTree()  # digest -> ApiKey
-        self.api_keys_by_user: OOBTree = OOBTree()  # user id -> OOTreeSet of digests
+        self.token_expiry: OOTreeSet = IndexSet()
+        self.api_keys: OOBTree = IndexTree()  # digest -> ApiKey
+        self.api_keys_by_user: OOBTree = IndexTree()  # user id -> IndexSet of digests
 
     def __repr__(self) -> str:
         return "<CredentialStore>"
@@ -161,6 +168,12 @@ def find_token(store: CredentialStore, secret: object, now: datetime) -> AccessT
     if token is None or _utc(now) >= token.expires_at:
         return None
     return token  # type: ignore[no-any-return]
+
+
+def token_owner(store: CredentialStore, secret: object) -> str | None:
+    """The user id of the token with this secret, expired or not; None if there is none. Never writes."""
+    token = _lookup(store.tokens, secret)
+    return None if token is None else str(token.user_id)
 
 
 def revoke_token(store: CredentialStore, secret: object) -> bool:
@@ -358,7 +371,7 @@ def _lookup(tree: OOBTree, secret: object) -> Any:
 def _user_set(index: OOBTree, user_id: str) -> OOTreeSet:
     digests = index.get(user_id)
     if digests is None:
-        digests = index[user_id] = OOTreeSet()
+        digests = index[user_id] = IndexSet()
     return digests
 
 

@@ -65,6 +65,17 @@ INDEX_CLASSES: dict[str, type] = {
     "admins": IndexSet,
 }
 
+# The credential store's indexes (db/users/credentials.py ``CredentialStore``), rebuilt the same way.
+CREDENTIAL_INDEX_CLASSES: dict[str, type] = {
+    "tokens": IndexTree,
+    "tokens_by_user": IndexTree,
+    "token_expiry": IndexSet,
+    "api_keys": IndexTree,
+    "api_keys_by_user": IndexTree,
+}
+# Of those, the ones whose values are per-user digest sets: ``IndexSet`` too.
+PER_USER_SET_INDEXES = ("tokens_by_user", "api_keys_by_user")
+
 _SALT = secrets.randbits(16)
 
 
