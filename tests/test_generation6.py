@@ -19,7 +19,7 @@ from db.models import USERS_KEY, User
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import open_storage
 from db.user_db import UserDB
-from db.users.indexes import COUNT_SHARDS, INDEX_CLASSES, IndexSet, IndexTree
+from db.users.indexes import COUNT_SHARDS, INDEX_CLASSES, INTERNAL_SIZE, LEAF_SIZE, IndexSet, IndexTree
 from migrations import runner
 from migrations.registry import GENERATION_KEY, GENERATIONS_KEY
 from tests.conftest import BACKENDS, ROOT, make_settings, settings_env
@@ -151,7 +151,7 @@ def test_evolve6_twice_changes_nothing(tmp_path: Path, request: pytest.FixtureRe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_fresh_database_has_the_new_layout_with_bigger_buckets(
+def test_a_fresh_database_has_the_new_layout_with_small_internal_nodes(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     database = Database(make_settings(backend, request, tmp_path))
@@ -160,18 +160,22 @@ def test_a_fresh_database_has_the_new_layout_with_bigger_buckets(
         for i in range(500):
             users.create(username=f"u{i:03d}", email=f"u{i:03d}@example.com")
 
-        def layout(uow: Any) -> tuple[dict[str, type], list[int], int]:
+        def layout(uow: Any) -> tuple[dict[str, type], list[int], list[type]]:
             container = uow.root[USERS_KEY]
             sizes, bucket = [], container.by_username._firstbucket
             while bucket is not None:
                 sizes.append(len(bucket))
                 bucket = bucket._next
-            return {name: type(getattr(container, name)) for name in INDEX_CLASSES}, sizes, len(container.counts)
+            # The root's children: BTree nodes, not buckets, once there are more buckets than
+            # INTERNAL_SIZE (BTrees' default keeps up to 250 buckets under the root).
+            children = list(container.by_username.__getstate__()[0][::2])
+            return {name: type(getattr(container, name)) for name in INDEX_CLASSES}, sizes, [type(c) for c in children]
 
-        classes, sizes, shards = database.run(layout)
-        assert classes == INDEX_CLASSES and shards == COUNT_SHARDS
-        assert sum(sizes) == 500
-        assert max(sizes) > 30  # BTrees' default splits a bucket at 30 entries
+        classes, sizes, children = database.run(layout)
+        assert classes == INDEX_CLASSES and users.count() == 500
+        assert sum(sizes) == 500 and max(sizes) <= LEAF_SIZE
+        assert len(sizes) > INTERNAL_SIZE
+        assert 2 <= len(children) <= INTERNAL_SIZE and set(children) == {IndexTree}
         assert users.count() == 500
         assert check(database).ok
     finally:
@@ -254,7 +258,7 @@ def test_check_warns_about_an_old_class_index_and_finds_a_damaged_new_one(
         assert any("by_username" in p.message or "username" in p.message for p in report.problems)
     finally:
         database.close()
-    assert IndexSet.max_leaf_size == IndexTree.max_leaf_size > 30
+    assert IndexSet.max_internal_size == IndexTree.max_internal_size == INTERNAL_SIZE < 250
 
 
 def test_a_dry_run_of_evolve6_writes_nothing(tmp_path: Path, request: pytest.FixtureRequest) -> None:

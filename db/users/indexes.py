@@ -1,11 +1,16 @@
-"""Index classes with bigger nodes, and the user count split into shards (generation 6).
+"""Index classes with small internal nodes, and the user count split into shards (generation 6).
 
 Why (docs/design/load.md §1 items 4-6, §3.1): every insert ``readCurrent``s the internal
-nodes of the BTree it descends; a bucket split rewrites its parent node, and on PostgreSQL
-every other writer that read that node then fails at once (UnableToLockRowsToReadCurrentError)
-or deadlocks. With BTrees' default 30 entries per bucket a split comes about every 15 inserts
-per bucket. Bigger buckets split less often, so concurrent creates conflict less; the price
-is a bigger bucket pickle written per insert.
+nodes of the BTree it descends, and a bucket split rewrites its parent node. With BTrees'
+defaults (buckets of 30, internal nodes of 250 children) a database of thousands of users
+has ONE internal node, the root, above every bucket: each split, wherever it happens, changes
+the node every other writer has just read, and on PostgreSQL that writer's commit fails
+(VoteReadConflictError, UnableToLockRowsToReadCurrentError) or deadlocks. Internal nodes of at
+most ``INTERNAL_SIZE`` children make the tree a little deeper, so a split rewrites a node that
+only the writers of the same key range read. Measured (bench/README.md "index layout"): two
+processes creating users retried 58 per 1,000 creates with the root-only layout and 7-12 with
+internal nodes of 16. Bigger buckets were tried first (60-500 entries): fewer splits, but every
+insert re-pickles its whole bucket, so one writer got slower by more than two gained.
 
 The sizes are class attributes, which BTrees reads from the type of the tree in C
 (BTreeTemplate.c ``_get_max_size``) and in Python (_base.py ``type(self).max_leaf_size``).
@@ -31,23 +36,23 @@ from typing import Any
 from BTrees.Length import Length
 from BTrees.OOBTree import OOBTree, OOTreeSet
 
-# Chosen from `python -m bench.leaf_sweep` (docs/design/load.md §3.1 has the table).
-LEAF_SIZE = 120
-# Internal nodes: bigger too, so a node split (which also rewrites its parent) is rare.
-INTERNAL_SIZE = 1000
+# Buckets: BTrees' own default (bigger ones cost a single writer more than they gain; load.md §3.1).
+LEAF_SIZE = 30
+# Internal nodes: small, so a bucket split rewrites a node only writers of nearby keys read.
+INTERNAL_SIZE = 16
 # Shards of the user count.
 COUNT_SHARDS = 16
 
 
 class IndexTree(OOBTree):  # type: ignore[misc]
-    """An ``OOBTree`` whose buckets hold up to ``LEAF_SIZE`` entries (BTrees' default: 30)."""
+    """An ``OOBTree`` whose internal nodes hold up to ``INTERNAL_SIZE`` children (BTrees' default: 250)."""
 
     max_leaf_size = LEAF_SIZE
     max_internal_size = INTERNAL_SIZE
 
 
 class IndexSet(OOTreeSet):  # type: ignore[misc]
-    """An ``OOTreeSet`` whose buckets hold up to ``LEAF_SIZE`` keys (BTrees' default: 30)."""
+    """An ``OOTreeSet`` whose internal nodes hold up to ``INTERNAL_SIZE`` children (BTrees' default: 250)."""
 
     max_leaf_size = LEAF_SIZE
     max_internal_size = INTERNAL_SIZE
