@@ -22,9 +22,10 @@ import migrations
 from db.database import Database, UnitOfWork
 from db.ops.check_credentials import check_credentials
 from db.ops.check_lookups import check_layout, check_lookup_indexes, sync_lookup_indexes
+from db.ops.check_skeleton import check_skeleton, sync_skeleton
 from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
 from db.users.indexes import IndexSet, IndexTree, check_index
-from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key, username_skeleton
+from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key
 from migrations.runner import read_generation
 
 # The generation that added ``UserContainer.inactive``; below it the set may be absent.
@@ -83,10 +84,18 @@ def check_root(root: Any) -> CheckReport:
     _check_index("email", container.by_email, users, _email_key, problems)
     _check_inactive(container, users, generation, problems)
     warnings: list[Problem] = []
-    _check_skeleton(container, users, generation, problems, warnings)
+    if container.by_skeleton is None:
+        _missing(generation, SKELETON_INDEX_GENERATION, "skeleton-missing", "look-alike index", problems)
+    elif generation is None or generation >= SKELETON_INDEX_GENERATION:  # below: being built by migrate
+        _check_structure("skeleton", container.by_skeleton, problems)
+        check_skeleton(container.by_skeleton, users, problems, warnings)
     check_lookup_indexes(container, users, generation, problems, warnings, _check_structure)
     check_layout(container, generation, warnings)
     check_credentials(root, generation, problems, warnings, _check_structure)
+    if len(warnings) > MAX_WARNINGS:
+        more = len(warnings) - MAX_WARNINGS
+        del warnings[MAX_WARNINGS:]
+        warnings.append(Problem(code="more-warnings", message=f"... and {more} more warnings"))
     count = container.length()
     if count != len(container.users):
         problems.append(
@@ -131,7 +140,7 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
             container.inactive_complete = True
             fixed.append("inactive: index marked complete")
     if container.by_skeleton is not None:
-        fixed += _sync_skeleton(container.by_skeleton, users)
+        fixed += sync_skeleton(container.by_skeleton, users)
     fixed += sync_lookup_indexes(container, users)
     if container.length() != len(users):
         fixed.append(f"count: {container.length()} -> {len(users)}")
@@ -312,98 +321,6 @@ def _missing(generation: int | None, since: int, code: str, what: str, problems:
     """An index is absent: a problem when the generation (``since`` or later) says it should exist."""
     if generation is not None and generation >= since:
         problems.append(Problem(code=code, message=f"generation {generation} but no {what}"))
-
-
-def _wanted_skeletons(users: Iterable[User]) -> dict[str, tuple[User, ...]]:
-    wanted: dict[str, tuple[User, ...]] = {}
-    for user in users:
-        key = username_skeleton(user.username)
-        wanted[key] = (*wanted.get(key, ()), user)
-    return wanted
-
-
-def _check_skeleton(
-    container: UserContainer,
-    users: list[User],
-    generation: int | None,
-    problems: list[Problem],
-    warnings: list[Problem],
-) -> None:
-    """Each user is in the entry of its username's skeleton, once; look-alike pairs are warnings."""
-    index = container.by_skeleton
-    if index is None:
-        _missing(generation, SKELETON_INDEX_GENERATION, "skeleton-missing", "look-alike index", problems)
-        return
-    if generation is not None and generation < SKELETON_INDEX_GENERATION:
-        return  # being built by `codx-db migrate --apply`: not complete yet, nothing to check
-    _check_structure("skeleton", index, problems)
-    stored = {user.id: user for user in users}
-    wanted = _wanted_skeletons(users)
-    for key, entry in index.items():
-        members = entry if isinstance(entry, tuple) else (entry,)
-        for user in members:
-            user_id = getattr(user, "id", None)
-            if not isinstance(user, User) or not isinstance(user_id, str) or stored.get(user_id) is not user:
-                problems.append(
-                    Problem(code="skeleton-dangling", message=f"look-alike index entry {key!r} holds no stored user")
-                )
-            elif user not in wanted.get(key, ()):
-                problems.append(
-                    Problem(
-                        code="skeleton-wrong-key",
-                        message=f"look-alike index entry {key!r} holds user {describe_user(user)}, "
-                        f"whose skeleton is {username_skeleton(user.username)!r}",
-                    )
-                )
-    for key, group in wanted.items():
-        entry = index.get(key, ())
-        for user in group:
-            found = sum(1 for other in entry if other is user)
-            if found == 0:
-                problems.append(
-                    Problem(
-                        code="skeleton-unindexed",
-                        message=f"user {describe_user(user)} is not in the look-alike index under {key!r}",
-                    )
-                )
-            elif found > 1:
-                problems.append(
-                    Problem(
-                        code="skeleton-unindexed",
-                        message=f"user {describe_user(user)} is in look-alike entry {key!r} {found} times",
-                    )
-                )
-        if len(group) > 1:
-            # ascii() shows what the eye cannot: '\u0430dmin' beside 'admin'.
-            names = ", ".join(
-                describe_user(user) + ("" if user.username.isascii() else f" = {user.username!a}") for user in group
-            )
-            warnings.append(
-                Problem(
-                    code="username-lookalike",
-                    message=f"{len(group)} users have look-alike names, stored before generation 3: {names}; "
-                    "each still logs in by its exact name; to tell them apart, rename all but one "
-                    "(`codx-db user update NAME --rename NEW`)",
-                )
-            )
-    if len(warnings) > MAX_WARNINGS:
-        more = len(warnings) - MAX_WARNINGS
-        del warnings[MAX_WARNINGS:]
-        warnings.append(Problem(code="more-warnings", message=f"... and {more} more warnings"))
-
-
-def _sync_skeleton(index: Any, users: list[User]) -> list[str]:
-    wanted = _wanted_skeletons(users)
-    fixed: list[str] = []
-    for key in [k for k in index if k not in wanted]:
-        del index[key]
-        fixed.append(f"skeleton: removed entry {key!r}")
-    for key, group in wanted.items():
-        entry = index.get(key, ())
-        if len(entry) != len(group) or any(user not in entry for user in group):
-            index[key] = group
-            fixed.append(f"skeleton: entry {key!r} -> {', '.join(describe_user(user) for user in group)}")
-    return fixed
 
 
 def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:
