@@ -42,11 +42,12 @@ import inspect
 import logging
 import select
 import threading
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
+
+from db.pg import hooks
 
 # The logger keeps the name it had before the module moved into db/pg/: operators' logging
 # configuration (and tests) select its warnings by that name.
@@ -332,26 +333,6 @@ def _parameters(fn: Any) -> tuple[str, ...]:
 _warned: set[tuple[str, ...]] = set()
 
 
-def _warn_once(missing: list[str]) -> None:
-    key = tuple(missing)
-    if key in _warned:
-        return
-    _warned.add(key)
-    versions = []
-    for dist in ("RelStorage", "psycopg2-binary", "psycopg2"):
-        try:
-            versions.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue
-    log.warning(
-        "%s lack(s) what db/pg/roundtrips.py needs (%s): using plain RelStorage (three round trips "
-        "per read-only unit of work instead of one). Install the versions pyproject.toml allows, or set "
-        "CODX_JUNIOR_DB_PG_FAST_READS=false to say so on purpose.",
-        ", ".join(versions) or "RelStorage / psycopg2",
-        ", ".join(missing),
-    )
-
-
 def install(adapter: Any) -> bool:
     """Take the fewer round trips on one RelStorage PostgreSQL adapter's future connections.
 
@@ -363,7 +344,14 @@ def install(adapter: Any) -> bool:
     """
     missing = missing_hooks(adapter)
     if missing:
-        _warn_once(missing)
+        hooks.warn_missing_once(
+            log,
+            _warned,
+            "db/pg/roundtrips.py",
+            missing,
+            "using plain RelStorage (three round trips per read-only unit of work instead of one)",
+            "CODX_JUNIOR_DB_PG_FAST_READS",
+        )
         return False
     connmanager = adapter.connmanager
     if getattr(connmanager, "codx_installed", False):

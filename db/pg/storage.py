@@ -24,7 +24,7 @@ from db.pg.connect import (
     unit_errors,
     web_workers,
 )
-from db.pg.dsn import keyword_dsn, with_server_settings
+from db.pg.dsn import keyword_dsn, mask_dsn, with_server_settings
 from db.settings import CodxJuniorGlobalSettings, env_name
 from db.storage import StorageSpec
 
@@ -157,10 +157,11 @@ def _warn_over_budget(dsn: str, budget: ConnectionBudget) -> None:
     wanted = budget.per_process * (workers or 1)
     if wanted <= budget.allowed:
         return
+    key = (mask_dsn(dsn), budget, workers)  # no password kept, even in memory
     with _warned_lock:
-        if (dsn, budget, workers) in _warned:
+        if key in _warned:
             return
-        _warned.add((dsn, budget, workers))
+        _warned.add(key)
     if workers:
         scope = f"with {workers} workers (WEB_CONCURRENCY={workers}) up to {wanted}"
     else:

@@ -50,11 +50,12 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
+
+from db.pg import hooks
 
 log = logging.getLogger(__name__)
 
@@ -301,26 +302,6 @@ def missing_hooks(adapter: Any) -> list[str]:
 _warned: set[tuple[str, ...]] = set()
 
 
-def _warn_once(missing: list[str]) -> None:
-    key = tuple(missing)
-    if key in _warned:
-        return
-    _warned.add(key)
-    versions = []
-    for dist in ("RelStorage", "psycopg2-binary", "psycopg2"):
-        try:
-            versions.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue
-    log.warning(
-        "%s lack(s) what db/pg/store_temps.py needs (%s): RelStorage keeps its own temp tables (truncated "
-        "under the commit lock at every commit). Install the versions pyproject.toml allows, or set "
-        "CODX_JUNIOR_DB_PG_OWN_TEMP_TABLES=false to say so on purpose.",
-        ", ".join(versions) or "RelStorage / psycopg2",
-        ", ".join(missing),
-    )
-
-
 def install(adapter: Any) -> bool:
     """Own the store temp tables of one RelStorage PostgreSQL adapter's future store connections.
 
@@ -333,7 +314,14 @@ def install(adapter: Any) -> bool:
         return False
     missing = missing_hooks(adapter)
     if missing:
-        _warn_once(missing)
+        hooks.warn_missing_once(
+            log,
+            _warned,
+            "db/pg/store_temps.py",
+            missing,
+            "RelStorage keeps its own temp tables (truncated under the commit lock at every commit)",
+            "CODX_JUNIOR_DB_PG_OWN_TEMP_TABLES",
+        )
         return False
     if getattr(connmanager, "codx_own_temp_tables", False):
         return True
