@@ -180,15 +180,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[PrivatePostgres]:
+def start_private_postgres(*settings: str) -> PrivatePostgres:
+    """A started private server (``settings``: ``name=value``); in CI a failure fails the test, else skips it."""
     try:
         server = PrivatePostgres()
-        server.start()
+        server.start(*settings)
     except (FileNotFoundError, RuntimeError) as exc:
         if IN_CI:
             pytest.fail(f"cannot start a private PostgreSQL: {exc}", pytrace=False)
         pytest.skip(f"cannot start a private PostgreSQL: {exc}")
+    return server
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[PrivatePostgres]:
+    server = start_private_postgres()
     try:
         yield server
     finally:

@@ -15,8 +15,7 @@ from db.errors import InvalidUserData, TransactionTooLarge, UserAlreadyExists
 from db.passwords import hash_password
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
-from tests.conftest import IN_CI
-from tests.test_crash import PrivatePostgres
+from tests.test_crash import start_private_postgres
 from tests.test_user_db import snapshot_state
 
 PASSWORD = "correct horse battery"
@@ -191,15 +190,9 @@ def test_one_transaction_too_large_for_postgres_locks_fails_fast_and_clearly() -
     # RelStorage locks every stored object a commit changes; PostgreSQL's lock table holds
     # max_locks_per_transaction x max_connections (6,400 by default, plus some slack). A
     # private server with a tiny table (10 x 20: 625 locks here) shows the limit: on 30,000
-    # users, 30,000 more touch the ~1,000 stored buckets of the three random-key indexes
-    # (generation 6 buckets hold up to 120 keys: 10,000 users would be too few), 100 touch ~300.
-    try:
-        server = PrivatePostgres()
-        server.start("max_locks_per_transaction=10", "max_connections=20")
-    except (FileNotFoundError, RuntimeError) as exc:
-        if IN_CI:
-            pytest.fail(f"cannot start a private PostgreSQL: {exc}", pytrace=False)
-        pytest.skip(f"cannot start a private PostgreSQL: {exc}")
+    # users, 30,000 more touch well over a thousand stored buckets of the three random-key
+    # indexes (sized so that it holds for bucket sizes up to 120), 100 touch ~300.
+    server = start_private_postgres("max_locks_per_transaction=10", "max_connections=20")
     try:
         database = Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=server.create_database()))
         try:

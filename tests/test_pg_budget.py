@@ -22,8 +22,8 @@ from db.database import Database
 from db.errors import DatabaseUnavailable, UserNotFound
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
-from tests.conftest import IN_CI, run_cli_in_process
-from tests.test_crash import PrivatePostgres
+from tests.conftest import run_cli_in_process
+from tests.test_crash import PrivatePostgres, start_private_postgres
 
 pytestmark = pytest.mark.postgres
 
@@ -59,13 +59,7 @@ class BudgetServer:
 
 @pytest.fixture(scope="module")
 def budget_server() -> Iterator[BudgetServer]:
-    try:
-        server = PrivatePostgres()
-        server.start(f"max_connections={MAX_CONNECTIONS}")
-    except (FileNotFoundError, RuntimeError) as exc:
-        if IN_CI:
-            pytest.fail(f"cannot start a private PostgreSQL: {exc}", pytrace=False)
-        pytest.skip(f"cannot start a private PostgreSQL: {exc}")
+    server = start_private_postgres(f"max_connections={MAX_CONNECTIONS}")
     try:
         found = BudgetServer(server)
         found.sql("CREATE ROLE codx LOGIN")

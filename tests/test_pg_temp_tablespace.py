@@ -26,8 +26,8 @@ from db.errors import ConfigurationError
 from db.pg.dsn import with_server_settings
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
-from tests.conftest import IN_CI, run_cli_in_process
-from tests.test_crash import PrivatePostgres
+from tests.conftest import run_cli_in_process
+from tests.test_crash import PrivatePostgres, start_private_postgres
 
 SETTING = "CODX_JUNIOR_DB_PG_TEMP_TABLESPACE"
 
@@ -71,13 +71,7 @@ class TablespaceServer:
 
 @pytest.fixture(scope="module")
 def ts_server() -> Iterator[TablespaceServer]:
-    try:
-        server = PrivatePostgres()
-        server.start()
-    except (FileNotFoundError, RuntimeError) as exc:
-        if IN_CI:
-            pytest.fail(f"cannot start a private PostgreSQL: {exc}", pytrace=False)
-        pytest.skip(f"cannot start a private PostgreSQL: {exc}")
+    server = start_private_postgres()
     try:
         # The directory must belong to the server's user (postgres when the tests run as root).
         location = server.dir / "codx_tmp"
