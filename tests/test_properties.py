@@ -529,6 +529,7 @@ SETTING_NAMES = [
     "db_group_commit_max",
     "db_pg_fast_reads",
     "db_pg_own_temp_tables",
+    "db_pg_store_index_joins",
     "db_pg_temp_tablespace",
     "db_startup",
 ]

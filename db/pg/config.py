@@ -44,7 +44,7 @@ def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
         adapter = getattr(storage, "_adapter", None)
         if adapter is not None and type(adapter).__name__ == "PostgreSQLAdapter":
             # The connections opened from here on: a pool's; none is open yet.
-            prepare_adapter(adapter, settings.db_pg_fast_reads, settings.db_pg_own_temp_tables)
+            prepare_adapter(adapter, settings)
         return storage
 
     # A lost connection is not explained by asking the server (only the postgres backend does).

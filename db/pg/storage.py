@@ -65,22 +65,23 @@ def open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
         check_server(dsn, settings.db_keep_history, settings.db_pg_temp_tablespace, settings.db_pool_size)
         # Looked up at call time, as RelStorage's own ZConfig factory does (a subclass may be patched in).
         adapter = postgresql.PostgreSQLAdapter(dsn=relstorage_dsn(settings, dsn), options=options)
-        prepare_adapter(adapter, settings.db_pg_fast_reads, settings.db_pg_own_temp_tables)
+        prepare_adapter(adapter, settings)
         return RelStorage(adapter, options=options)
 
 
-def prepare_adapter(adapter: Any, fast_reads: bool, own_temp_tables: bool = True) -> None:
+def prepare_adapter(adapter: Any, settings: CodxJuniorGlobalSettings) -> None:
     """Hook a PostgreSQL adapter before it opens its first connection.
 
     Its connections then take the fast read path (unless ``db_pg_fast_reads`` is off), its
     store connections own their temp tables (db/pg/store_temps.py, unless
     ``db_pg_own_temp_tables`` is off; ``db_pg_fast_reads=false`` turns that off too: it asks
-    for plain RelStorage) and they are known to a forked child (db/forks.py).
+    for plain RelStorage) and join them to object_state by index (``db_pg_store_index_joins``),
+    and they are known to a forked child (db/forks.py).
     """
-    if fast_reads:
+    if settings.db_pg_fast_reads:
         roundtrips.install(adapter)
-        if own_temp_tables:
-            store_temps.install(adapter)
+        if settings.db_pg_own_temp_tables:
+            store_temps.install(adapter, index_joins=settings.db_pg_store_index_joins)
     forks.track_connections(adapter)
 
 

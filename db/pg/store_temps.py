@@ -39,6 +39,15 @@ psycopg2 streams the rows), ``lock_objects_and_detect_conflicts``, and the move 
 Not with a blob directory: psycopg2 refuses large objects (blob uploads) in autocommit mode; then
 psycopg2 keeps its transactions and only the temp tables change.
 
+Plans (tests/test_pg_store_plans.py): PostgreSQL keeps no statistics for temp tables and guesses
+~390 rows for temp_store, so below ~100k objects it planned ``lock_objects_and_detect_conflicts``'
+two joins as hash joins over a sequential scan of all of object_state: every commit read the
+table twice (1.9 of that function's 2.4 ms at 3,900 objects, growing with the database). A commit
+holds a handful of rows, so store sessions get ``INDEX_JOINS`` (hash and merge joins off, in this
+session only: RelStorage's load, pack and codx-db's own sessions keep PostgreSQL's planning) and
+those joins probe object_state_pkey once per row. ``db_pg_store_index_joins=false`` leaves the
+planner alone.
+
 Safe to keep: ``db_pg_own_temp_tables=false`` (``CODX_JUNIOR_DB_PG_OWN_TEMP_TABLES``) leaves
 RelStorage's store connections alone, and so does ``db_pg_fast_reads=false`` (plain RelStorage
 throughout). ``install`` checks every attribute it relies on (``missing_hooks``); a release
@@ -68,6 +77,8 @@ TRUNCATE = "TRUNCATE temp_store, temp_store_replacements;"
 TRUNCATE_EVERY = 1000
 TRUNCATE_ROWS = 5000
 _IDLE = getattr(psycopg2.extensions, "TRANSACTION_STATUS_IDLE", None)
+# Session settings of a store connection (see "Plans" above); they outlast the take-over's commit.
+INDEX_JOINS = ["SET enable_hashjoin = off", "SET enable_mergejoin = off"]
 
 # RelStorage's DDL, PostgreSQLObjectMover.on_store_opened (relstorage/adapters/postgresql/mover.py).
 _TEMPLATE = re.compile(
@@ -176,7 +187,7 @@ class _StoreConnectionMixin(_ConnectionBase):
         self.codx_store_rows = 0
 
     def codx_store_take_over(self, ddl: list[str], manual: bool) -> None:
-        """Create our temp tables (before RelStorage's DDL) and drive this store connection."""
+        """Create our temp tables (before RelStorage's DDL), set the session, drive this store connection."""
         factory: Any = self.cursor_factory
         self.codx_store_cursor = factory or psycopg2.extensions.cursor
         with self.codx_store_cursor(self) as cur:
@@ -302,10 +313,11 @@ def missing_hooks(adapter: Any) -> list[str]:
 _warned: set[tuple[str, ...]] = set()
 
 
-def install(adapter: Any) -> bool:
+def install(adapter: Any, index_joins: bool = True) -> bool:
     """Own the store temp tables of one RelStorage PostgreSQL adapter's future store connections.
 
     Call before RelStorage opens a store connection (one opened before is left as it was).
+    ``index_joins``: those connections also get ``INDEX_JOINS`` (``db_pg_store_index_joins``).
     Returns False, changing nothing, when a hook is missing (warned about once) or the driver
     is not psycopg2 (then silently: RelStorage's other drivers are not patched here).
     """
@@ -326,8 +338,9 @@ def install(adapter: Any) -> bool:
     if getattr(connmanager, "codx_own_temp_tables", False):
         return True
     blobs = bool(getattr(adapter.options, "blob_dir", None))
-    ddl = table_ddl(adapter.mover, with_blob_table=not blobs)
-    assert ddl is not None  # checked by missing_hooks
+    tables = table_ddl(adapter.mover, with_blob_table=not blobs)
+    assert tables is not None  # checked by missing_hooks
+    ddl = tables + (INDEX_JOINS if index_joins else [])
     manual = not blobs  # psycopg2 refuses large objects (blob uploads) in autocommit mode
     driver = connmanager.driver
     driver.connect = _subclass(_StoreConnectionMixin, driver.connect, _SLOTS)
