@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
@@ -160,3 +161,23 @@ def check_index(tree: Any) -> None:
         if key not in tree:
             raise AssertionError(f"key {key!r} is in a bucket but a search from the root does not find it")
         previous = key
+
+
+def bucket_for(tree: Any, key: Any) -> Any | None:
+    """The bucket of ``tree`` that holds ``key`` or would take it, not loaded if it is a ghost.
+
+    None for an empty tree, or one that keeps its only bucket inline in its own state. Descends
+    the internal nodes (loading any not cached: they change only when a bucket splits). An
+    internal node's state is ``((child0, key1, child1, key2, ...), firstbucket)``: the child
+    for ``key`` is the one after the last separating key that is <= ``key``.
+    """
+    node = tree
+    while isinstance(node, OOBTree):
+        state = node.__getstate__()
+        if state is None:
+            return None
+        items = state[0]
+        if len(items) == 1 and type(items[0]) is tuple:
+            return None  # the one bucket, inline
+        node = items[2 * bisect_right(items[1::2], key)]
+    return node
