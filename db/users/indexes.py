@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import secrets
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from BTrees.Length import Length
@@ -109,11 +109,7 @@ class ShardedLength:
         self.shards = shards
 
     def __call__(self) -> int:
-        ghosts = [shard for shard in self.shards if shard._p_changed is None]
-        jar = ghosts[0]._p_jar if ghosts else None
-        if len(ghosts) > 1 and jar is not None:
-            # One query for the shards not in memory (RelStorage), not one round trip each.
-            jar.prefetch(ghosts)
+        prefetch(self.shards)  # one query for the shards not in memory, not one round trip each
         return sum(int(shard()) for shard in self.shards)
 
     def value(self) -> int:
@@ -181,3 +177,20 @@ def bucket_for(tree: Any, key: Any) -> Any | None:
             return None  # the one bucket, inline
         node = items[2 * bisect_right(items[1::2], key)]
     return node
+
+
+def prefetch(objects: Iterable[Any]) -> None:
+    """Load the ghosts among ``objects`` (None entries skipped) in one query, if there are several.
+
+    A ghost is loaded when first touched, a round trip apiece on RelStorage; its ``prefetch``
+    fetches many in one query (storages without it: nothing happens). One ghost costs one
+    round trip either way, so it is left to load itself.
+    """
+    ghosts: dict[int, Any] = {}
+    for obj in objects:
+        if obj is not None and obj._p_changed is None and obj._p_oid is not None:
+            ghosts[id(obj)] = obj
+    if len(ghosts) > 1:
+        jar = next(iter(ghosts.values()))._p_jar
+        if jar is not None:
+            jar.prefetch(list(ghosts.values()))

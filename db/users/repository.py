@@ -15,7 +15,7 @@ from typing import Any
 
 from db.database import UnitOfWork
 from db.errors import UserAlreadyExists, UserNotFound
-from db.users.indexes import bucket_for, process_shard
+from db.users.indexes import bucket_for, prefetch, process_shard
 from db.users.models import USERS_KEY, User, UserContainer, email_key, github_key, username_key, username_skeleton
 from db.users.normalize import email_for_lookup
 from db.users.schemas import UserCreate, projects_to_tuple
@@ -95,12 +95,9 @@ def prefetch_buckets(users: UserContainer, username: str, email: str | None, use
     changed there since this process cached them; ZODB makes them ghosts and would load each
     one when first touched, a round trip apiece (2.9 per create with two processes creating at
     once). The ghosts among them, found from the cached internal nodes, go to the storage in
-    one ``prefetch`` (RelStorage: one query; storages without it: nothing happens), with this
-    process's count shard and, for a new user's ``user_id``, its bucket of ``users``.
+    one ``indexes.prefetch``, with this process's count shard and, for a new user's ``user_id``,
+    its bucket of ``users``.
     """
-    jar = users._p_jar
-    if jar is None:
-        return
     wanted = [(users.by_username, username_key(username)), (users.by_skeleton, username_skeleton(username))]
     if email:
         wanted += [(users.by_email, email_key(email)), (users.by_username, username_key(email))]
@@ -111,12 +108,7 @@ def prefetch_buckets(users: UserContainer, username: str, email: str | None, use
     objects = [None if tree is None else bucket_for(tree, key) for tree, key in wanted]
     if user_id is not None and users.counts is not None:
         objects.append(users.counts[process_shard()])
-    ghosts: dict[int, Any] = {}
-    for obj in objects:
-        if obj is not None and obj._p_changed is None and obj._p_oid is not None:
-            ghosts[id(obj)] = obj
-    if len(ghosts) > 1:  # one ghost costs one round trip either way
-        jar.prefetch(list(ghosts.values()))
+    prefetch(objects)
 
 
 def check_unique(
