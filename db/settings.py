@@ -136,7 +136,7 @@ class CodxJuniorGlobalSettings(BaseSettings):
     db_pg_store_index_joins: bool = Field(
         True,
         description="PostgreSQL: commits join their temp_store rows to object_state by index, not by scanning "
-        "object_state (hash and merge joins off in store sessions; db/pg/store_temps.py; needs "
+        "object_state (hash and merge joins off for a commit's lock and move; db/pg/store_temps.py; needs "
         "db_pg_own_temp_tables); false: PostgreSQL's own plans",
     )
     db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")

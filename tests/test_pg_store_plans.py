@@ -17,10 +17,14 @@ import time
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 import pytest
+import transaction
+from persistent.mapping import PersistentMapping
 from psycopg2.extensions import parse_dsn
 
 from db.database import Database
+from db.pg import store_temps
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 
@@ -104,4 +108,56 @@ def test_the_setting_off_leaves_postgresql_planning(pg_dsn: str) -> None:
     _creates(pg_dsn, db_pg_store_index_joins=False)
     seq_after, _ = _object_state_scans(pg_dsn)
     # PostgreSQL's own plan for these sizes: the hash joins, a scan of object_state each.
+    assert seq_after - seq_before >= CREATES, (seq_before, seq_after)
+
+
+def _store_setting(conn: Any, name: str) -> str:
+    """A setting of the psycopg2 store connection of a ZODB connection, outside any commit."""
+    store = conn._storage._store_connection_pool._connections[-1].connection
+    with store.cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
+        cur.execute(f"SHOW {name}")
+        row = cur.fetchone()
+    store.rollback()
+    return str(row[0])
+
+
+def test_the_join_settings_end_with_the_commit(pg_dsn: str) -> None:
+    # RelStorage's pack and pre-pack run on store connections too: they must keep hash joins.
+    database = Database(_settings(pg_dsn))
+    try:
+        conn = database.open().open()
+        try:
+            conn.root()["x"] = PersistentMapping(n=1)
+            transaction.commit()
+            assert _store_setting(conn, "enable_hashjoin") == "on"
+            assert _store_setting(conn, "enable_mergejoin") == "on"
+        finally:
+            transaction.abort()
+            conn.close()
+    finally:
+        database.close()
+
+
+def test_a_relstorage_sending_another_lock_call_keeps_its_plans(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A release whose lock phase is sent differently: one warning naming the setting, commits
+    # still work, with PostgreSQL's plans.
+    from relstorage.adapters.postgresql.adapter import PostgreSQLAdapter
+
+    original = PostgreSQLAdapter._best_lock_objects_and_detect_conflicts
+
+    def renamed(self: Any, cursor: Any, read_current_oids: Any) -> Any:
+        return original(self, cursor, read_current_oids)
+
+    monkeypatch.setattr(PostgreSQLAdapter, "_best_lock_objects_and_detect_conflicts", renamed)
+    monkeypatch.setattr(store_temps, "_warned", set())
+    _seed(pg_dsn, keep_history=False)
+    seq_before, _ = _object_state_scans(pg_dsn)
+    with caplog.at_level("WARNING"):
+        _creates(pg_dsn)
+    seq_after, _ = _object_state_scans(pg_dsn)
+    warnings = [r.getMessage() for r in caplog.records if r.name == store_temps.log.name]
+    assert len(warnings) == 1, warnings
+    assert "lock_objects_and_detect_conflicts" in warnings[0] and "STORE_INDEX_JOINS" in warnings[0]
     assert seq_after - seq_before >= CREATES, (seq_before, seq_after)

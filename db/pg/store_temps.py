@@ -42,11 +42,13 @@ psycopg2 keeps its transactions and only the temp tables change.
 Plans (tests/test_pg_store_plans.py): PostgreSQL keeps no statistics for temp tables and guesses
 ~390 rows for temp_store, so below ~100k objects it planned ``lock_objects_and_detect_conflicts``'
 two joins as hash joins over a sequential scan of all of object_state: every commit read the
-table twice (1.9 of that function's 2.4 ms at 3,900 objects, growing with the database). A commit
-holds a handful of rows, so store sessions get ``INDEX_JOINS`` (hash and merge joins off, in this
-session only: RelStorage's load, pack and codx-db's own sessions keep PostgreSQL's planning) and
-those joins probe object_state_pkey once per row. ``db_pg_store_index_joins=false`` leaves the
-planner alone.
+table twice (1.9 of that function's 2.4 ms at 3,900 objects, growing with the database; with
+history kept the move scanned current_object too). A commit holds a handful of rows, so the
+statement that calls that function carries ``INDEX_JOINS`` in its message: ``SET LOCAL`` turns
+hash and merge joins off for the rest of that commit's transaction only (the lock, the move),
+and the joins probe the primary key once per row. Every other transaction (RelStorage's pack
+and pre-pack, which use store connections too, its loads, codx-db's own sessions) keeps
+PostgreSQL's planning. ``db_pg_store_index_joins=false`` leaves the planner alone.
 
 Safe to keep: ``db_pg_own_temp_tables=false`` (``CODX_JUNIOR_DB_PG_OWN_TEMP_TABLES``) leaves
 RelStorage's store connections alone, and so does ``db_pg_fast_reads=false`` (plain RelStorage
@@ -77,8 +79,9 @@ TRUNCATE = "TRUNCATE temp_store, temp_store_replacements;"
 TRUNCATE_EVERY = 1000
 TRUNCATE_ROWS = 5000
 _IDLE = getattr(psycopg2.extensions, "TRANSACTION_STATUS_IDLE", None)
-# Session settings of a store connection (see "Plans" above); they outlast the take-over's commit.
-INDEX_JOINS = ["SET enable_hashjoin = off", "SET enable_mergejoin = off"]
+# Sent before RelStorage's call of LOCK_CALL, in its message (see "Plans" above).
+INDEX_JOINS = "SET LOCAL enable_hashjoin = off;SET LOCAL enable_mergejoin = off;"
+LOCK_CALL = "lock_objects_and_detect_conflicts("
 
 # RelStorage's DDL, PostgreSQLObjectMover.on_store_opened (relstorage/adapters/postgresql/mover.py).
 _TEMPLATE = re.compile(
@@ -126,7 +129,10 @@ class _StoreCursorMixin:
         conn: Any = self.connection  # type: ignore[attr-defined]
         if not conn.codx_store:
             return super().execute(query, vars)  # type: ignore[misc]
-        return super().execute(conn.codx_starting(self, query), vars)  # type: ignore[misc]
+        query = conn.codx_starting(self, query)
+        if conn.codx_index_joins:
+            query = conn.codx_index_joins_for(query)
+        return super().execute(query, vars)  # type: ignore[misc]
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> Any:
         conn: Any = self.connection  # type: ignore[attr-defined]
@@ -177,6 +183,7 @@ class _StoreConnectionMixin(_ConnectionBase):
     codx_store_txns: int
     codx_store_rows: int  # rows copied in since the last TRUNCATE
     codx_store_cursor: Any  # the cursor class before take-over (plain statements)
+    codx_index_joins: bool  # prefix RelStorage's lock call with INDEX_JOINS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -185,9 +192,10 @@ class _StoreConnectionMixin(_ConnectionBase):
         self.codx_clean_due = True
         self.codx_store_txns = 0
         self.codx_store_rows = 0
+        self.codx_index_joins = False
 
-    def codx_store_take_over(self, ddl: list[str], manual: bool) -> None:
-        """Create our temp tables (before RelStorage's DDL), set the session, drive this store connection."""
+    def codx_store_take_over(self, ddl: list[str], manual: bool, index_joins: bool) -> None:
+        """Create our temp tables (before RelStorage's DDL) and drive this store connection."""
         factory: Any = self.cursor_factory
         self.codx_store_cursor = factory or psycopg2.extensions.cursor
         with self.codx_store_cursor(self) as cur:
@@ -199,7 +207,16 @@ class _StoreConnectionMixin(_ConnectionBase):
         self.cursor_factory = _subclass(_StoreCursorMixin, self.codx_store_cursor)
         self.codx_store_manual = manual
         self.codx_clean_due = True
+        self.codx_index_joins = index_joins
         self.codx_store = True
+
+    def codx_index_joins_for(self, query: Any) -> Any:
+        """``query`` with ``INDEX_JOINS`` in front if it calls ``LOCK_CALL`` (a commit's lock phase)."""
+        if isinstance(query, bytes):
+            return INDEX_JOINS.encode() + query if LOCK_CALL.encode() in query else query
+        if not isinstance(query, str):  # psycopg2.sql.Composable: RelStorage sends plain text here
+            return query
+        return INDEX_JOINS + query if LOCK_CALL in query else query
 
     def codx_starting(self, cursor: Any, query: Any) -> Any:
         """``query`` with the transaction's prefix when it is the first statement of one.
@@ -282,7 +299,7 @@ def _subclass(mixin: type, base: type, slots: tuple[str, ...] = ()) -> type:
 
 
 _SLOTS: tuple[str, ...] = ("codx_store", "codx_store_manual", "codx_clean_due", "codx_store_txns")
-_SLOTS += ("codx_store_rows", "codx_store_cursor")
+_SLOTS += ("codx_store_rows", "codx_store_cursor", "codx_index_joins")
 _CONNECTION_NEEDS = ("info", "autocommit", "cursor_factory", "cursor", "rollback", "commit")
 
 
@@ -317,7 +334,8 @@ def install(adapter: Any, index_joins: bool = True) -> bool:
     """Own the store temp tables of one RelStorage PostgreSQL adapter's future store connections.
 
     Call before RelStorage opens a store connection (one opened before is left as it was).
-    ``index_joins``: those connections also get ``INDEX_JOINS`` (``db_pg_store_index_joins``).
+    ``index_joins``: their commits' lock calls get ``INDEX_JOINS`` (``db_pg_store_index_joins``); if
+    RelStorage no longer sends that call as expected, one warning and PostgreSQL's plans.
     Returns False, changing nothing, when a hook is missing (warned about once) or the driver
     is not psycopg2 (then silently: RelStorage's other drivers are not patched here).
     """
@@ -338,9 +356,18 @@ def install(adapter: Any, index_joins: bool = True) -> bool:
     if getattr(connmanager, "codx_own_temp_tables", False):
         return True
     blobs = bool(getattr(adapter.options, "blob_dir", None))
-    tables = table_ddl(adapter.mover, with_blob_table=not blobs)
-    assert tables is not None  # checked by missing_hooks
-    ddl = tables + (INDEX_JOINS if index_joins else [])
+    ddl = table_ddl(adapter.mover, with_blob_table=not blobs)
+    assert ddl is not None  # checked by missing_hooks
+    if index_joins and not _sends_lock_call(adapter):
+        hooks.warn_missing_once(
+            log,
+            _warned,
+            "db/pg/store_temps.py",
+            [f"adapter._best_lock_objects_and_detect_conflicts() sending {LOCK_CALL}...)"],
+            "commits keep PostgreSQL's plans for the lock phase (it may scan object_state)",
+            "CODX_JUNIOR_DB_PG_STORE_INDEX_JOINS",
+        )
+        index_joins = False
     manual = not blobs  # psycopg2 refuses large objects (blob uploads) in autocommit mode
     driver = connmanager.driver
     driver.connect = _subclass(_StoreConnectionMixin, driver.connect, _SLOTS)
@@ -351,7 +378,7 @@ def install(adapter: Any, index_joins: bool = True) -> bool:
         if isinstance(conn, _StoreConnectionMixin) and not conn.codx_store:
             cursor.close()
             try:
-                conn.codx_store_take_over(ddl, manual)
+                conn.codx_store_take_over(ddl, manual, index_joins)
             except Exception:
                 connmanager.close(conn, None)
                 raise
@@ -362,3 +389,12 @@ def install(adapter: Any, index_joins: bool = True) -> bool:
     connmanager.codx_own_temp_tables = True
     connmanager.codx_store_manual = manual
     return True
+
+
+def _sends_lock_call(adapter: Any) -> bool:
+    """Whether RelStorage's adapter calls ``LOCK_CALL`` as one statement text (what INDEX_JOINS matches)."""
+    try:
+        source = inspect.getsource(type(adapter)._best_lock_objects_and_detect_conflicts)
+    except (OSError, TypeError, AttributeError):
+        return False
+    return f"'SELECT * FROM {LOCK_CALL}" in source
