@@ -46,7 +46,7 @@ def get_by_id(users: UserContainer, user_id: str) -> User:
 def add(users: UserContainer, data: UserCreate, password_hash: str | None) -> User:
     """Store a new user from validated fields (a subclass's extra fields, such as a password, are left out)."""
     user_id = new_user_id()
-    prefetch_buckets(users, data.username, data.email, user_id)
+    prefetch_buckets(users, data.username, data.email, user_id, github=data.github)
     check_unique(users, data.username, data.email, github=data.github)
     fields = data.model_dump(include=set(UserCreate.model_fields) - {"projects"})
     user = User(id=user_id, password_hash=password_hash, projects=projects_to_tuple(data.projects), **fields)
@@ -88,7 +88,9 @@ def find_login(users: UserContainer, login: str) -> User | None:
     return user
 
 
-def prefetch_buckets(users: UserContainer, username: str, email: str | None, user_id: str | None = None) -> None:
+def prefetch_buckets(
+    users: UserContainer, username: str, email: str | None, user_id: str | None = None, *, github: str = ""
+) -> None:
     """Load the index buckets ``check_unique`` and a write of these keys touch, in one query.
 
     With other processes writing the same database, the buckets a create needs have often
@@ -96,7 +98,7 @@ def prefetch_buckets(users: UserContainer, username: str, email: str | None, use
     one when first touched, a round trip apiece (2.9 per create with two processes creating at
     once). The ghosts among them, found from the cached internal nodes, go to the storage in
     one ``indexes.prefetch``, with this process's count shard and, for a new user's ``user_id``,
-    its bucket of ``users``.
+    its bucket of ``users`` (and of ``by_github`` for a GitHub login).
     """
     wanted = [(users.by_username, username_key(username)), (users.by_skeleton, username_skeleton(username))]
     if email:
@@ -105,6 +107,8 @@ def prefetch_buckets(users: UserContainer, username: str, email: str | None, use
         wanted.append((users.by_email, email_key(username)))
     if user_id is not None:
         wanted.append((users.users, user_id))
+    if github:
+        wanted.append((users.by_github, github_key(github)))
     objects = [None if tree is None else bucket_for(tree, key) for tree, key in wanted]
     if user_id is not None and users.counts is not None:
         objects.append(users.counts[process_shard()])
