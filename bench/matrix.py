@@ -23,10 +23,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import pg
+from bench import matrix_store, pg
 from bench.concurrency import _RetryCounter
 from bench.procs import SPAWN, in_child
-from bench.runner import import_users
 from bench.systems import system_class
 from bench.workload import user
 
@@ -247,67 +246,38 @@ def _merge(into: dict[str, int], counts: dict[str, int]) -> None:
         into[key] = into.get(key, 0) + value
 
 
-def _seed(name: str, dsn: str, options: dict[str, Any], users: int) -> int:
-    system = system_class(name)(dsn, options)
-    system.open()
-    try:
-        import_users(system, 0, users, 1_000)
-        return system.count()
-    finally:
-        system.close()
-
-
-def _count(name: str, dsn: str, options: dict[str, Any]) -> int:
-    system = system_class(name)(dsn, options)
-    system.open()
-    try:
-        return system.count()
-    finally:
-        system.close()
-
-
-def _check(name: str, dsn: str, options: dict[str, Any], acknowledged: list[str], failed: list[str]) -> dict[str, Any]:
-    """In a fresh process: which acknowledged users are missing, the count, the system's own check."""
-    system = system_class(name)(dsn, options)
-    system.open()
-    try:
-        present = system.existing(acknowledged)
-        missing = [n for n in acknowledged if n.lower() not in present]
-        failed_present = len(system.existing(failed)) if failed else 0
-        own = system.consistency()
-        return {
-            "missing": len(missing),
-            "missing_first": missing[:5],
-            "count": system.count(),
-            "failed_present": failed_present,
-            "consistency_ok": None if own is None else own[0],
-            "consistency": None if own is None else own[1],
-        }
-    finally:
-        system.close()
+def _rate(found: list[dict[str, Any]]) -> float:
+    return float(sum(f["created"] / f["elapsed"] for f in found if f["elapsed"] > 0))
 
 
 def _cell(
-    name: str, dsn: str, options: dict[str, Any], config: MatrixConfig, cell: tuple[int, int], number: int, total: int
+    name: str,
+    dsn: str,
+    opts: dict[str, Any],
+    cell: tuple[int, int],
+    rounds_found: list[list[dict[str, Any]]],
+    before_last: int,
 ) -> tuple[dict[str, Any], int]:
-    """Run one cell's rounds and its check; return the cell and the users it added to the store."""
+    """One cell from its rounds, checked after the last; return it and the users its last round added.
+
+    ``before_last``: the users in the store just before the last round, so the exact count
+    expected after it is that plus the last round's acknowledged creates (and its given-up
+    ones found stored after all); earlier rounds are inside ``before_last``.
+    """
     processes, threads = cell
-    opts = {**options, "pool_size": threads} if name == "sqlalchemy" else options
-    rates, rounds_found = [], []
-    for r in range(config.rounds):
-        found = _round(name, dsn, opts, processes, threads, config.seconds, number * config.rounds + r)
-        rates.append(sum(f["created"] / f["elapsed"] for f in found if f["elapsed"] > 0))
-        rounds_found.append(found)
+    rates = [_rate(found) for found in rounds_found]
     best = max(range(len(rates)), key=rates.__getitem__)
     errors: dict[str, int] = {}
     retries_total: dict[str, int] = {}
     acknowledged: list[str] = []
-    failed: list[str] = []
+    acknowledged_last = 0
+    failed_last: list[str] = []
     batches, requests, pool_warnings = 0, 0, 0
     close_errors: list[str] = []
     samples: dict[str, str] = {}
     have_batches = True
-    for found in rounds_found:
+    for number, found in enumerate(rounds_found):
+        last = number == len(rounds_found) - 1
         for f in found:
             _merge(errors, f["errors"])
             _merge(retries_total, f["retries"])
@@ -318,8 +288,11 @@ def _cell(
                 close_errors.append(f["close_error"])
             for base, attempted, failed_indexes in f["writers"]:
                 gone = set(failed_indexes)
-                acknowledged += [user(i).username for i in range(base, base + attempted) if i not in gone]
-                failed += [user(i).username for i in failed_indexes]
+                names = [user(i).username for i in range(base, base + attempted) if i not in gone]
+                acknowledged += names
+                if last:
+                    acknowledged_last += len(names)
+                    failed_last += [user(i).username for i in failed_indexes]
     for f in rounds_found[best]:
         if f["batches"] is None:
             have_batches = False
@@ -328,8 +301,8 @@ def _cell(
     best_retries: dict[str, int] = {}
     for f in rounds_found[best]:
         _merge(best_retries, f["retries"])
-    check = in_child(_check, name, dsn, opts, acknowledged, failed)
-    check["expected"] = total + len(acknowledged) + check["failed_present"]
+    check = in_child(matrix_store.check, name, dsn, opts, acknowledged, failed_last)
+    check["expected"] = before_last + acknowledged_last + check["failed_present"]
     check["ok"] = check["missing"] == 0 and check["count"] == check["expected"] and check["consistency_ok"] is not False
     created_best = sum(f["created"] for f in rounds_found[best])
     return {
@@ -350,28 +323,42 @@ def _cell(
         "pool_warnings": pool_warnings,
         "close_errors": close_errors,
         "check": check,
-    }, len(acknowledged) + check["failed_present"]
+    }, acknowledged_last + check["failed_present"]
 
 
 def run_system(
     name: str, admin_dsn: str, options: dict[str, Any], config: MatrixConfig, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Every cell of the grid for one system, on one fresh database (dropped at the end)."""
-    cells: list[dict[str, Any]] = []
+    """Every cell of the grid for one system, on one fresh database (dropped at the end).
+
+    Rounds are interleaved: round 1 of every cell, then round 2 of every cell, and so on, so a
+    machine whose speed drifts during the run does not favour the cells measured early or late
+    (the 1 x 1 cell every ratio divides by ran first). Each cell is checked after its last round.
+    """
+    grid = config.cells()
+    rounds: dict[tuple[int, int], list[list[dict[str, Any]]]] = {cell: [] for cell in grid}
+    done: dict[tuple[int, int], dict[str, Any]] = {}
     with pg.fresh_database(admin_dsn, f"{name}-matrix") as dsn:
-        total = in_child(_seed, name, dsn, options, config.users)
-        for number, cell in enumerate(config.cells()):
-            progress(f"matrix {name}: {cell[0]} process(es) x {cell[1]} thread(s), {config.rounds} x {config.seconds}s")
-            try:
-                found, added = _cell(name, dsn, options, config, cell, number, total)
-            except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
-                cells.append({"processes": cell[0], "threads": cell[1], "error": f"{type(exc).__name__}: {exc}"})
-                # Its writers may have stored users nobody counted: the next cell's exact count
-                # starts from what is there now.
-                total = in_child(_count, name, dsn, options)
-                continue
-            total += added
-            cells.append(found)
+        total = in_child(matrix_store.seed, name, dsn, options, config.users)
+        for r in range(config.rounds):
+            last = r == config.rounds - 1
+            for number, cell in enumerate(grid):
+                if cell in done:  # failed in an earlier round
+                    continue
+                opts = {**options, "pool_size": cell[1]} if name == "sqlalchemy" else options
+                progress(f"matrix {name}: {cell[0]} process(es) x {cell[1]} thread(s), round {r + 1}/{config.rounds}")
+                try:
+                    if last and r:  # the store as it is now: earlier rounds of every cell are in it
+                        total = in_child(matrix_store.count, name, dsn, options)
+                    rounds[cell].append(_round(name, dsn, opts, *cell, config.seconds, number * config.rounds + r))
+                    if last:
+                        done[cell], added = _cell(name, dsn, opts, cell, rounds[cell], total)
+                        total += added
+                except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
+                    done[cell] = {"processes": cell[0], "threads": cell[1], "error": f"{type(exc).__name__}: {exc}"}
+                    # Its writers may have stored users nobody counted: count again before the next check.
+                    total = in_child(matrix_store.count, name, dsn, options)
+    cells = [done[cell] for cell in grid]
     one = next((c for c in cells if c["processes"] == 1 and c["threads"] == 1 and "error" not in c), None)
     for c in cells:
         if one and "error" not in c and one["creates_per_s"]:

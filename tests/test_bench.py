@@ -90,12 +90,12 @@ def test_a_tiny_matrix_reports_every_cell_checked(pg_server: PostgresServer, tmp
 
 
 def test_the_matrix_check_finds_a_missing_acknowledged_user(pg_dsn: str) -> None:
-    from bench.matrix import _check, _seed
+    from bench.matrix_store import check, seed
     from bench.workload import user
 
-    assert _seed("codx-pg", pg_dsn, {}, 50) == 50
+    assert seed("codx-pg", pg_dsn, {}, 50) == 50
     stored, ghost = user(3).username, "never-created"
-    found = _check("codx-pg", pg_dsn, {}, [stored, ghost], [user(4).username, "given-up"])
+    found = check("codx-pg", pg_dsn, {}, [stored, ghost], [user(4).username, "given-up"])
     assert (found["missing"], found["missing_first"], found["count"]) == (1, [ghost], 50)
     assert found["failed_present"] == 1  # user 4 is stored although its writer was told it failed
     assert found["consistency_ok"] is True
