@@ -43,10 +43,15 @@ def get_by_id(users: UserContainer, user_id: str) -> User:
     return user
 
 
-def add(users: UserContainer, data: UserCreate, password_hash: str | None) -> User:
-    """Store a new user from validated fields (a subclass's extra fields, such as a password, are left out)."""
+def add(users: UserContainer, data: UserCreate, password_hash: str | None, *, prefetch: bool = False) -> User:
+    """Store a new user from validated fields (a subclass's extra fields, such as a password, are left out).
+
+    ``prefetch``: first load the buckets it touches in one query (``prefetch_buckets``): for a
+    create in its own unit of work; an import's batch loads them once for many users anyway.
+    """
     user_id = new_user_id()
-    prefetch_buckets(users, data.username, data.email, user_id, github=data.github)
+    if prefetch:
+        prefetch_buckets(users, data.username, data.email, user_id, github=data.github)
     check_unique(users, data.username, data.email, github=data.github)
     fields = data.model_dump(include=set(UserCreate.model_fields) - {"projects"})
     user = User(id=user_id, password_hash=password_hash, projects=projects_to_tuple(data.projects), **fields)

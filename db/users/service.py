@@ -131,7 +131,9 @@ class UserService:
         context = PasswordContext(data.username, data.email, data.full_name)
         password_hash = None if password is None else self.credentials.new_password_hash(password, context)
         return self.write(
-            lambda uow: CodxUser.from_model(repository.add(repository.container(uow), data, password_hash)),
+            lambda uow: CodxUser.from_model(
+                repository.add(repository.container(uow), data, password_hash, prefetch=True)
+            ),
             f"create user {data.username}",
         )
 
