@@ -3,7 +3,7 @@
 RelStorage starts every unit of work with ``BEGIN`` and a poll query on a REPEATABLE READ,
 read-only connection and ends it with ``ROLLBACK``: three round trips, as psycopg2 drives them,
 even when the object is already in its cache. codx-db sends the ``BEGIN`` in the poll's message
-and does not wait for the ``ROLLBACK``'s reply (db/pg_roundtrips.py): one round trip waited for.
+and does not wait for the ``ROLLBACK``'s reply (db/pg/roundtrips.py): one round trip waited for.
 Doing each around a plain ``SELECT`` shows what a ZODB-on-RelStorage get can reach at best,
 next to the one-statement get.
 """
@@ -20,7 +20,7 @@ from bench import pg
 from bench.runner import import_users
 from bench.systems.psycopg2_raw import SELECT, Psycopg2Raw
 from bench.workload import Budget, rng, timed_loop, user
-from db import pg_roundtrips
+from db.pg import roundtrips as pg_roundtrips
 
 # The statement the psycopg2 system's get sends.
 _SELECT = SELECT + " WHERE lower(username) = %s"
@@ -38,7 +38,7 @@ def measure(admin_dsn: str, users: int, seconds: float, max_ops: int, seed: int)
         one = pg.connect(dsn, autocommit=True)
         three = pg.connect(dsn)
         three.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        # codx-db's way: the connection class db/pg_roundtrips.py gives RelStorage's load connections.
+        # codx-db's way: the connection class db/pg/roundtrips.py gives RelStorage's load connections.
         piped = psycopg2.connect(dsn, connection_factory=pg_roundtrips.connection_class(pg.CountingConnection))
         piped.codx_take_over()
         budget = Budget(seconds, max_ops)
@@ -61,7 +61,7 @@ def measure(admin_dsn: str, users: int, seconds: float, max_ops: int, seed: int)
             get_one, get_three, get_piped = getter(one, False), getter(three, True), getter(piped, True)
 
             started = time.perf_counter()
-            results = {
+            results: dict[str, Any] = {
                 "one_roundtrip": timed_loop("get", get_one, budget, pg.roundtrips).as_dict(),
                 "three_roundtrips": timed_loop("get", get_three, budget, pg.roundtrips).as_dict(),
                 "pipelined": timed_loop("get", get_piped, budget, pg.roundtrips).as_dict(),

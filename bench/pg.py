@@ -11,7 +11,7 @@ still BEGIN, so a second, waited ``COMMIT`` goes out (the server answers "there 
 transaction in progress"). That one is counted, and also apart as ``hidden_commits``.
 The same connection class serves RelStorage, SQLAlchemy and raw psycopg2, so the counts
 compare like with like. codx-db's reads put ``BEGIN`` in the same message as the poll (one round
-trip) and send their ``ROLLBACK`` without waiting for the reply (db/pg_roundtrips.py): those are
+trip) and send their ``ROLLBACK`` without waiting for the reply (db/pg/roundtrips.py): those are
 counted apart, as pipelined.
 """
 
@@ -79,11 +79,11 @@ def hidden_commits() -> int:
 def pipelined() -> int:
     """Statements sent without waiting for their reply so far (codx-db's ROLLBACK after a read).
 
-    db/pg_roundtrips.py sends them through libpq directly, past the counting connection.
+    db/pg/roundtrips.py sends them through libpq directly, past the counting connection.
     """
-    from db.pg_roundtrips import Counters
+    from db.pg.roundtrips import Counters
 
-    return Counters.pipelined_rollbacks
+    return int(Counters.pipelined_rollbacks)
 
 
 def _counted(conn: Any, query: Any, trips: int, call: Callable[[], T]) -> T:
@@ -168,7 +168,7 @@ def connect(dsn: str, autocommit: bool = False) -> CountingConnection:
     """A counting psycopg2 connection."""
     conn = psycopg2.connect(dsn, connection_factory=CountingConnection)
     conn.autocommit = autocommit
-    return conn  # type: ignore[no-any-return]
+    return conn
 
 
 def _admin(admin_dsn: str) -> Any:

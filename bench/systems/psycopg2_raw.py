@@ -66,7 +66,7 @@ class Psycopg2Raw(System):
             self.conn.rollback()
             return result
         finally:
-            self.conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT")
+            self.conn.set_session(isolation_level="DEFAULT", readonly="default")
             self.conn.autocommit = True
 
     def update(self, username: str, full_name: str) -> Any:

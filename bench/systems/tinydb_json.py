@@ -52,7 +52,7 @@ class TinyDbJson(System):
         found = self.table.get(self.q[field] == value.lower())
         if found is None:
             raise KeyError(value)
-        return dict(found)  # type: ignore[arg-type]
+        return dict(found)
 
     def create(self, user: UserRecord) -> None:
         # TinyDB has no unique index: check, then insert (each call reads, the insert writes).
