@@ -159,24 +159,30 @@ def check_index(tree: Any) -> None:
         previous = key
 
 
-def bucket_for(tree: Any, key: Any) -> Any | None:
-    """The bucket of ``tree`` that holds ``key`` or would take it, not loaded if it is a ghost.
+def buckets_for(wanted: Sequence[tuple[Any, Any]]) -> list[Any | None]:
+    """For each ``(tree, key)``: the bucket that holds ``key`` or would take it, not loaded if a ghost.
 
-    None for an empty tree, or one that keeps its only bucket inline in its own state. Descends
-    the internal nodes (loading any not cached: they change only when a bucket splits). An
-    internal node's state is ``((child0, key1, child1, key2, ...), firstbucket)``: the child
-    for ``key`` is the one after the last separating key that is <= ``key``.
+    None for a tree that is None, empty, or keeps its only bucket inline in its own state. The
+    descents go down together, a level at a time: the internal nodes of a level that are ghosts
+    (changed by another process since this one cached them: a bucket below split) are loaded
+    in one ``prefetch``, not one round trip each on the way down. An internal node's state is
+    ``((child0, key1, child1, key2, ...), firstbucket)``: the child for ``key`` is the one after
+    the last separating key that is <= ``key``.
     """
-    node = tree
-    while isinstance(node, OOBTree):
-        state = node.__getstate__()
-        if state is None:
-            return None
-        items = state[0]
-        if len(items) == 1 and type(items[0]) is tuple:
-            return None  # the one bucket, inline
-        node = items[2 * bisect_right(items[1::2], key)]
-    return node
+    nodes: list[Any | None] = [tree for tree, _ in wanted]
+    while True:
+        level = [i for i, node in enumerate(nodes) if isinstance(node, OOBTree)]
+        if not level:
+            return nodes
+        prefetch(nodes[i] for i in level)
+        for i in level:
+            node: Any = nodes[i]
+            state = node.__getstate__()
+            items = None if state is None else state[0]
+            if items is None or (len(items) == 1 and type(items[0]) is tuple):
+                nodes[i] = None  # empty, or the one bucket inline
+            else:
+                nodes[i] = items[2 * bisect_right(items[1::2], wanted[i][1])]
 
 
 def prefetch(objects: Iterable[Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from db.database import UnitOfWork
 from db.errors import UserAlreadyExists, UserNotFound
-from db.users.indexes import bucket_for, prefetch, process_shard
+from db.users.indexes import buckets_for, prefetch, process_shard
 from db.users.models import USERS_KEY, User, UserContainer, email_key, github_key, username_key, username_skeleton
 from db.users.normalize import email_for_lookup
 from db.users.schemas import UserCreate, projects_to_tuple
@@ -101,8 +101,9 @@ def prefetch_buckets(
     With other processes writing the same database, the buckets a create needs have often
     changed there since this process cached them; ZODB makes them ghosts and would load each
     one when first touched, a round trip apiece (2.9 per create with two processes creating at
-    once). The ghosts among them, found from the cached internal nodes, go to the storage in
-    one ``indexes.prefetch``, with this process's count shard and, for a new user's ``user_id``,
+    once). The ghosts among them, found by descending the internal nodes (``indexes.buckets_for``:
+    those the other processes changed load a level at a time, not one by one), go to the storage
+    in one ``indexes.prefetch``, with this process's count shard and, for a new user's ``user_id``,
     its bucket of ``users`` (and of ``by_github`` for a GitHub login).
     """
     wanted = [(users.by_username, username_key(username)), (users.by_skeleton, username_skeleton(username))]
@@ -114,7 +115,7 @@ def prefetch_buckets(
         wanted.append((users.users, user_id))
     if github:
         wanted.append((users.by_github, github_key(github)))
-    objects = [None if tree is None else bucket_for(tree, key) for tree, key in wanted]
+    objects = buckets_for(wanted)
     if user_id is not None and users.counts is not None:
         objects.append(users.counts[process_shard()])
     prefetch(objects)
