@@ -162,7 +162,8 @@ def check_index(tree: Any) -> None:
 def buckets_for(wanted: Sequence[tuple[Any, Any]]) -> list[Any | None]:
     """For each ``(tree, key)``: the bucket that holds ``key`` or would take it, not loaded if a ghost.
 
-    None for a tree that is None, empty, or keeps its only bucket inline in its own state. The
+    None for a tree that is None, empty, or keeps its only bucket inline in its own state (any
+    other object that is not an ``OOBTree`` comes back as it was given). The
     descents go down together, a level at a time: the internal nodes of a level that are ghosts
     (changed by another process since this one cached them: a bucket below split) are loaded
     in one ``prefetch``, not one round trip each on the way down. An internal node's state is
@@ -176,8 +177,8 @@ def buckets_for(wanted: Sequence[tuple[Any, Any]]) -> list[Any | None]:
             return nodes
         prefetch(nodes[i] for i in level)
         for i in level:
-            node: Any = nodes[i]
-            state = node.__getstate__()
+            parent: Any = nodes[i]
+            state = parent.__getstate__()
             items = None if state is None else state[0]
             if items is None or (len(items) == 1 and type(items[0]) is tuple):
                 nodes[i] = None  # empty, or the one bucket inline
