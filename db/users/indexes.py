@@ -163,10 +163,10 @@ def buckets_for(wanted: Sequence[tuple[Any, Any]]) -> list[Any | None]:
     """For each ``(tree, key)``: the bucket that holds ``key`` or would take it, not loaded if a ghost.
 
     None for a tree that is None, empty, or keeps its only bucket inline in its own state (any
-    other object that is not an ``OOBTree`` comes back as it was given). The
-    descents go down together, a level at a time: the internal nodes of a level that are ghosts
-    (changed by another process since this one cached them: a bucket below split) are loaded
-    in one ``prefetch``, not one round trip each on the way down. An internal node's state is
+    other object that is not an ``OOBTree`` comes back as it was given). The descents go down
+    together, a level at a time: the internal nodes of a level that are ghosts (changed by
+    another process since this one cached them: a bucket below split) are loaded in one
+    ``prefetch``, not one round trip each on the way down. An internal node's state is
     ``((child0, key1, child1, key2, ...), firstbucket)``: the child for ``key`` is the one after
     the last separating key that is <= ``key``.
     """

@@ -15,7 +15,8 @@ from typing import Any
 
 from db.database import UnitOfWork
 from db.errors import UserAlreadyExists, UserNotFound
-from db.users.indexes import buckets_for, prefetch, process_shard
+from db.users.indexes import buckets_for, process_shard
+from db.users.indexes import prefetch as prefetch_ghosts  # add()'s own `prefetch` is a flag
 from db.users.models import USERS_KEY, User, UserContainer, email_key, github_key, username_key, username_skeleton
 from db.users.normalize import email_for_lookup
 from db.users.schemas import UserCreate, projects_to_tuple
@@ -118,7 +119,7 @@ def prefetch_buckets(
     objects = buckets_for(wanted)
     if user_id is not None and users.counts is not None:
         objects.append(users.counts[process_shard()])
-    prefetch(objects)
+    prefetch_ghosts(objects)
 
 
 def check_unique(
