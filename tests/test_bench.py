@@ -107,6 +107,19 @@ def test_the_tuning_run_prints_its_table(pg_server: PostgresServer) -> None:
     assert "cold gets/s" in result.stdout and "db_cache_dir (second start)" in result.stdout
 
 
+def test_the_truncate_sweep_prints_a_row_per_value(pg_server: PostgresServer) -> None:
+    result = _run(
+        "bench.truncate_sweep",
+        "--rows", "1000,20", "--seconds", "0.5", "--rounds", "2", "--population", "100",
+        "--pg-dsn", pg_server.admin_dsn,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| 1000 |", "| 20 |"))]
+    assert len(rows) == 2, result.stdout
+    # 20 rows: a create copies ~6 objects in, so the tables are truncated every few creates.
+    assert int(rows[1].rsplit("|", 2)[1]) > 0, rows
+
+
 # RelStorage's commit, as a plain psycopg2 client sends it (relstorage/adapters/postgresql/
 # adapter.py): the move and COMMIT in one message, then conn.commit() to resync psycopg2.
 _MOVE_AND_COMMIT = "SELECT set_config('rs.tid', '1', false); COMMIT; SELECT current_setting('rs.tid')"
