@@ -1,12 +1,12 @@
 """Concurrency matrix: creates on PostgreSQL by P processes x T threads each, every cell checked.
 
-Each system gets a fresh database seeded with ``users`` users. In every cell all writers (spawned
-processes, threads in each) create distinct users, start together on a barrier and stop after
-``seconds``; the best of ``rounds`` rounds counts. After a cell, a fresh process checks what the
-writers were told: every acknowledged user is there, and the count is exactly the seed plus the
-acknowledged creates (plus any give-up that was committed after all, reported apart); codx-db also
-runs its own ``check``. Give-ups (errors after retries) are counted by exception class: a cell with
-one is a failed cell, however fast.
+Each system gets a database seeded with ``users`` users, and every round of every cell a fresh
+copy of it. In a round all writers (spawned processes, threads in each) create distinct users,
+start together on a barrier and stop after ``seconds``; the best of ``rounds`` rounds counts.
+After each round, a fresh process checks what the writers were told: every acknowledged user is
+there, and the count is exactly the seed plus the acknowledged creates (plus any give-up that was
+committed after all, reported apart); codx-db also runs its own ``check``. Give-ups (errors
+after retries) are counted by exception class: a cell with one is a failed cell, however fast.
 
 codx-db retries conflicts itself (``Database.run``; retries counted from its debug log, as in
 bench/concurrency.py). The peers get the same policy in the worker, as their users would write
@@ -15,6 +15,7 @@ it: up to ``db_conflict_retries`` (10) retries of a transient error with the sam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -250,34 +251,48 @@ def _rate(found: list[dict[str, Any]]) -> float:
     return float(sum(f["created"] / f["elapsed"] for f in found if f["elapsed"] > 0))
 
 
-def _cell(
-    name: str,
-    dsn: str,
-    opts: dict[str, Any],
-    cell: tuple[int, int],
-    rounds_found: list[list[dict[str, Any]]],
-    before_last: int,
-) -> tuple[dict[str, Any], int]:
-    """One cell from its rounds, checked after the last; return it and the users its last round added.
+def _check_round(name: str, dsn: str, opts: dict[str, Any], found: list[dict[str, Any]], seeded: int) -> dict[str, Any]:
+    """In a fresh process, what one round's writers were told against its database (a copy of the seed)."""
+    acknowledged: list[str] = []
+    failed: list[str] = []
+    for f in found:
+        for base, attempted, failed_indexes in f["writers"]:
+            gone = set(failed_indexes)
+            acknowledged += [user(i).username for i in range(base, base + attempted) if i not in gone]
+            failed += [user(i).username for i in failed_indexes]
+    check = in_child(matrix_store.check, name, dsn, opts, acknowledged, failed)
+    check["acknowledged"] = len(acknowledged)
+    check["expected"] = seeded + len(acknowledged) + check["failed_present"]
+    check["ok"] = check["missing"] == 0 and check["count"] == check["expected"] and check["consistency_ok"] is not False
+    return check
 
-    ``before_last``: the users in the store just before the last round, so the exact count
-    expected after it is that plus the last round's acknowledged creates (and its given-up
-    ones found stored after all); earlier rounds are inside ``before_last``.
-    """
+
+def _merge_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every round's check as one: ok if each is; the first failing round's figures, else the last's."""
+    shown = next((c for c in checks if not c["ok"]), checks[-1])
+    return {
+        **shown,
+        "ok": all(c["ok"] for c in checks),
+        "missing": sum(c["missing"] for c in checks),
+        "failed_present": sum(c["failed_present"] for c in checks),
+        "rounds": len(checks),
+    }
+
+
+def _cell(
+    cell: tuple[int, int], rounds_found: list[list[dict[str, Any]]], checks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One cell from its rounds (each with its own check)."""
     processes, threads = cell
     rates = [_rate(found) for found in rounds_found]
     best = max(range(len(rates)), key=rates.__getitem__)
     errors: dict[str, int] = {}
     retries_total: dict[str, int] = {}
-    acknowledged: list[str] = []
-    acknowledged_last = 0
-    failed_last: list[str] = []
     batches, requests, pool_warnings = 0, 0, 0
     close_errors: list[str] = []
     samples: dict[str, str] = {}
     have_batches = True
-    for number, found in enumerate(rounds_found):
-        last = number == len(rounds_found) - 1
+    for found in rounds_found:
         for f in found:
             _merge(errors, f["errors"])
             _merge(retries_total, f["retries"])
@@ -286,13 +301,6 @@ def _cell(
                 samples.setdefault(k, v)
             if f["close_error"]:
                 close_errors.append(f["close_error"])
-            for base, attempted, failed_indexes in f["writers"]:
-                gone = set(failed_indexes)
-                names = [user(i).username for i in range(base, base + attempted) if i not in gone]
-                acknowledged += names
-                if last:
-                    acknowledged_last += len(names)
-                    failed_last += [user(i).username for i in failed_indexes]
     for f in rounds_found[best]:
         if f["batches"] is None:
             have_batches = False
@@ -301,9 +309,6 @@ def _cell(
     best_retries: dict[str, int] = {}
     for f in rounds_found[best]:
         _merge(best_retries, f["retries"])
-    check = in_child(matrix_store.check, name, dsn, opts, acknowledged, failed_last)
-    check["expected"] = before_last + acknowledged_last + check["failed_present"]
-    check["ok"] = check["missing"] == 0 and check["count"] == check["expected"] and check["consistency_ok"] is not False
     created_best = sum(f["created"] for f in rounds_found[best])
     return {
         "processes": processes,
@@ -318,64 +323,79 @@ def _cell(
         "errors": sum(errors.values()),
         "errors_by_class": errors,
         "error_samples": samples,
-        "acknowledged": len(acknowledged),
+        "acknowledged": sum(c["acknowledged"] for c in checks),
         "batch_mean": requests / batches if have_batches and batches else None,
         "pool_warnings": pool_warnings,
         "close_errors": close_errors,
-        "check": check,
-    }, acknowledged_last + check["failed_present"]
+        "check": _merge_checks(checks),
+    }
 
 
-def run_system(
-    name: str, admin_dsn: str, options: dict[str, Any], config: MatrixConfig, progress: Callable[[str], None]
-) -> dict[str, Any]:
-    """Every cell of the grid for one system, on one fresh database (dropped at the end).
+class _SystemRun:
+    """One system's side of the matrix: its seeded database, its rounds so far, its finished cells."""
 
-    Rounds are interleaved: round 1 of every cell, then round 2 of every cell, and so on, so a
-    machine whose speed drifts during the run does not favour the cells measured early or late
-    (the 1 x 1 cell every ratio divides by ran first). Each cell is checked after its last round.
-    """
-    grid = config.cells()
-    rounds: dict[tuple[int, int], list[list[dict[str, Any]]]] = {cell: [] for cell in grid}
-    done: dict[tuple[int, int], dict[str, Any]] = {}
-    with pg.fresh_database(admin_dsn, f"{name}-matrix") as dsn:
-        total = in_child(matrix_store.seed, name, dsn, options, config.users)
-        for r in range(config.rounds):
-            last = r == config.rounds - 1
-            for number, cell in enumerate(grid):
-                if cell in done:  # failed in an earlier round
-                    continue
-                opts = {**options, "pool_size": cell[1]} if name == "sqlalchemy" else options
-                progress(f"matrix {name}: {cell[0]} process(es) x {cell[1]} thread(s), round {r + 1}/{config.rounds}")
-                try:
-                    if last and r:  # the store as it is now: earlier rounds of every cell are in it
-                        total = in_child(matrix_store.count, name, dsn, options)
-                    rounds[cell].append(_round(name, dsn, opts, *cell, config.seconds, number * config.rounds + r))
-                    if last:
-                        done[cell], added = _cell(name, dsn, opts, cell, rounds[cell], total)
-                        total += added
-                except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
-                    done[cell] = {"processes": cell[0], "threads": cell[1], "error": f"{type(exc).__name__}: {exc}"}
-                    # Its writers may have stored users nobody counted: count again before the next check.
-                    total = in_child(matrix_store.count, name, dsn, options)
-    cells = [done[cell] for cell in grid]
-    one = next((c for c in cells if c["processes"] == 1 and c["threads"] == 1 and "error" not in c), None)
-    for c in cells:
-        if one and "error" not in c and one["creates_per_s"]:
-            c["ratio"] = c["creates_per_s"] / one["creates_per_s"]
-    return {"cells": cells, "seeded": config.users}
+    def __init__(self, name: str, seed_dsn: str, options: dict[str, Any], config: MatrixConfig) -> None:
+        self.name, self.seed_dsn, self.options, self.config = name, seed_dsn, options, config
+        self.rounds: dict[tuple[int, int], list[list[dict[str, Any]]]] = {cell: [] for cell in config.cells()}
+        self.checks: dict[tuple[int, int], list[dict[str, Any]]] = {cell: [] for cell in config.cells()}
+        self.done: dict[tuple[int, int], dict[str, Any]] = {}
+        self.seeded = in_child(matrix_store.seed, name, seed_dsn, options, config.users)
+
+    def step(self, r: int, number: int, cell: tuple[int, int], admin_dsn: str, progress: Callable[[str], None]) -> None:
+        """Round ``r`` of ``cell`` (the ``number``-th of the grid) on a fresh copy of the seed, then its check."""
+        if cell in self.done:  # failed in an earlier round
+            return
+        name, options, config = self.name, self.options, self.config
+        opts = {**options, "pool_size": cell[1]} if name == "sqlalchemy" else options
+        progress(f"matrix {name}: {cell[0]} process(es) x {cell[1]} thread(s), round {r + 1}/{config.rounds}")
+        try:
+            with pg.fresh_database(admin_dsn, f"{name}-round", template=self.seed_dsn) as dsn:
+                found = _round(name, dsn, opts, *cell, config.seconds, number * config.rounds + r)
+                self.rounds[cell].append(found)
+                self.checks[cell].append(_check_round(name, dsn, opts, found, self.seeded))
+            if r == config.rounds - 1:
+                self.done[cell] = _cell(cell, self.rounds[cell], self.checks[cell])
+        except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others
+            self.done[cell] = {"processes": cell[0], "threads": cell[1], "error": f"{type(exc).__name__}: {exc}"}
+
+    def result(self) -> dict[str, Any]:
+        cells = [self.done[cell] for cell in self.config.cells()]
+        one = next((c for c in cells if c["processes"] == 1 and c["threads"] == 1 and "error" not in c), None)
+        for c in cells:
+            if one and "error" not in c and one["creates_per_s"]:
+                c["ratio"] = c["creates_per_s"] / one["creates_per_s"]
+        return {"cells": cells, "seeded": self.config.users}
 
 
 def run_matrix(
     admin_dsn: str, options: dict[str, Any], config: MatrixConfig, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    """The matrix of every configured system (JSON-shaped, for the report)."""
+    """The matrix of every configured system (JSON-shaped, for the report).
+
+    Each system gets a fresh database (dropped at the end), seeded first; every round of every
+    cell then runs on its own copy of it (``CREATE DATABASE ... TEMPLATE``), so each starts
+    from the same users, whatever the rounds before it added (a fast system's database would
+    otherwise grow faster, and its later rounds start colder). The rounds are interleaved twice
+    over: round 1 of every cell, then round 2 of every cell, and within a cell every system one
+    after the other. A machine whose speed drifts during the run then favours neither the cells
+    measured early (the 1 x 1 cell every ratio divides by runs first) nor a system measured
+    early: the peers' ratios (codx-db's single writer against raw ZODB's, say) compare rounds
+    taken a few seconds apart. Each round is checked on its copy before the copy is dropped.
+    """
     found: dict[str, Any] = {"config": config.as_dict(), "systems": {}}
-    for name in config.systems:
-        try:
-            found["systems"][name] = run_system(
-                name, admin_dsn, options if name.startswith("codx-") else {}, config, progress
-            )
-        except Exception as exc:  # noqa: BLE001
-            found["systems"][name] = {"error": f"{type(exc).__name__}: {exc}", "cells": []}
+    runs: list[_SystemRun] = []
+    with contextlib.ExitStack() as stack:
+        for name in config.systems:
+            try:
+                dsn = stack.enter_context(pg.fresh_database(admin_dsn, f"{name}-matrix"))
+                runs.append(_SystemRun(name, dsn, options if name.startswith("codx-") else {}, config))
+            except Exception as exc:  # noqa: BLE001 - one system that cannot start must not hide the others
+                found["systems"][name] = {"error": f"{type(exc).__name__}: {exc}", "cells": []}
+        for r in range(config.rounds):
+            for number, cell in enumerate(config.cells()):
+                for run in runs:
+                    run.step(r, number, cell, admin_dsn, progress)
+        for run in runs:
+            found["systems"][run.name] = run.result()
+    found["systems"] = {name: found["systems"][name] for name in config.systems}  # the configured order
     return found

@@ -186,13 +186,18 @@ def check_server(admin_dsn: str) -> str | None:
     return None
 
 
-def create_database(admin_dsn: str, label: str) -> str:
-    """Create a fresh, empty ``codx_bench_<label>_<random>`` database; return its DSN."""
+def create_database(admin_dsn: str, label: str, template: str | None = None) -> str:
+    """Create a fresh ``codx_bench_<label>_<random>`` database; return its DSN.
+
+    Empty, or with ``template`` (the DSN of another benchmark database, with no session open on
+    it) a copy of that one: PostgreSQL copies its files, far faster than filling it again.
+    """
     name = f"{DATABASE_PREFIX}{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    source = "" if template is None else f' TEMPLATE "{parse_dsn(template)["dbname"]}"'
     conn = _admin(admin_dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"{source}')
             for setting, value in database_settings().items():
                 cur.execute(f'ALTER DATABASE "{name}" SET {setting} = %s', (value,))
     finally:
@@ -226,9 +231,9 @@ def drop_database(admin_dsn: str, dsn: str) -> None:
 
 
 @contextlib.contextmanager
-def fresh_database(admin_dsn: str, label: str, keep: bool = False) -> Iterator[str]:
-    """A fresh database for the block, dropped at the end unless ``keep``."""
-    dsn = create_database(admin_dsn, label)
+def fresh_database(admin_dsn: str, label: str, keep: bool = False, template: str | None = None) -> Iterator[str]:
+    """A fresh database (empty, or a copy of ``template``) for the block, dropped at the end unless ``keep``."""
+    dsn = create_database(admin_dsn, label, template)
     try:
         yield dsn
     finally:

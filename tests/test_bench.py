@@ -70,13 +70,14 @@ def test_a_tiny_matrix_reports_every_cell_checked(pg_server: PostgresServer, tmp
         assert not found.get("error"), (system, found)
         cells = {(c["processes"], c["threads"]): c for c in found["cells"]}
         assert set(cells) == {(1, 1), (1, 2)}, (system, found["cells"])
-        added = 0
-        for cell in found["cells"]:  # in the order they ran: each check counts what came before
+        for cell in found["cells"]:
             assert "error" not in cell, (system, cell)
             assert cell["errors"] == 0 and cell["errors_by_class"] == {}, (system, cell)
             assert cell["acknowledged"] > 0 and cell["creates_per_s"] > 0
             check = cell["check"]
-            added += cell["acknowledged"] + check["failed_present"]
+            # Each round runs on its own copy of the seeded database: the seed plus its own creates.
+            added = cell["acknowledged"] + check["failed_present"]
+            assert check["rounds"] == 1, (system, check)
             assert check["missing"] == 0 and check["count"] == check["expected"] == seeded + added, (system, check)
             assert check["ok"] and check["consistency_ok"] is not False, (system, check)
         assert cells[(1, 1)]["ratio"] == pytest.approx(1.0)
@@ -170,3 +171,15 @@ def test_an_ordinary_commit_is_one_round_trip_and_not_hidden(pg_dsn: str) -> Non
         assert (pg.roundtrips() - before, pg.hidden_commits() - hidden) == (3, 0)
     finally:
         conn.close()
+
+
+def test_a_cell_fails_when_any_round_fails_its_check() -> None:
+    from bench.matrix import _merge_checks
+
+    good = {"ok": True, "missing": 0, "count": 510, "expected": 510, "failed_present": 0, "acknowledged": 10}
+    bad = {"ok": False, "missing": 2, "count": 505, "expected": 507, "failed_present": 1, "acknowledged": 6}
+    merged = _merge_checks([good, bad, good])
+    assert merged["ok"] is False and merged["rounds"] == 3
+    assert (merged["missing"], merged["failed_present"]) == (2, 1)
+    assert (merged["count"], merged["expected"]) == (505, 507)  # the failing round's figures are shown
+    assert _merge_checks([good, good]) == {**good, "rounds": 2}
