@@ -139,6 +139,14 @@ class CodxJuniorGlobalSettings(BaseSettings):
         "object_state (hash and merge joins off for a commit's lock and move; db/pg/store_temps.py; needs "
         "db_pg_own_temp_tables); false: PostgreSQL's own plans",
     )
+    db_pg_deadlock_timeout_ms: int = Field(
+        100,
+        ge=0,
+        le=60_000,
+        description="PostgreSQL: deadlock_timeout of RelStorage's sessions, ms (a deadlock between two writes "
+        "stalls both this long; the server's default is 1 s), set when the role may (db/pg/storage.py); "
+        "0: the server's own",
+    )
     db_conflict_retries: int = Field(10, ge=0, le=100, description="retries of a unit of work after a conflict")
     db_conflict_deadline: float = Field(
         30,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from relstorage.adapters import postgresql
@@ -62,9 +63,16 @@ def open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
     """Open RelStorage on ``dsn`` (creating its schema in an empty database)."""
     options = Options(**relstorage_options(settings))
     with unavailable_on_connect_error(dsn):
-        check_server(dsn, settings.db_keep_history, settings.db_pg_temp_tablespace, settings.db_pool_size)
+        found = check_server(
+            dsn,
+            settings.db_keep_history,
+            settings.db_pg_temp_tablespace,
+            settings.db_pool_size,
+            settings.db_pg_deadlock_timeout_ms,
+        )
+        session_dsn = relstorage_dsn(settings, dsn, found.deadlock_timeout_ms)
         # Looked up at call time, as RelStorage's own ZConfig factory does (a subclass may be patched in).
-        adapter = postgresql.PostgreSQLAdapter(dsn=relstorage_dsn(settings, dsn), options=options)
+        adapter = postgresql.PostgreSQLAdapter(dsn=session_dsn, options=options)
         prepare_adapter(adapter, settings)
         return RelStorage(adapter, options=options)
 
@@ -85,15 +93,21 @@ def prepare_adapter(adapter: Any, settings: CodxJuniorGlobalSettings) -> None:
     forks.track_connections(adapter)
 
 
-def relstorage_dsn(settings: CodxJuniorGlobalSettings, dsn: str) -> str:
+def relstorage_dsn(settings: CodxJuniorGlobalSettings, dsn: str, deadlock_timeout_ms: int | None = None) -> str:
     """The DSN RelStorage's own sessions use: ``dsn`` plus the server settings codx-db asks for.
 
-    ``db_pg_temp_tablespace`` goes in as ``temp_tablespaces`` in libpq's startup options, so it
-    costs no statement and is in force before RelStorage creates its temp tables.
+    They go in libpq's startup options, so they cost no statement and are in force from the
+    session's start: ``db_pg_temp_tablespace`` as ``temp_tablespaces`` (before RelStorage creates
+    its temp tables) and ``deadlock_timeout_ms`` (what ``check_server`` found this role may set)
+    as ``deadlock_timeout``. A superuser-only setting the role may not set would make the server
+    refuse the connection: hence the check first.
     """
-    if settings.db_pg_temp_tablespace is None:
-        return dsn
-    return with_server_settings(dsn, temp_tablespaces=settings.db_pg_temp_tablespace)
+    server: dict[str, str] = {}
+    if settings.db_pg_temp_tablespace is not None:
+        server["temp_tablespaces"] = settings.db_pg_temp_tablespace
+    if deadlock_timeout_ms is not None:
+        server["deadlock_timeout"] = f"{deadlock_timeout_ms}ms"
+    return with_server_settings(dsn, **server) if server else dsn
 
 
 # One statement, one round trip: what the schema holds, what the temp tablespace allows and the
@@ -112,14 +126,33 @@ SELECT ARRAY(
        current_setting('superuser_reserved_connections')::int
            + COALESCE(current_setting('reserved_connections', true), '0')::int,
        (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
-       (SELECT datconnlimit FROM pg_database WHERE datname = current_database())
+       (SELECT datconnlimit FROM pg_database WHERE datname = current_database()),
+       (SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'),
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+       current_setting('server_version_num')::int
 """
+# PostgreSQL 15 lets a superuser grant the right to set a superuser-only parameter.
+_MAY_SET_DEADLOCK_TIMEOUT = "SELECT has_parameter_privilege('deadlock_timeout', 'SET')"
 # Budgets already warned about in this process: one warning, not one per reopen.
 _warned: set[tuple[str, ConnectionBudget, int | None]] = set()
+_told_deadlock: set[tuple[str, str, int]] = set()
 _warned_lock = threading.Lock()
 
 
-def check_server(dsn: str, keep_history: bool, temp_tablespace: str | None, pool_size: int | None = None) -> None:
+@dataclass(frozen=True)
+class ServerCheck:
+    """What ``check_server`` found that the sessions RelStorage opens should carry."""
+
+    deadlock_timeout_ms: int | None  # set it on RelStorage's sessions (None: keep the server's)
+
+
+def check_server(
+    dsn: str,
+    keep_history: bool,
+    temp_tablespace: str | None,
+    pool_size: int | None = None,
+    deadlock_timeout_ms: int = 0,
+) -> ServerCheck:
     """Refuse, naming the setting, what the server would get wrong or silently ignore.
 
     - ``db_keep_history`` contradicting an existing schema: RelStorage fixes the mode when it
@@ -134,15 +167,24 @@ def check_server(dsn: str, keep_history: bool, temp_tablespace: str | None, pool
     With ``pool_size``, also reads the connection budget (same statement) and warns once when
     this process's pool (times ``WEB_CONCURRENCY`` workers, when set) may open more sessions
     than the server allows this role: not an error, RelStorage opens them lazily, under load.
+
+    With ``deadlock_timeout_ms`` (``db_pg_deadlock_timeout_ms``) below the server's value, finds
+    whether this role may set it (a second statement only for a non-superuser on PostgreSQL 15+).
     """
     conn = connect(dsn, "codx-db schema check")
     try:
         with conn.cursor() as cur:
             cur.execute(_SERVER_CHECK, (temp_tablespace,))
             row = cur.fetchone()
+            assert row is not None  # a SELECT without FROM returns one row
+            server_timeout, superuser, version = row[7], bool(row[8]), row[9]
+            wanted = 0 < deadlock_timeout_ms < (server_timeout or 0)
+            may_set = superuser
+            if wanted and not superuser and version >= 150000:
+                cur.execute(_MAY_SET_DEADLOCK_TIMEOUT)
+                may_set = bool(cur.fetchone()[0])  # type: ignore[index]
     finally:
         conn.close()
-    assert row is not None  # a SELECT without FROM returns one row
     tables, tablespace_usable, role = set(row[0]), row[1], row[2]
     _check_history_mode(tables, keep_history)
     if temp_tablespace is not None:
@@ -151,6 +193,29 @@ def check_server(dsn: str, keep_history: bool, temp_tablespace: str | None, pool
         budget = ConnectionBudget(row[3], row[4], row[5], row[6], pool_size)
         remember_budget(dsn, budget)
         _warn_over_budget(dsn, budget)
+    if wanted and not may_set:
+        _tell_deadlock_timeout_kept(dsn, role, server_timeout, deadlock_timeout_ms)
+    return ServerCheck(deadlock_timeout_ms if wanted and may_set else None)
+
+
+def _tell_deadlock_timeout_kept(dsn: str, role: str, server_ms: int, wanted_ms: int) -> None:
+    key = (mask_dsn(dsn), role, server_ms)  # once per process and server setting; no password kept
+    with _warned_lock:
+        if key in _told_deadlock:
+            return
+        _told_deadlock.add(key)
+    log.info(
+        "deadlock_timeout stays at the server's %d ms: role %s may not set it, so a deadlock between two "
+        "writes stalls both that long before one is retried. To use %s=%d: GRANT SET ON PARAMETER "
+        "deadlock_timeout TO %s (PostgreSQL 15+), or set deadlock_timeout on the server "
+        "(docs/deployment-tuning.md); %s=0 silences this",
+        server_ms,
+        role,
+        env_name("db_pg_deadlock_timeout_ms"),
+        wanted_ms,
+        role,
+        env_name("db_pg_deadlock_timeout_ms"),
+    )
 
 
 def _warn_over_budget(dsn: str, budget: ConnectionBudget) -> None:

@@ -1,0 +1,130 @@
+"""``db_pg_deadlock_timeout_ms``: a deadlock between two writers stalls them 100 ms, not the server's 1 s.
+
+RelStorage takes a commit's readCurrent locks (shared) before its write locks (exclusive, waited
+for): two writers can each hold what the other waits for, and PostgreSQL looks for such a cycle
+only after ``deadlock_timeout`` (1 s by default). bench/README.md ("Deadlock timeout") measured
+matrix rounds with a deadlock falling to a third of the others' rate. codx-db sets a shorter one
+on RelStorage's sessions when the role may (a superuser, or PostgreSQL 15's ``GRANT SET ON
+PARAMETER``); otherwise it says once, at INFO, how to allow it, and connects as before.
+
+A private server (tests/test_crash.py's ``PrivatePostgres``): the test creates a role and grants
+on a parameter, which are cluster-wide. What is asserted is the setting in force in the sessions
+RelStorage really opened (its load and store connections, read through a plain cursor).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+from psycopg2.extensions import make_dsn
+
+from db.database import Database
+from db.errors import ConfigurationError
+from db.settings import CodxJuniorGlobalSettings
+from db.user_db import UserDB
+from tests.test_crash import PrivatePostgres, start_private_postgres
+
+pytestmark = pytest.mark.postgres
+
+
+class Server:
+    """A private server with a non-superuser role ``codx`` (no grant on any parameter yet)."""
+
+    def __init__(self, server: PrivatePostgres) -> None:
+        self.server = server
+
+    def sql(self, statement: str, dbname: str = "postgres") -> None:
+        conn = psycopg2.connect(make_dsn(self.server.admin_dsn, dbname=dbname))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
+    def new_database(self, user: str = "codx") -> tuple[str, str]:
+        name = f"codx_dl_{uuid.uuid4().hex[:10]}"
+        self.sql(f'CREATE DATABASE "{name}" OWNER codx')
+        return name, make_dsn(self.server.admin_dsn, dbname=name, user=user)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    private = start_private_postgres()
+    try:
+        found = Server(private)
+        found.sql("CREATE ROLE codx LOGIN")
+        yield found
+    finally:
+        private.destroy()
+
+
+def _show(conn: Any) -> str:
+    with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
+        cur.execute("SHOW deadlock_timeout")
+        row = cur.fetchone()
+    if not conn.autocommit:
+        conn.rollback()
+    return str(row[0])
+
+
+def _in_force(dsn: str, **settings: Any) -> tuple[str, str]:
+    """``deadlock_timeout`` in the load and the store session RelStorage opened for a write."""
+    database = Database(CodxJuniorGlobalSettings.load(_env_file=None, db_backend="postgres", db_dsn=dsn, **settings))
+    try:
+        UserDB(database).create(username=f"u{uuid.uuid4().hex[:8]}", email=None)
+        with database.transaction() as uow:
+            storage = uow.connection._storage
+            load = storage._load_connection.connection
+            store = storage._store_connection_pool._connections[-1].connection
+            return _show(load), _show(store)
+    finally:
+        database.close()
+
+
+def test_a_superuser_gets_the_short_timeout_on_relstorage_sessions(server: Server) -> None:
+    _, dsn = server.new_database(user="postgres")
+    assert _in_force(dsn) == ("100ms", "100ms")
+    assert _in_force(dsn, db_pg_deadlock_timeout_ms=250) == ("250ms", "250ms")
+    # 0: the server's own value.
+    assert _in_force(dsn, db_pg_deadlock_timeout_ms=0) == ("1s", "1s")
+
+
+def test_a_role_without_the_right_keeps_the_server_value_and_is_told_how(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, dsn = server.new_database()
+    with caplog.at_level(logging.INFO, logger="db.pg.storage"):
+        assert _in_force(dsn) == ("1s", "1s")  # connected and wrote: no "permission denied to set parameter"
+    told = [r.getMessage() for r in caplog.records if "deadlock_timeout" in r.getMessage()]
+    assert len(told) == 1 and "GRANT SET ON PARAMETER deadlock_timeout TO codx" in told[0], told
+    assert "CODX_JUNIOR_DB_PG_DEADLOCK_TIMEOUT_MS" in told[0]
+
+
+def test_a_grant_on_the_parameter_is_enough(server: Server) -> None:
+    _, dsn = server.new_database()
+    server.sql("GRANT SET ON PARAMETER deadlock_timeout TO codx")
+    try:
+        assert _in_force(dsn) == ("100ms", "100ms")
+    finally:
+        server.sql("REVOKE SET ON PARAMETER deadlock_timeout FROM codx")
+
+
+def test_a_shorter_timeout_the_server_already_gives_is_kept(server: Server) -> None:
+    name, dsn = server.new_database(user="postgres")
+    server.sql(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '40ms'")
+    assert _in_force(dsn) == ("40ms", "40ms")
+
+
+@pytest.mark.parametrize("value", ["-1", "60001", "soon"])
+def test_a_bad_value_is_refused_by_name(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODX_JUNIOR_DB_PG_DEADLOCK_TIMEOUT_MS", value)
+    with pytest.raises(ConfigurationError) as caught:
+        CodxJuniorGlobalSettings.load(_env_file=None)
+    assert "CODX_JUNIOR_DB_PG_DEADLOCK_TIMEOUT_MS" in str(caught.value)
