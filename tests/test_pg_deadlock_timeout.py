@@ -28,6 +28,7 @@ from db.database import Database
 from db.errors import ConfigurationError
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
+from tests.conftest import run_cli_in_process
 from tests.test_crash import PrivatePostgres, start_private_postgres
 
 pytestmark = pytest.mark.postgres
@@ -120,6 +121,27 @@ def test_a_shorter_timeout_the_server_already_gives_is_kept(server: Server) -> N
     name, dsn = server.new_database(user="postgres")
     server.sql(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '40ms'")
     assert _in_force(dsn) == ("40ms", "40ms")
+
+
+@pytest.mark.parametrize(
+    ("user", "shown"),
+    [
+        ("postgres", "100ms (set by codx-db; the server's: 1000ms)"),
+        ("codx", "1000ms (the server's: role codx may not set it)"),
+    ],
+    ids=["superuser", "no-right"],
+)
+def test_info_says_which_deadlock_timeout_the_sessions_got(server: Server, user: str, shown: str) -> None:
+    _, dsn = server.new_database(user=user)
+    settings = CodxJuniorGlobalSettings.load(_env_file=None, db_backend="postgres", db_dsn=dsn)
+    database = Database(settings)
+    try:
+        UserDB(database).create(username="alice", email=None)  # the database exists: info opens it
+    finally:
+        database.close()
+    info = run_cli_in_process(settings, "info")
+    assert info.returncode == 0, info.stderr
+    assert f"pg_deadlock_timeout: {shown}" in info.stdout, info.stdout
 
 
 @pytest.mark.parametrize("value", ["-1", "60001", "soon"])

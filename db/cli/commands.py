@@ -91,18 +91,21 @@ def cmd_info(session: Session, args: argparse.Namespace) -> InfoReport:
     )
 
 
-def _connection_budget(settings: CodxJuniorGlobalSettings) -> dict[str, int | None]:
-    """PostgreSQL: the pool size, the sessions one process may open, what the server allows (read at open)."""
+def _connection_budget(settings: CodxJuniorGlobalSettings) -> dict[str, Any]:
+    """PostgreSQL: the pool size, the sessions one process may open, what the server allows and
+    the sessions' deadlock_timeout (both read at open)."""
     if settings.kind != "postgres" or settings.db_dsn is None:
         return {}
-    from db.pg.connect import SESSIONS_PER_UNIT, known_budget  # lazy backend
+    from db.pg.connect import SESSIONS_PER_UNIT, known_budget, known_deadlock_timeout  # lazy backend
     from db.pg.dsn import keyword_dsn
 
-    budget = known_budget(keyword_dsn(settings.db_dsn.get_secret_value()))
+    dsn = keyword_dsn(settings.db_dsn.get_secret_value())
+    budget = known_budget(dsn)
     return {
         "pool_size": settings.db_pool_size,
         "pg_connections_per_process": SESSIONS_PER_UNIT * settings.db_pool_size,
         "pg_connections_allowed": budget.allowed if budget is not None else None,
+        "pg_deadlock_timeout": known_deadlock_timeout(dsn),
     }
 
 

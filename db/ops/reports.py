@@ -260,11 +260,14 @@ class InfoReport(Report):
     pool_size: int | None = None
     pg_connections_per_process: int | None = None
     pg_connections_allowed: int | None = None
+    # PostgreSQL only, once opened: deadlock_timeout of RelStorage's sessions and who set it.
+    pg_deadlock_timeout: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form; the optional fields only when set, so other outputs stay as they were."""
         data = super().to_dict()
-        for key in ("temp_tablespace", "pool_size", "pg_connections_per_process", "pg_connections_allowed"):
+        optional = ("temp_tablespace", "pool_size", "pg_connections_per_process", "pg_connections_allowed")
+        for key in (*optional, "pg_deadlock_timeout"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

@@ -100,6 +100,22 @@ def known_budget(dsn: str | None) -> ConnectionBudget | None:
         return _budgets.get(mask_dsn(dsn)) if dsn is not None else None
 
 
+# DSN (masked) -> the deadlock_timeout RelStorage's sessions got at its last open (check_server),
+# said for ``codx-db info``: e.g. "100ms (set by codx-db; the server's: 1000ms)".
+_deadlock_timeouts: dict[str, str] = {}
+
+
+def remember_deadlock_timeout(dsn: str, description: str) -> None:
+    with _budgets_lock:
+        _deadlock_timeouts[mask_dsn(dsn)] = description
+
+
+def known_deadlock_timeout(dsn: str | None) -> str | None:
+    """How ``deadlock_timeout`` was left when ``dsn`` was last opened in this process, if it was."""
+    with _budgets_lock:
+        return _deadlock_timeouts.get(mask_dsn(dsn)) if dsn is not None else None
+
+
 def web_workers() -> int | None:
     """uvicorn/gunicorn's worker count when the environment says it (``WEB_CONCURRENCY``)."""
     try:

@@ -21,6 +21,7 @@ from db.pg.connect import (
     ConnectionBudget,
     connect,
     remember_budget,
+    remember_deadlock_timeout,
     unavailable_on_connect_error,
     unit_errors,
     web_workers,
@@ -193,9 +194,15 @@ def check_server(
         budget = ConnectionBudget(row[3], row[4], row[5], row[6], pool_size)
         remember_budget(dsn, budget)
         _warn_over_budget(dsn, budget)
-    if wanted and not may_set:
+    if wanted and may_set:
+        remember_deadlock_timeout(dsn, f"{deadlock_timeout_ms}ms (set by codx-db; the server's: {server_timeout}ms)")
+        return ServerCheck(deadlock_timeout_ms)
+    if wanted:
+        remember_deadlock_timeout(dsn, f"{server_timeout}ms (the server's: role {role} may not set it)")
         _tell_deadlock_timeout_kept(dsn, role, server_timeout, deadlock_timeout_ms)
-    return ServerCheck(deadlock_timeout_ms if wanted and may_set else None)
+    elif server_timeout is not None:
+        remember_deadlock_timeout(dsn, f"{server_timeout}ms (the server's)")
+    return ServerCheck(None)
 
 
 def _tell_deadlock_timeout_kept(dsn: str, role: str, server_ms: int, wanted_ms: int) -> None:
