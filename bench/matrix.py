@@ -268,13 +268,14 @@ def _check_round(name: str, dsn: str, opts: dict[str, Any], found: list[dict[str
 
 
 def _merge_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every round's check as one: ok if each is; the first failing round's figures, else the last's."""
+    """Every round's check as one: ok if each is; the figures of one round (the first failing one,
+    else the last), so count, expected and missing agree; totals over the rounds beside them."""
     shown = next((c for c in checks if not c["ok"]), checks[-1])
     return {
         **shown,
         "ok": all(c["ok"] for c in checks),
-        "missing": sum(c["missing"] for c in checks),
-        "failed_present": sum(c["failed_present"] for c in checks),
+        "missing_all_rounds": sum(c["missing"] for c in checks),
+        "failed_present_all_rounds": sum(c["failed_present"] for c in checks),
         "rounds": len(checks),
     }
 

@@ -198,8 +198,12 @@ def create_database(admin_dsn: str, label: str, template: str | None = None) -> 
     try:
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"{source}')
-            for setting, value in database_settings().items():
-                cur.execute(f'ALTER DATABASE "{name}" SET {setting} = %s', (value,))
+            try:
+                for setting, value in database_settings().items():
+                    cur.execute(f'ALTER DATABASE "{name}" SET {setting} = %s', (value,))
+            except Exception:
+                cur.execute(f'DROP DATABASE "{name}"')  # a setting refused: leave nothing behind
+                raise
     finally:
         conn.close()
     return make_dsn(admin_dsn, dbname=name)

@@ -48,7 +48,8 @@ def _backends(dsn: str) -> list[int]:
     try:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"  # not an autovacuum worker of the fresh tables
             )
             return [row[0] for row in cur.fetchall()]
     finally:
@@ -87,8 +88,12 @@ def _run(dsn: str, rows: int, tag: str, seconds: float) -> dict[str, Any]:
     results = SPAWN.Queue()
     process = SPAWN.Process(target=_worker, args=(dsn, rows, tag, seconds, results))
     process.start()
-    found: dict[str, Any] = results.get(timeout=seconds + 120)
-    process.join(timeout=60)
+    try:
+        found: dict[str, Any] = results.get(timeout=seconds + 120)
+        process.join(timeout=60)
+    finally:
+        if process.is_alive():
+            process.kill()
     if process.exitcode != 0:
         raise RuntimeError(f"the writer exited with {process.exitcode}")
     return found

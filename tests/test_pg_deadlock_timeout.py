@@ -22,7 +22,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import pytest
-from psycopg2.extensions import make_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from db.database import Database
 from db.errors import ConfigurationError
@@ -66,17 +66,17 @@ def server() -> Iterator[Server]:
         private.destroy()
 
 
-def _show(conn: Any) -> str:
+def _show(conn: Any, name: str = "deadlock_timeout") -> str:
     with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
-        cur.execute("SHOW deadlock_timeout")
+        cur.execute(f"SHOW {name}")
         row = cur.fetchone()
     if not conn.autocommit:
         conn.rollback()
     return str(row[0])
 
 
-def _in_force(dsn: str, **settings: Any) -> tuple[str, str]:
-    """``deadlock_timeout`` in the load and the store session RelStorage opened for a write."""
+def _in_force(dsn: str, name: str = "deadlock_timeout", **settings: Any) -> tuple[str, str]:
+    """Setting ``name`` in the load and the store session RelStorage opened for a write."""
     database = Database(CodxJuniorGlobalSettings.load(_env_file=None, db_backend="postgres", db_dsn=dsn, **settings))
     try:
         UserDB(database).create(username=f"u{uuid.uuid4().hex[:8]}", email=None)
@@ -84,7 +84,7 @@ def _in_force(dsn: str, **settings: Any) -> tuple[str, str]:
             storage = uow.connection._storage
             load = storage._load_connection.connection
             store = storage._store_connection_pool._connections[-1].connection
-            return _show(load), _show(store)
+            return _show(load, name), _show(store, name)
     finally:
         database.close()
 
@@ -110,6 +110,11 @@ def test_a_role_without_the_right_keeps_the_server_value_and_is_told_how(
 
 def test_a_grant_on_the_parameter_is_enough(server: Server) -> None:
     _, dsn = server.new_database()
+    admin = psycopg2.connect(server.server.admin_dsn)
+    version = admin.server_version
+    admin.close()
+    if version < 150000:
+        pytest.skip("GRANT SET ON PARAMETER is PostgreSQL 15+")
     server.sql("GRANT SET ON PARAMETER deadlock_timeout TO codx")
     try:
         assert _in_force(dsn) == ("100ms", "100ms")
@@ -121,6 +126,39 @@ def test_a_shorter_timeout_the_server_already_gives_is_kept(server: Server) -> N
     name, dsn = server.new_database(user="postgres")
     server.sql(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '40ms'")
     assert _in_force(dsn) == ("40ms", "40ms")
+
+
+def test_a_deadlock_timeout_in_the_dsn_options_is_left_alone(server: Server) -> None:
+    _, dsn = server.new_database(user="postgres")
+    assert _in_force(make_dsn(dsn, options="-c deadlock_timeout=2s")) == ("2s", "2s")
+
+
+def test_options_from_pgoptions_still_reach_relstorage_sessions(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq reads PGOPTIONS only when the DSN has no options: adding ours must not drop them.
+    _, dsn = server.new_database(user="postgres")
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=7MB")
+    assert _in_force(dsn, "work_mem") == ("7MB", "7MB")
+    assert _in_force(dsn) == ("100ms", "100ms")
+
+
+def test_relstorage_dsn_merges_every_setting_into_the_options() -> None:
+    from db.pg.storage import relstorage_dsn
+
+    settings = CodxJuniorGlobalSettings.load(
+        _env_file=None, db_backend="postgres", db_dsn="dbname=codx", db_pg_temp_tablespace="codx_tmp"
+    )
+    both = "-c temp_tablespaces=codx_tmp -c deadlock_timeout=100ms"
+    assert parse_dsn(relstorage_dsn(settings, "dbname=codx", 100))["options"] == both
+    # The options libpq really sent (PGOPTIONS here) come first when the DSN has none ...
+    resolved = relstorage_dsn(settings, "dbname=codx", 100, "-c work_mem=7MB")
+    assert parse_dsn(resolved)["options"] == f"-c work_mem=7MB {both}"
+    # ... and the DSN's own win when it has some (libpq then never read PGOPTIONS).
+    own = relstorage_dsn(settings, "dbname=codx options='-c work_mem=1MB'", 100, "-c work_mem=1MB")
+    assert parse_dsn(own)["options"] == f"-c work_mem=1MB {both}"
+    plain = settings.with_overrides(db_pg_temp_tablespace=None)
+    assert relstorage_dsn(plain, "dbname=codx", None, "-c work_mem=7MB") == "dbname=codx"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg2.extensions import make_dsn, parse_dsn
 from relstorage.adapters import postgresql
 from relstorage.options import Options
 from relstorage.storage import RelStorage
@@ -71,7 +72,7 @@ def open_relstorage(settings: CodxJuniorGlobalSettings, dsn: str) -> IStorage:
             settings.db_pool_size,
             settings.db_pg_deadlock_timeout_ms,
         )
-        session_dsn = relstorage_dsn(settings, dsn, found.deadlock_timeout_ms)
+        session_dsn = relstorage_dsn(settings, dsn, found.deadlock_timeout_ms, found.options)
         # Looked up at call time, as RelStorage's own ZConfig factory does (a subclass may be patched in).
         adapter = postgresql.PostgreSQLAdapter(dsn=session_dsn, options=options)
         prepare_adapter(adapter, settings)
@@ -94,7 +95,12 @@ def prepare_adapter(adapter: Any, settings: CodxJuniorGlobalSettings) -> None:
     forks.track_connections(adapter)
 
 
-def relstorage_dsn(settings: CodxJuniorGlobalSettings, dsn: str, deadlock_timeout_ms: int | None = None) -> str:
+def relstorage_dsn(
+    settings: CodxJuniorGlobalSettings,
+    dsn: str,
+    deadlock_timeout_ms: int | None = None,
+    resolved_options: str | None = None,
+) -> str:
     """The DSN RelStorage's own sessions use: ``dsn`` plus the server settings codx-db asks for.
 
     They go in libpq's startup options, so they cost no statement and are in force from the
@@ -102,16 +108,25 @@ def relstorage_dsn(settings: CodxJuniorGlobalSettings, dsn: str, deadlock_timeou
     its temp tables) and ``deadlock_timeout_ms`` (what ``check_server`` found this role may set)
     as ``deadlock_timeout``. A superuser-only setting the role may not set would make the server
     refuse the connection: hence the check first.
+
+    ``resolved_options``: the options libpq really sent for ``dsn`` (``check_server`` reads them),
+    which may come from ``PGOPTIONS`` or a service file: libpq reads those only when the DSN has
+    no ``options`` of its own, so they are carried over before ours are added.
     """
     server: dict[str, str] = {}
     if settings.db_pg_temp_tablespace is not None:
         server["temp_tablespaces"] = settings.db_pg_temp_tablespace
     if deadlock_timeout_ms is not None:
         server["deadlock_timeout"] = f"{deadlock_timeout_ms}ms"
-    return with_server_settings(dsn, **server) if server else dsn
+    if not server:
+        return dsn
+    if resolved_options and not parse_dsn(dsn).get("options"):
+        dsn = make_dsn(dsn, options=resolved_options)
+    return with_server_settings(dsn, **server)
 
 
-# One statement, one round trip: what the schema holds, what the temp tablespace allows and the
+# One statement, one round trip (a second only for a non-superuser on PostgreSQL 15+ whose
+# deadlock_timeout codx-db would shorten: may it?): what the schema holds, what the temp tablespace allows and the
 # connection budget. The database's own default tablespace needs no CREATE privilege for temp
 # tables (PostgreSQL skips the check for it, see PrepareTempTablespaces), so it counts as usable.
 # reserved_connections exists from PostgreSQL 16 on (missing_ok: NULL before).
@@ -129,11 +144,12 @@ SELECT ARRAY(
        (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
        (SELECT datconnlimit FROM pg_database WHERE datname = current_database()),
        (SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'),
-       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+       (SELECT rolsuper FROM pg_roles WHERE rolname = session_user),
        current_setting('server_version_num')::int
 """
-# PostgreSQL 15 lets a superuser grant the right to set a superuser-only parameter.
-_MAY_SET_DEADLOCK_TIMEOUT = "SELECT has_parameter_privilege('deadlock_timeout', 'SET')"
+# PostgreSQL 15 lets a superuser grant the right to set a superuser-only parameter. Startup
+# options are checked against the login role (session_user), not a role SET ROLE switched to.
+_MAY_SET_DEADLOCK_TIMEOUT = "SELECT has_parameter_privilege(session_user, 'deadlock_timeout', 'SET')"
 # Budgets already warned about in this process: one warning, not one per reopen.
 _warned: set[tuple[str, ConnectionBudget, int | None]] = set()
 _told_deadlock: set[tuple[str, str, int]] = set()
@@ -145,6 +161,7 @@ class ServerCheck:
     """What ``check_server`` found that the sessions RelStorage opens should carry."""
 
     deadlock_timeout_ms: int | None  # set it on RelStorage's sessions (None: keep the server's)
+    options: str | None = None  # libpq's options as sent (from the DSN, PGOPTIONS or a service file)
 
 
 def check_server(
@@ -179,7 +196,9 @@ def check_server(
             row = cur.fetchone()
             assert row is not None  # a SELECT without FROM returns one row
             server_timeout, superuser, version = row[7], bool(row[8]), row[9]
-            wanted = 0 < deadlock_timeout_ms < (server_timeout or 0)
+            options = conn.info.dsn_parameters.get("options") or None
+            # A deadlock_timeout the operator put in the options is theirs: leave it.
+            wanted = 0 < deadlock_timeout_ms < (server_timeout or 0) and "deadlock_timeout" not in (options or "")
             may_set = superuser
             if wanted and not superuser and version >= 150000:
                 cur.execute(_MAY_SET_DEADLOCK_TIMEOUT)
@@ -196,13 +215,14 @@ def check_server(
         _warn_over_budget(dsn, budget)
     if wanted and may_set:
         remember_deadlock_timeout(dsn, f"{deadlock_timeout_ms}ms (set by codx-db; the server's: {server_timeout}ms)")
-        return ServerCheck(deadlock_timeout_ms)
+        return ServerCheck(deadlock_timeout_ms, options)
     if wanted:
         remember_deadlock_timeout(dsn, f"{server_timeout}ms (the server's: role {role} may not set it)")
         _tell_deadlock_timeout_kept(dsn, role, server_timeout, deadlock_timeout_ms)
     elif server_timeout is not None:
-        remember_deadlock_timeout(dsn, f"{server_timeout}ms (the server's)")
-    return ServerCheck(None)
+        source = "the connection options'" if "deadlock_timeout" in (options or "") else "the server's"
+        remember_deadlock_timeout(dsn, f"{server_timeout}ms ({source})")
+    return ServerCheck(None, options)
 
 
 def _tell_deadlock_timeout_kept(dsn: str, role: str, server_ms: int, wanted_ms: int) -> None:

@@ -77,7 +77,7 @@ TRUNCATE = "TRUNCATE temp_store, temp_store_replacements;"
 # or sooner once this many rows were copied in since the last one (2,000 rows of 1 KB deleted one
 # transaction at a time leave temp_store at ~2 MB: PostgreSQL reuses little of that space, and
 # every statement reading temp_store walks the dead rows). 1,000 rows (a truncation every ~150
-# creates) took 5-10% less PostgreSQL CPU per create than 5,000, and 300 no less than 1,000
+# creates) took 3-9% less PostgreSQL CPU per create than 5,000 (three sweeps), and 300 no less than 1,000
 # (bench/README.md "Temp-table truncation interval", ``python -m bench.truncate_sweep``).
 TRUNCATE_EVERY = 1000
 TRUNCATE_ROWS = 1000
