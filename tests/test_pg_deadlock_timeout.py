@@ -29,37 +29,17 @@ from db.errors import ConfigurationError
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from tests.conftest import run_cli_in_process
-from tests.test_crash import PrivatePostgres, start_private_postgres
+from tests.test_crash import start_private_postgres
+from tests.test_pg_budget import BudgetServer
 
 pytestmark = pytest.mark.postgres
 
 
-class Server:
-    """A private server with a non-superuser role ``codx`` (no grant on any parameter yet)."""
-
-    def __init__(self, server: PrivatePostgres) -> None:
-        self.server = server
-
-    def sql(self, statement: str, dbname: str = "postgres") -> None:
-        conn = psycopg2.connect(make_dsn(self.server.admin_dsn, dbname=dbname))
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement)
-        finally:
-            conn.close()
-
-    def new_database(self, user: str = "codx") -> tuple[str, str]:
-        name = f"codx_dl_{uuid.uuid4().hex[:10]}"
-        self.sql(f'CREATE DATABASE "{name}" OWNER codx')
-        return name, make_dsn(self.server.admin_dsn, dbname=name, user=user)
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+def server() -> Iterator[BudgetServer]:
     private = start_private_postgres()
     try:
-        found = Server(private)
+        found = BudgetServer(private)  # its helpers, on a server with the default connection limit
         found.sql("CREATE ROLE codx LOGIN")
         yield found
     finally:
@@ -89,8 +69,8 @@ def _in_force(dsn: str, name: str = "deadlock_timeout", **settings: Any) -> tupl
         database.close()
 
 
-def test_a_superuser_gets_the_short_timeout_on_relstorage_sessions(server: Server) -> None:
-    _, dsn = server.new_database(user="postgres")
+def test_a_superuser_gets_the_short_timeout_on_relstorage_sessions(server: BudgetServer) -> None:
+    _, dsn = server.new_database(role="postgres")
     assert _in_force(dsn) == ("100ms", "100ms")
     assert _in_force(dsn, db_pg_deadlock_timeout_ms=250) == ("250ms", "250ms")
     # 0: the server's own value.
@@ -98,7 +78,7 @@ def test_a_superuser_gets_the_short_timeout_on_relstorage_sessions(server: Serve
 
 
 def test_a_role_without_the_right_keeps_the_server_value_and_is_told_how(
-    server: Server, caplog: pytest.LogCaptureFixture
+    server: BudgetServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, dsn = server.new_database()
     with caplog.at_level(logging.INFO, logger="db.pg.storage"):
@@ -108,7 +88,7 @@ def test_a_role_without_the_right_keeps_the_server_value_and_is_told_how(
     assert "CODX_JUNIOR_DB_PG_DEADLOCK_TIMEOUT_MS" in told[0]
 
 
-def test_a_grant_on_the_parameter_is_enough(server: Server) -> None:
+def test_a_grant_on_the_parameter_is_enough(server: BudgetServer) -> None:
     _, dsn = server.new_database()
     admin = psycopg2.connect(server.server.admin_dsn)
     version = admin.server_version
@@ -122,22 +102,22 @@ def test_a_grant_on_the_parameter_is_enough(server: Server) -> None:
         server.sql("REVOKE SET ON PARAMETER deadlock_timeout FROM codx")
 
 
-def test_a_shorter_timeout_the_server_already_gives_is_kept(server: Server) -> None:
-    name, dsn = server.new_database(user="postgres")
+def test_a_shorter_timeout_the_server_already_gives_is_kept(server: BudgetServer) -> None:
+    name, dsn = server.new_database(role="postgres")
     server.sql(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '40ms'")
     assert _in_force(dsn) == ("40ms", "40ms")
 
 
-def test_a_deadlock_timeout_in_the_dsn_options_is_left_alone(server: Server) -> None:
-    _, dsn = server.new_database(user="postgres")
+def test_a_deadlock_timeout_in_the_dsn_options_is_left_alone(server: BudgetServer) -> None:
+    _, dsn = server.new_database(role="postgres")
     assert _in_force(make_dsn(dsn, options="-c deadlock_timeout=2s")) == ("2s", "2s")
 
 
 def test_options_from_pgoptions_still_reach_relstorage_sessions(
-    server: Server, monkeypatch: pytest.MonkeyPatch
+    server: BudgetServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # libpq reads PGOPTIONS only when the DSN has no options: adding ours must not drop them.
-    _, dsn = server.new_database(user="postgres")
+    _, dsn = server.new_database(role="postgres")
     monkeypatch.setenv("PGOPTIONS", "-c work_mem=7MB")
     assert _in_force(dsn, "work_mem") == ("7MB", "7MB")
     assert _in_force(dsn) == ("100ms", "100ms")
@@ -169,8 +149,8 @@ def test_relstorage_dsn_merges_every_setting_into_the_options() -> None:
     ],
     ids=["superuser", "no-right"],
 )
-def test_info_says_which_deadlock_timeout_the_sessions_got(server: Server, user: str, shown: str) -> None:
-    _, dsn = server.new_database(user=user)
+def test_info_says_which_deadlock_timeout_the_sessions_got(server: BudgetServer, user: str, shown: str) -> None:
+    _, dsn = server.new_database(role=user)
     settings = CodxJuniorGlobalSettings.load(_env_file=None, db_backend="postgres", db_dsn=dsn)
     database = Database(settings)
     try:
