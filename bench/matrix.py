@@ -251,35 +251,6 @@ def _rate(found: list[dict[str, Any]]) -> float:
     return float(sum(f["created"] / f["elapsed"] for f in found if f["elapsed"] > 0))
 
 
-def _check_round(name: str, dsn: str, opts: dict[str, Any], found: list[dict[str, Any]], seeded: int) -> dict[str, Any]:
-    """In a fresh process, what one round's writers were told against its database (a copy of the seed)."""
-    acknowledged: list[str] = []
-    failed: list[str] = []
-    for f in found:
-        for base, attempted, failed_indexes in f["writers"]:
-            gone = set(failed_indexes)
-            acknowledged += [user(i).username for i in range(base, base + attempted) if i not in gone]
-            failed += [user(i).username for i in failed_indexes]
-    check = in_child(matrix_store.check, name, dsn, opts, acknowledged, failed)
-    check["acknowledged"] = len(acknowledged)
-    check["expected"] = seeded + len(acknowledged) + check["failed_present"]
-    check["ok"] = check["missing"] == 0 and check["count"] == check["expected"] and check["consistency_ok"] is not False
-    return check
-
-
-def _merge_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every round's check as one: ok if each is; the figures of one round (the first failing one,
-    else the last), so count, expected and missing agree; totals over the rounds beside them."""
-    shown = next((c for c in checks if not c["ok"]), checks[-1])
-    return {
-        **shown,
-        "ok": all(c["ok"] for c in checks),
-        "missing_all_rounds": sum(c["missing"] for c in checks),
-        "failed_present_all_rounds": sum(c["failed_present"] for c in checks),
-        "rounds": len(checks),
-    }
-
-
 def _cell(
     cell: tuple[int, int], rounds_found: list[list[dict[str, Any]]], checks: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -328,7 +299,7 @@ def _cell(
         "batch_mean": requests / batches if have_batches and batches else None,
         "pool_warnings": pool_warnings,
         "close_errors": close_errors,
-        "check": _merge_checks(checks),
+        "check": matrix_store.merge_checks(checks),
     }
 
 
@@ -353,7 +324,7 @@ class _SystemRun:
             with pg.fresh_database(admin_dsn, f"{name}-round", template=self.seed_dsn) as dsn:
                 found = _round(name, dsn, opts, *cell, config.seconds, number * config.rounds + r)
                 self.rounds[cell].append(found)
-                self.checks[cell].append(_check_round(name, dsn, opts, found, self.seeded))
+                self.checks[cell].append(matrix_store.check_round(name, dsn, opts, found, self.seeded))
             if r == config.rounds - 1:
                 self.done[cell] = _cell(cell, self.rounds[cell], self.checks[cell])
         except Exception as exc:  # noqa: BLE001 - one failing cell must not hide the others

@@ -177,14 +177,14 @@ def test_an_ordinary_commit_is_one_round_trip_and_not_hidden(pg_dsn: str) -> Non
 
 
 def test_a_cell_fails_when_any_round_fails_its_check() -> None:
-    from bench.matrix import _merge_checks
+    from bench.matrix_store import merge_checks
 
     good = {"ok": True, "missing": 0, "count": 510, "expected": 510, "failed_present": 0, "acknowledged": 10}
     bad = {"ok": False, "missing": 2, "count": 505, "expected": 507, "failed_present": 1, "acknowledged": 6}
-    merged = _merge_checks([good, bad, good])
+    merged = merge_checks([good, bad, good])
     assert merged["ok"] is False and merged["rounds"] == 3
     # The failing round's own figures, which agree with each other; totals beside them.
     assert (merged["missing"], merged["count"], merged["expected"], merged["failed_present"]) == (2, 505, 507, 1)
     assert (merged["missing_all_rounds"], merged["failed_present_all_rounds"]) == (2, 1)
     totals = {"missing_all_rounds": 0, "failed_present_all_rounds": 0}
-    assert _merge_checks([good, good]) == {**good, **totals, "rounds": 2}
+    assert merge_checks([good, good]) == {**good, **totals, "rounds": 2}
