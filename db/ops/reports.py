@@ -266,8 +266,13 @@ class InfoReport(Report):
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form; the optional fields only when set, so other outputs stay as they were."""
         data = super().to_dict()
-        optional = ("temp_tablespace", "pool_size", "pg_connections_per_process", "pg_connections_allowed")
-        for key in (*optional, "pg_deadlock_timeout"):
+        for key in (
+            "temp_tablespace",
+            "pool_size",
+            "pg_connections_per_process",
+            "pg_connections_allowed",
+            "pg_deadlock_timeout",
+        ):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

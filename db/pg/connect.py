@@ -86,17 +86,17 @@ class ConnectionBudget:
 # DSN (password masked: no secret kept) -> the budget its last open read (check_server): a full
 # server can no longer be asked.
 _budgets: dict[str, ConnectionBudget] = {}
-_budgets_lock = threading.Lock()
+_seen_lock = threading.Lock()
 
 
 def remember_budget(dsn: str, budget: ConnectionBudget) -> None:
-    with _budgets_lock:
+    with _seen_lock:
         _budgets[mask_dsn(dsn)] = budget
 
 
 def known_budget(dsn: str | None) -> ConnectionBudget | None:
     """The budget read when ``dsn`` was last opened in this process, if it was."""
-    with _budgets_lock:
+    with _seen_lock:
         return _budgets.get(mask_dsn(dsn)) if dsn is not None else None
 
 
@@ -106,13 +106,13 @@ _deadlock_timeouts: dict[str, str] = {}
 
 
 def remember_deadlock_timeout(dsn: str, description: str) -> None:
-    with _budgets_lock:
+    with _seen_lock:
         _deadlock_timeouts[mask_dsn(dsn)] = description
 
 
 def known_deadlock_timeout(dsn: str | None) -> str | None:
     """How ``deadlock_timeout`` was left when ``dsn`` was last opened in this process, if it was."""
-    with _budgets_lock:
+    with _seen_lock:
         return _deadlock_timeouts.get(mask_dsn(dsn)) if dsn is not None else None
 
 

@@ -125,9 +125,9 @@ def relstorage_dsn(
     return with_server_settings(dsn, **server)
 
 
-# One statement, one round trip (a second only for a non-superuser on PostgreSQL 15+ whose
-# deadlock_timeout codx-db would shorten: may it?): what the schema holds, what the temp tablespace allows and the
-# connection budget. The database's own default tablespace needs no CREATE privilege for temp
+# One statement, one round trip (a second only when a non-superuser on PostgreSQL 15+ would get a
+# shorter deadlock_timeout: may it set it?): what the schema holds, what the temp tablespace allows,
+# the connection budget and deadlock_timeout. The database's own default tablespace needs no CREATE privilege for temp
 # tables (PostgreSQL skips the check for it, see PrepareTempTablespaces), so it counts as usable.
 # reserved_connections exists from PostgreSQL 16 on (missing_ok: NULL before).
 _SERVER_CHECK = """
@@ -214,15 +214,15 @@ def check_server(
         remember_budget(dsn, budget)
         _warn_over_budget(dsn, budget)
     if wanted and may_set:
-        remember_deadlock_timeout(dsn, f"{deadlock_timeout_ms}ms (set by codx-db; the server's: {server_timeout}ms)")
-        return ServerCheck(deadlock_timeout_ms, options)
-    if wanted:
-        remember_deadlock_timeout(dsn, f"{server_timeout}ms (the server's: role {role} may not set it)")
+        shown = f"{deadlock_timeout_ms}ms (set by codx-db; the server's: {server_timeout}ms)"
+    elif wanted:
+        shown = f"{server_timeout}ms (the server's: role {role} may not set it)"
         _tell_deadlock_timeout_kept(dsn, role, server_timeout, deadlock_timeout_ms)
-    elif server_timeout is not None:
+    else:
         source = "the connection options'" if "deadlock_timeout" in (options or "") else "the server's"
-        remember_deadlock_timeout(dsn, f"{server_timeout}ms ({source})")
-    return ServerCheck(None, options)
+        shown = f"{server_timeout}ms ({source})"
+    remember_deadlock_timeout(dsn, shown)  # for `codx-db info`
+    return ServerCheck(deadlock_timeout_ms if wanted and may_set else None, options)
 
 
 def _tell_deadlock_timeout_kept(dsn: str, role: str, server_ms: int, wanted_ms: int) -> None:

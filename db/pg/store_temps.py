@@ -73,12 +73,9 @@ log = logging.getLogger(__name__)
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE;"
 CLEAN = "DELETE FROM temp_store;DELETE FROM temp_store_replacements;"
 TRUNCATE = "TRUNCATE temp_store, temp_store_replacements;"
-# One TRUNCATE (new empty files for the two tables and their indexes) per this many transactions,
-# or sooner once this many rows were copied in since the last one (2,000 rows of 1 KB deleted one
-# transaction at a time leave temp_store at ~2 MB: PostgreSQL reuses little of that space, and
-# every statement reading temp_store walks the dead rows). 1,000 rows (a truncation every ~150
-# creates) took 3-9% less PostgreSQL CPU per create than 5,000 (three sweeps), and 300 no less than 1,000
-# (bench/README.md "Temp-table truncation interval", ``python -m bench.truncate_sweep``).
+# One TRUNCATE (new files for the tables and indexes) per this many transactions, or once this many
+# rows were copied in since the last: every statement reading temp_store walks the dead rows, and
+# 1,000 took 3-9% less PostgreSQL CPU per create than 5,000 (python -m bench.truncate_sweep).
 TRUNCATE_EVERY = 1000
 TRUNCATE_ROWS = 1000
 _IDLE = getattr(psycopg2.extensions, "TRANSACTION_STATUS_IDLE", None)
