@@ -10,11 +10,11 @@ migrations/registry.py) and each package keeps its own generation in the databas
 """
 
 # The generation this code writes. Bump it together with a new evolveN.py module.
-GENERATION = 6
+GENERATION = 7
 
 # The oldest generation this code can still read correctly. A database below it must be
 # evolved before use (see the ``db_startup`` setting and ``codx-db migrate``).
-MINIMUM_GENERATION = 6
+MINIMUM_GENERATION = 7
 # Generation 1 is needed: without it every superuser would read as role "user".
 # Generation 2 is not: without the inactive index, list(active=...) loads users to filter.
 # Generation 3 is not: without the look-alike index, new usernames are checked only for
@@ -29,6 +29,8 @@ MINIMUM_GENERATION = 6
 # the swap. Keeping 5 would need every writer to mirror each change into the half-built copies
 # (and the copy to detect a key deleted after it read it); refusing generation 5 instead keeps
 # writers off the database until `codx-db migrate --apply` (or db_startup=minimum/evolve) ran it.
+# Generation 7 is too, for the same reason: its step copies the users index into partitions and
+# swaps it in at the end, and a create written to the old index during the copy would be lost.
 
 # Below the numbers: registering codx_db reads them from this (partly imported) module.
 import ZODB  # noqa: E402

@@ -5,8 +5,9 @@ bucket split rewrites the BTree node every other writer had read (``readCurrent`
 ``Length`` written by every create queued them all (docs/design/load.md §3.1). This step
 copies each index of the user container (``users``, ``by_username``, ``by_email``,
 ``by_skeleton``, ``by_github``, ``by_project``, ``inactive``, ``admins``) into an
-``IndexTree``/``IndexSet`` of db/users/indexes.py, entry by entry, in batches, and swaps them
-all in its last transaction; the old count moves into the first of ``COUNT_SHARDS`` shards.
+``IndexTree``/``IndexSet`` of db/users/indexes.py (``GENERATION6_CLASSES``; evolve7 then
+partitions ``users``), entry by entry, in batches, and swaps them all in its last transaction; the old count moves
+into the first of ``COUNT_SHARDS`` shards.
 The credential store's indexes (``tokens``, ``tokens_by_user``, ``token_expiry``, ``api_keys``,
 ``api_keys_by_user``: random digests, written at every login) are copied and swapped the same
 way, and each user's digest set becomes an ``IndexSet`` as its entry is copied.
@@ -29,12 +30,12 @@ from persistent.mapping import PersistentMapping
 from db.users.credentials import CREDENTIALS_KEY
 from db.users.indexes import (
     CREDENTIAL_INDEX_CLASSES,
-    INDEX_CLASSES,
     PER_USER_SET_INDEXES,
     IndexSet,
     copy_into,
     new_counts,
 )
+from db.users.layout import GENERATION6_CLASSES, INDEX_CLASSES
 from db.users.models import USERS_KEY
 
 if TYPE_CHECKING:
@@ -45,21 +46,25 @@ def evolve(context: EvolveContext) -> None:
     """Copy every index into its bigger-bucket class, swap them in, shard the count."""
     container = context.root[USERS_KEY]
     store = context.root.get(CREDENTIALS_KEY)  # absent on a database that never wrote a credential
-    user_todo = _copy_indexes(context, container, INDEX_CLASSES, ())
+    # An index already of its current class (the users index a generation-7 run partitioned,
+    # when this step runs again) is kept: copying it back would undo that step.
+    current = {name: type(getattr(container, name, None)) for name in GENERATION6_CLASSES}
+    classes = {name: cls for name, cls in GENERATION6_CLASSES.items() if current[name] is not INDEX_CLASSES[name]}
+    user_todo = copy_indexes(context, container, classes, ())
     credential_todo = (
-        {} if store is None else _copy_indexes(context, store, CREDENTIAL_INDEX_CLASSES, PER_USER_SET_INDEXES)
+        {} if store is None else copy_indexes(context, store, CREDENTIAL_INDEX_CLASSES, PER_USER_SET_INDEXES)
     )
     # The swap, committed with the generation stamp by the runner: readers never see a half copy.
-    _swap(container, user_todo)
+    swap_indexes(container, user_todo)
     if store is not None:
-        _swap(store, credential_todo)
+        swap_indexes(store, credential_todo)
     if container.counts is None:
         container.counts = new_counts(int(container.__dict__["length"]()))
         del container.__dict__["length"]
         container._p_changed = True
 
 
-def _copy_indexes(
+def copy_indexes(
     context: EvolveContext, holder: Any, classes: Mapping[str, type], set_valued: tuple[str, ...]
 ) -> dict[str, type]:
     """Copy each index of ``holder`` not yet of its class into ``holder.rebuilding``, in batches.
@@ -93,7 +98,7 @@ def _copy_sets(source: Any, target: Any, keys: list[Any]) -> None:
     target.update([(key, IndexSet(source[key])) for key in keys])
 
 
-def _swap(holder: Any, todo: Mapping[str, type]) -> None:
+def swap_indexes(holder: Any, todo: Mapping[str, type]) -> None:
     for name in todo:
         setattr(holder, name, holder.rebuilding[name])
     if "rebuilding" in holder.__dict__:

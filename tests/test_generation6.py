@@ -19,7 +19,8 @@ from db.models import USERS_KEY, User
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import open_storage
 from db.user_db import UserDB
-from db.users.indexes import COUNT_SHARDS, INDEX_CLASSES, INTERNAL_SIZE, LEAF_SIZE, IndexSet, IndexTree
+from db.users.indexes import COUNT_SHARDS, INTERNAL_SIZE, LEAF_SIZE, IndexSet, IndexTree
+from db.users.layout import INDEX_CLASSES
 from migrations import runner
 from migrations.registry import GENERATION_KEY, GENERATIONS_KEY
 from tests.conftest import BACKENDS, ROOT, make_settings, settings_env
@@ -102,16 +103,16 @@ def test_evolve6_copies_every_index_into_the_new_classes(
     stored = before["count"]  # the fixture's users and ours
     assert stored == len(before["entries"]["users"]) and stored > POPULATION
     with pytest.raises(GenerationError, match="migrate --apply"):
-        Database(settings).open()  # refused below the minimum (6)
+        Database(settings).open()  # refused below the minimum (7)
 
     messages: list[str] = []
     with runner.open_for_migration(settings) as zodb:
         ran = runner.evolve(zodb, batch_size=500, progress=lambda message, done, total: messages.append(message))
-    assert [step.generation for step in ran] == [6]
+    assert [step.generation for step in ran] == [6, 7]  # 7 partitions the users index (test_generation7.py)
     assert any("copying the users index" in message for message in messages)
 
     after = snapshot(settings)
-    assert after["generation"] == migrations.GENERATION == 6
+    assert after["generation"] == migrations.GENERATION == 7
     assert after["classes"] == INDEX_CLASSES
     assert after["entries"] == before["entries"]
     assert after["count"] == before["count"]
@@ -144,7 +145,7 @@ def test_evolve6_twice_changes_nothing(tmp_path: Path, request: pytest.FixtureRe
         with zodb.transaction() as conn:  # as if interrupted before the stamp: run the step again
             conn.root()[GENERATION_KEY] = 5
             conn.root()[GENERATIONS_KEY]["codx_db"] = 5
-        assert [step.generation for step in runner.evolve(zodb, batch_size=700)] == [6]
+        assert [step.generation for step in runner.evolve(zodb, batch_size=700)] == [6, 7]
     again = snapshot(settings)
     # The same index objects and count shards (not copies), holding the same entries.
     assert again == first
@@ -162,13 +163,15 @@ def test_a_fresh_database_has_the_new_layout_with_small_internal_nodes(
 
         def layout(uow: Any) -> tuple[dict[str, type], list[int], list[type]]:
             container = uow.root[USERS_KEY]
-            sizes, bucket = [], container.by_username._firstbucket
+            # Generation 7 keeps the users index as a tree per id prefix: one process, one partition.
+            (tree,) = container.users.parts.values()
+            sizes, bucket = [], tree._firstbucket
             while bucket is not None:
                 sizes.append(len(bucket))
                 bucket = bucket._next
             # The root's children: BTree nodes, not buckets, once there are more buckets than
             # INTERNAL_SIZE (BTrees' default keeps up to 250 buckets under the root).
-            children = list(container.by_username.__getstate__()[0][::2])
+            children = list(tree.__getstate__()[0][::2])
             return {name: type(getattr(container, name)) for name in INDEX_CLASSES}, sizes, [type(c) for c in children]
 
         classes, sizes, children = database.run(layout)
@@ -235,7 +238,7 @@ def test_check_warns_about_an_old_class_index_and_finds_a_damaged_new_one(
     database = Database(make_settings("memory", request, tmp_path))
     try:
         users = UserDB(database)
-        for name in ("alice", "bob", "carol"):
+        for name in ("alice", "bob", "carol", "alan", "alma"):
             users.create(username=name, role="admin" if name == "bob" else "user")
         with database.transaction() as uow:
             container = uow.root[USERS_KEY]
@@ -246,7 +249,7 @@ def test_check_warns_about_an_old_class_index_and_finds_a_damaged_new_one(
         assert "admins" in report.warnings[0].message
 
         with database.transaction() as uow:
-            tree = uow.root[USERS_KEY].by_username
+            tree = uow.root[USERS_KEY].by_username.parts["al"]  # generation 7: a tree per name prefix
             assert isinstance(tree, IndexTree) and not isinstance(uow.root[USERS_KEY].inactive, OOBTree)
             bucket = tree._firstbucket
             (state, *rest) = bucket.__getstate__()
@@ -266,7 +269,7 @@ def test_a_dry_run_of_evolve6_writes_nothing(tmp_path: Path, request: pytest.Fix
     before = snapshot(settings)
     size = settings.db_file_path.stat().st_size
     with runner.open_for_migration(settings) as zodb:
-        assert [step.generation for step in runner.evolve(zodb, dry_run=True, batch_size=500)] == [6]
+        assert [step.generation for step in runner.evolve(zodb, dry_run=True, batch_size=500)] == [6, 7]
     assert snapshot(settings) == before
     assert settings.db_file_path.stat().st_size == size
 
@@ -283,4 +286,4 @@ def test_startup_minimum_evolves_a_generation5_database_at_open(tmp_path: Path, 
     finally:
         database.close()
     after = snapshot(settings)
-    assert after["generation"] == 6 and after["classes"] == INDEX_CLASSES
+    assert after["generation"] == 7 and after["classes"] == INDEX_CLASSES

@@ -35,12 +35,16 @@ from db.users.models import USERS_KEY
 def open_db():
     return Database(CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=sys.argv[1]))
 
-OTHER = (
+# The other process stands for one long-lived worker: the same id prefix in every run (a new
+# process would add its own partition of the users index each time, a change every process reads
+# once; a worker does that at its first create only, done in "warm-other" below).
+SAME_WORKER = "import os; from db.users import repository; repository._id_prefix = (os.getpid(), '5a5a'); "
+OTHER = SAME_WORKER + (
     "import sys; from db.database import Database; from db.settings import CodxJuniorGlobalSettings; "
     "from db.user_db import UserDB; d = Database(CodxJuniorGlobalSettings.load(db_backend='postgres', "
     "db_dsn=sys.argv[1])); UserDB(d).create(username=sys.argv[2], email=sys.argv[2] + '@example.com'); d.close()"
 )
-MANY = (
+MANY = SAME_WORKER + (
     "import sys; from db.database import Database; from db.settings import CodxJuniorGlobalSettings; "
     "from db.user_db import UserDB; d = Database(CodxJuniorGlobalSettings.load(db_backend='postgres', "
     "db_dsn=sys.argv[1])); UserDB(d).import_users({'username': f'{sys.argv[2]}{i:02d}', "
@@ -52,6 +56,7 @@ users = UserDB(here)
 users.import_users({"username": f"seed{i:04d}", "email": f"seed{i:04d}@example.com"} for i in range(900))
 for i in range(0, 900, 7):
     users.get(f"seed{i:04d}")  # this process caches the indexes
+subprocess.run([sys.executable, "-c", other, sys.argv[1], "warm-other"], check=True)
 users.create(username="warm", email="warm@example.com")
 loads = []
 for n in range(6):
@@ -68,7 +73,10 @@ for n in range(6):
     loads.append(sum(t.trips for t in trips if "load_current" in t.what or "WHERE zoid = ANY" in t.what))
 
 def levels(tree):
-    # Levels of internal nodes from the root down to the buckets (the tree object is the first).
+    # Levels of internal nodes from the root down to the buckets (the tree object is the first);
+    # a partitioned index (generation 7): its deepest partition.
+    if hasattr(tree, "parts"):
+        return max(levels(part) for part in tree.parts.values())
     count, node = 0, tree
     while type(node) is type(tree):
         state = node.__getstate__()

@@ -25,7 +25,9 @@ from db.ops.check_lookups import check_layout, check_lookup_indexes, sync_lookup
 from db.ops.check_skeleton import check_skeleton, sync_skeleton
 from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
 from db.users.indexes import IndexSet, IndexTree, check_index
+from db.users.layout import PARTITIONED
 from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.users.partitioned import PartitionedTree, partition_of
 from migrations.runner import read_generation
 
 # The generation that added ``UserContainer.inactive``; below it the set may be absent.
@@ -125,8 +127,15 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
     through BTrees' conflict resolution, and one touching the same key conflicts and the
     repair is retried. A swapped-in tree would silently drop the concurrent writer's entry.
     """
+    # Misplaced keys first: the syncs below look keys up, and a lookup never finds one of them.
+    fixed = [
+        line
+        for name in PARTITIONED
+        if isinstance(index := getattr(container, name), PartitionedTree)
+        for line in index.rehome(name)
+    ]
     users = list(container.users.values())
-    fixed = _sync_index("username", container.by_username, {username_key(u.username): u for u in users})
+    fixed += _sync_index("username", container.by_username, {username_key(u.username): u for u in users})
     fixed += _sync_index("email", container.by_email, {email_key(u.email): u for u in users if u.email})
     if container.inactive is not None:
         wanted = {username_key(u.username) for u in users if not u.is_active}
@@ -175,7 +184,17 @@ def _check_structure(name: str, tree: Any, problems: list[Problem]) -> None:
     from BTrees.check import check as check_btree
 
     try:
-        if isinstance(tree, IndexTree | IndexSet):
+        if isinstance(tree, PartitionedTree):
+            tree._check()
+            for partition, key in tree.misplaced():
+                problems.append(
+                    Problem(
+                        code="index-wrong-partition",
+                        message=f"the {name} index holds {key!r} in partition {partition!r}, not "
+                        f"{partition_of(key)!r}: a lookup does not find it",
+                    )
+                )
+        elif isinstance(tree, IndexTree | IndexSet):
             check_index(tree)  # BTrees' checker knows only its own exact types, not these subclasses
         else:
             check_btree(tree)

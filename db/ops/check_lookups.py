@@ -10,13 +10,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from db.ops.reports import Problem, describe_user
-from db.users.indexes import INDEX_CLASSES, IndexSet
+from db.users.indexes import IndexSet
+from db.users.layout import GENERATION6_CLASSES, INDEX_CLASSES
 from db.users.models import User, UserContainer, github_key, project_ids
 
 # The generation that added the GitHub, project and admin indexes (codx-junior lookups).
 LOOKUP_INDEX_GENERATION = 5
 # The generation that made the indexes IndexTree/IndexSet and sharded the count.
 LAYOUT_GENERATION = 6
+# The generation that put the users index in partitions (an IndexTree is expected at 6).
+PARTITION_GENERATION = 7
 
 CheckStructure = Callable[[str, Any, list[Problem]], None]
 
@@ -99,14 +102,16 @@ def check_lookup_indexes(
 
 
 def check_layout(container: UserContainer, generation: int | None, warnings: list[Problem]) -> None:
-    """Warn about an index of a class older than generation 6 (it works; concurrent writers conflict more).
+    """Warn about an index of a class older than its generation's (it works; concurrent writers conflict more).
 
     Both classes hold the same entries and answer alike, so this is a warning, not a problem:
-    only the bucket size differs. Below generation 6 the old classes are expected.
+    only the layout differs. Below generation 6 the old classes are expected; at 6 the users
+    index is one ``IndexTree``, from 7 a ``PartitionedTree``.
     """
     if generation is None or generation < LAYOUT_GENERATION:
         return
-    for name, cls in INDEX_CLASSES.items():
+    expected = GENERATION6_CLASSES if generation < PARTITION_GENERATION else INDEX_CLASSES
+    for name, cls in expected.items():
         index = getattr(container, name)
         if index is not None and type(index) is not cls:
             warnings.append(

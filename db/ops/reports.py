@@ -26,6 +26,7 @@ MAX_JSON_LISTED = 1000
 # Problems that ``repair`` fixes by rebuilding the indexes and the count from the users.
 REPAIRABLE = frozenset(
     {
+        "index-wrong-partition",
         "github-dangling",
         "github-wrong-key",
         "github-unindexed",

@@ -1,4 +1,5 @@
-"""Index classes with small internal nodes, and the user count split into shards (generation 6).
+"""Index classes with small internal nodes, the user count split into shards (generation 6), and
+the users-by-id index in partitions (generation 7).
 
 Why (docs/design/load.md §1 items 4-6, §3.1): every insert ``readCurrent``s the internal
 nodes of the BTree it descends, and a bucket split rewrites its parent node. With BTrees'
@@ -58,18 +59,6 @@ class IndexSet(OOTreeSet):  # type: ignore[misc]
     max_leaf_size = LEAF_SIZE
     max_internal_size = INTERNAL_SIZE
 
-
-# The container attributes generation 6 rebuilds into these classes, with the class of each.
-INDEX_CLASSES: dict[str, type] = {
-    "users": IndexTree,
-    "by_username": IndexTree,
-    "by_email": IndexTree,
-    "by_skeleton": IndexTree,
-    "by_github": IndexTree,
-    "by_project": IndexTree,
-    "inactive": IndexSet,
-    "admins": IndexSet,
-}
 
 # The credential store's indexes (db/users/credentials.py ``CredentialStore``), rebuilt the same way.
 CREDENTIAL_INDEX_CLASSES: dict[str, type] = {

@@ -24,6 +24,7 @@ from BTrees.OOBTree import OOBTree, OOTreeSet
 from persistent import Persistent
 
 from db.users.indexes import IndexSet, IndexTree, ShardedLength, new_counts
+from db.users.partitioned import PartitionedTree
 from db.users.unicode_policy import skeleton
 
 USERS_KEY = "codx_db.users"
@@ -153,7 +154,7 @@ class UserContainer(Persistent):
     # (one user, except for look-alikes stored before generation 3: they keep their names).
     # New names must not join an existing entry. None until generation 3 creates it; writers
     # keep it up to date from the moment it exists.
-    by_skeleton: OOBTree | None = None
+    by_skeleton: PartitionedTree | None = None
     # Generation 5 (codx-junior lookups); None until evolve5 creates them, kept up to date by
     # writers from the moment they exist:
     # ``github_key(login)`` -> User (unique; look-alike logins of GitHub are the same login);
@@ -166,13 +167,14 @@ class UserContainer(Persistent):
     counts: tuple[Length, ...] | None = None
 
     def __init__(self) -> None:
-        self.users: OOBTree = IndexTree()  # id -> User
-        self.by_username: OOBTree = IndexTree()  # username_key -> User (sorted listing)
-        self.by_email: OOBTree = IndexTree()  # email_key -> User
+        # Generation 7: the id and name indexes in partitions by key prefix (db/users/partitioned.py).
+        self.users: PartitionedTree = PartitionedTree()  # id -> User
+        self.by_username: PartitionedTree = PartitionedTree()  # username_key -> User (sorted listing)
+        self.by_email: PartitionedTree = PartitionedTree()  # email_key -> User
         self.counts = new_counts()
         self.inactive = IndexSet()
         self.inactive_complete = True
-        self.by_skeleton = IndexTree()
+        self.by_skeleton = PartitionedTree()
         self.by_github = IndexTree()
         self.by_project = IndexTree()
         self.admins = IndexSet()

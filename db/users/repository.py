@@ -7,6 +7,7 @@ live in one place. Nothing here commits: the caller's unit of work does.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import time
@@ -19,6 +20,7 @@ from db.users.indexes import buckets_for, process_shard
 from db.users.indexes import prefetch as prefetch_ghosts  # add()'s own `prefetch` is a flag
 from db.users.models import USERS_KEY, User, UserContainer, email_key, github_key, username_key, username_skeleton
 from db.users.normalize import email_for_lookup
+from db.users.partitioned import PartitionedTree
 from db.users.schemas import UserCreate, projects_to_tuple
 
 
@@ -116,6 +118,8 @@ def prefetch_buckets(
         wanted.append((users.users, user_id))
     if github:
         wanted.append((users.by_github, github_key(github)))
+    # A partitioned index (generation 7): descend the key's partition (None until its first key).
+    wanted = [(tree.part(key) if isinstance(tree, PartitionedTree) else tree, key) for tree, key in wanted]
     objects = buckets_for(wanted)
     if user_id is not None and users.counts is not None:
         objects.append(users.counts[process_shard()])
@@ -166,16 +170,31 @@ def check_unique_all(users: UserContainer, keys: Iterable[tuple[str, str | None,
             raise UserAlreadyExists(exc.field, exc.value, where=f"records[{index}]", like=exc.like) from None
 
 
-_ID_SALT = secrets.randbits(16)
+_ID_SALT = secrets.token_bytes(8)
+_id_prefix: tuple[int, str] = (-1, "")  # (pid, prefix) of the process that computed it
+
+
+def process_id_prefix() -> str:
+    """4 hex digits naming this process in its new ids: a hash of a per-import salt and the pid.
+
+    Hashed, not ``salt ^ pid``: processes forked from one parent share the salt and have nearby
+    pids, which differ in the low bits only; the ``users`` index partitions ids by their first two
+    digits (``partitioned.PREFIX_LENGTH``), so those processes would all write one partition.
+    """
+    global _id_prefix
+    pid = os.getpid()
+    if _id_prefix[0] != pid:
+        digest = hashlib.blake2b(pid.to_bytes(8, "little"), digest_size=2, key=_ID_SALT).hexdigest()
+        _id_prefix = (pid, digest)
+    return _id_prefix[1]
 
 
 def new_user_id() -> str:
     """32 hex digits: a per-process prefix, the creation time in microseconds, 56 random bits.
 
     Within a process ids grow with time, so a batch of creates lands in a few buckets of the
-    ``users`` BTree instead of one per user (a random uuid4 scatters them). The per-process
-    prefix keeps two processes creating at once in different buckets, where their inserts do
-    not conflict (one shared "last bucket" would).
+    ``users`` index instead of one per user (a random uuid4 scatters them). The per-process
+    prefix puts each process in its own partition of that index (generation 7), where its
+    inserts and bucket splits do not conflict with another process's.
     """
-    prefix = (_ID_SALT ^ os.getpid()) & 0xFFFF
-    return f"{prefix:04x}{time.time_ns() // 1000:014x}{secrets.randbits(56):014x}"
+    return f"{process_id_prefix()}{time.time_ns() // 1000:014x}{secrets.randbits(56):014x}"
