@@ -38,3 +38,9 @@ def write_contention(exc: TransientError, attempts: int, seconds: float) -> Writ
         oid=oid_repr(oid) if isinstance(oid, bytes) else None,
         class_name=class_name if isinstance(class_name, str) else None,
     )
+
+
+def conflict_where(exc: TransientError) -> str:
+    """ " on oid 0x..." for a conflict that names its object (ZODB's do), else "": for the retry log."""
+    oid = getattr(exc, "oid", None)
+    return f" on oid {oid_repr(oid)}" if isinstance(oid, bytes) else ""

@@ -26,7 +26,7 @@ from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
 
 from db import forks
-from db.contention import pool_exhausted, write_contention
+from db.contention import conflict_where, pool_exhausted, write_contention
 from db.errors import StorageInUse
 from db.group_commit import GroupCommitStats, queue_for
 from db.settings import CodxJuniorGlobalSettings
@@ -285,7 +285,8 @@ class Database:
                 now = time.monotonic()
                 if attempt > retries and now >= deadline:
                     raise write_contention(exc, attempt, now - started) from exc
-                log.debug("retrying unit of work after %s (attempt %d)", type(exc).__name__, attempt)
+                name, where = type(exc).__name__, conflict_where(exc)  # where: the object, if named
+                log.debug("retrying unit of work after %s (attempt %d)%s", name, attempt, where)
                 # Jittered exponential backoff (up to 10 ms, then 20, 40... capped at 0.5 s) so
                 # writers that conflicted do not collide again in lockstep; no sleep past the deadline
                 # once the retries are spent.

@@ -124,6 +124,20 @@ def test_the_truncate_sweep_prints_a_row_per_value(pg_server: PostgresServer) ->
     assert truncations[1] > truncations[0], rows
 
 
+def test_the_conflicts_run_names_what_concurrent_creates_met(pg_server: PostgresServer) -> None:
+    result = _run(
+        "bench.conflicts",
+        "--processes", "1,2", "--seconds", "1", "--rounds", "1", "--population", "200",
+        "--pg-dsn", pg_server.admin_dsn,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| 1 |")]
+    assert [row[2].strip() for row in rows] == ["1", "2"], result.stdout
+    single = rows[0]
+    assert int(single[3]) > 0 and float(single[4]) > 0  # creates/s, client CPU per create
+    assert float(single[7]) == 0.0 and single[8].strip() == "-"  # one process: nothing to conflict with
+
+
 # RelStorage's commit, as a plain psycopg2 client sends it (relstorage/adapters/postgresql/
 # adapter.py): the move and COMMIT in one message, then conn.commit() to resync psycopg2.
 _MOVE_AND_COMMIT = "SELECT set_config('rs.tid', '1', false); COMMIT; SELECT current_setting('rs.tid')"

@@ -23,7 +23,7 @@ import psycopg2
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from ZODB.utils import u64
+from ZODB.utils import oid_repr, u64
 
 from db.database import Database, UnitOfWork
 from db.errors import DatabaseTimeout, WriteContention
@@ -328,4 +328,34 @@ def test_an_object_lock_wait_past_the_commit_lock_timeout_is_database_timeout(pg
         assert users.update("alice", full_name="after").full_name == "after"
     finally:
         blocker.close()
+        database.close()
+
+
+@pytest.mark.parametrize("backend", ["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_retry_names_the_object_it_conflicted_on(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry log names the oid of a ZODB conflict (bench/conflicts.py counts retries by index with it)."""
+    database = Database(make_settings(backend, request, tmp_path))
+    try:
+        users = UserDB(database)
+        alice = users.create(username="alice")
+        attempts: list[bytes] = []
+
+        def rename(uow: UnitOfWork) -> None:
+            user = uow.root[USERS_KEY].users[alice.id]
+            user.full_name = f"attempt {len(attempts) + 1}"
+            attempts.append(user._p_oid)
+            if len(attempts) == 1:  # another thread changes the same user first: this commit conflicts
+                other = threading.Thread(target=users.update, args=("alice",), kwargs={"full_name": "meanwhile"})
+                other.start()
+                other.join()
+
+        with caplog.at_level(logging.DEBUG, logger="db.database"):
+            database.run(rename)
+        retried = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying unit of work")]
+        assert len(attempts) == 2 and len(retried) == 1, retried
+        assert retried[0].endswith(f"(attempt 1) on oid {oid_repr(attempts[0])}"), retried
+        assert users.get("alice").full_name == "attempt 2"
+    finally:
         database.close()
