@@ -119,9 +119,19 @@ def _label_oids(dsn: str) -> dict[str, str]:
     try:
         with database.transaction() as uow:
             container = uow.root[USERS_KEY]
-            for name in ("users", "by_username", "by_email", "by_skeleton"):
-                index = getattr(container, name)
+            for name in (
+                "users",
+                "by_username",
+                "by_email",
+                "by_skeleton",
+                "by_github",
+                "by_project",
+                "inactive",
+                "admins",
+            ):
+                index = getattr(container, name, None)
                 if isinstance(index, PartitionedTree):
+                    labels[oid_repr(index._p_oid)] = f"{name} (partitioned)"
                     walk(index.parts, f"{name} parts")
                     for part in index.parts.values():
                         walk(part, name)

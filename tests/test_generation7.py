@@ -16,7 +16,7 @@ import migrations
 from db.check import check, repair
 from db.database import Database
 from db.errors import GenerationError, UserNotFound
-from db.models import USERS_KEY
+from db.models import USERS_KEY, User
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import open_storage
 from db.user_db import UserDB
@@ -178,6 +178,9 @@ def test_partitioned_tree_answers_like_one_ordered_tree() -> None:
     assert len({partition_of(key) for key in keys if key[:1] == "日"}) == 1  # 64 CJK characters share one
     assert tree.misplaced() == [] and tree.rehome("test") == []
     tree._check()
+    mapped = PartitionedTree()
+    mapped.update({"ab": 1, "cd": 2})  # a mapping, as OOBTree.update takes one: its items, not its keys
+    assert list(mapped.items()) == [("ab", 1), ("cd", 2)]
     parts = len(tree.parts)
     tree.clear()
     assert not tree and len(tree) == 0 and list(tree) == [] and len(tree.parts) == parts
@@ -272,3 +275,40 @@ def test_a_split_in_one_partition_does_not_fail_a_commit_in_another(
             final._check()
     finally:
         zodb.close()
+
+
+def test_repair_drops_second_entries_in_wrong_partitions_and_leaves_two_users_under_one_id(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    database = Database(make_settings("memory", request, tmp_path))
+    try:
+        users = UserDB(database)
+        bob = users.create(username="bob")
+        carol = users.create(username="carol")
+        with database.transaction() as uow:
+            container = uow.root[USERS_KEY]
+            stray = container.by_username.parts["ca"] = IndexTree()
+            stray["bob"] = container.by_username["bob"]  # bob twice: in "bo" and in "ca"
+            stray["bobby"] = container.users[bob.id]  # a dangling key, misplaced too
+            same = container.users[carol.id]
+            wrong = "zz" if not carol.id.startswith("zz") else "yy"
+            container.users.parts[wrong] = IndexTree({carol.id: same})  # carol twice, the same object
+        report = check(database)
+        assert {p.code for p in report.problems} >= {"index-wrong-partition"}
+        assert all(p.repairable for p in report.problems), report.problems
+        result = repair(database)
+        assert result.ok, result.after.problems
+        assert any("dropped a second entry for 'bob'" in line for line in result.fixed)
+        assert users.count() == 2 and [u.username for u in users.list()] == ["bob", "carol"]
+
+        with database.transaction() as uow:  # now two different users under carol's id
+            container = uow.root[USERS_KEY]
+            impostor = User(id=carol.id, username="carol")
+            container.users.parts[wrong] = IndexTree({carol.id: impostor})
+        report = check(database)
+        assert "users-id-twice" in [p.code for p in report.problems if not p.repairable]
+        result = repair(database)
+        assert not result.repaired and not result.ok  # left for a person: nothing written
+        assert users.count() == 2
+    finally:
+        database.close()

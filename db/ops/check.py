@@ -27,7 +27,7 @@ from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
 from db.users.indexes import IndexSet, IndexTree, check_index
 from db.users.layout import PARTITIONED
 from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key
-from db.users.partitioned import PartitionedTree, partition_of
+from db.users.partitioned import PartitionedTree
 from migrations.runner import read_generation
 
 # The generation that added ``UserContainer.inactive``; below it the set may be absent.
@@ -132,7 +132,7 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
         line
         for name in PARTITIONED
         if isinstance(index := getattr(container, name), PartitionedTree)
-        for line in index.rehome(name)
+        for line in index.rehome(name, derived=name != "users")  # the others are rebuilt from users below
     ]
     users = list(container.users.values())
     fixed += _sync_index("username", container.by_username, {username_key(u.username): u for u in users})
@@ -187,12 +187,12 @@ def _check_structure(name: str, tree: Any, problems: list[Problem]) -> None:
         if isinstance(tree, PartitionedTree):
             tree._check()
             for partition, key in tree.misplaced():
+                if name == "users" and tree.doubled(partition, key):  # two users, one id: for a person
+                    code, why = "users-id-twice", "and another user under the same id in its own"
+                else:
+                    code, why = "index-wrong-partition", "where a lookup does not find it"
                 problems.append(
-                    Problem(
-                        code="index-wrong-partition",
-                        message=f"the {name} index holds {key!r} in partition {partition!r}, not "
-                        f"{partition_of(key)!r}: a lookup does not find it",
-                    )
+                    Problem(code=code, message=f"the {name} index holds {key!r} in partition {partition!r}, {why}")
                 )
         elif isinstance(tree, IndexTree | IndexSet):
             check_index(tree)  # BTrees' checker knows only its own exact types, not these subclasses

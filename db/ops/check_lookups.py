@@ -18,7 +18,7 @@ from db.users.models import User, UserContainer, github_key, project_ids
 LOOKUP_INDEX_GENERATION = 5
 # The generation that made the indexes IndexTree/IndexSet and sharded the count.
 LAYOUT_GENERATION = 6
-# The generation that put the users index in partitions (an IndexTree is expected at 6).
+# The generation that put the id and name indexes in partitions (IndexTrees are expected at 6).
 PARTITION_GENERATION = 7
 
 CheckStructure = Callable[[str, Any, list[Problem]], None]

@@ -1,5 +1,6 @@
-"""Index classes with small internal nodes, the user count split into shards (generation 6), and
-the users-by-id index in partitions (generation 7).
+"""Index classes with small internal nodes and the user count split into shards (generation 6).
+
+Generation 7 keeps the id and name indexes as one such tree per key prefix (db/users/partitioned.py).
 
 Why (docs/design/load.md §1 items 4-6, §3.1): every insert ``readCurrent``s the internal
 nodes of the BTree it descends, and a bucket split rewrites its parent node. With BTrees'

@@ -21,7 +21,6 @@ INDEX_CLASSES: dict[str, type] = {
     "inactive": IndexSet,
     "admins": IndexSet,
 }
-# What generation 6 built (and evolve6 still builds): the same, with the users index one IndexTree.
 # The indexes generation 7 partitions.
 PARTITIONED = tuple(name for name, cls in INDEX_CLASSES.items() if cls is PartitionedTree)
 # What generation 6 built (and evolve6 still builds): every one of them an IndexTree.

@@ -29,7 +29,7 @@ Stored by its import path: ``db.users.partitioned.PartitionedTree`` must stay im
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from persistent import Persistent
@@ -114,10 +114,11 @@ class PartitionedTree(Persistent):  # type: ignore[misc]
             return default
         return tree.pop(key)
 
-    def update(self, items: Iterable[tuple[str, Any]]) -> None:
-        """Insert many pairs: grouped by partition, each group in one ``update`` of its tree."""
+    def update(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+        """Insert many pairs (or a mapping, as ``OOBTree.update``): grouped by partition, one ``update`` each."""
+        pairs_in = items.items() if isinstance(items, Mapping) else items
         groups: dict[str, list[tuple[str, Any]]] = {}
-        for key, value in items:
+        for key, value in pairs_in:
             if not isinstance(key, str):
                 raise TypeError(f"PartitionedTree keys are str, not {type(key).__name__}")
             groups.setdefault(partition_of(key), []).append((key, value))
@@ -160,12 +161,26 @@ class PartitionedTree(Persistent):  # type: ignore[misc]
         """(partition, key) for each key stored in a partition not its own: a lookup never finds it."""
         return [(name, key) for name, tree in self.parts.items() for key in tree if partition_of(key) != name]
 
-    def rehome(self, label: str) -> list[str]:
-        """Move each misplaced key into its own partition (``codx-db repair``); one line per move, naming ``label``."""
+    def doubled(self, name: str, key: str) -> bool:
+        """True when misplaced ``key`` (in partition ``name``) is also in its own partition, with another value."""
+        own = self.part(key)
+        return own is not None and key in own and own[key] is not self.parts[name][key]
+
+    def rehome(self, label: str, derived: bool = False) -> list[str]:
+        """Move each misplaced key into its own partition (``codx-db repair``); one line per change, naming ``label``.
+
+        A key also in its own partition: the misplaced copy is dropped when it holds the same
+        value, or when the index is ``derived`` (rebuilt from the users right after); otherwise
+        which one is right is for a person (``check`` reports it as not repairable).
+        """
         moved: list[str] = []
         for name, key in self.misplaced():
-            if key in self:  # its own partition has an entry too: which one is right is for a person
-                moved.append(f"{label}: {key!r} is in partition {name!r} and in its own: left as it is")
+            if key in self:
+                if derived or not self.doubled(name, key):
+                    del self.parts[name][key]
+                    moved.append(f"{label}: dropped a second entry for {key!r} from partition {name!r}")
+                else:
+                    moved.append(f"{label}: {key!r} is in partition {name!r} and in its own: left as it is")
                 continue
             self[key] = self.parts[name].pop(key)
             moved.append(f"{label}: moved {key!r} from partition {name!r} to {partition_of(key)!r}")
