@@ -29,7 +29,6 @@ from typing import Any
 
 from bench import pg
 from bench.procs import SPAWN, in_child
-from bench.truncate_sweep import _backend_cpu, _backends
 from bench.workload import user, users
 
 STRIDE = 10_000_000  # index range of one writer's users (bench.workload.user)
@@ -164,11 +163,11 @@ def run(dsns: list[str], processes: int, seconds: float, first_base: int) -> dic
     try:
         for _ in workers:
             ready.get(timeout=180)
-        backends = [pid for dsn in dict.fromkeys(dsns) for pid in _backends(dsn)]
-        server_before, stat_before = _backend_cpu(backends), _cpu_stat()
+        backends = [pid for dsn in dict.fromkeys(dsns) for pid in pg.backend_pids(dsn)]
+        server_before, stat_before = pg.backend_cpu(backends), _cpu_stat()
         go.set()
         found = [results.get(timeout=seconds + 180) for _ in workers]
-        server_after, stat_after = _backend_cpu(backends), _cpu_stat()
+        server_after, stat_after = pg.backend_cpu(backends), _cpu_stat()
         finish.set()
         for worker in workers:
             worker.join(timeout=60)

@@ -243,3 +243,33 @@ def fresh_database(admin_dsn: str, label: str, keep: bool = False, template: str
     finally:
         if not keep:
             drop_database(admin_dsn, dsn)
+
+
+def backend_cpu(pids: list[int]) -> float | None:
+    """User + system CPU seconds of these local processes so far; None if one cannot be read."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                head, _, tail = stat.read().rpartition(")")
+        except OSError:
+            return None  # a server in a container or on another host: its PIDs are not ours
+        if not head.endswith("(postgres"):
+            return None  # not a PostgreSQL backend of this machine (the same PID elsewhere)
+        fields = tail.split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def backend_pids(dsn: str) -> list[int]:
+    """PIDs of the client backends connected to ``dsn``'s database (writers' load and store sessions)."""
+    conn = connect(dsn, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"  # not an autovacuum worker of the fresh tables
+            )
+            return [row[0] for row in cur.fetchall()]
+    finally:
+        conn.close()

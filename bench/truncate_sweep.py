@@ -26,36 +26,6 @@ from bench import pg
 from bench.procs import SPAWN
 
 
-def _backend_cpu(pids: list[int]) -> float | None:
-    """User + system CPU seconds of these local processes so far; None if one cannot be read."""
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-                head, _, tail = stat.read().rpartition(")")
-        except OSError:
-            return None  # a server in a container or on another host: its PIDs are not ours
-        if not head.endswith("(postgres"):
-            return None  # not a PostgreSQL backend of this machine (the same PID elsewhere)
-        fields = tail.split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def _backends(dsn: str) -> list[int]:
-    """PIDs of every backend connected to ``dsn``'s database (the writer's load and store sessions)."""
-    conn = pg.connect(dsn, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND backend_type = 'client backend'"  # not an autovacuum worker of the fresh tables
-            )
-            return [row[0] for row in cur.fetchall()]
-    finally:
-        conn.close()
-
-
 def _worker(dsn: str, rows: int, tag: str, seconds: float, results: Any) -> None:
     from db.database import Database
     from db.pg import store_temps
@@ -67,15 +37,15 @@ def _worker(dsn: str, rows: int, tag: str, seconds: float, results: Any) -> None
     users = UserDB(database)
     try:
         users.create(username=f"{tag}x0")  # opens the load and store sessions before the clock
-        pids = _backends(dsn)
-        server_before, client_before = _backend_cpu(pids), time.process_time()
+        pids = pg.backend_pids(dsn)
+        server_before, client_before = pg.backend_cpu(pids), time.process_time()
         truncates_before, done, start = store_temps.Counters.truncates, 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             done += 1
             users.create(username=f"{tag}u{done}", email=f"{tag}u{done}@example.com")
         elapsed = time.perf_counter() - start
         client = time.process_time() - client_before
-        server_after = _backend_cpu(pids)
+        server_after = pg.backend_cpu(pids)
         server = None if server_before is None or server_after is None else server_after - server_before
         truncates = store_temps.Counters.truncates - truncates_before
         per_create = None if server is None else server / done
