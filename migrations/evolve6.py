@@ -6,8 +6,8 @@ bucket split rewrites the BTree node every other writer had read (``readCurrent`
 copies each index of the user container (``users``, ``by_username``, ``by_email``,
 ``by_skeleton``, ``by_github``, ``by_project``, ``inactive``, ``admins``) into an
 ``IndexTree``/``IndexSet`` of db/users/indexes.py (``GENERATION6_CLASSES``; evolve7 then
-partitions ``users``), entry by entry, in batches, and swaps them all in its last transaction; the old count moves
-into the first of ``COUNT_SHARDS`` shards.
+partitions the id and name indexes), entry by entry, in batches, and swaps them all in its last
+transaction; the old count moves into the first of ``COUNT_SHARDS`` shards.
 The credential store's indexes (``tokens``, ``tokens_by_user``, ``token_expiry``, ``api_keys``,
 ``api_keys_by_user``: random digests, written at every login) are copied and swapped the same
 way, and each user's digest set becomes an ``IndexSet`` as its entry is copied.
@@ -46,8 +46,8 @@ def evolve(context: EvolveContext) -> None:
     """Copy every index into its bigger-bucket class, swap them in, shard the count."""
     container = context.root[USERS_KEY]
     store = context.root.get(CREDENTIALS_KEY)  # absent on a database that never wrote a credential
-    # An index already of its current class (the users index a generation-7 run partitioned,
-    # when this step runs again) is kept: copying it back would undo that step.
+    # An index already of its current class (one a generation-7 run partitioned, when this step
+    # runs again) is kept: copying it back would undo that step.
     current = {name: type(getattr(container, name, None)) for name in GENERATION6_CLASSES}
     classes = {name: cls for name, cls in GENERATION6_CLASSES.items() if current[name] is not INDEX_CLASSES[name]}
     user_todo = copy_indexes(context, container, classes, ())

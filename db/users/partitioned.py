@@ -59,8 +59,8 @@ def partition_of(key: str) -> str:
 class PartitionedTree(Persistent):  # type: ignore[misc]
     """A ``str``-keyed mapping kept as one ``IndexTree`` per key prefix (``partition_of``), in ``parts``.
 
-    Answers the part of the ``OOBTree`` API codx-db uses (get, in, [], del, pop, update, len,
-    ordered keys/values/items with ``min``/``excludemin``). ``len`` walks the partitions' buckets,
+    Answers the part of the ``OOBTree`` API codx-db uses (get, in, [], del, pop, update, clear,
+    len, ordered keys/values/items with ``min``/``excludemin``). ``len`` walks the partitions' buckets,
     as ``len`` of a BTree does; the user count is the sharded ``Length`` (``UserContainer.length``).
     """
 
