@@ -10,7 +10,7 @@ migrations/registry.py) and each package keeps its own generation in the databas
 """
 
 # The generation this code writes. Bump it together with a new evolveN.py module.
-GENERATION = 7
+GENERATION = 8
 
 # The oldest generation this code can still read correctly. A database below it must be
 # evolved before use (see the ``db_startup`` setting and ``codx-db migrate``).
@@ -31,6 +31,8 @@ MINIMUM_GENERATION = 7
 # writers off the database until `codx-db migrate --apply` (or db_startup=minimum/evolve) ran it.
 # Generation 7 is too, for the same reason: its step copies the users index into partitions and
 # swaps it in at the end, and a create written to the old index during the copy would be lost.
+# Generation 8 is not: its name indexes hold user ids, and this code reads the ``User`` entries
+# stored before (``UserContainer.user_for``); its step rewrites them in place, key by key.
 
 # Below the numbers: registering codx_db reads them from this (partly imported) module.
 import ZODB  # noqa: E402

@@ -71,7 +71,12 @@ def _index_twice(c: UserContainer) -> None:
 
 
 def _dangling_username(c: UserContainer) -> None:
-    # A user object that is not (any more) in the users BTree: a half-done delete.
+    # The id of a user that is not (any more) in the users BTree: a half-done delete.
+    c.by_username["ghost"] = "ghost-id"
+
+
+def _dangling_username_object(c: UserContainer) -> None:
+    # The same in a generation-7 entry: a user object that is not in the users BTree.
     c.by_username["ghost"] = User(id="ghost-id", username="ghost")
 
 
@@ -81,9 +86,10 @@ def _drop_email(c: UserContainer) -> None:
 
 def _stale_email(c: UserContainer) -> None:
     # The index still holds the old address after the user's email changed.
-    alice = c.by_username["alice"]
+    alice = c.find_by_username("alice")
+    assert alice is not None
     alice.email = "new@example.com"
-    c.by_email["new@example.com"] = alice
+    c.by_email["new@example.com"] = alice.id
 
 
 def _email_of_user_without_email(c: UserContainer) -> None:
@@ -111,6 +117,7 @@ REPAIRABLE = [
     pytest.param(_move_username, {"username-wrong-key", "username-unindexed"}, id="username-wrong-key"),
     pytest.param(_index_twice, {"username-wrong-key", "username-indexed-twice"}, id="indexed-twice"),
     pytest.param(_dangling_username, {"username-dangling"}, id="username-dangling"),
+    pytest.param(_dangling_username_object, {"username-dangling"}, id="username-dangling-object"),
     pytest.param(_drop_email, {"email-unindexed"}, id="email-entry-missing"),
     pytest.param(_stale_email, {"email-wrong-key", "email-indexed-twice"}, id="email-stale"),
     pytest.param(_email_of_user_without_email, {"email-wrong-key"}, id="email-of-user-without-one"),
@@ -151,11 +158,14 @@ def _duplicate_username(c: UserContainer) -> None:
 
 
 def _duplicate_email(c: UserContainer) -> None:
-    c.by_username["bob"].email = "ALICE@example.com"
+    bob = c.find_by_username("bob")
+    assert bob is not None
+    bob.email = "ALICE@example.com"
 
 
 def _wrong_id(c: UserContainer) -> None:
-    bob = c.by_username["bob"]
+    bob = c.find_by_username("bob")
+    assert bob is not None
     del c.users[bob.id]
     c.users["not-bobs-id"] = bob
 

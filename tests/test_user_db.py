@@ -470,12 +470,12 @@ def test_fast_email_normalisation_matches_email_validator(address: str) -> None:
 
 
 def test_deep_offsets_walk_in_chunks_with_the_same_result(users: UserDB, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Deep offsets skip in chunks and let the cache shrink in between (db/models.py);
+    # Deep offsets skip in chunks and let the cache shrink in between (db/users/listing.py);
     # a tiny chunk makes every page below cross many chunk boundaries.
     users.import_users({"username": f"u{i:03d}", "is_active": i % 3 != 0} for i in range(200))
     expected = [f"u{i:03d}" for i in range(200)]
     active = [name for i, name in enumerate(expected) if i % 3 != 0]
-    monkeypatch.setattr("db.models._GC_EVERY", 7)
+    monkeypatch.setattr("db.users.listing._GC_EVERY", 7)
     for offset in (0, 6, 7, 8, 49, 150, 195, 199, 200):
         assert [u.username for u in users.list(offset=offset, limit=10)] == expected[offset : offset + 10]
         assert [u.username for u in users.list(offset=offset, limit=10, active=True)] == active[offset : offset + 10]

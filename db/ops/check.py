@@ -26,7 +26,7 @@ from db.ops.check_skeleton import check_skeleton, sync_skeleton
 from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
 from db.users.indexes import IndexSet, IndexTree, check_index
 from db.users.layout import PARTITIONED
-from db.users.models import USERS_KEY, User, UserContainer, email_key, username_key
+from db.users.models import USERS_KEY, User, UserContainer, email_key, stored_user, username_key
 from db.users.partitioned import PartitionedTree
 from migrations.runner import read_generation
 
@@ -36,6 +36,8 @@ INACTIVE_INDEX_GENERATION = 2
 # or half built by an interrupted migration (``migrate --apply`` finishes it).
 SKELETON_INDEX_GENERATION = 3
 MAX_WARNINGS = 100
+# Warnings about entries that work but that ``repair`` rewrites (in a database with no problem too).
+REWRITTEN_BY_REPAIR = frozenset({"index-user-entries"})
 
 
 def check(database: Database) -> CheckReport:
@@ -46,12 +48,16 @@ def check(database: Database) -> CheckReport:
 def repair(database: Database) -> RepairReport:
     """Rebuild the indexes and the count from the users when every problem is repairable.
 
+    Also run, with no problem, for ``REWRITTEN_BY_REPAIR`` warnings: name index entries that
+    hold a ``User`` at generation 8 (written by a process of older code) become ids.
+
     Runs as one unit of work (retried after a conflict), then checks again in a new one.
     """
 
     def run(uow: UnitOfWork) -> tuple[CheckReport, list[str]]:
         before = check_root(uow.root)
-        if not before.repairable:
+        rewrite = not before.problems and any(w.code in REWRITTEN_BY_REPAIR for w in before.warnings)
+        if not (before.repairable or rewrite):
             return before, []
         fixed = rebuild_indexes(uow.root[USERS_KEY])
         uow.note(f"codx-db: check --repair: {len(fixed)} fixes")
@@ -267,15 +273,14 @@ def _check_index(
     """
     stored = {user.id: user for user in users}
     entries_per_user: dict[str, int] = {}
-    for key, user in index.items():
-        user_id = getattr(user, "id", None)
-        # An id that is not a str is never a key of ``stored``: dangling too.
-        if not isinstance(user, User) or not isinstance(user_id, str) or stored.get(user_id) is not user:
+    for key, entry in index.items():
+        user = stored_user(entry, stored)
+        if user is None:
             problems.append(
                 Problem(code=f"{kind}-dangling", message=f"{kind} index entry {key!r} points to no stored user")
             )
             continue
-        entries_per_user[user_id] = entries_per_user.get(user_id, 0) + 1
+        entries_per_user[user.id] = entries_per_user.get(user.id, 0) + 1
         if key != key_of(user):
             problems.append(
                 Problem(
@@ -288,7 +293,7 @@ def _check_index(
         key = key_of(user)
         if key is None:
             continue
-        if index.get(key) is not user:
+        if stored_user(index.get(key), stored) is not user:
             problems.append(
                 Problem(
                     code=f"{kind}-unindexed",
@@ -348,7 +353,8 @@ def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:
         del index[key]
         fixed.append(f"{kind}: removed entry {key!r}")
     for key, user in wanted.items():
-        if index.get(key) is not user:
-            index[key] = user
+        # A ``User`` entry (stored before generation 8) becomes the user's id too.
+        if index.get(key) != user.id:
+            index[key] = user.id
             fixed.append(f"{kind}: entry {key!r} -> user {describe_user(user)}")
     return fixed

@@ -11,7 +11,7 @@ from typing import Any
 
 from db.ops.reports import Problem, describe_user
 from db.users.indexes import IndexSet
-from db.users.layout import GENERATION6_CLASSES, INDEX_CLASSES
+from db.users.layout import GENERATION6_CLASSES, INDEX_CLASSES, NAME_INDEXES
 from db.users.models import User, UserContainer, github_key, project_ids
 
 # The generation that added the GitHub, project and admin indexes (codx-junior lookups).
@@ -20,6 +20,8 @@ LOOKUP_INDEX_GENERATION = 5
 LAYOUT_GENERATION = 6
 # The generation that put the id and name indexes in partitions (IndexTrees are expected at 6).
 PARTITION_GENERATION = 7
+# The generation whose name indexes hold user ids (``User`` entries before: still read).
+IDS_GENERATION = 8
 
 CheckStructure = Callable[[str, Any, list[Problem]], None]
 
@@ -123,6 +125,21 @@ def check_layout(container: UserContainer, generation: int | None, warnings: lis
             )
     if container.counts is None:
         warnings.append(_problem("count-not-sharded", f"generation {generation} but the user count is not sharded"))
+    if generation < IDS_GENERATION:
+        return
+    for name in NAME_INDEXES:
+        index = getattr(container, name)
+        entries = () if index is None else index.values()
+        old = sum(isinstance(v, User) for entry in entries for v in (entry if isinstance(entry, tuple) else (entry,)))
+        if old:
+            warnings.append(
+                _problem(
+                    "index-user-entries",
+                    f"generation {generation} but {old} entries of the {name} index name a user object, not its id: "
+                    "they work, and a commit that rewrites their bucket pickles more; `codx-db check --repair` "
+                    "turns them into ids",
+                )
+            )
 
 
 def _github_groups(users: Iterable[User]) -> dict[str, list[User]]:

@@ -1,4 +1,4 @@
-"""``codx-db check`` for the look-alike (skeleton) index of usernames (generation 3).
+"""``codx-db check`` for the look-alike (skeleton) index of usernames (generation 3; user ids from 8).
 
 Kept apart from db/ops/check.py, like check_lookups.py and check_credentials.py; check.py decides
 whether the index should exist and checks its BTree structure, then calls these.
@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from db.ops.reports import Problem, describe_user
-from db.users.models import User, username_skeleton
+from db.users.models import User, entry_id, stored_user, username_skeleton
 
 
 def _wanted(users: Iterable[User]) -> dict[str, tuple[User, ...]]:
@@ -27,9 +27,9 @@ def check_skeleton(index: Any, users: list[User], problems: list[Problem], warni
     wanted = _wanted(users)
     for key, entry in index.items():
         members = entry if isinstance(entry, tuple) else (entry,)
-        for user in members:
-            user_id = getattr(user, "id", None)
-            if not isinstance(user, User) or not isinstance(user_id, str) or stored.get(user_id) is not user:
+        for member in members:
+            user = stored_user(member, stored)
+            if user is None:
                 problems.append(
                     Problem(code="skeleton-dangling", message=f"look-alike index entry {key!r} holds no stored user")
                 )
@@ -44,7 +44,7 @@ def check_skeleton(index: Any, users: list[User], problems: list[Problem], warni
     for key, group in wanted.items():
         entry = index.get(key, ())
         for user in group:
-            found = sum(1 for other in entry if other is user)
+            found = sum(1 for other in entry if entry_id(other) == user.id)
             if found == 0:
                 problems.append(
                     Problem(
@@ -83,7 +83,9 @@ def sync_skeleton(index: Any, users: list[User]) -> list[str]:
         fixed.append(f"skeleton: removed entry {key!r}")
     for key, group in wanted.items():
         entry = index.get(key, ())
-        if len(entry) != len(group) or any(user not in entry for user in group):
-            index[key] = group
+        # ``User`` members (stored before generation 8) become the users' ids too.
+        ids = tuple(user.id for user in group)
+        if len(entry) != len(ids) or set(entry) != set(ids):
+            index[key] = ids
             fixed.append(f"skeleton: entry {key!r} -> {', '.join(describe_user(user) for user in group)}")
     return fixed

@@ -3,6 +3,7 @@
 Generation 6 made every index an ``IndexTree``/``IndexSet`` (small internal nodes, db/users/indexes.py);
 generation 7 keeps the id and name indexes as ``PartitionedTree`` (a tree per key prefix,
 db/users/partitioned.py). The steps (migrations/evolve6.py, evolve7.py) copy an index into its class.
+Generation 8 keeps the classes; the name indexes' entries become user ids (migrations/evolve8.py).
 """
 
 from __future__ import annotations
@@ -25,3 +26,6 @@ INDEX_CLASSES: dict[str, type] = {
 PARTITIONED = tuple(name for name, cls in INDEX_CLASSES.items() if cls is PartitionedTree)
 # What generation 6 built (and evolve6 still builds): every one of them an IndexTree.
 GENERATION6_CLASSES: dict[str, type] = {**INDEX_CLASSES, **dict.fromkeys(PARTITIONED, IndexTree)}
+# The indexes whose entries name users (generation 8: by id; before, the ``User`` itself; the
+# look-alike index a tuple of them). ``by_github`` keeps ``User`` entries: no create writes it.
+NAME_INDEXES = ("by_username", "by_email", "by_skeleton")

@@ -12,10 +12,8 @@ These objects live in the database; they never leave a unit of work (callers get
 
 from __future__ import annotations
 
-import collections
-import itertools
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -58,6 +56,19 @@ def email_key(email: str) -> str:
 def github_key(login: str) -> str:
     """Index key of a GitHub login: trimmed, without a leading "@", case-folded (GitHub ignores case)."""
     return login.strip().removeprefix("@").casefold()
+
+
+def entry_id(value: Any) -> Any:
+    """The user id a name index entry holds: the entry itself (generation 8) or, before, its ``User``'s id."""
+    return value.id if isinstance(value, User) else value
+
+
+def stored_user(entry: Any, stored: Mapping[str, User]) -> User | None:
+    """The user of ``stored`` (by id) a name index entry names, or None: it names no stored user."""
+    if isinstance(entry, User):
+        user_id = getattr(entry, "id", None)
+        return entry if isinstance(user_id, str) and stored.get(user_id) is entry else None
+    return stored.get(entry) if isinstance(entry, str) else None
 
 
 def project_ids(user: User) -> frozenset[str]:
@@ -150,8 +161,8 @@ class UserContainer(Persistent):
     # True once the set holds every inactive user: generation 2 fills it in batches, and a
     # half-built set must not be used to filter (writers keep it up to date all along).
     inactive_complete: bool = False
-    # Generation 3: username skeleton -> tuple of the users whose names look alike under it
-    # (one user, except for look-alikes stored before generation 3: they keep their names).
+    # Generation 3: username skeleton -> tuple of the ids of the users whose names look alike
+    # under it (one, except for look-alikes stored before generation 3: they keep their names).
     # New names must not join an existing entry. None until generation 3 creates it; writers
     # keep it up to date from the moment it exists.
     by_skeleton: PartitionedTree | None = None
@@ -168,9 +179,14 @@ class UserContainer(Persistent):
 
     def __init__(self) -> None:
         # Generation 7: the id and name indexes in partitions by key prefix (db/users/partitioned.py).
+        # Generation 8: the name indexes hold user ids, not ``User`` references. Every commit
+        # re-pickles the buckets it changed, and ZODB's ``persistent_id`` runs in Python for each
+        # reference in them (a str is pickled in C): ~40% of a group commit's client time went to
+        # pickling, most of it there (bench/README.md "Name indexes hold ids"). ``user_for``
+        # reads both forms: entries stored before generation 8 name the ``User`` itself.
         self.users: PartitionedTree = PartitionedTree()  # id -> User
-        self.by_username: PartitionedTree = PartitionedTree()  # username_key -> User (sorted listing)
-        self.by_email: PartitionedTree = PartitionedTree()  # email_key -> User
+        self.by_username: PartitionedTree = PartitionedTree()  # username_key -> id (sorted listing)
+        self.by_email: PartitionedTree = PartitionedTree()  # email_key -> id
         self.counts = new_counts()
         self.inactive = IndexSet()
         self.inactive_complete = True
@@ -191,9 +207,9 @@ class UserContainer(Persistent):
     def add(self, user: User) -> None:
         """Insert a user the caller has checked is unique."""
         self.users[user.id] = user
-        self.by_username[username_key(user.username)] = user
+        self.by_username[username_key(user.username)] = user.id
         if user.email:
-            self.by_email[email_key(user.email)] = user
+            self.by_email[email_key(user.email)] = user.id
         if not user.is_active and self.inactive is not None:
             self.inactive.add(username_key(user.username))
         self.add_skeleton(user, username_skeleton(user.username))
@@ -243,7 +259,7 @@ class UserContainer(Persistent):
         old_ukey, new_ukey = username_key(old_username), username_key(user.username)
         if old_ukey != new_ukey:
             del self.by_username[old_ukey]
-            self.by_username[new_ukey] = user
+            self.by_username[new_ukey] = user.id
         if self.inactive is not None and (old_ukey != new_ukey or (old_ukey in self.inactive) == user.is_active):
             self.inactive.discard(old_ukey)
             if not user.is_active:
@@ -259,7 +275,7 @@ class UserContainer(Persistent):
             if old_ekey is not None:
                 self.by_email.pop(old_ekey, None)
             if new_ekey is not None:
-                self.by_email[new_ekey] = user
+                self.by_email[new_ekey] = user.id
 
     def _index_codx(self, user: User, *, github: str, projects: frozenset[str], admin: bool) -> None:
         """Add ``user`` under these generation-5 keys (each index a no-op before it exists)."""
@@ -307,16 +323,16 @@ class UserContainer(Persistent):
         if self.by_skeleton is None:
             return
         entry = self.by_skeleton.get(key, ())
-        if user not in entry:
-            self.by_skeleton[key] = (*entry, user)  # a new tuple: entries are never changed in place
+        if user.id not in map(entry_id, entry):
+            self.by_skeleton[key] = (*entry, user.id)  # a new tuple: entries are never changed in place
 
     def discard_skeleton(self, user: User, key: str) -> None:
         """Remove ``user`` from the look-alike entry ``key``; drop the entry when it empties."""
         if self.by_skeleton is None:
             return
         entry = self.by_skeleton.get(key, ())
-        if user in entry:
-            rest = tuple(other for other in entry if other is not user)
+        if user.id in map(entry_id, entry):
+            rest = tuple(other for other in entry if entry_id(other) != user.id)
             if rest:
                 self.by_skeleton[key] = rest
             else:
@@ -326,82 +342,26 @@ class UserContainer(Persistent):
         """A stored user (other than ``exclude``) whose username looks like ``username``, or None."""
         if self.by_skeleton is None:
             return None
-        for other in self.by_skeleton.get(username_skeleton(username), ()):
-            if other is not exclude:
-                return other  # type: ignore[no-any-return]
+        for value in self.by_skeleton.get(username_skeleton(username), ()):
+            other = self.user_for(value)
+            if other is not None and other is not exclude:
+                return other
         return None
 
     def find_by_username(self, username: str) -> User | None:
         """O(log n) lookup by username (case-insensitive)."""
-        user: User | None = self.by_username.get(username_key(username))
-        return user
+        return self.user_for(self.by_username.get(username_key(username)))
 
     def find_by_email(self, email: str) -> User | None:
         """O(log n) lookup by email (case-insensitive)."""
-        user: User | None = self.by_email.get(email_key(email))
+        return self.user_for(self.by_email.get(email_key(email)))
+
+    def user_for(self, value: Any) -> User | None:
+        """The user a name index entry names (None for None): an id, or the ``User`` itself before generation 8."""
+        if value is None or isinstance(value, User):
+            return value
+        user: User | None = self.users.get(value)
         return user
-
-    def iter_sorted(self, prefix: str | None = None, after: str | None = None) -> Iterator[tuple[str, User]]:
-        """(key, user) in username order: usernames starting with ``prefix``, after ``after``.
-
-        Starting point found in O(log n). Users come out of the BTree as ghosts: nothing is
-        loaded until an attribute is read.
-        """
-        start = username_key(prefix) if prefix else ""
-        after_key = username_key(after) if after else None
-        if after_key is not None and after_key >= start:
-            items = self.by_username.items(min=after_key, excludemin=True)
-        elif start:
-            items = self.by_username.items(min=start)
-        else:
-            items = self.by_username.items()
-        for key, user in items:
-            if start and not key.startswith(start):
-                return
-            yield key, user
-
-    def page(
-        self, offset: int, limit: int, active: bool | None = None, prefix: str | None = None, after: str | None = None
-    ) -> list[User]:
-        """A page of users in username order, optionally only active (or inactive) ones.
-
-        An offset at or past the count answers at once (the count is O(1)): no page is there,
-        and walking to it would hold a connection for as long as the offset is large.
-        """
-        if offset >= len(self):
-            return []
-        items: Iterator[tuple[str, User]] = self.iter_sorted(prefix, after)
-        if active is not None:
-            inactive = self.inactive
-            if inactive is not None and self.inactive_complete:
-                # Filter on keys: only the users of the page are loaded.
-                items = ((key, user) for key, user in items if (key not in inactive) == active)
-            else:
-                items = ((key, user) for key, user in items if user.is_active == active)
-        jar = self._p_jar
-        while offset > _GC_EVERY and jar is not None:
-            # A deep offset walks every bucket before it, each unpickled with a ghost per
-            # user: shrink the cache to its target size now and then, so the walk itself
-            # (not the cache settings) does not set the memory used. Skipped in C (deque).
-            walked = _skip(items, _GC_EVERY)
-            offset -= walked
-            if walked < _GC_EVERY:
-                # The index ended before the offset: with filters, or a count that drifted
-                # from the index (`codx-db check` reports it), the offset may lie past the
-                # last user although it is below the count. Stop at the end.
-                return []
-            jar.cacheGC()  # the buckets walked are unchanged (a read): they may leave memory
-        return [user for _, user in itertools.islice(items, offset, offset + limit)]
-
-
-_GC_EVERY = 20_000
-
-
-def _skip(items: Iterator[Any], count: int) -> int:
-    """Consume up to ``count`` items (in C); return how many there were."""
-    counter = itertools.count()
-    collections.deque(zip(itertools.islice(items, count), counter, strict=False), maxlen=0)
-    return next(counter)
 
 
 def install_root(root: Any) -> UserContainer:

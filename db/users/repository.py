@@ -130,7 +130,7 @@ def check_unique(
     users: UserContainer, username: str, email: str | None, exclude: User | None = None, *, github: str = ""
 ) -> None:
     """Raise UserAlreadyExists if another user (not ``exclude``) holds or looks like these keys."""
-    other = users.by_username.get(username_key(username))
+    other = users.find_by_username(username)
     if other is not None and other is not exclude:
         raise UserAlreadyExists("username", username)
     # Look-alikes and login ambiguity: checked for new names only, so look-alikes stored
@@ -139,15 +139,15 @@ def check_unique(
         other = users.find_lookalike(username, exclude)
         if other is not None:
             raise UserAlreadyExists("username", username, like=other.username)
-        other = users.by_email.get(email_key(username)) if "@" in username else None
+        other = users.find_by_email(username) if "@" in username else None
         if other is not None and other is not exclude:  # a login by that email would find this user
             raise UserAlreadyExists("email", username)
     if email:
-        other = users.by_email.get(email_key(email))
+        other = users.find_by_email(email)
         if other is not None and other is not exclude:
             raise UserAlreadyExists("email", email)
         if exclude is None or email != exclude.email:
-            other = users.by_username.get(username_key(email))
+            other = users.find_by_username(email)
             if other is not None and other is not exclude:
                 raise UserAlreadyExists("username", email)
     # GitHub logins: checked when new to this user, so users sharing one from before

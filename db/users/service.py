@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserNotFound, shown
 from db.users import credential_service as creds
-from db.users import repository
+from db.users import listing, repository
 from db.users.history import TRACKED_FIELDS, UserRevision, record_actor, revisions, snapshot, state_at, tid_from_str
 from db.users.models import UserContainer
 from db.users.passwords import MAX_PASSWORD_LENGTH, dummy_verify, hash_cost_problem, hash_password, verify_password
@@ -96,7 +96,7 @@ class UserService:
             raise InvalidUserData(problems)
 
         def page(uow: UnitOfWork) -> list[CodxUser]:
-            found = list(repository.container(uow).page(offset, limit, active, prefix, after))
+            found = listing.page(repository.container(uow), offset, limit, active, prefix, after)
             # RelStorage loads the users not yet cached in one query instead of one each
             # (FileStorage and MappingStorage have nothing to prefetch: a no-op there).
             uow.connection.prefetch(found)

@@ -1,0 +1,208 @@
+"""Generation 8: the name indexes hold user ids, not ``User`` references (migrations/evolve8.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ZODB
+from ZODB.serialize import referencesf
+
+from db.check import check, repair
+from db.database import Database
+from db.errors import UserAlreadyExists
+from db.models import USERS_KEY, User, UserContainer
+from db.settings import CodxJuniorGlobalSettings
+from db.storage import open_storage
+from db.user_db import UserDB
+from db.users.layout import NAME_INDEXES
+from migrations import runner
+from migrations.registry import GENERATION_KEY, GENERATIONS_KEY
+from tests.test_generation6 import snapshot
+from tests.test_generation7 import generation6_database
+from tests.test_migrations import FIXTURE_BACKENDS
+
+
+def _members(entry: Any) -> tuple[Any, ...]:
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
+def _forms(settings: CodxJuniorGlobalSettings) -> dict[str, set[str]]:
+    """For each name index, the kinds of its entries' members: {"id"}, {"user"} or both."""
+    zodb = ZODB.DB(open_storage(settings))
+    try:
+        with zodb.transaction() as conn:
+            container = conn.root()[USERS_KEY]
+            return {
+                name: {
+                    "user" if isinstance(member, User) else "id" if isinstance(member, str) else "other"
+                    for entry in getattr(container, name).values()
+                    for member in _members(entry)
+                }
+                for name in NAME_INDEXES
+            }
+    finally:
+        zodb.close()
+
+
+def _as_generation7(container: UserContainer, every: int = 1) -> None:
+    """Write entries as generation-7 code did (the ``User`` itself), every ``every``-th key."""
+    for name in NAME_INDEXES:
+        index = getattr(container, name)
+        for i, key in enumerate(list(index.keys())):
+            if i % every == 0:
+                entry = index[key]
+                users = tuple(m if isinstance(m, User) else container.users[m] for m in _members(entry))
+                index[key] = users if isinstance(entry, tuple) else users[0]
+
+
+def generation7_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> CodxJuniorGlobalSettings:
+    """test_generation7's fixture evolved to 7, every name entry a ``User`` as generation-7 code wrote them."""
+    settings = generation6_database(backend, tmp_path, request)
+    with runner.open_for_migration(settings) as zodb:
+        assert [step.generation for step in runner.evolve(zodb, target=7)] == [7]
+        with zodb.transaction() as conn:
+            _as_generation7(conn.root()[USERS_KEY])
+    assert _forms(settings) == {name: {"user"} for name in NAME_INDEXES}
+    return settings
+
+
+@pytest.mark.parametrize("backend", FIXTURE_BACKENDS)
+def test_evolve8_stores_ids_and_keeps_everything_else(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    settings = generation7_database(backend, tmp_path, request)
+    before = snapshot(settings)  # entries as (key, id): the same whichever form is stored
+    messages: list[str] = []
+    with runner.open_for_migration(settings) as zodb:
+        ran = runner.evolve(zodb, batch_size=400, progress=lambda message, done, total: messages.append(message))
+    assert [step.generation for step in ran] == [8]
+    assert [m for m in messages if m.startswith("storing ids")] == [
+        f"storing ids in the {n} index" for n in NAME_INDEXES
+    ]
+    assert _forms(settings) == {name: {"id"} for name in NAME_INDEXES}
+    after = snapshot(settings)
+    assert after["generation"] == 8
+    # The same keys naming the same users, the same index objects and count.
+    assert {k: v for k, v in after.items() if k != "generation"} == {
+        k: v for k, v in before.items() if k != "generation"
+    }
+
+    database = Database(settings)
+    try:
+        report = check(database)
+        assert report.ok, report.problems
+        assert not [w for w in report.warnings if w.code == "index-user-entries"]
+        users = UserDB(database)
+        listed = [u.username for u in users.list(limit=1000)]
+        assert listed == sorted(listed, key=str.casefold) and len(listed) == 1000
+        user = users.get(listed[5])
+        assert users.get_by_id(user.id) == user
+        if user.email:
+            assert users.get_by_email(user.email.upper()) == user
+        created = users.create(username="newcomer", email="newcomer@example.com")
+        assert users.get("NEWCOMER") == created and users.get_by_email("newcomer@example.com") == created
+        users.update(listed[5], username="renamed")
+        assert users.get("renamed").id == user.id
+        users.delete("renamed")
+        assert check(database).ok
+    finally:
+        database.close()
+    with runner.open_for_migration(settings) as zodb:
+        assert runner.evolve(zodb) == []  # at 8: nothing left to run
+
+
+def test_code_reads_generation7_entries_before_evolve8(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # MINIMUM_GENERATION stays 7: a generation-7 database opens (db_startup=refuse) and every
+    # read and write works on ``User`` entries, and on a mix of them with new id entries.
+    settings = generation7_database("file", tmp_path, request)
+    database = Database(settings)
+    try:
+        users = UserDB(database)
+        first = users.list(limit=3)
+        assert [u.username for u in first] == sorted((u.username for u in first), key=str.casefold)
+        assert users.get(first[0].username.upper()) == first[0]
+        with pytest.raises(UserAlreadyExists):
+            users.create(username=first[1].username.swapcase())
+        created = users.create(username="newcomer", email="newcomer@example.com")
+        users.update(first[2].username, username="renamed-old", email="renamed@example.com")
+        assert users.get_by_email("RENAMED@example.com").username == "renamed-old"
+        users.delete(first[0].username)
+        report = check(database)
+        assert report.ok, report.problems
+        assert not [w for w in report.warnings if w.code == "index-user-entries"]  # expected at 7
+        assert users.get("newcomer") == created
+    finally:
+        database.close()
+    assert _forms(settings)["by_username"] == {"id", "user"}
+    with runner.open_for_migration(settings) as zodb:
+        assert [step.generation for step in runner.evolve(zodb, batch_size=300)] == [8]
+    assert _forms(settings) == {name: {"id"} for name in NAME_INDEXES}
+
+
+def test_evolve8_after_an_interrupted_run_and_a_dry_run(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    settings = generation7_database("file", tmp_path, request)
+    size = settings.db_file_path.stat().st_size
+    with runner.open_for_migration(settings) as zodb:
+        assert [step.generation for step in runner.evolve(zodb, dry_run=True, batch_size=500)] == [8]
+    assert _forms(settings) == {name: {"user"} for name in NAME_INDEXES}
+    assert settings.db_file_path.stat().st_size == size
+    # An interrupted run: some batches committed, the generation still 7.
+    with runner.open_for_migration(settings) as zodb:
+        runner.evolve(zodb, batch_size=500)
+        with zodb.transaction() as conn:
+            _as_generation7(conn.root()[USERS_KEY], every=3)
+            conn.root()[GENERATION_KEY] = 7
+            conn.root()[GENERATIONS_KEY]["codx_db"] = 7
+    assert _forms(settings)["by_email"] == {"id", "user"}
+    before = snapshot(settings)
+    with runner.open_for_migration(settings) as zodb:
+        assert [step.generation for step in runner.evolve(zodb, batch_size=500)] == [8]
+    assert _forms(settings) == {name: {"id"} for name in NAME_INDEXES}
+    assert snapshot(settings)["entries"] == before["entries"]
+
+
+def test_check_warns_about_user_entries_at_generation8_and_repair_turns_them_into_ids(database: Database) -> None:
+    users = UserDB(database)
+    for name in ("alice", "bob", "carol"):
+        users.create(username=name, email=f"{name}@example.com")
+    assert check(database).ok and not check(database).warnings
+    database.run(lambda uow: _as_generation7(uow.root[USERS_KEY], every=2))  # as an old process might
+    report = check(database)
+    assert report.ok, report.problems  # they work
+    warned = sorted(w.message for w in report.warnings if w.code == "index-user-entries")
+    assert len(warned) == len(NAME_INDEXES) and "2 entries of the by_username index" in " ".join(warned)
+    assert users.get("alice").username == "alice"
+    fixed = repair(database)
+    assert fixed.repaired and fixed.after.ok and not fixed.after.warnings
+    assert repair(database).fixed == []  # nothing left
+
+
+def test_a_name_index_pickle_holds_no_user_reference(database: Database) -> None:
+    # The point of generation 8: a commit re-pickles the name buckets it changed, and each
+    # reference in them costs a Python call (ZODB's persistent_id); ids are plain strings.
+    users = UserDB(database)
+    users.import_users({"username": f"user{i:03d}", "email": f"u{i}@example.com"} for i in range(300))
+    found: dict[str, list[bytes]] = {}
+    user_oids: set[bytes] = set()
+
+    def walk(uow: Any) -> None:
+        container = uow.root[USERS_KEY]
+        user_oids.update(user._p_oid for user in container.users.values())
+        for name in NAME_INDEXES:
+            for part in getattr(container, name).parts.values():
+                found.setdefault(name, []).append(part._p_oid)  # a small tree keeps its bucket inline
+                bucket = part._firstbucket
+                while bucket is not None and bucket._p_oid is not None:
+                    found[name].append(bucket._p_oid)
+                    bucket = bucket._next
+
+    database.run(walk)
+    assert set(found) == set(NAME_INDEXES) and len(user_oids) == 300
+    assert len(found["by_username"]) > 10  # the 300 names share a partition: several buckets
+    storage = database.open().storage
+    for name, oids in found.items():
+        for oid in oids:
+            data, _ = storage.load(oid)
+            assert not set(referencesf(data)) & user_oids, name
