@@ -14,7 +14,7 @@ GENERATION = 8
 
 # The oldest generation this code can still read correctly. A database below it must be
 # evolved before use (see the ``db_startup`` setting and ``codx-db migrate``).
-MINIMUM_GENERATION = 7
+MINIMUM_GENERATION = 8
 # Generation 1 is needed: without it every superuser would read as role "user".
 # Generation 2 is not: without the inactive index, list(active=...) loads users to filter.
 # Generation 3 is not: without the look-alike index, new usernames are checked only for
@@ -31,8 +31,11 @@ MINIMUM_GENERATION = 7
 # writers off the database until `codx-db migrate --apply` (or db_startup=minimum/evolve) ran it.
 # Generation 7 is too, for the same reason: its step copies the users index into partitions and
 # swaps it in at the end, and a create written to the old index during the copy would be lost.
-# Generation 8 is not: its name indexes hold user ids, and this code reads the ``User`` entries
-# stored before (``UserContainer.user_for``); its step rewrites them in place, key by key.
+# Generation 8 is too, the other way round: this code writes ids into the name indexes, which
+# older code reads as users (a login would find a str). Refusing generation 7 keeps a database
+# this code has written from being opened as generation 7 by an older release (it refuses 8).
+# This code still reads ``User`` entries (``UserContainer.user_for``): a process of older code
+# left running through ``migrate --apply`` may write some; ``codx-db check`` warns, repair rewrites.
 
 # Below the numbers: registering codx_db reads them from this (partly imported) module.
 import ZODB  # noqa: E402

@@ -1,16 +1,17 @@
 """Less to pickle per write: the name indexes hold user ids instead of ``User`` references.
 
 Every commit re-pickles each index bucket it changed, and ZODB's ``ObjectWriter.persistent_id``
-runs in Python for every ``User`` reference in them (a str key or id is pickled in C). With a
-create changing three name buckets of ~20 entries each, that was most of its pickling, and with 8
-threads committing together most of the group commit's client time (bench/README.md "Name
-indexes hold ids"). This step rewrites the entries of ``by_username``, ``by_email`` and
-``by_skeleton`` (``layout.NAME_INDEXES``) from ``User`` to the user's id, key by key, in batches.
+runs in Python for every ``User`` reference in them (a str key or id is pickled in C). A create
+changes three name buckets of ~20 entries each; with 8 threads committing together, pickling was
+~36% of the group commit's client time, ``persistent_id`` ~24% (bench/README.md "Name indexes
+hold ids"). This step rewrites the entries of ``by_username``, ``by_email`` and ``by_skeleton``
+(``layout.NAME_INDEXES``) from ``User`` to the user's id, in batches; each batch first loads the
+users it names in one query (``Connection.prefetch``), not one round trip each.
 
-Safe while this code's processes run: ``UserContainer.user_for`` reads both forms, so
-``MINIMUM_GENERATION`` stays 7, and rewriting a key's value changes only its bucket (BTrees merge
-a concurrent change of another key of that bucket). Idempotent: an entry already an id is left
-alone, so an interrupted run converts what is left.
+Stop processes running older code before ``codx-db migrate --apply``: they read an id entry as
+a user and fail (``MINIMUM_GENERATION`` is 8, so processes running this code refuse a
+generation-7 database, or wait on the startup lock while the step runs). Idempotent: an entry
+already an id is left alone, so an interrupted run converts what is left.
 """
 
 from __future__ import annotations
@@ -34,11 +35,22 @@ def evolve(context: EvolveContext) -> None:
         context.report(f"storing ids in the {name} index")
         # Keys first (a list): the loop rewrites values of the tree it would otherwise walk.
         keys = list(index.keys())
-        for key in context.iter_batched(keys, len(keys)):
-            entry = index.get(key)
-            converted = _ids(entry)
-            if converted is not entry:
-                index[key] = converted
+        for start in range(0, len(keys), context.batch_size):
+            entries = [(key, index.get(key)) for key in keys[start : start + context.batch_size]]
+            ghosts = [
+                m for _, entry in entries for m in _members(entry) if isinstance(m, User) and m._p_changed is None
+            ]
+            if ghosts:
+                context.connection.prefetch(ghosts)  # reading a user's id loads it
+            for key, entry in entries:
+                converted = _ids(entry)
+                if converted is not entry:
+                    index[key] = converted
+            context.commit_batch(start + len(entries), len(keys))
+
+
+def _members(entry: Any) -> tuple[Any, ...]:
+    return entry if isinstance(entry, tuple) else (entry,)
 
 
 def _ids(entry: Any) -> Any:

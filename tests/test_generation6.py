@@ -286,4 +286,4 @@ def test_startup_minimum_evolves_a_generation5_database_at_open(tmp_path: Path, 
     finally:
         database.close()
     after = snapshot(settings)
-    assert after["generation"] == 7 and after["classes"] == INDEX_CLASSES
+    assert after["generation"] == 8 and after["classes"] == INDEX_CLASSES

@@ -11,8 +11,8 @@ from ZODB.serialize import referencesf
 
 from db.check import check, repair
 from db.database import Database
-from db.errors import UserAlreadyExists
-from db.models import USERS_KEY, User, UserContainer
+from db.errors import GenerationError, UserAlreadyExists, UserNotFound
+from db.models import USERS_KEY, User, UserContainer, username_skeleton
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import open_storage
 from db.user_db import UserDB
@@ -28,20 +28,24 @@ def _members(entry: Any) -> tuple[Any, ...]:
     return entry if isinstance(entry, tuple) else (entry,)
 
 
-def _forms(settings: CodxJuniorGlobalSettings) -> dict[str, set[str]]:
+def _forms_in(container: UserContainer) -> dict[str, set[str]]:
     """For each name index, the kinds of its entries' members: {"id"}, {"user"} or both."""
+    return {
+        name: {
+            "user" if isinstance(member, User) else "id" if isinstance(member, str) else "other"
+            for entry in getattr(container, name).values()
+            for member in _members(entry)
+        }
+        for name in NAME_INDEXES
+    }
+
+
+def _forms(settings: CodxJuniorGlobalSettings) -> dict[str, set[str]]:
+    """``_forms_in`` of a database no process has open (read with plain ZODB)."""
     zodb = ZODB.DB(open_storage(settings))
     try:
         with zodb.transaction() as conn:
-            container = conn.root()[USERS_KEY]
-            return {
-                name: {
-                    "user" if isinstance(member, User) else "id" if isinstance(member, str) else "other"
-                    for entry in getattr(container, name).values()
-                    for member in _members(entry)
-                }
-                for name in NAME_INDEXES
-            }
+            return _forms_in(conn.root()[USERS_KEY])
     finally:
         zodb.close()
 
@@ -113,31 +117,17 @@ def test_evolve8_stores_ids_and_keeps_everything_else(
         assert runner.evolve(zodb) == []  # at 8: nothing left to run
 
 
-def test_code_reads_generation7_entries_before_evolve8(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    # MINIMUM_GENERATION stays 7: a generation-7 database opens (db_startup=refuse) and every
-    # read and write works on ``User`` entries, and on a mix of them with new id entries.
+def test_a_generation7_database_is_refused_until_evolve8(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # This code writes ids, which older code would read as users: MINIMUM_GENERATION is 8.
     settings = generation7_database("file", tmp_path, request)
-    database = Database(settings)
+    with pytest.raises(GenerationError, match="migrate --apply"):
+        Database(settings).open()
+    assert _forms(settings) == {name: {"user"} for name in NAME_INDEXES}  # nothing written
+    database = Database(settings.model_copy(update={"db_startup": "minimum"}))  # evolves at open
     try:
-        users = UserDB(database)
-        first = users.list(limit=3)
-        assert [u.username for u in first] == sorted((u.username for u in first), key=str.casefold)
-        assert users.get(first[0].username.upper()) == first[0]
-        with pytest.raises(UserAlreadyExists):
-            users.create(username=first[1].username.swapcase())
-        created = users.create(username="newcomer", email="newcomer@example.com")
-        users.update(first[2].username, username="renamed-old", email="renamed@example.com")
-        assert users.get_by_email("RENAMED@example.com").username == "renamed-old"
-        users.delete(first[0].username)
-        report = check(database)
-        assert report.ok, report.problems
-        assert not [w for w in report.warnings if w.code == "index-user-entries"]  # expected at 7
-        assert users.get("newcomer") == created
+        assert UserDB(database).count() > 2000
     finally:
         database.close()
-    assert _forms(settings)["by_username"] == {"id", "user"}
-    with runner.open_for_migration(settings) as zodb:
-        assert [step.generation for step in runner.evolve(zodb, batch_size=300)] == [8]
     assert _forms(settings) == {name: {"id"} for name in NAME_INDEXES}
 
 
@@ -163,20 +153,65 @@ def test_evolve8_after_an_interrupted_run_and_a_dry_run(tmp_path: Path, request:
     assert snapshot(settings)["entries"] == before["entries"]
 
 
-def test_check_warns_about_user_entries_at_generation8_and_repair_turns_them_into_ids(database: Database) -> None:
+def test_user_entries_written_by_older_code_still_work_and_repair_turns_them_into_ids(database: Database) -> None:
+    # A process of older code left running through `migrate --apply` writes users, not ids.
     users = UserDB(database)
-    for name in ("alice", "bob", "carol"):
+    for name in ("alice", "bob", "carol", "dave"):
         users.create(username=name, email=f"{name}@example.com")
     assert check(database).ok and not check(database).warnings
-    database.run(lambda uow: _as_generation7(uow.root[USERS_KEY], every=2))  # as an old process might
+    database.run(lambda uow: _as_generation7(uow.root[USERS_KEY], every=2))
+    assert database.run(lambda uow: _forms_in(uow.root[USERS_KEY]))["by_username"] == {"id", "user"}
+    # Reads and writes work on both forms, and on a look-alike tuple holding both.
+    assert users.get("ALICE").username == "alice" and users.get_by_email("carol@example.com").username == "carol"
+    assert [u.username for u in users.list()] == ["alice", "bob", "carol", "dave"]
+    with pytest.raises(UserAlreadyExists) as taken:
+        users.create(username="a1ice")  # looks like "alice", whose look-alike entry holds a User
+    assert taken.value.like == "alice"
+    database.run(lambda uow: _add_lookalike_member(uow.root[USERS_KEY], "alice", "carol"))
+    users.update("alice", username="alice2", email="alice2@example.com")
+    assert users.get("alice2").email == "alice2@example.com" and users.get_by_email("alice2@example.com")
+    with pytest.raises(UserNotFound):
+        users.get("alice")
+    users.delete("bob")
     report = check(database)
-    assert report.ok, report.problems  # they work
-    warned = sorted(w.message for w in report.warnings if w.code == "index-user-entries")
-    assert len(warned) == len(NAME_INDEXES) and "2 entries of the by_username index" in " ".join(warned)
-    assert users.get("alice").username == "alice"
+    carol = users.get("carol")
+
+    def old_entry(uow: Any) -> Any:
+        return uow.root[USERS_KEY].by_skeleton[username_skeleton("alice")]
+
+    assert database.run(old_entry) == (carol.id,)  # the rename took alice (a User member) out
+    # carol in alice's old look-alike entry (planted above): the one problem, and repairable.
+    assert {p.code for p in report.problems} == {"skeleton-wrong-key"}
+    warned = [w.message for w in report.warnings if w.code == "index-user-entries"]
+    assert warned and all("name a user object" in message for message in warned)
+
     fixed = repair(database)
-    assert fixed.repaired and fixed.after.ok and not fixed.after.warnings
+    assert fixed.after.ok and not fixed.after.warnings, fixed.after
+    assert any("entries naming a user object now hold its id" in line for line in fixed.fixed)
+    assert not [line for line in fixed.fixed if "username: entry" in line]  # converted, not reported one by one
+    assert database.run(lambda uow: _forms_in(uow.root[USERS_KEY])) == {name: {"id"} for name in NAME_INDEXES}
     assert repair(database).fixed == []  # nothing left
+
+
+def _add_lookalike_member(container: UserContainer, key_of: str, member_of: str) -> None:
+    """Put a second user, as an id, into ``key_of``'s look-alike entry (holding a ``User``): a mixed tuple."""
+    key = username_skeleton(key_of)
+    other = container.find_by_username(member_of)
+    assert other is not None and isinstance(container.by_skeleton[key][0], User)
+    container.by_skeleton[key] = (*container.by_skeleton[key], other.id)
+
+
+def test_a_page_fills_up_past_an_entry_naming_no_user(database: Database) -> None:
+    users = UserDB(database)
+    users.import_users({"username": f"user{i:02d}"} for i in range(30))
+
+    def dangle(uow: Any) -> None:
+        uow.root[USERS_KEY].by_username["user10x"] = "no-such-id"  # between user10 and user11
+
+    database.run(dangle)
+    assert [u.username for u in users.list(offset=5, limit=10)] == [f"user{i:02d}" for i in range(5, 15)]
+    assert [u.username for u in users.iter_users(batch=7)] == [f"user{i:02d}" for i in range(30)]
+    assert {p.code for p in check(database).problems} == {"username-dangling"}
 
 
 def test_a_name_index_pickle_holds_no_user_reference(database: Database) -> None:
@@ -192,15 +227,18 @@ def test_a_name_index_pickle_holds_no_user_reference(database: Database) -> None
         user_oids.update(user._p_oid for user in container.users.values())
         for name in NAME_INDEXES:
             for part in getattr(container, name).parts.values():
+                part._p_activate()  # a ghost's _firstbucket reads as None
                 found.setdefault(name, []).append(part._p_oid)  # a small tree keeps its bucket inline
                 bucket = part._firstbucket
-                while bucket is not None and bucket._p_oid is not None:
+                while bucket is not None and bucket._p_oid is not None:  # not the inline one
+                    bucket._p_activate()
                     found[name].append(bucket._p_oid)
                     bucket = bucket._next
 
     database.run(walk)
-    assert set(found) == set(NAME_INDEXES) and len(user_oids) == 300
-    assert len(found["by_username"]) > 10  # the 300 names share a partition: several buckets
+    assert len(user_oids) == 300
+    # The 300 names share a partition of several buckets; emails and skeletons spread over more.
+    assert {name: len(oids) > 10 for name, oids in found.items()} == dict.fromkeys(NAME_INDEXES, True)
     storage = database.open().storage
     for name, oids in found.items():
         for oid in oids:

@@ -26,7 +26,7 @@ from db.ops.check_skeleton import check_skeleton, sync_skeleton
 from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
 from db.users.indexes import IndexSet, IndexTree, check_index
 from db.users.layout import PARTITIONED
-from db.users.models import USERS_KEY, User, UserContainer, email_key, stored_user, username_key
+from db.users.models import USERS_KEY, User, UserContainer, email_key, entry_id, stored_user, username_key
 from db.users.partitioned import PartitionedTree
 from migrations.runner import read_generation
 
@@ -92,13 +92,15 @@ def check_root(root: Any) -> CheckReport:
     _check_index("email", container.by_email, users, _email_key, problems)
     _check_inactive(container, users, generation, problems)
     warnings: list[Problem] = []
+    # Layout warnings first: a hundred look-alike warnings must not truncate away the one that
+    # decides whether repair rewrites user entries (REWRITTEN_BY_REPAIR).
+    check_layout(container, generation, warnings)
     if container.by_skeleton is None:
         _missing(generation, SKELETON_INDEX_GENERATION, "skeleton-missing", "look-alike index", problems)
     elif generation is None or generation >= SKELETON_INDEX_GENERATION:  # below: being built by migrate
         _check_structure("skeleton", container.by_skeleton, problems)
         check_skeleton(container.by_skeleton, users, problems, warnings)
     check_lookup_indexes(container, users, generation, problems, warnings, _check_structure)
-    check_layout(container, generation, warnings)
     check_credentials(root, generation, problems, warnings, _check_structure)
     if len(warnings) > MAX_WARNINGS:
         more = len(warnings) - MAX_WARNINGS
@@ -352,9 +354,15 @@ def _sync_index(kind: str, index: Any, wanted: dict[str, User]) -> list[str]:
     for key in [k for k in index if k not in wanted]:
         del index[key]
         fixed.append(f"{kind}: removed entry {key!r}")
+    converted = 0
     for key, user in wanted.items():
-        # A ``User`` entry (stored before generation 8) becomes the user's id too.
-        if index.get(key) != user.id:
+        entry = index.get(key)
+        if entry_id(entry) != user.id:
             index[key] = user.id
             fixed.append(f"{kind}: entry {key!r} -> user {describe_user(user)}")
+        elif entry != user.id:  # the user itself (written by older code): right, but not an id
+            index[key] = user.id
+            converted += 1
+    if converted:
+        fixed.append(f"{kind}: {converted} entries naming a user object now hold its id")
     return fixed

@@ -130,7 +130,7 @@ def check_layout(container: UserContainer, generation: int | None, warnings: lis
     for name in NAME_INDEXES:
         index = getattr(container, name)
         entries = () if index is None else index.values()
-        old = sum(isinstance(v, User) for entry in entries for v in (entry if isinstance(entry, tuple) else (entry,)))
+        old = sum(any(isinstance(v, User) for v in (e if isinstance(e, tuple) else (e,))) for e in entries)
         if old:
             warnings.append(
                 _problem(

@@ -81,11 +81,16 @@ def sync_skeleton(index: Any, users: list[User]) -> list[str]:
     for key in [k for k in index if k not in wanted]:
         del index[key]
         fixed.append(f"skeleton: removed entry {key!r}")
+    converted = 0
     for key, group in wanted.items():
         entry = index.get(key, ())
-        # ``User`` members (stored before generation 8) become the users' ids too.
         ids = tuple(user.id for user in group)
-        if len(entry) != len(ids) or set(entry) != set(ids):
+        if len(entry) != len(ids) or set(map(entry_id, entry)) != set(ids):
             index[key] = ids
             fixed.append(f"skeleton: entry {key!r} -> {', '.join(describe_user(user) for user in group)}")
+        elif set(entry) != set(ids):  # the users themselves (written by older code): right, but not ids
+            index[key] = ids
+            converted += 1
+    if converted:
+        fixed.append(f"skeleton: {converted} entries naming user objects now hold their ids")
     return fixed

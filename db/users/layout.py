@@ -27,5 +27,6 @@ PARTITIONED = tuple(name for name, cls in INDEX_CLASSES.items() if cls is Partit
 # What generation 6 built (and evolve6 still builds): every one of them an IndexTree.
 GENERATION6_CLASSES: dict[str, type] = {**INDEX_CLASSES, **dict.fromkeys(PARTITIONED, IndexTree)}
 # The indexes whose entries name users (generation 8: by id; before, the ``User`` itself; the
-# look-alike index a tuple of them). ``by_github`` keeps ``User`` entries: no create writes it.
+# look-alike index a tuple of them). ``by_github`` keeps ``User`` entries: only users with a
+# GitHub login are in it, so few commits rewrite its buckets.
 NAME_INDEXES = ("by_username", "by_email", "by_skeleton")

@@ -2,7 +2,8 @@
 
 The username index holds user ids (generation 8; the ``User`` itself before): a page walks the
 index's entries without loading anyone, then resolves only the page's own entries, loading the
-``users`` buckets they need in one query (``indexes.prefetch``) instead of a round trip each.
+``users`` buckets they need with one query per level of that tree (``indexes.buckets_for``),
+not a round trip per user.
 """
 
 from __future__ import annotations
@@ -76,13 +77,22 @@ def page(
             # last user although it is below the count. Stop at the end.
             return []
         jar.cacheGC()  # the buckets walked are unchanged (a read): they may leave memory
-    return users_for(container, [entry for _, entry in itertools.islice(items, offset, offset + limit)])
+    rest = itertools.islice(items, offset, None)
+    found: list[User] = []
+    while len(found) < limit:
+        # An entry naming no stored user (`codx-db check`: dangling) is left out, and the page
+        # still fills up from the entries after it: a short page means the end (iter_users).
+        chunk = [entry for _, entry in itertools.islice(rest, limit - len(found))]
+        if not chunk:
+            break
+        found += users_for(container, chunk)
+    return found
 
 
 def users_for(container: UserContainer, found: list[Any]) -> list[User]:
     """The users these name index entries name, in order (an entry naming no stored user is left out).
 
-    The ``users`` buckets of the ids not in memory load in one query, not one round trip each.
+    The ``users`` buckets of the ids not in memory load a tree level at a time, not one by one.
     """
     ids = [entry for entry in found if not isinstance(entry, User)]
     if len(ids) > 1:

@@ -181,8 +181,8 @@ class UserContainer(Persistent):
         # Generation 7: the id and name indexes in partitions by key prefix (db/users/partitioned.py).
         # Generation 8: the name indexes hold user ids, not ``User`` references. Every commit
         # re-pickles the buckets it changed, and ZODB's ``persistent_id`` runs in Python for each
-        # reference in them (a str is pickled in C): ~40% of a group commit's client time went to
-        # pickling, most of it there (bench/README.md "Name indexes hold ids"). ``user_for``
+        # reference in them (a str is pickled in C): ~36% of a group commit's client time went to
+        # pickling, two thirds of it there (bench/README.md "Name indexes hold ids"). ``user_for``
         # reads both forms: entries stored before generation 8 name the ``User`` itself.
         self.users: PartitionedTree = PartitionedTree()  # id -> User
         self.by_username: PartitionedTree = PartitionedTree()  # username_key -> id (sorted listing)
