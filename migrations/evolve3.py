@@ -1,9 +1,9 @@
 """Index username look-alikes (confusable skeletons), so new names cannot imitate stored ones.
 
 Generation 3 refuses a new username that looks like a stored one (``admin``
-spelt with a Cyrillic U+0430 "a" beside ``admin``): the container keeps ``by_skeleton``, each UTS #39 skeleton mapped to
-the tuple of users whose names have it (see ``db.unicode_policy``; their ids from generation 8). This step builds it from
-the stored users, in batches.
+spelt with a Cyrillic U+0430 "a" beside ``admin``): the container keeps ``by_skeleton``, each UTS #39 skeleton
+mapped to the tuple of users whose names have it (see ``db.unicode_policy``; their ids from generation 8).
+This step builds it from the stored users, in batches.
 
 Look-alikes stored before this generation are kept as they are: both users share one entry,
 both still log in by their exact names (lookups use the unchanged username index), and
