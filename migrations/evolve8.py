@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from db.users.layout import NAME_INDEXES
-from db.users.models import USERS_KEY, User, entry_id
+from db.users.models import USERS_KEY, User, entry_id, entry_members
 
 if TYPE_CHECKING:
     from migrations.context import EvolveContext
@@ -38,7 +38,7 @@ def evolve(context: EvolveContext) -> None:
         for start in range(0, len(keys), context.batch_size):
             entries = [(key, index.get(key)) for key in keys[start : start + context.batch_size]]
             ghosts = [
-                m for _, entry in entries for m in _members(entry) if isinstance(m, User) and m._p_changed is None
+                m for _, entry in entries for m in entry_members(entry) if isinstance(m, User) and m._p_changed is None
             ]
             if ghosts:
                 context.connection.prefetch(ghosts)  # reading a user's id loads it
@@ -47,10 +47,6 @@ def evolve(context: EvolveContext) -> None:
                 if converted is not entry:
                     index[key] = converted
             context.commit_batch(start + len(entries), len(keys))
-
-
-def _members(entry: Any) -> tuple[Any, ...]:
-    return entry if isinstance(entry, tuple) else (entry,)
 
 
 def _ids(entry: Any) -> Any:

@@ -12,7 +12,7 @@ from ZODB.serialize import referencesf
 from db.check import check, repair
 from db.database import Database
 from db.errors import GenerationError, UserAlreadyExists, UserNotFound
-from db.models import USERS_KEY, User, UserContainer, username_skeleton
+from db.models import USERS_KEY, User, UserContainer, entry_members, username_skeleton
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import open_storage
 from db.user_db import UserDB
@@ -24,17 +24,13 @@ from tests.test_generation7 import generation6_database
 from tests.test_migrations import FIXTURE_BACKENDS
 
 
-def _members(entry: Any) -> tuple[Any, ...]:
-    return entry if isinstance(entry, tuple) else (entry,)
-
-
 def _forms_in(container: UserContainer) -> dict[str, set[str]]:
     """For each name index, the kinds of its entries' members: {"id"}, {"user"} or both."""
     return {
         name: {
             "user" if isinstance(member, User) else "id" if isinstance(member, str) else "other"
             for entry in getattr(container, name).values()
-            for member in _members(entry)
+            for member in entry_members(entry)
         }
         for name in NAME_INDEXES
     }
@@ -57,7 +53,7 @@ def _as_generation7(container: UserContainer, every: int = 1) -> None:
         for i, key in enumerate(list(index.keys())):
             if i % every == 0:
                 entry = index[key]
-                users = tuple(m if isinstance(m, User) else container.users[m] for m in _members(entry))
+                users = tuple(m if isinstance(m, User) else container.users[m] for m in entry_members(entry))
                 index[key] = users if isinstance(entry, tuple) else users[0]
 
 

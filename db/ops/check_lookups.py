@@ -12,7 +12,7 @@ from typing import Any
 from db.ops.reports import Problem, describe_user
 from db.users.indexes import IndexSet
 from db.users.layout import GENERATION6_CLASSES, INDEX_CLASSES, NAME_INDEXES
-from db.users.models import User, UserContainer, github_key, project_ids
+from db.users.models import User, UserContainer, entry_members, github_key, project_ids
 
 # The generation that added the GitHub, project and admin indexes (codx-junior lookups).
 LOOKUP_INDEX_GENERATION = 5
@@ -130,7 +130,7 @@ def check_layout(container: UserContainer, generation: int | None, warnings: lis
     for name in NAME_INDEXES:
         index = getattr(container, name)
         entries = () if index is None else index.values()
-        old = sum(any(isinstance(v, User) for v in (e if isinstance(e, tuple) else (e,))) for e in entries)
+        old = sum(any(isinstance(member, User) for member in entry_members(e)) for e in entries)
         if old:
             warnings.append(
                 _problem(

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from db.ops.reports import Problem, describe_user
-from db.users.models import User, entry_id, stored_user, username_skeleton
+from db.users.models import User, entry_id, entry_members, stored_user, username_skeleton
 
 
 def _wanted(users: Iterable[User]) -> dict[str, tuple[User, ...]]:
@@ -26,8 +26,7 @@ def check_skeleton(index: Any, users: list[User], problems: list[Problem], warni
     stored = {user.id: user for user in users}
     wanted = _wanted(users)
     for key, entry in index.items():
-        members = entry if isinstance(entry, tuple) else (entry,)
-        for member in members:
+        for member in entry_members(entry):
             user = stored_user(member, stored)
             if user is None:
                 problems.append(

@@ -15,7 +15,7 @@ from typing import Any
 
 from db.users.indexes import buckets_for, prefetch
 from db.users.models import User, UserContainer, username_key
-from db.users.partitioned import PartitionedTree
+from db.users.partitioned import tree_for
 
 # A deep offset lets the cache shrink after every this many index entries walked.
 _GC_EVERY = 20_000
@@ -96,9 +96,7 @@ def users_for(container: UserContainer, found: list[Any]) -> list[User]:
     """
     ids = [entry for entry in found if not isinstance(entry, User)]
     if len(ids) > 1:
-        by_id = container.users
-        parts = [(by_id.part(i) if isinstance(by_id, PartitionedTree) else by_id, i) for i in ids]
-        prefetch(buckets_for(parts))
+        prefetch(buckets_for([(tree_for(container.users, i), i) for i in ids]))
     users = [container.user_for(entry) for entry in found]
     return [user for user in users if user is not None]
 

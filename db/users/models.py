@@ -63,6 +63,11 @@ def entry_id(value: Any) -> Any:
     return value.id if isinstance(value, User) else value
 
 
+def entry_members(entry: Any) -> tuple[Any, ...]:
+    """What a name index entry names: the look-alike index's tuple, or a 1-tuple of any other entry."""
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
 def stored_user(entry: Any, stored: Mapping[str, User]) -> User | None:
     """The user of ``stored`` (by id) a name index entry names, or None: it names no stored user."""
     if isinstance(entry, User):

@@ -191,3 +191,8 @@ class PartitionedTree(Persistent):  # type: ignore[misc]
         check_index(self.parts)
         for tree in self.parts.values():
             check_index(tree)
+
+
+def tree_for(index: Any, key: str) -> Any | None:
+    """The tree that holds (or would take) ``key``: its partition for a ``PartitionedTree``, else ``index``."""
+    return index.part(key) if isinstance(index, PartitionedTree) else index

@@ -20,7 +20,7 @@ from db.users.indexes import buckets_for, process_shard
 from db.users.indexes import prefetch as prefetch_ghosts  # add()'s own `prefetch` is a flag
 from db.users.models import USERS_KEY, User, UserContainer, email_key, github_key, username_key, username_skeleton
 from db.users.normalize import email_for_lookup
-from db.users.partitioned import PartitionedTree
+from db.users.partitioned import tree_for
 from db.users.schemas import UserCreate, projects_to_tuple
 
 
@@ -119,7 +119,7 @@ def prefetch_buckets(
     if github:
         wanted.append((users.by_github, github_key(github)))
     # A partitioned index (generation 7): descend the key's partition (None until its first key).
-    wanted = [(tree.part(key) if isinstance(tree, PartitionedTree) else tree, key) for tree, key in wanted]
+    wanted = [(tree_for(tree, key), key) for tree, key in wanted]
     objects = buckets_for(wanted)
     if user_id is not None and users.counts is not None:
         objects.append(users.counts[process_shard()])
