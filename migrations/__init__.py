@@ -10,11 +10,11 @@ migrations/registry.py) and each package keeps its own generation in the databas
 """
 
 # The generation this code writes. Bump it together with a new evolveN.py module.
-GENERATION = 8
+GENERATION = 9
 
 # The oldest generation this code can still read correctly. A database below it must be
 # evolved before use (see the ``db_startup`` setting and ``codx-db migrate``).
-MINIMUM_GENERATION = 8
+MINIMUM_GENERATION = 9
 # Generation 1 is needed: without it every superuser would read as role "user".
 # Generation 2 is not: without the inactive index, list(active=...) loads users to filter.
 # Generation 3 is not: without the look-alike index, new usernames are checked only for
@@ -36,6 +36,8 @@ MINIMUM_GENERATION = 8
 # this code has written from being opened as generation 7 by an older release (it refuses 8).
 # This code still reads ``User`` entries (``UserContainer.user_for``): a process of older code
 # left running through ``migrate --apply`` may write some; ``codx-db check`` warns, repair rewrites.
+# Generation 9 is too: ``by_email`` holds login claims (a username holding an "@", evolve9.py),
+# which older code would read as that user's email (``get_by_email`` would answer the wrong user).
 
 # Below the numbers: registering codx_db reads them from this (partly imported) module.
 import ZODB  # noqa: E402

@@ -3,8 +3,9 @@
 ``check_unique`` refuses a username equal to another user's email (a login by that string would
 find the wrong user) and an email equal to another user's username. The two live in different
 indexes (``by_username``, ``by_email``), so two units of work that each check the other index,
-find nothing and write their own insert no common key: nothing conflicts (or BTrees merges the
-two inserts when they share a bucket), and both commit. Each unit
+find nothing and write their own inserted no common key: nothing conflicted (or BTrees merged
+the two inserts when they shared a bucket), and both committed. Since generation 9 a username
+holding an "@" also claims its key in ``by_email``, so both insert that key. Each unit
 here runs on its own connection of one database, begun before the other commits, and the
 second writes as another process would (its own partition of ``users``, its own count shard:
 otherwise the two would meet there, by accident, as two threads of one process do).
@@ -78,22 +79,12 @@ def racing(database: Database, monkeypatch: MonkeyPatch) -> Iterator[tuple[Datab
         second.close()
 
 
-# A known defect, not fixed yet: ``readCurrent`` on the other index's bucket is not enough (ZODB
-# drops it when the unit writes that bucket too, and BTrees' conflict resolution merges two
-# inserts of different keys into one bucket: the usual case, a username and an email that sort
-# side by side). Both sides must insert one same key: the fix needs a username holding an "@"
-# to claim that key in ``by_email`` (a new generation). In-memory storage resolves no conflicts,
-# so there the two always collide on the buckets both write: the defect shows on file and PostgreSQL.
-KNOWN_RACE = pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # "DID NOT RAISE": the loser committed too
-    reason="a username and an email racing for one login both commit (known defect, see above)",
-)
+# In-memory storage resolves no conflicts: there the two units always collide on the buckets both
+# write, claim or not. On file and PostgreSQL only the claim (migrations/evolve9.py) makes them.
 
 
 @pytest.mark.parametrize("first_commits", ["username", "email"])
 @pytest.mark.parametrize("settings", [p for p in CONTRACT_BACKENDS if p.values[0] != "memory"], indirect=True)
-@KNOWN_RACE
 def test_a_username_and_an_email_racing_for_one_login_cannot_both_commit(
     racing: tuple[Database, _Unit, _Unit], first_commits: str
 ) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import migrations
 from db.database import Database, UnitOfWork
+from db.ops.check_claims import check_claims, claim_of, wanted_claims
 from db.ops.check_credentials import check_credentials
 from db.ops.check_lookups import check_layout, check_lookup_indexes, sync_lookup_indexes
 from db.ops.check_skeleton import check_skeleton, sync_skeleton
@@ -89,7 +90,7 @@ def check_root(root: Any) -> CheckReport:
 
     users = _valid_users(container, problems)
     _check_index("username", container.by_username, users, _username_key, problems)
-    _check_index("email", container.by_email, users, _email_key, problems)
+    _check_index("email", container.by_email, users, _email_key, problems, also=claim_of)
     _check_inactive(container, users, generation, problems)
     warnings: list[Problem] = []
     # Layout warnings first: a hundred look-alike warnings must not truncate away the one that
@@ -100,6 +101,7 @@ def check_root(root: Any) -> CheckReport:
     elif generation is None or generation >= SKELETON_INDEX_GENERATION:  # below: being built by migrate
         _check_structure("skeleton", container.by_skeleton, problems)
         check_skeleton(container.by_skeleton, users, problems, warnings)
+    check_claims(container.by_email, users, generation, problems, warnings)
     check_lookup_indexes(container, users, generation, problems, warnings, _check_structure)
     check_credentials(root, generation, problems, warnings, _check_structure)
     if len(warnings) > MAX_WARNINGS:
@@ -144,7 +146,8 @@ def rebuild_indexes(container: UserContainer) -> list[str]:
     ]
     users = list(container.users.values())
     fixed += _sync_index("username", container.by_username, {username_key(u.username): u for u in users})
-    fixed += _sync_index("email", container.by_email, {email_key(u.email): u for u in users if u.email})
+    emails = {email_key(u.email): u for u in users if u.email}
+    fixed += _sync_index("email", container.by_email, wanted_claims(users, emails))  # emails win a shared key
     if container.inactive is not None:
         wanted = {username_key(u.username) for u in users if not u.is_active}
         for key in [k for k in container.inactive if k not in wanted]:
@@ -268,10 +271,12 @@ def _check_index(
     users: Iterable[User],
     key_of: Callable[[User], str | None],
     problems: list[Problem],
+    also: Callable[[User], str | None] | None = None,
 ) -> None:
     """Every entry points to a stored user under that user's key; every user is there once.
 
-    ``key_of`` gives None for a user that must not be in this index (no email).
+    ``key_of`` gives None for a user that must not be in this index (no email); ``also`` a
+    second key a user's entry may have here (a login claim: db/ops/check_claims.py checks those).
     """
     stored = {user.id: user for user in users}
     entries_per_user: dict[str, int] = {}
@@ -281,6 +286,8 @@ def _check_index(
             problems.append(
                 Problem(code=f"{kind}-dangling", message=f"{kind} index entry {key!r} points to no stored user")
             )
+            continue
+        if also is not None and key == also(user):
             continue
         entries_per_user[user.id] = entries_per_user.get(user.id, 0) + 1
         if key != key_of(user):

@@ -42,6 +42,7 @@ REPAIRABLE = frozenset(
         "email-wrong-key",
         "email-unindexed",
         "email-indexed-twice",
+        "email-claim-missing",
         "inactive-dangling",
         "inactive-unindexed",
         "inactive-incomplete",

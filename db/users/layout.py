@@ -4,6 +4,8 @@ Generation 6 made every index an ``IndexTree``/``IndexSet`` (small internal node
 generation 7 keeps the id and name indexes as ``PartitionedTree`` (a tree per key prefix,
 db/users/partitioned.py). The steps (migrations/evolve6.py, evolve7.py) copy an index into its class.
 Generation 8 keeps the classes; the name indexes' entries become user ids (migrations/evolve8.py).
+Generation 9 keeps them too; ``by_email`` also holds the login claims of usernames holding an "@"
+(migrations/evolve9.py, ``models.login_claim``).
 """
 
 from __future__ import annotations

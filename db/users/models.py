@@ -53,6 +53,15 @@ def email_key(email: str) -> str:
     return _fold(email)
 
 
+def login_claim(username: str) -> str | None:
+    """The ``by_email`` key a username holding an "@" claims, or None (generation 9, evolve9.py).
+
+    A create with that email then inserts the same key, so the two writes collide even when
+    concurrent; ``find_by_email`` ignores claims (the user's own email may differ).
+    """
+    return email_key(username) if "@" in username else None
+
+
 def github_key(login: str) -> str:
     """Index key of a GitHub login: trimmed, without a leading "@", case-folded (GitHub ignores case)."""
     return login.strip().removeprefix("@").casefold()
@@ -146,6 +155,15 @@ class User(Persistent):
         return f"<User {self.username!r} id={self.id}>"
 
 
+def _email_keys(username: str, email: str | None) -> set[str]:
+    """What a user with these fields holds in ``by_email``: its email's key and its login claim."""
+    keys = {email_key(email)} if email else set()
+    claim = login_claim(username)
+    if claim is not None:
+        keys.add(claim)
+    return keys
+
+
 class Indexed(NamedTuple):
     """What a user is indexed under, taken before a change so ``reindex`` moves only what changed."""
 
@@ -213,8 +231,8 @@ class UserContainer(Persistent):
         """Insert a user the caller has checked is unique."""
         self.users[user.id] = user
         self.by_username[username_key(user.username)] = user.id
-        if user.email:
-            self.by_email[email_key(user.email)] = user.id
+        for key in _email_keys(user.username, user.email):
+            self.by_email[key] = user.id
         if not user.is_active and self.inactive is not None:
             self.inactive.add(username_key(user.username))
         self.add_skeleton(user, username_skeleton(user.username))
@@ -230,8 +248,8 @@ class UserContainer(Persistent):
         user._p_changed = True
         del self.users[user.id]
         del self.by_username[username_key(user.username)]
-        if user.email:
-            self.by_email.pop(email_key(user.email), None)
+        for key in _email_keys(user.username, user.email):
+            self._unclaim(key, user)
         if self.inactive is not None:
             self.inactive.discard(username_key(user.username))
         self.discard_skeleton(user, username_skeleton(user.username))
@@ -274,13 +292,16 @@ class UserContainer(Persistent):
             if old_skeleton != new_skeleton:
                 self.discard_skeleton(user, old_skeleton)
                 self.add_skeleton(user, new_skeleton)
-        old_ekey = email_key(old_email) if old_email else None
-        new_ekey = email_key(user.email) if user.email else None
-        if old_ekey != new_ekey:
-            if old_ekey is not None:
-                self.by_email.pop(old_ekey, None)
-            if new_ekey is not None:
-                self.by_email[new_ekey] = user.id
+        old_ekeys, new_ekeys = _email_keys(old_username, old_email), _email_keys(user.username, user.email)
+        for key in old_ekeys - new_ekeys:
+            self._unclaim(key, user)
+        for key in new_ekeys - old_ekeys:
+            self.by_email[key] = user.id
+
+    def _unclaim(self, key: str, user: User) -> None:
+        """Drop ``user``'s entry ``key`` from ``by_email`` (an entry naming another user stays)."""
+        if entry_id(self.by_email.get(key)) == user.id:
+            del self.by_email[key]
 
     def _index_codx(self, user: User, *, github: str, projects: frozenset[str], admin: bool) -> None:
         """Add ``user`` under these generation-5 keys (each index a no-op before it exists)."""
@@ -358,8 +379,12 @@ class UserContainer(Persistent):
         return self.user_for(self.by_username.get(username_key(username)))
 
     def find_by_email(self, email: str) -> User | None:
-        """O(log n) lookup by email (case-insensitive)."""
-        return self.user_for(self.by_email.get(email_key(email)))
+        """O(log n) lookup by email (case-insensitive); a username's login claim is not an email."""
+        key = email_key(email)
+        user = self.user_for(self.by_email.get(key))
+        if user is None or not user.email or email_key(user.email) != key:
+            return None
+        return user
 
     def user_for(self, value: Any) -> User | None:
         """The user a name index entry names (None for None): an id, or the ``User`` itself before generation 8."""
