@@ -11,6 +11,8 @@ This step adds the claim of every stored username holding an "@": the ``by_usern
 the same fold as ``by_email``'s, so it walks the keys alone, loading no user. A key already in
 ``by_email`` stays as it is: the same user's email (nothing to add), or another user's email
 stored before this generation (the ambiguity the claim prevents; ``codx-db check`` warns about it).
+Stop processes running older code before ``codx-db migrate --apply``: a user they create or
+rename meanwhile gets no claim (``codx-db check`` then reports it, and ``--repair`` adds it).
 Idempotent: an interrupted run adds what is left.
 """
 
@@ -33,6 +35,7 @@ def evolve(context: EvolveContext) -> None:
     for start in range(0, len(claims), context.batch_size):
         batch = claims[start : start + context.batch_size]
         for key, user_id in batch:
-            if container.by_email.get(key) is None:
+            # Still that user's username (a rename may have committed since the list was made).
+            if entry_id(container.by_username.get(key)) == user_id and container.by_email.get(key) is None:
                 container.by_email[key] = user_id
         context.commit_batch(start + len(batch), len(claims))

@@ -167,3 +167,48 @@ def test_check_reports_a_missing_claim_and_repair_restores_it(populated: CodxJun
             UserDB(database).create(username="mallory", email="alice@example.com")
     finally:
         database.close()
+
+
+def test_a_username_with_a_fullwidth_at_claims_its_folded_key(persistent_settings: CodxJuniorGlobalSettings) -> None:
+    """NFKC folds a fullwidth at sign (U+FF20) into "@": such a username is a login by that address."""
+    database = Database(persistent_settings)
+    users = UserDB(database)
+    try:
+        users.create(username="x\uff20y.example")
+        with pytest.raises(UserAlreadyExists):
+            users.create(username="bob", email="x@y.example")
+        users.create(username="carl", email="z@w.example")
+        with pytest.raises(UserAlreadyExists):
+            users.create(username="z\uff20w.example")  # carl's email, spelled with the fullwidth sign
+        assert check(database).ok
+    finally:
+        database.close()
+    assert _claims(persistent_settings)["x@y.example"] == "x\uff20y.example"
+
+
+@pytest.mark.parametrize("release", ["update", "delete"])
+def test_an_email_from_before_the_claims_hands_its_key_to_the_claim_when_released(
+    populated: CodxJuniorGlobalSettings, release: str
+) -> None:
+    def legacy(root: Any, container: Any) -> None:
+        # frank's email is eve's username, stored before generation 9 (the race, or older data):
+        # frank holds the key, eve's claim is not there.
+        del container.by_email["eve@example.com"]
+        container.add(User(id="f" * 32, username="frank", email="eve@example.com"))
+
+    _edit(populated, legacy)
+    database = Database(populated)
+    users = UserDB(database)
+    try:
+        assert [w.code for w in check(database).warnings] == ["login-ambiguous"]
+        if release == "update":
+            users.update("frank", email="frank@example.com")
+        else:
+            users.delete("frank")
+        report = check(database)
+        assert report.ok and not report.warnings, (report.problems, report.warnings)
+        with pytest.raises(UserAlreadyExists):
+            users.create(username="grace", email="eve@example.com")
+    finally:
+        database.close()
+    assert _claims(populated)["eve@example.com"] == "eve@example.com"

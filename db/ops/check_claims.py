@@ -50,7 +50,7 @@ def check_claims(
                         f"but the email index has no entry {claim!r} for it",
                     )
                 )
-        elif holder is not None:
+        elif holder is not None and holder.email and email_key(holder.email) == claim:
             warnings.append(
                 Problem(
                     code="login-ambiguous",

@@ -209,7 +209,7 @@ def _collisions(raw_users: list[Any], spelled: dict[int, str | None]) -> list[tu
                 found.append((index, f"same {kind_of_key} as {other}"))
         # A login by an address finds a user by username or email: one entry's username must not
         # be another's email (nor the other way round), as repository.check_unique refuses.
-        as_email = seen.get(("email", email_key(name))) if "@" in name else None
+        as_email = seen.get(("email", email_key(name))) if "@" in email_key(name) else None
         if as_email is not None and as_email != index:
             found.append((index, f"its username is the email of {_entry(spelled, as_email)}"))
         if isinstance(email, str) and email.strip():

@@ -12,7 +12,6 @@ These objects live in the database; they never leave a unit of work (callers get
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -22,8 +21,14 @@ from BTrees.OOBTree import OOBTree, OOTreeSet
 from persistent import Persistent
 
 from db.users.indexes import IndexSet, IndexTree, ShardedLength, new_counts
+
+# The key functions live in db/users/keys.py; most callers import them from here.
+from db.users.keys import email_key as email_key
+from db.users.keys import github_key as github_key
+from db.users.keys import login_claim as login_claim
+from db.users.keys import username_key as username_key
+from db.users.keys import username_skeleton as username_skeleton
 from db.users.partitioned import PartitionedTree
-from db.users.unicode_policy import skeleton
 
 USERS_KEY = "codx_db.users"
 
@@ -31,40 +36,6 @@ USERS_KEY = "codx_db.users"
 def utcnow() -> datetime:
     """Timezone-aware now, the only kind of timestamp stored."""
     return datetime.now(UTC)
-
-
-def _fold(text: str) -> str:
-    """NFKC, trimmed, case-folded: the unique index keys' form."""
-    return unicodedata.normalize("NFKC", text).strip().casefold()
-
-
-def username_key(username: str) -> str:
-    """Index key of a username: NFKC, trimmed, case-folded (a fullwidth "ALICE " and "alice" collide)."""
-    return _fold(username)
-
-
-def username_skeleton(username: str) -> str:
-    """Look-alike key of a username (UTS #39 skeleton): admin with a Cyrillic U+0430 for its "a" shares "admin"'s."""
-    return skeleton(unicodedata.normalize("NFKC", username).strip())
-
-
-def email_key(email: str) -> str:
-    """Index key of an email address: NFKC, trimmed, case-folded."""
-    return _fold(email)
-
-
-def login_claim(username: str) -> str | None:
-    """The ``by_email`` key a username holding an "@" claims, or None (generation 9, evolve9.py).
-
-    A create with that email then inserts the same key, so the two writes collide even when
-    concurrent; ``find_by_email`` ignores claims (the user's own email may differ).
-    """
-    return email_key(username) if "@" in username else None
-
-
-def github_key(login: str) -> str:
-    """Index key of a GitHub login: trimmed, without a leading "@", case-folded (GitHub ignores case)."""
-    return login.strip().removeprefix("@").casefold()
 
 
 def entry_id(value: Any) -> Any:
@@ -299,8 +270,17 @@ class UserContainer(Persistent):
             self.by_email[key] = user.id
 
     def _unclaim(self, key: str, user: User) -> None:
-        """Drop ``user``'s entry ``key`` from ``by_email`` (an entry naming another user stays)."""
-        if entry_id(self.by_email.get(key)) == user.id:
+        """Drop ``user``'s entry ``key`` from ``by_email`` (an entry naming another user stays).
+
+        The key passes to the user whose username claims it, if another one does: an email that
+        predates the claims (``login-ambiguous``) held it until now.
+        """
+        if entry_id(self.by_email.get(key)) != user.id:
+            return
+        claimant = entry_id(self.by_username.get(key)) if "@" in key else None
+        if claimant is not None and claimant != user.id:
+            self.by_email[key] = claimant
+        else:
             del self.by_email[key]
 
     def _index_codx(self, user: User, *, github: str, projects: frozenset[str], admin: bool) -> None:

@@ -98,7 +98,7 @@ def find_duplicates(records: Iterable[tuple[int, UserCreate]]) -> list[Duplicate
         name = data.username
         same = seen.setdefault(("username", username_key(name)), index)
         alike = seen.setdefault(("skeleton", username_skeleton(name)), index)
-        as_email = seen.get(("email", email_key(name))) if "@" in name else None
+        as_email = seen.get(("email", email_key(name))) if "@" in email_key(name) else None
         if same != index:
             found.append(Duplicate(index, "username", same))
         elif alike != index:

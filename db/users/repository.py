@@ -18,7 +18,16 @@ from db.database import UnitOfWork
 from db.errors import UserAlreadyExists, UserNotFound
 from db.users.indexes import buckets_for, process_shard
 from db.users.indexes import prefetch as prefetch_ghosts  # add()'s own `prefetch` is a flag
-from db.users.models import USERS_KEY, User, UserContainer, email_key, github_key, username_key, username_skeleton
+from db.users.models import (
+    USERS_KEY,
+    User,
+    UserContainer,
+    email_key,
+    github_key,
+    login_claim,
+    username_key,
+    username_skeleton,
+)
 from db.users.normalize import email_for_lookup
 from db.users.partitioned import tree_for
 from db.users.schemas import UserCreate, projects_to_tuple
@@ -112,7 +121,7 @@ def prefetch_buckets(
     wanted = [(users.by_username, username_key(username)), (users.by_skeleton, username_skeleton(username))]
     if email:
         wanted += [(users.by_email, email_key(email)), (users.by_username, username_key(email))]
-    if "@" in username:
+    if login_claim(username) is not None:
         wanted.append((users.by_email, email_key(username)))
     if user_id is not None:
         wanted.append((users.users, user_id))
@@ -139,7 +148,7 @@ def check_unique(
         other = users.find_lookalike(username, exclude)
         if other is not None:
             raise UserAlreadyExists("username", username, like=other.username)
-        other = users.find_by_email(username) if "@" in username else None
+        other = users.find_by_email(username) if login_claim(username) is not None else None
         if other is not None and other is not exclude:  # a login by that email would find this user
             raise UserAlreadyExists("email", username)
     if email:

@@ -1,0 +1,47 @@
+"""Index keys: how a username, an email or a GitHub login becomes the key an index stores.
+
+Keys are normalised ``str`` (a total, stable order for BTrees). Changing one of these changes
+what the stored indexes mean: that takes a generation that rebuilds them.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from db.users.unicode_policy import skeleton
+
+
+def _fold(text: str) -> str:
+    """NFKC, trimmed, case-folded: the unique index keys' form."""
+    return unicodedata.normalize("NFKC", text).strip().casefold()
+
+
+def username_key(username: str) -> str:
+    """Index key of a username: NFKC, trimmed, case-folded (a fullwidth "ALICE " and "alice" collide)."""
+    return _fold(username)
+
+
+def username_skeleton(username: str) -> str:
+    """Look-alike key of a username (UTS #39 skeleton): admin with a Cyrillic U+0430 for its "a" shares "admin"'s."""
+    return skeleton(unicodedata.normalize("NFKC", username).strip())
+
+
+def email_key(email: str) -> str:
+    """Index key of an email address: NFKC, trimmed, case-folded."""
+    return _fold(email)
+
+
+def login_claim(username: str) -> str | None:
+    """The ``by_email`` key a username holding an "@" claims, or None (generation 9, evolve9.py).
+
+    A create with that email then inserts the same key, so the two writes collide even when
+    concurrent; ``find_by_email`` ignores claims (the user's own email may differ). Tested on the
+    folded key: NFKC makes a fullwidth at sign (U+FF20) an "@".
+    """
+    key = email_key(username)
+    return key if "@" in key else None
+
+
+def github_key(login: str) -> str:
+    """Index key of a GitHub login: trimmed, without a leading "@", case-folded (GitHub ignores case)."""
+    return login.strip().removeprefix("@").casefold()
