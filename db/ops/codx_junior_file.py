@@ -23,7 +23,7 @@ from db.codx_junior import (
 from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData
 from db.users import credentials
-from db.users.models import email_key, github_key, username_key, username_skeleton
+from db.users.models import email_key, github_key, login_claim, username_key, username_skeleton
 from db.users.schemas import UserCreate
 
 MAX_LISTED_PROBLEMS = 20
@@ -209,7 +209,8 @@ def _collisions(raw_users: list[Any], spelled: dict[int, str | None]) -> list[tu
                 found.append((index, f"same {kind_of_key} as {other}"))
         # A login by an address finds a user by username or email: one entry's username must not
         # be another's email (nor the other way round), as repository.check_unique refuses.
-        as_email = seen.get(("email", email_key(name))) if "@" in email_key(name) else None
+        claim = login_claim(name)
+        as_email = seen.get(("email", claim)) if claim is not None else None
         if as_email is not None and as_email != index:
             found.append((index, f"its username is the email of {_entry(spelled, as_email)}"))
         if isinstance(email, str) and email.strip():

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from db.display import joined
 from db.errors import InvalidUserData, shown_field
-from db.users.models import email_key, github_key, username_key, username_skeleton
+from db.users.models import email_key, github_key, login_claim, username_key, username_skeleton
 from db.users.passwords import check_password, check_password_hash, hash_password
 from db.users.policy import PasswordContext, PasswordPolicy
 from db.users.schemas import UserCreate
@@ -98,7 +98,8 @@ def find_duplicates(records: Iterable[tuple[int, UserCreate]]) -> list[Duplicate
         name = data.username
         same = seen.setdefault(("username", username_key(name)), index)
         alike = seen.setdefault(("skeleton", username_skeleton(name)), index)
-        as_email = seen.get(("email", email_key(name))) if "@" in email_key(name) else None
+        claim = login_claim(name)  # a username that is also a login by email
+        as_email = seen.get(("email", claim)) if claim is not None else None
         if same != index:
             found.append(Duplicate(index, "username", same))
         elif alike != index:

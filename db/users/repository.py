@@ -121,8 +121,9 @@ def prefetch_buckets(
     wanted = [(users.by_username, username_key(username)), (users.by_skeleton, username_skeleton(username))]
     if email:
         wanted += [(users.by_email, email_key(email)), (users.by_username, username_key(email))]
-    if login_claim(username) is not None:
-        wanted.append((users.by_email, email_key(username)))
+    claim = login_claim(username)
+    if claim is not None:
+        wanted.append((users.by_email, claim))
     if user_id is not None:
         wanted.append((users.users, user_id))
     if github:
