@@ -208,6 +208,15 @@ def test_authenticate_by_username_or_email(users: UserDB) -> None:
     assert users.authenticate("nobody@example.com", PASSWORD) is None
 
 
+def test_a_login_typed_with_a_fullwidth_at_sign_finds_the_email(users: UserDB) -> None:
+    # NFKC makes U+FF20 an "@": the address validates as alice@example.com (get_by_email finds
+    # it), so a login typed that way must too; it used to try the username index alone.
+    created = users.create(username="alice", email="alice@example.com", password=PASSWORD)
+    assert users.get_by_email("alice\uff20example.com") == created
+    assert users.authenticate("alice\uff20example.com", PASSWORD) == created
+    assert users.authenticate("ALICE\uff20EXAMPLE.com", PASSWORD) == created
+
+
 def test_inactive_users_cannot_log_in(users: UserDB) -> None:
     users.create(username="alice", password=PASSWORD, is_active=False)
     assert users.authenticate("alice", PASSWORD) is None

@@ -98,9 +98,13 @@ def apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str,
 
 
 def find_login(users: UserContainer, login: str) -> User | None:
-    """The user a login names: a username, else (if it holds an @) an email address."""
+    """The user a login names: a username, else (if it holds an @) an email address.
+
+    The "@" is looked for in the folded login (``login_claim``): NFKC makes a fullwidth at sign
+    one, and ``email_for_lookup`` reads such an address as the plain one.
+    """
     user = users.find_by_username(login)
-    if user is None and "@" in login:
+    if user is None and login_claim(login) is not None:
         user = users.find_by_email(email_for_lookup(login))
     return user
 
