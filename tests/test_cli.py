@@ -142,6 +142,20 @@ def test_duplicate_user_exit_1(cli: CLI) -> None:
     assert json.loads(result.stdout) == {"error": "a user with username 'FRANK' already exists"}
 
 
+@pytest.mark.parametrize("cli", ["in-process"], indirect=True)
+def test_user_get_finds_a_username_holding_an_at_sign(cli: CLI) -> None:
+    # Generation 9 lets a username hold an "@" (its own email may differ): `user get` takes
+    # what a login takes, the username first, then the email (a fullwidth at sign too).
+    assert cli("user", "add", "carol@example.com", "--email", "carol@home.example", "--no-password").returncode == 0
+    got = cli.json("user", "get", "carol@example.com")
+    assert isinstance(got, dict) and got["email"] == "carol@home.example"
+    assert cli.json("user", "get", "CAROL@home.example") == got
+    assert cli.json("user", "get", "carol\uff20home.example") == got
+    missing = cli("user", "get", "nobody@example.com")
+    assert missing.returncode == 1
+    assert "no user with email 'nobody@example.com'" in missing.stderr
+
+
 def test_delete_needs_confirmation_without_a_terminal(cli: CLI) -> None:
     cli("user", "add", "gina", "--no-password")
     result = cli("user", "delete", "gina")

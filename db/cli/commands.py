@@ -26,7 +26,7 @@ from db.ops.pack import pack
 from db.ops.reports import CheckReport, InfoReport, MigrationReport, PendingStep, RepairReport
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
-from db.users.models import USERS_KEY
+from db.users.models import USERS_KEY, login_claim
 from db.users.schemas import CodxUser
 from migrations.runner import GENERATION_KEY, evolve, holds_database, open_for_migration, read_generation, status
 
@@ -168,9 +168,12 @@ def cmd_user_add(session: Session, args: argparse.Namespace) -> CodxUser:
 
 
 def cmd_user_get(session: Session, args: argparse.Namespace) -> CodxUser:
-    """Show one user."""
+    """Show one user: by username, else (a login holding an "@") by email, as a login resolves."""
     users = _users(session, args)
-    if "@" in args.username:
+    found = users.find(args.username)
+    if found is not None:
+        return found
+    if login_claim(args.username) is not None:  # a username may hold an "@" (generation 9)
         return users.get_by_email(args.username)
     return users.get(args.username)
 
