@@ -25,7 +25,11 @@ The classes are stored by their import path: ``db.users.indexes.IndexTree`` and
 The count: one ``Length`` written by every create and delete serialises writers on its row
 lock (held from vote to commit). ``ShardedLength`` spreads it over ``COUNT_SHARDS`` small
 ``Length`` objects; a process always writes the same shard (picked from a per-process salt
-and its pid), so two processes never queue on one count object.
+and its pid), so processes rarely queue on one count object. Rarely, not never: the pick is
+random, so k processes all write different shards with probability (15/16)(14/16)...: 2
+processes 94%, 4 processes 67%, 8 processes 12%. What sharing costs (four writers, three 5-second
+runs each, shards forced, 2026-12-01): two of the four on one shard 314 creates/s against 317
+all apart (Length resolves the conflicts: no retry), all four on one 266.
 """
 
 from __future__ import annotations
