@@ -6,7 +6,6 @@ other requests are queued (``group_commit_stats().waiting``), so the next leader
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -26,7 +25,7 @@ from db.group_commit import GroupCommitStats
 from db.user_db import UserDB
 from db.users import repository
 from db.users.schemas import UserCreate
-from tests.conftest import make_settings, run_python
+from tests.conftest import make_settings
 
 # How long a test waits for threads before calling it a hang (a liveness guard, never a speed check).
 HANG = 120.0
@@ -376,58 +375,52 @@ def test_a_forked_child_gets_a_fresh_queue(tmp_path: Path, request: pytest.Fixtu
     database.close()
 
 
-# Run in a child process of its own: in the test process, after hundreds of other tests, the
-# main thread now and then never acted on the SIGINT (the test then waited out the leader's
-# 120 s hold: "DID NOT RAISE"), in 3 of 7 full runs on one machine, never when run alone; what
-# earlier tests leave behind was not found. A fresh interpreter has only this scenario in it.
-_INTERRUPTED_WAITER = """
-import json, signal, threading
-from db.database import Database
-from db.settings import CodxJuniorGlobalSettings
-from db.user_db import UserDB
-from tests.test_group_commit import HANG, Calls, busy_leader, stats, wait_queued
+# A real SIGINT (``signal.pthread_kill`` of the main thread) made this test flaky in long runs: in
+# 3 of 7 full runs of the suite the main thread never acted on it and the test waited out the
+# leader's 120 s hold, and a version in a child process of its own failed once in three runs too;
+# never when its file ran alone. The cause was not found. The interrupt is therefore raised from
+# inside the main thread's wait, where Ctrl-C raises it: the path under test (``submit``'s
+# ``except BaseException``: withdraw, re-raise) is the same.
+def test_a_waiter_interrupted_in_the_queue_leaves_it(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database(make_settings("memory", request, tmp_path))
+    users = UserDB(database)
+    main = threading.current_thread()
+    interrupt = threading.Event()
+    plain_wait = threading.Event.wait
 
-database = Database(CodxJuniorGlobalSettings.load(db_backend="memory"))
-users = UserDB(database)
-main = threading.get_ident()
-calls = Calls()
-seen = {}
+    def wait(self: threading.Event, timeout: float | None = None) -> bool:
+        if threading.current_thread() is not main or self is interrupt:
+            return plain_wait(self, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if interrupt.is_set():
+                interrupt.clear()  # one Ctrl-C
+                raise KeyboardInterrupt
+            step = 0.005 if deadline is None else max(0.0, min(0.005, deadline - time.monotonic()))
+            if plain_wait(self, step):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
+    monkeypatch.setattr(threading.Event, "wait", wait)
+    calls = Calls()
 
-def interrupt_main_when_queued():
-    wait_queued(database, 1)  # the main thread's request
-    calls.start("g1", lambda: users.create(username="good1"))
-    wait_queued(database, 2)
-    signal.pthread_kill(main, signal.SIGINT)
+    def interrupt_main_when_queued() -> None:
+        wait_queued(database, 1)  # this (main) thread's request
+        calls.start("g1", lambda: users.create(username="good1"))
+        wait_queued(database, 2)
+        interrupt.set()
 
-
-with busy_leader(database):
-    killer = threading.Thread(target=interrupt_main_when_queued)
-    killer.start()
-    try:
-        users.create(username="interrupted")
-        seen["main"] = "returned"
-    except KeyboardInterrupt:
-        seen["main"] = "KeyboardInterrupt"
-    killer.join(HANG)
-    seen["waiting"] = stats(database).waiting
-outcomes = calls.join()  # good1 was not left behind a request nobody leads
-seen["g1"] = getattr(outcomes["g1"], "username", repr(outcomes["g1"]))
-seen["interrupted stored"] = users.find("interrupted") is not None
-database.close()
-print(json.dumps(seen))
-"""
-
-
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill()")
-def test_a_waiter_interrupted_in_the_queue_leaves_it() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODX_JUNIOR_")}
-    child = run_python(_INTERRUPTED_WAITER, env, timeout=280)  # under pytest-timeout's 300 s
-    assert child.returncode == 0, child.stderr
-    # The interrupted call raised; only good1 still waited then, and it was committed after.
-    assert json.loads(child.stdout.splitlines()[-1]) == {
-        "main": "KeyboardInterrupt",
-        "waiting": 1,
-        "g1": "good1",
-        "interrupted stored": False,
-    }
+    with busy_leader(database):
+        killer = threading.Thread(target=interrupt_main_when_queued)
+        killer.start()
+        with pytest.raises(KeyboardInterrupt):
+            users.create(username="interrupted")
+        killer.join(HANG)
+        assert stats(database).waiting == 1  # only good1 still waits
+    outcomes = calls.join()  # good1 was not left behind a request nobody leads
+    assert outcomes["g1"].username == "good1"
+    assert users.find("interrupted") is None
+    database.close()
