@@ -7,7 +7,7 @@ These objects live in the database; they never leave a unit of work (callers get
 * no plain mutable ``dict``/``list`` attributes (ZODB would not notice in-place changes):
   reassign, or use persistent containers;
 * the count is ``Length`` shards (db/users/indexes.py): O(1), concurrent changes merge, and
-  processes seldom queue on one object (db/users/indexes.py); the indexes are ``IndexTree``/``IndexSet`` (generation 6).
+  processes seldom queue on one object; the indexes are ``IndexTree``/``IndexSet`` (generation 6).
 """
 
 from __future__ import annotations
