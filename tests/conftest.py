@@ -88,13 +88,13 @@ def _docker_engine_answers() -> bool:
     return True
 
 
-_pg_sources: dict[str, str] = {}
 _pg_failure: list[str] = []
+PG_SOURCE = "pg_source"  # the user property naming a test's server (it reaches pytest-xdist's controller)
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the whole run: a testcontainer, else a running server."""
+    """One PostgreSQL server per test process (each pytest-xdist worker): a testcontainer, else a running server."""
     if _docker_engine_answers():
         try:
             from testcontainers.community.postgres import PostgresContainer
@@ -131,7 +131,7 @@ def pg_server() -> Iterator[PostgresServer]:
 @pytest.fixture
 def pg_dsn(pg_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test."""
-    _pg_sources[request.node.nodeid] = pg_server.source
+    request.node.user_properties.append((PG_SOURCE, pg_server.source))
     dsn = pg_server.create_database()
     try:
         yield dsn
@@ -264,14 +264,20 @@ def run_cli_in_process(
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say where every Postgres test got its server."""
-    if not _pg_sources and not _pg_failure:
+    """Say where every Postgres test got its server (read from the reports: workers' too)."""
+    sources: dict[str, str] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == PG_SOURCE:
+                    sources[report.nodeid] = value
+    if not sources and not _pg_failure:
         return
     terminalreporter.section("PostgreSQL source per test")
     for message in _pg_failure:
         terminalreporter.write_line(f"NO SERVER: {message}")
     by_source: dict[str, list[str]] = {}
-    for nodeid, source in _pg_sources.items():
+    for nodeid, source in sources.items():
         by_source.setdefault(source, []).append(nodeid)
     for source, nodeids in by_source.items():
         terminalreporter.write_line(f"{len(nodeids)} tests used: {source}")
