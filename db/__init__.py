@@ -4,10 +4,15 @@
 read and the storage opened on first use (``db.transaction()``, ``db.run()``, ``db.open()``).
 """
 
-# The composition root, and its only wiring import: codx-db's generations register their
-# on-open hook (db.database.register_open_hook), so every Database installs or evolves what it opens.
-import migrations  # noqa: F401
-from db.database import Database, UnitOfWork
+# The composition root, and its only wiring: the on-open hooks (db.database.register_open_hook).
+# Each Database first records whether it pickles fast (db/pickling.py), then codx-db's generations
+# install or evolve what it opens (registered by importing migrations).
+from db import pickling
+from db.database import Database, UnitOfWork, register_open_hook
+
+register_open_hook("codx-db fast pickling", pickling.open_hook)
+
+import migrations  # noqa: E402, F401
 
 db: Database = Database()
 

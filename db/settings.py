@@ -159,6 +159,11 @@ class CodxJuniorGlobalSettings(BaseSettings):
         description="threads of this process share one commit per batch of UserDB writes (db/group_commit.py)",
     )
     db_group_commit_max: int = Field(64, ge=1, le=10_000, description="most writes one group commit takes")
+    db_fast_pickling: bool = Field(
+        True,
+        description="pickle stored objects with a C-speed persistent_id where ZODB's answers are known "
+        "(db/pickling.py; byte-identical records); false: ZODB's own path",
+    )
     db_migrate_batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="objects per commit in large migration steps"
     )
