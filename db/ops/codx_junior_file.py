@@ -23,6 +23,7 @@ from db.codx_junior import (
 from db.display import capped, joined, shorten
 from db.errors import CodxJuniorFileError, InvalidUserData
 from db.users import credentials
+from db.users.keys import fits
 from db.users.models import email_key, github_key, login_claim, username_key, username_skeleton
 from db.users.schemas import UserCreate
 
@@ -183,11 +184,13 @@ def _collisions(raw_users: list[Any], spelled: dict[int, str | None]) -> list[tu
     seen: dict[tuple[str, str], int] = {}
     found: list[tuple[int, str]] = []
     for index, name in spelled.items():
-        if name is None or not name.strip():
-            continue
+        if name is None or not name.strip() or not fits(name):
+            continue  # no name, or one too long to be a key: refused by the entry's own check
         keys = [("username", username_key(name)), ("skeleton", username_skeleton(name))]
         email = raw_users[index].get("email")
-        if isinstance(email, str) and email.strip():
+        if not isinstance(email, str) or not fits(email):
+            email = None  # an address too long to be a key: refused by the entry's own check
+        if email is not None and email.strip():
             keys.append(("email", email_key(email)))
         github = raw_users[index].get("github")
         if isinstance(github, str) and github_key(github):
@@ -213,7 +216,7 @@ def _collisions(raw_users: list[Any], spelled: dict[int, str | None]) -> list[tu
         as_email = seen.get(("email", claim)) if claim is not None else None
         if as_email is not None and as_email != index:
             found.append((index, f"its username is the email of {_entry(spelled, as_email)}"))
-        if isinstance(email, str) and email.strip():
+        if email is not None and email.strip():
             as_name = seen.get(("username", username_key(email)))
             if as_name is not None and as_name != index:
                 found.append((index, f"its email is the username of {_entry(spelled, as_name)}"))

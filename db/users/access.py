@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from db.database import UnitOfWork
 from db.errors import GenerationError, InvalidUserData
 from db.users import repository
+from db.users.keys import require_str
 from db.users.models import User, UserContainer, github_key, username_key
 from db.users.normalize import MAX_PROJECTS
 from db.users.schemas import CodxUser, ProjectPermission, parse_project, project_to_tuple, upgrade_project_tuple
-from db.users.service import require_str
 
 if TYPE_CHECKING:
     from db.users.service import UserService

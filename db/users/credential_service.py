@@ -36,6 +36,7 @@ from db.errors import InvalidUserData, UserNotFound, shown
 from db.users import credentials
 from db.users.credentials import CREDENTIALS_KEY, MAX_TTL, MIN_TTL, ApiKeyInfo, CredentialStore
 from db.users.history import record_actor
+from db.users.keys import require_str
 from db.users.models import USERS_KEY, User, UserContainer, utcnow
 from db.users.passwords import check_password, hash_password
 from db.users.policy import PasswordContext, PasswordPolicy
@@ -67,7 +68,7 @@ class CredentialService:
 
     def new_password_hash_for(self, username: str, password: str) -> str:
         """``new_password_hash`` with the stored user as the policy's context (one read); UserNotFound."""
-        _require_str("username", username)
+        require_str("username", username)
         check_password(password)  # the hard rules before a read: a bad type is the caller's mistake
         context = self._read(lambda users: _context(_get(users, username)))
         return self.new_password_hash(password, context)
@@ -76,7 +77,7 @@ class CredentialService:
 
     def has_password(self, username: str) -> bool:
         """Whether the user has a password (else its first login sets one); UserNotFound."""
-        _require_str("username", username)
+        require_str("username", username)
         return self._read(lambda users: _get(users, username).password_hash is not None)
 
     def set_password_if_unset(self, username: str, password: str) -> bool:
@@ -104,7 +105,7 @@ class CredentialService:
 
     def issue_token(self, username: str, ttl: timedelta | None = None) -> str:
         """A new access token for an active user, valid ``ttl`` (default ``db_token_ttl_hours``); shown once."""
-        _require_str("username", username)
+        require_str("username", username)
         if ttl is None:
             ttl = timedelta(hours=self.database.settings.db_token_ttl_hours)
         if not isinstance(ttl, timedelta) or not MIN_TTL <= ttl <= MAX_TTL:
@@ -147,7 +148,7 @@ class CredentialService:
 
     def revoke_tokens(self, username: str) -> int:
         """End every token of the user (logout everywhere); how many. UserNotFound."""
-        _require_str("username", username)
+        require_str("username", username)
 
         def revoke(uow: UnitOfWork) -> int:
             user = _get(_users(uow), username)
@@ -172,7 +173,7 @@ class CredentialService:
 
     def create_api_key(self, username: str, name: str = "") -> str:
         """A new API key for the user, shown once (stored hashed, no expiry). It works while the user is active."""
-        _require_str("username", username)
+        require_str("username", username)
 
         def create(uow: UnitOfWork) -> str:
             user = self._credential_owner(uow, username)
@@ -209,7 +210,7 @@ class CredentialService:
 
     def api_keys(self, username: str) -> list[ApiKeyInfo]:
         """The user's API keys, oldest first: key id, name, creation time (never the secret). UserNotFound."""
-        _require_str("username", username)
+        require_str("username", username)
 
         def listing(uow: UnitOfWork) -> list[ApiKeyInfo]:
             user = _get(_users(uow), username)
@@ -219,7 +220,7 @@ class CredentialService:
 
     def revoke_api_key_id(self, username: str, key_id: str) -> bool:
         """Remove the user's key with this ``key_id`` (from ``api_keys``); False if it has none. UserNotFound."""
-        _require_str("username", username)
+        require_str("username", username)
 
         def revoke(uow: UnitOfWork) -> bool:
             user = _get(_users(uow), username)
@@ -332,8 +333,3 @@ def _active_user(uow: UnitOfWork, user_id: str) -> CodxUser | None:
 
 def _context(user: User) -> PasswordContext:
     return PasswordContext(user.username, user.email, user.full_name)
-
-
-def _require_str(name: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise InvalidUserData([f"{name}: must be a string"])

@@ -8,12 +8,39 @@ from __future__ import annotations
 
 import unicodedata
 
+from db.errors import InvalidUserData
 from db.users.unicode_policy import skeleton
+
+# Longest text a key is made of. Stored names and addresses are at most 254 characters, and NFKC
+# shrinks text at most ~3x (a Hangul syllable typed as three jamo), so no longer text can match a
+# stored key. The bound matters: NFKC's cost grows with the square of a run of combining marks
+# (40,000 of them: 3 s holding the GIL), so lookups refuse longer text by name first
+# (``require_str``), and the key functions refuse what slips past.
+KEY_INPUT_MAX = 1024
+
+
+def fits(text: str) -> bool:
+    """True when ``text``, trimmed, is short enough to make a key of (``KEY_INPUT_MAX``)."""
+    return len(text) <= KEY_INPUT_MAX or len(text.strip()) <= KEY_INPUT_MAX
+
+
+def _bounded(text: str) -> str:
+    if not fits(text):
+        raise ValueError(f"must be at most {KEY_INPUT_MAX} characters")
+    return text.strip()
+
+
+def require_str(name: str, value: object) -> None:
+    """InvalidUserData unless ``value`` is a string short enough to look up (a caller's mistake, named)."""
+    if not isinstance(value, str):
+        raise InvalidUserData([f"{name}: must be a string"])
+    if not fits(value):
+        raise InvalidUserData([f"{name}: must be at most {KEY_INPUT_MAX} characters"])
 
 
 def _fold(text: str) -> str:
     """NFKC, trimmed, case-folded: the unique index keys' form."""
-    return unicodedata.normalize("NFKC", text).strip().casefold()
+    return unicodedata.normalize("NFKC", _bounded(text)).strip().casefold()
 
 
 def username_key(username: str) -> str:
@@ -23,7 +50,7 @@ def username_key(username: str) -> str:
 
 def username_skeleton(username: str) -> str:
     """Look-alike key of a username (UTS #39 skeleton): admin with a Cyrillic U+0430 for its "a" shares "admin"'s."""
-    return skeleton(unicodedata.normalize("NFKC", username).strip())
+    return skeleton(unicodedata.normalize("NFKC", _bounded(username)).strip())
 
 
 def email_key(email: str) -> str:

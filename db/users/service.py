@@ -19,6 +19,7 @@ from db.errors import HistoryUnavailable, InvalidUserData, UserNotFound, shown
 from db.users import credential_service as creds
 from db.users import listing, repository
 from db.users.history import TRACKED_FIELDS, UserRevision, record_actor, revisions, snapshot, state_at, tid_from_str
+from db.users.keys import KEY_INPUT_MAX, fits, require_str
 from db.users.models import UserContainer
 from db.users.passwords import MAX_PASSWORD_LENGTH, dummy_verify, hash_cost_problem, hash_password, verify_password
 from db.users.policy import PasswordContext, PasswordPolicy
@@ -92,6 +93,8 @@ class UserService:
         for name, value in (("prefix", prefix), ("after", after)):
             if value is not None and not isinstance(value, str):
                 problems.append(f"{name}: must be a string")
+            elif value is not None and not fits(value):
+                problems.append(f"{name}: must be at most {KEY_INPUT_MAX} characters")
         if problems:
             raise InvalidUserData(problems)
 
@@ -193,6 +196,10 @@ class UserService:
         if len(password) > MAX_PASSWORD_LENGTH:
             # No such password can have been set: refuse before hashing megabytes. Depends on
             # the input alone, so answering faster tells nothing about the account.
+            return None
+        if not fits(username_or_email):
+            # No such login is stored, and folding it would cost the square of its length.
+            dummy_verify(password)
             return None
         login = username_or_email
 
@@ -383,12 +390,6 @@ def revision_target(to: datetime | str) -> tuple[bytes | None, datetime | None]:
         else:
             return None, when if when.tzinfo else when.replace(tzinfo=UTC)
     raise InvalidUserData(["to: must be a revision id (16 hex digits) or an ISO 8601 time"])
-
-
-def require_str(name: str, value: object) -> None:
-    """InvalidUserData unless ``value`` is a string (a caller's mistake, named)."""
-    if not isinstance(value, str):
-        raise InvalidUserData([f"{name}: must be a string"])
 
 
 def is_int(value: object) -> bool:
