@@ -94,6 +94,9 @@ def test_environment_errors_name_the_setting_in_the_cli(tmp_path: Path) -> None:
         f"postgresql://codx:{SECRET}@db.example:5432/codx",
         f"host=db.example user=codx password={SECRET} dbname=codx",
         f"host=db.example user=codx password='{SECRET}' dbname=codx sslmode=verify-full",
+        # libpq's passphrase of the client key is a password too.
+        f"host=db.example user=codx dbname=codx sslmode=verify-full sslkey=/k.pem sslpassword={SECRET}",
+        f"postgresql://codx@db.example:5432/codx?sslmode=require&sslpassword={SECRET}",
     ],
 )
 def test_dsn_password_never_shows(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -116,6 +119,14 @@ def test_tls_options_pass_through_to_the_dsn() -> None:
     assert settings.db_dsn is not None
     dsn = keyword_dsn(settings.db_dsn.get_secret_value())
     assert "sslmode=verify-full" in dsn and "sslrootcert=/etc/ssl/ca.pem" in dsn
+
+
+def test_a_message_quoting_a_dsn_secret_is_scrubbed() -> None:
+    from db.pg.dsn import scrub
+
+    dsn = f"host=db.example user=codx password=pw-{SECRET} sslpassword=key-{SECRET}"
+    message = scrub(f"could not open with pw-{SECRET} or key-{SECRET}", dsn)
+    assert SECRET not in message and message.count("***") == 2
 
 
 def test_unparsable_dsn_is_not_echoed() -> None:

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
-from psycopg2.extensions import parse_dsn
 
 from db.errors import DatabaseUnavailable
+from db.pg.dsn import scrub
 from db.settings import mask_dsn
 
 
@@ -47,10 +47,7 @@ def _connection(dsn: str) -> Iterator[Any]:
     try:
         conn = psycopg2.connect(dsn, application_name="codx-db transfer", connect_timeout=10)
     except psycopg2.OperationalError as exc:
-        reason = (str(exc).strip().splitlines() or ["connection failed"])[0]
-        password = parse_dsn(dsn).get("password")
-        if password:
-            reason = reason.replace(password, "***")
+        reason = scrub((str(exc).strip().splitlines() or ["connection failed"])[0], dsn)
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL ({mask_dsn(dsn)}): {reason}") from None
     try:
         yield conn

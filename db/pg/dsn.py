@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from psycopg2.extensions import make_dsn, parse_dsn
 
+# libpq parameters that hold a secret: the password, and the passphrase of the client's TLS key.
+SECRET_PARAMS = ("password", "sslpassword")
+
 
 def mask_dsn(dsn: str) -> str:
-    """Return the DSN with its password replaced by ``***`` (URI or ``key=value`` form)."""
+    """Return the DSN with its secrets (``SECRET_PARAMS``) replaced by ``***`` (URI or ``key=value`` form)."""
     try:
         params = parse_dsn(dsn)
     except Exception:  # noqa: BLE001 - an unparsable DSN must not be echoed: it may hold a password
         return "<unparsable DSN>"
-    if "password" in params:
-        params["password"] = "***"
+    for name in SECRET_PARAMS:
+        if name in params:
+            params[name] = "***"
     return str(make_dsn(**params))
 
 
@@ -37,15 +41,17 @@ def check_dsn(dsn: str) -> None:
 
 
 def scrub(message: str, dsn: str | None) -> str:
-    """Remove a DSN password from a message that might quote it."""
+    """Remove a DSN's secrets (``SECRET_PARAMS``) from a message that might quote them."""
     if not dsn:
         return message
     try:
-        password = parse_dsn(dsn).get("password")
+        params = parse_dsn(dsn)
     except Exception:  # noqa: BLE001 - if it does not parse, nothing of it can be trusted
         return "connection failed"
-    if password:
-        message = message.replace(password, "***")
+    for name in SECRET_PARAMS:
+        secret = params.get(name)
+        if secret:
+            message = message.replace(secret, "***")
     return message
 
 
