@@ -86,8 +86,9 @@ class CodxJuniorProject(_Shape):
     """One project grant: ``children`` None means codx-junior's default (the children too)."""
 
     project_id: StrictStr
-    # Kept as codx-junior wrote it: "tasks,coder", or a list ([] is its default).
-    permissions: Annotated[Any, BeforeValidator(_permissions)] = ""
+    # Kept as codx-junior wrote it: "tasks,coder", or a list ([] is its default, and what a
+    # missing or null value means: as UserDB.sync reads it, db/users/codx_junior_shape.py).
+    permissions: Annotated[Any, BeforeValidator(_permissions)] = []
     # codx-junior's default is true; an explicit null is kept as null (it round-trips).
     children: StrictBool | None = True
     apps: list[StrictStr] | None = None
@@ -96,7 +97,7 @@ class CodxJuniorProject(_Shape):
         """codx-db's ``ProjectPermission`` fields."""
         return {
             "project_id": self.project_id,
-            "permissions": "" if self.permissions is None else self.permissions,
+            "permissions": [] if self.permissions is None else self.permissions,
             "children": self.children,
             "apps": self.apps or [],
         }
@@ -134,7 +135,7 @@ class CodxJuniorUser(_Shape):
                 "email": self.email or None,  # codx-junior writes "" for no email
                 "full_name": self.full_name or "",
                 "avatar": self.avatar or "",
-                "theme": self.theme or "dim",
+                "theme": "dim" if self.theme is None else self.theme,  # "" is kept, as sync keeps it
                 "role": self.role or "user",
                 "github": self.github or "",
                 "is_active": not self.disabled,

@@ -552,3 +552,45 @@ def test_permission_lists_and_null_children_round_trip_as_codx_junior_wrote_them
     assert to_codx_junior(UserDB(memory_db).get("ann"))["projects"] == projects
     again = import_codx_junior(memory_db, path)
     assert not again.written and again.skipped == ["ann"]
+
+
+def test_the_file_import_and_sync_store_a_codx_junior_user_alike(tmp_path: Path) -> None:
+    """theme "" is kept, and a grant whose permissions are missing or null gets codx-junior's []."""
+    entry = {
+        "username": "admin",
+        "email": "",
+        "avatar": "",
+        "theme": "",
+        "role": "admin",
+        "projects": [
+            {"project_id": "p1", "permissions": None, "children": None},
+            {"project_id": "p2"},
+            {"project_id": "p3", "permissions": "tasks,coder"},
+        ],
+    }
+    stored = []
+    for how in ("file", "sync"):
+        database = Database(CodxJuniorGlobalSettings.load(db_backend="memory"))
+        try:
+            users = UserDB(database)
+            if how == "file":
+                report = import_codx_junior(database, write_json(tmp_path, {"users": [entry]}))
+                assert report.normalized == [], report.normalized
+            else:
+                users.sync([entry])
+            stored.append(users.get("admin").model_dump(exclude={"id", "created_at", "updated_at"}))
+        finally:
+            database.close()
+    by_file, by_sync = stored
+    assert by_file["theme"] == "" and by_sync["theme"] == ""
+    assert [p["permissions"] for p in by_file["projects"]] == [(), (), "tasks,coder"]
+    assert by_file == by_sync
+
+    # An empty value that is stored as a default is listed, never silent.
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="memory"))
+    try:
+        report = import_codx_junior(database, write_json(tmp_path, {"users": [{**entry, "role": ""}]}))
+        assert report.normalized == ["users[0] ('admin'): role: empty in the file, stored as 'user'"]
+        assert UserDB(database).get("admin").role == "user"
+    finally:
+        database.close()

@@ -149,8 +149,12 @@ def read_settings_file(path: Path) -> SettingsFile:
         named = f"users[{index}] ({quoted(user.username)})"
         for field_name, rule in NORMALIZATION_RULES.items():
             given, stored = getattr(user, field_name), getattr(data, field_name)
-            if isinstance(given, str) and given and given != stored:
+            if not isinstance(given, str) or given == stored or (given == "" and stored is None):
+                continue  # unchanged, or codx-junior's "" for none (an email)
+            if given:
                 normalized.append(f"{named}: {field_name}: {rule}")
+            else:  # an empty value given a default (role "" is a user): said, never silent
+                normalized.append(f"{named}: {field_name}: empty in the file, stored as {quoted(str(stored))}")
     short = [quoted(e.username) for e in entries if e.api_key and len(e.api_key) < credentials.SHORT_IMPORTED_KEY]
     if short:
         warnings.append(

@@ -164,7 +164,8 @@ def _project_from_codx_junior(entry: Any) -> Any:
     if not isinstance(entry, Mapping):
         return entry  # the schema names the bad entry
     project = dict(entry)
-    project.setdefault("permissions", [])  # what codx-junior writes when none were given
+    if project.get("permissions") is None:
+        project["permissions"] = []  # what codx-junior writes when none were given (null alike)
     if project.get("apps") is None:
         project["apps"] = []
     project.setdefault("children", True)
