@@ -124,6 +124,11 @@ def test_grant_adds_or_replaces_and_revoke_removes(users: UserDB, database: Data
     assert names(users.with_project_access("b", admins=False)) == ["bob"]
     assert users.revoke_project("bob", "b") is True
     assert users.revoke_project("bob", "b") is False
+    # A project id is trimmed on revoke as on grant: " c " names the grant of "c".
+    users.grant_project("bob", " c ", "tasks")
+    assert names(users.with_project_access(" c ", admins=False)) == ["bob"]
+    assert users.revoke_project("bob", " c ") is True
+    assert [p.project_id for p in users.get("bob").projects] == ["a"]
     assert names(users.with_project_access("b", admins=False)) == []
     assert [p.project_id for p in users.get("bob").projects] == ["a"]
     before = snapshot_state(database), users.get("bob")

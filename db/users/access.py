@@ -126,8 +126,10 @@ class AccessService:
         if problems:
             raise InvalidUserData(problems)
 
+        wanted = project_id.strip()  # as grant_project stores it
+
         def members(uow: UnitOfWork) -> list[CodxUser]:
-            found = project_members(repository.container(uow), project_id, admins=admins, active=active)
+            found = project_members(repository.container(uow), wanted, admins=admins, active=active)
             return [CodxUser.from_model(user) for user in found]
 
         return self.users.database.run(members)
@@ -162,13 +164,14 @@ class AccessService:
         """``UserDB.revoke_project``: False if the user had no grant for the project."""
         require_str("username", username)
         require_str("project_id", project_id)
+        project_id = project_id.strip()  # as grant_project stores it
 
         def write(uow: UnitOfWork) -> bool:
             users = repository.container(uow)
             done = revoke(users, username, project_id)
             if done:
                 user = repository.get(users, username)
-                uow.note(f"codx-db: revoke project {project_id.strip()} from {user.username}")
+                uow.note(f"codx-db: revoke project {project_id} from {user.username}")
                 # A bool answer names no user: record the actor here (history; group commit).
                 self.users.record_actor(uow, user.id)
             return done
