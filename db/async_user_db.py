@@ -32,6 +32,7 @@ from db.user_db import UserDB
 from db.users.credentials import ApiKeyInfo
 from db.users.history import UserRevision
 from db.users.schemas import CodxUser, ProjectPermission
+from db.users.service import MAX_PAGE
 from db.users.sync import SyncReport
 
 T = TypeVar("T")
@@ -243,7 +244,10 @@ class AsyncUserDB:
 
     async def iter_users(self, batch: int = 500) -> AsyncIterator[CodxUser]:
         """Every user in username order, each batch read on a worker thread (see ``UserDB.iter_users``)."""
-        async for user in self._iterate(self.user_db.iter_users(batch), batch):
+        # A bad ``batch`` is the sync generator's to refuse, at its first item as UserDB does;
+        # islice needs a count it accepts (0 would not even start the generator).
+        chunk = batch if isinstance(batch, int) and not isinstance(batch, bool) and 1 <= batch <= MAX_PAGE else 1
+        async for user in self._iterate(self.user_db.iter_users(batch), chunk):
             yield user
 
     async def history(self, username: str, limit: int = 20) -> builtins.list[UserRevision]:

@@ -526,3 +526,17 @@ async def test_codx_db_errors_map_to_http_statuses(memory_db: Database) -> None:
             {"loc": ["body", "projects", 0, "project_id"], "msg": "is missing", "type": "value_error"},
             {"loc": ["body"], "msg": "odd text", "type": "value_error"},
         ]
+
+
+@pytest.mark.parametrize("batch", [0, -1, 1001, "10", 1.5, None])
+def test_iter_users_refuses_a_bad_batch_as_the_sync_twin_does(memory_db: Database, batch: Any) -> None:
+    UserDB(memory_db).create(username="alice")
+    with pytest.raises(InvalidUserData) as sync_error:
+        list(UserDB(memory_db).iter_users(batch))
+
+    async def collect() -> list[CodxUser]:
+        return [user async for user in AsyncUserDB(memory_db).iter_users(batch)]
+
+    with pytest.raises(InvalidUserData) as async_error:
+        asyncio.run(collect())
+    assert str(async_error.value) == str(sync_error.value)
