@@ -142,3 +142,25 @@ def test_cli_history_and_revert(tmp_path: Path) -> None:
     reverted = cli("user", "revert", "alice", "--to", revisions[-1]["tid"], "--json")
     assert reverted.returncode == 0, reverted.stderr
     assert json.loads(reverted.stdout)["full_name"] == ""
+
+
+@pytest.mark.parametrize(("is_superuser", "role"), [(True, "admin"), (False, "user")])
+def test_a_revision_from_before_generation_1_reads_its_role_as_evolve1_set_it(is_superuser: bool, role: str) -> None:
+    """Generation 1 added ``role`` from ``is_superuser``; a revision written before it has neither ``role`` nor
+    the later fields, and an admin's must not read as a user (a revert of it was refused: "role 'user'
+    contradicts is_superuser=True")."""
+    from db.users.history import snapshot
+
+    stored = {
+        "id": "0f" * 16,
+        "username": "boss",
+        "email": None,
+        "full_name": "",
+        "is_active": True,
+        "is_superuser": is_superuser,
+        "password_hash": None,
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    found = snapshot(stored)
+    assert found.role == role and found.is_superuser is is_superuser
+    assert found.theme == "dim" and found.projects == ()

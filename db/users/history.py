@@ -144,6 +144,8 @@ def state_at(connection: Any, user: User, tid: bytes | None, when: datetime | No
 def snapshot(state: dict[str, Any]) -> CodxUser:
     """A CodxUser from a stored state (class defaults fill fields older revisions lack)."""
     values = {name: state.get(name, getattr(User, name, None)) for name in TRACKED_FIELDS}
+    if "role" not in state:  # written before generation 1, which derived it so (migrations/evolve1.py)
+        values["role"] = "admin" if state.get("is_superuser") else "user"
     values["projects"] = projects_from_tuple(values["projects"] or ())
     values["id"] = state["id"]
     values["created_at"] = state["created_at"]
