@@ -105,6 +105,11 @@ def status(zodb: ZODB.DB, target: int | None = None, package: str = CODX_DB) -> 
     return _plan(manager, current, target)
 
 
+def check_target(target: int | None, package: str = CODX_DB) -> None:
+    """GenerationError if ``target`` is no generation of ``package``: checked before anything is opened."""
+    _plan(registry.get(package), None, target)
+
+
 def statuses(zodb: ZODB.DB) -> list[MigrationStatus]:
     """Every registered package's status against its latest generation, codx_db first."""
     with _connection(zodb) as (connection, _):

@@ -417,6 +417,10 @@ def test_migrate_on_a_new_database_says_so_and_apply_installs_it(tmp_path: Path)
     settings = CodxJuniorGlobalSettings.load(db_file_path=tmp_path / "new.fs")
     status = run_cli(settings, "migrate")
     assert status.returncode == 1 and "no database at" in status.stderr  # a typo is not a database
+    # A target that does not exist is refused before anything is opened: no database is made.
+    refused = run_cli(settings, "migrate", "--apply", "--to", "99")
+    assert refused.returncode == 1 and "target generation 99 does not exist" in refused.stderr
+    assert not (tmp_path / "new.fs").exists()
     report = json.loads(run_cli(settings, "migrate", "--apply", "--json").stdout)
     assert report["current"] == migrations.GENERATION and report["pending"] == []
     assert stored_generation(settings) == migrations.GENERATION

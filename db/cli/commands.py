@@ -28,7 +28,15 @@ from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from db.users.models import USERS_KEY, login_claim
 from db.users.schemas import CodxUser
-from migrations.runner import GENERATION_KEY, evolve, holds_database, open_for_migration, read_generation, status
+from migrations.runner import (
+    GENERATION_KEY,
+    check_target,
+    evolve,
+    holds_database,
+    open_for_migration,
+    read_generation,
+    status,
+)
 
 EMPTY = "empty: no codx-db database here yet"
 
@@ -118,6 +126,7 @@ def cmd_migrate(session: Session, args: argparse.Namespace) -> MigrationReport:
             write(session.stderr, f"  {message}{suffix}\n")
 
     settings = session.database.settings
+    check_target(args.to)  # before opening: opening an empty location would create a database
     with open_for_migration(settings) as zodb:
         before = status(zodb, args.to)
         report = MigrationReport(
