@@ -93,6 +93,16 @@ def check_root(root: Any) -> CheckReport:
     _check_index("email", container.by_email, users, _email_key, problems, also=claim_of)
     _check_inactive(container, users, generation, problems)
     warnings: list[Problem] = []
+    if generation is not None and 0 <= generation < migrations.MINIMUM_GENERATION:
+        # Checked as it is (a clean old database is clean), but this code will not use it yet.
+        warnings.append(
+            Problem(
+                code="generation-old",
+                message=f"the database is at generation {generation}; this code reads and writes it from "
+                f"generation {migrations.MINIMUM_GENERATION} (at least {migrations.MINIMUM_GENERATION}): "
+                "run `codx-db migrate --apply` first",
+            )
+        )
     # Layout warnings first: a hundred look-alike warnings must not truncate away the one that
     # decides whether repair rewrites user entries (REWRITTEN_BY_REPAIR).
     check_layout(container, generation, warnings)
