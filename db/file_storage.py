@@ -93,25 +93,42 @@ def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
     if blob_dir is not None:
         make_private_dir(blob_dir)
         kwargs["blob_dir"] = str(blob_dir)
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        log.warning("%s was readable by other users: making it private (0600)", path)
-        path.chmod(0o600)
     # FileStorage opens these with "w+b" / os.open without a mode of its own: a file that
     # already exists keeps its (private) mode.
-    for suffix in (".lock", ".tmp"):
-        create_private(Path(f"{path}{suffix}"))
+    sides = [Path(f"{path}{suffix}") for suffix in (".lock", ".tmp")]
+    made = [side for side in sides if not side.exists()]
     try:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            log.warning("%s was readable by other users: making it private (0600)", path)
+            path.chmod(0o600)
+        for side in sides:
+            create_private(side)
         _cut_incomplete_tail(path)
         storage = PrivateFileStorage(str(path), **kwargs)
     except LockError:
         raise StorageInUse(_in_use_message(path)) from None
     except OSError as exc:
+        _remove_ours(made)  # a failed open leaves nothing of its own beside the file
         if exc.errno in DISK_FULL_ERRNOS:
             raise StorageFull(path, free_bytes(path)) from None
+        if isinstance(exc, PermissionError):
+            # FileStorage opens its file read-write, even for a command that only reads.
+            raise ConfigurationError(
+                f"db_file_path: cannot open {path} for writing ({exc.strerror}): codx-db needs write access "
+                "to the file and its directory, even to read (`codx-db backup` copies a file it cannot write)"
+            ) from None
         raise
     storage.make_side_files_private()
     storage.remove_leftover_pack()
     return storage
+
+
+def _remove_ours(paths: list[Path]) -> None:
+    """Remove side files this open made: empty, or a lock file naming this process (zc.lockfile's pid)."""
+    for side in paths:
+        with contextlib.suppress(OSError):
+            if side.stat().st_size == 0 or str(os.getpid()) in side.read_text("ascii", "replace").split():
+                side.unlink()
 
 
 # What FileStorage files written under Python 2 begin with (ZODB 6 on Python 3 writes b"FS30").

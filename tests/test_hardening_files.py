@@ -336,3 +336,28 @@ def test_a_python_2_filestorage_is_named_as_such_and_left_alone(tmp_path: Path) 
     result = cli(settings_env(file_settings(path)), "user", "add", "eve", "--no-password")
     assert result.returncode == 1 and "Python 2 format (FS21)" in result.stderr and "zodbupdate" in result.stderr
     assert listing(tmp_path) == {"old.fs": 0o644}
+
+
+def test_a_file_that_cannot_be_opened_for_writing_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    """An immutable database file (chattr +i: even root cannot write it): a named error, no side files made."""
+    path = tmp_path / "users.fs"
+    settings = CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=path)
+    database = Database(settings)
+    UserDB(database).create(username="alice")
+    database.close()
+    for side in tmp_path.glob("users.fs.*"):
+        if side.suffix in (".lock", ".tmp"):
+            side.unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        env = {**os.environ, **settings_env(settings), "HOME": str(tmp_path)}
+        result = subprocess.run(
+            [sys.executable, "-m", "db", "info"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert result.returncode == 1
+    assert "unexpected" not in result.stderr, result.stderr
+    assert str(path) in result.stderr and "write" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
