@@ -211,6 +211,12 @@ class AsyncUserDB:
         """The user if the password matches and the user is active, else None (verified on the worker thread)."""
         return await self._call(self.user_db.authenticate, username_or_email, password)
 
+    async def login(
+        self, username_or_email: str, password: str, ttl: timedelta | None = None
+    ) -> tuple[CodxUser, str] | None:
+        """``authenticate`` and a new token in one call, the token only for the password verified."""
+        return await self._call(self.user_db.login, username_or_email, password, ttl)
+
     async def delete(self, username: str) -> None:
         """Delete a user; raises UserNotFound."""
         await self._call(self.user_db.delete, username)

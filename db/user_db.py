@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from db.database import Database
+from db.users import login
 from db.users import sync as user_sync
 from db.users.access import AccessService
 from db.users.credential_service import CredentialService
@@ -235,6 +236,18 @@ class UserDB:
         existed) is never verified: the login fails, with a warning naming the user.
         """
         return self._users.authenticate(username_or_email, password)
+
+    def login(self, username_or_email: str, password: str, ttl: timedelta | None = None) -> tuple[CodxUser, str] | None:
+        """``authenticate``, then a new access token: ``(user, token)``, or None as ``authenticate`` answers.
+
+        Safer than the two calls: the token is issued only if the user still has the password
+        that was verified, so a password change or deactivation landing between the two wins.
+        """
+        verified = login.verify(self._users, username_or_email, password)
+        if verified is None:
+            return None
+        token = self._credentials.issue_login_token(verified.user.id, verified.password_hash, ttl)
+        return None if token is None else (verified.user, token)
 
     def delete(self, username: str) -> None:
         """Delete a user; raises UserNotFound."""

@@ -66,10 +66,10 @@ async def login(body: Login, users: Users) -> LoggedIn:
 
     The token is shown once (codx-db keeps only its hash) and lasts ``db_token_ttl_hours``.
     """
-    user = await users.authenticate(body.username, body.password)
-    if user is None:
+    found = await users.login(body.username, body.password)  # the token only for the password verified
+    if found is None:
         raise NotAuthenticated("wrong username or password")
-    token = await users.issue_token(user.username)
+    user, token = found
     return LoggedIn(**user.model_dump(exclude={"disabled"}), token=token)
 
 

@@ -106,10 +106,7 @@ class CredentialService:
     def issue_token(self, username: str, ttl: timedelta | None = None) -> str:
         """A new access token for an active user, valid ``ttl`` (default ``db_token_ttl_hours``); shown once."""
         require_str("username", username)
-        if ttl is None:
-            ttl = timedelta(hours=self.database.settings.db_token_ttl_hours)
-        if not isinstance(ttl, timedelta) or not MIN_TTL <= ttl <= MAX_TTL:
-            raise InvalidUserData(["ttl: must be a timedelta between 1 second and 400 days, or None"])
+        ttl = self._ttl(ttl)
 
         def issue(uow: UnitOfWork) -> str:
             user = self._credential_owner(uow, username)
@@ -122,6 +119,35 @@ class CredentialService:
             return credentials.issue_token(store, user.id, ttl, self.clock())
 
         return self._write(issue)
+
+    def issue_login_token(self, user_id: str, password_hash: str, ttl: timedelta | None = None) -> str | None:
+        """A token for ``UserDB.login``: only if the user is active and still has the hash its password matched.
+
+        Checked in the unit of work that issues it: a password change or a deactivation
+        committed after the password was verified wins (None), and one committing meanwhile
+        conflicts with this unit's ``readCurrent`` of the user (it runs again and sees it).
+        """
+        ttl = self._ttl(ttl)
+
+        def issue(uow: UnitOfWork) -> str | None:
+            user = _users(uow).users.get(user_id)
+            if user is None:
+                return None
+            uow.connection.readCurrent(user)
+            if not user.is_active or user.password_hash != password_hash:
+                return None
+            store = credentials.install_credentials(uow.root)
+            self._record_actor(uow, _credentials_of(user.id))
+            return credentials.issue_token(store, user.id, ttl, self.clock())
+
+        return self._write(issue)
+
+    def _ttl(self, ttl: timedelta | None) -> timedelta:
+        if ttl is None:
+            ttl = timedelta(hours=self.database.settings.db_token_ttl_hours)
+        if not isinstance(ttl, timedelta) or not MIN_TTL <= ttl <= MAX_TTL:
+            raise InvalidUserData(["ttl: must be a timedelta between 1 second and 400 days, or None"])
+        return ttl
 
     def get_by_token(self, token: str) -> CodxUser | None:
         """The active user this unexpired token belongs to, else None (unknown, expired, revoked, user gone)."""

@@ -17,11 +17,10 @@ from typing import Any, TypeVar
 from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserNotFound, shown
 from db.users import credential_service as creds
-from db.users import listing, repository
+from db.users import listing, login, repository
 from db.users.history import TRACKED_FIELDS, UserRevision, record_actor, revisions, snapshot, state_at, tid_from_str
 from db.users.keys import KEY_INPUT_MAX, fits, require_str
 from db.users.models import UserContainer
-from db.users.passwords import MAX_PASSWORD_LENGTH, dummy_verify, hash_cost_problem, hash_password, verify_password
 from db.users.policy import PasswordContext, PasswordPolicy
 from db.users.records import PreparedUser, prepare_records
 from db.users.schemas import CodxUser, UserCreate, UserUpdate, email_for_lookup
@@ -191,56 +190,8 @@ class UserService:
 
     def authenticate(self, username_or_email: str, password: str) -> CodxUser | None:
         """The user if the password matches and the user is active, else None (``UserDB.authenticate``)."""
-        if not isinstance(username_or_email, str) or not isinstance(password, str):
-            return None
-        if len(password) > MAX_PASSWORD_LENGTH:
-            # No such password can have been set: refuse before hashing megabytes. Depends on
-            # the input alone, so answering faster tells nothing about the account.
-            return None
-        if not fits(username_or_email):
-            # No such login is stored, and folding it would cost the square of its length.
-            dummy_verify(password)
-            return None
-        login = username_or_email
-
-        def lookup(users: UserContainer) -> tuple[CodxUser | None, str | None]:
-            user = repository.find_login(users, login)
-            if user is None:
-                return None, None
-            return CodxUser.from_model(user), user.password_hash
-
-        found, stored_hash = self._read(lookup)
-        if found is None:
-            dummy_verify(password)
-            return None
-        problem = None if stored_hash is None else hash_cost_problem(stored_hash)
-        if problem is not None:
-            log.warning(
-                "user %s cannot log in: its stored password hash is refused (%s); "
-                "set a new one with `codx-db user passwd`",
-                shown(found.username),
-                problem,
-            )
-            dummy_verify(password)
-            return None
-        ok, needs_rehash = verify_password(stored_hash, password)
-        if not ok or not found.is_active:
-            return None
-        if not needs_rehash:
-            return found
-        user_id = found.id
-        new_hash = hash_password(password)
-
-        def rehash(uow: UnitOfWork) -> CodxUser | None:
-            user = repository.container(uow).users.get(user_id)
-            if user is None or not user.is_active:
-                return None
-            # Only replace the hash we verified: a concurrent set_password wins.
-            if user.password_hash == stored_hash:
-                repository.set_password_hash(user, new_hash, touch=False)  # the same password: no change
-            return CodxUser.from_model(user)
-
-        return self.write(rehash, f"rehash password of {found.username}")
+        verified = login.verify(self, username_or_email, password)
+        return None if verified is None else verified.user
 
     # -- history -------------------------------------------------------------------------------
 

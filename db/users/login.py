@@ -1,0 +1,90 @@
+"""Logging in: a password checked against the stored hash, then (``UserDB.login``) a token.
+
+``verify`` is ``UserDB.authenticate``'s work: the hash is read in a short unit of work and
+verified outside it (argon2 takes tens of milliseconds, no connection is held meanwhile).
+It answers the user *and the hash the password matched*, so a login can issue its token in a
+unit of work that checks the user still has that hash: a password change (or a deactivation)
+committed between the check and the token wins, and no token is issued for the old password
+(db/users/credential_service.py ``issue_login_token``).
+
+Unknown and inactive users cost the same time as a wrong password of an argon2 user.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, NamedTuple
+
+from db.database import UnitOfWork
+from db.errors import shown
+from db.users import repository
+from db.users.keys import fits
+from db.users.models import UserContainer
+from db.users.passwords import MAX_PASSWORD_LENGTH, dummy_verify, hash_cost_problem, hash_password, verify_password
+from db.users.schemas import CodxUser
+
+if TYPE_CHECKING:
+    from db.users.service import UserService
+
+log = logging.getLogger("db.user_db")  # the name operators filter on since the first version
+
+
+class Verified(NamedTuple):
+    """A user whose password matched, and the stored hash it matched (after a rehash: the new one)."""
+
+    user: CodxUser
+    password_hash: str
+
+
+def verify(service: UserService, username_or_email: str, password: str) -> Verified | None:
+    """The active user this login and password name, with the hash they matched; else None."""
+    if not isinstance(username_or_email, str) or not isinstance(password, str):
+        return None
+    if len(password) > MAX_PASSWORD_LENGTH:
+        # No such password can have been set: refuse before hashing megabytes. Depends on
+        # the input alone, so answering faster tells nothing about the account.
+        return None
+    if not fits(username_or_email):
+        # No such login is stored, and folding it would cost the square of its length.
+        dummy_verify(password)
+        return None
+    login = username_or_email
+
+    def lookup(users: UserContainer) -> tuple[CodxUser | None, str | None]:
+        user = repository.find_login(users, login)
+        if user is None:
+            return None, None
+        return CodxUser.from_model(user), user.password_hash
+
+    found, stored_hash = service._read(lookup)
+    if found is None:
+        dummy_verify(password)
+        return None
+    problem = None if stored_hash is None else hash_cost_problem(stored_hash)
+    if problem is not None:
+        log.warning(
+            "user %s cannot log in: its stored password hash is refused (%s); set a new one with `codx-db user passwd`",
+            shown(found.username),
+            problem,
+        )
+        dummy_verify(password)
+        return None
+    ok, needs_rehash = verify_password(stored_hash, password)
+    if not ok or not found.is_active or stored_hash is None:
+        return None
+    if not needs_rehash:
+        return Verified(found, stored_hash)
+    user_id = found.id
+    new_hash = hash_password(password)
+
+    def rehash(uow: UnitOfWork) -> Verified | None:
+        user = repository.container(uow).users.get(user_id)
+        if user is None or not user.is_active:
+            return None
+        # Only replace the hash we verified: a concurrent set_password wins.
+        if user.password_hash == stored_hash:
+            repository.set_password_hash(user, new_hash, touch=False)  # the same password: no change
+            return Verified(CodxUser.from_model(user), new_hash)
+        return Verified(CodxUser.from_model(user), stored_hash)
+
+    return service.write(rehash, f"rehash password of {found.username}")

@@ -1,0 +1,78 @@
+"""UserDB.login: authenticate and a token in one call, the token only for the password verified.
+
+Two calls (``authenticate`` then ``issue_token``, as examples/fastapi_app.py did) leave a gap: a
+password change or a deactivation committed between them still got a token issued for the old
+password. ``login`` issues it in a unit of work that checks the user still has the hash the
+password matched.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import bcrypt
+import pytest
+
+from db.database import Database
+from db.user_db import UserDB
+from db.users import login as login_module
+from db.users.credentials import CREDENTIALS_KEY
+
+PASSWORD = "Correct-Horse-77"
+
+
+@pytest.fixture
+def users(database: Database) -> UserDB:
+    users = UserDB(database)
+    users.create(username="alice", email="alice@example.com", password=PASSWORD)
+    return users
+
+
+def test_login_answers_the_user_and_a_working_token(users: UserDB) -> None:
+    found = users.login("Alice@Example.com", PASSWORD)
+    assert found is not None
+    user, token = found
+    assert user.username == "alice"
+    assert users.get_by_token(token) == users.get("alice")
+    assert users.login("alice", "wrong password") is None
+    assert users.login("nobody", PASSWORD) is None
+    users.update("alice", is_active=False)
+    assert users.login("alice", PASSWORD) is None
+
+
+def test_a_codx_junior_bcrypt_hash_logs_in_and_is_rehashed(users: UserDB) -> None:
+    legacy = bcrypt.hashpw(b"short1", bcrypt.gensalt(rounds=4)).decode()
+    users.import_users([{"username": "old", "password_hash": legacy}])
+    found = users.login("old", "short1")  # the token is issued for the argon2id hash that replaced it
+    assert found is not None and users.get_by_token(found[1]) is not None
+    assert users.login("old", "short1") is not None
+
+
+@pytest.mark.parametrize("change", ["password", "deactivation"])
+def test_a_change_between_the_check_and_the_token_wins(
+    users: UserDB, database: Database, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    original = login_module.verify_password
+
+    def verify_then_change(stored: Any, password: str) -> Any:
+        answer = original(stored, password)
+
+        def other_request() -> None:  # another worker, committing right after the check
+            other = UserDB(database)
+            if change == "password":
+                other.set_password("alice", "Another-Horse-88")
+            else:
+                other.update("alice", is_active=False)
+
+        worker = threading.Thread(target=other_request)
+        worker.start()
+        worker.join(60)
+        return answer
+
+    monkeypatch.setattr(login_module, "verify_password", verify_then_change)
+    assert users.login("alice", PASSWORD) is None
+    monkeypatch.setattr(login_module, "verify_password", original)
+    with database.transaction() as uow:
+        store = uow.root.get(CREDENTIALS_KEY)
+        assert store is None or len(store.tokens) == 0  # no token was issued
