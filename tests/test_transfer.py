@@ -160,6 +160,55 @@ def test_copy_file_to_postgres_and_back_loses_nothing(
     check_logins(file_settings(back))
 
 
+def _foreign_rows(dsn: str) -> int:
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM orders")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("occupied", [False, True], ids=["beside-nothing", "beside-a-codx-db-database"])
+def test_copy_never_touches_a_table_that_is_not_codx_dbs(
+    source: CodxJuniorGlobalSettings, pg_dsn: str, occupied: bool
+) -> None:
+    """A database shared with another application's tables: refused, even with --force, and nothing written.
+
+    copy and restore staged and then replaced every table of the target's schema: another
+    application's tables were emptied (DELETE, refilled from an empty staging copy).
+    """
+    import psycopg2
+
+    if occupied:
+        database = Database(pg_settings(pg_dsn))
+        UserDB(database).create(username="zed")
+        database.close()
+    conn = psycopg2.connect(pg_dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE orders (id int PRIMARY KEY, item text)")
+        cur.execute("INSERT INTO orders VALUES (1, 'tea'), (2, 'cake')")
+    conn.close()
+    before = stored_states(pg_settings(pg_dsn)) if occupied else None
+    with pytest.raises(TransferError) as excinfo:
+        copy_database(source, target_settings(dsn=pg_dsn), force=True)
+    message = str(excinfo.value)
+    assert "orders" in message and "of its own" in message, message
+    assert _foreign_rows(pg_dsn) == 2
+    if occupied:
+        assert stored_states(pg_settings(pg_dsn)) == before
+    else:  # nothing created: RelStorage's tables neither
+        conn = psycopg2.connect(pg_dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
+            assert cur.fetchone()[0] == 1
+        conn.close()
+
+
 @pytest.mark.parametrize("backend", ["file", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_copy_refuses_a_target_holding_data_unless_forced(
     backend: str, source: CodxJuniorGlobalSettings, tmp_path: Path, request: pytest.FixtureRequest

@@ -264,6 +264,10 @@ class StorageTarget(Target):
         # otherwise find it empty and install a fresh database into it, and a second copy
         # would share the staging schema.
         with startup_lock(self.spec.dsn):
+            if self.spec.dsn is not None:
+                from db.pg.replace import refuse_shared_schema
+
+                refuse_shared_schema(self.spec.dsn, self.location)  # before anything is created
             storage = self.spec.open()  # creates RelStorage's tables in a new database
             try:
                 replaced = None

@@ -65,9 +65,59 @@ def _live_schema(cur: Any) -> str:
     return str(cur.fetchone()[0])
 
 
-def _tables(cur: Any, schema: str) -> list[str]:
+def _relstorage_tables() -> frozenset[str]:
+    """The tables RelStorage's PostgreSQL schema may hold (its installer's list; ours if it moved)."""
+    try:
+        from relstorage.adapters.postgresql.schema import PostgreSQLSchemaInstaller
+
+        names = tuple(PostgreSQLSchemaInstaller.all_tables) + tuple(PostgreSQLSchemaInstaller.obsolete_tables)
+    except (ImportError, AttributeError):  # another RelStorage: the tables of 4.x
+        names = _RELSTORAGE_4_TABLES
+    return frozenset(names)
+
+
+_RELSTORAGE_4_TABLES = (
+    *("commit_row_lock", "pack_lock", "transaction", "new_oid", "object_state", "blob_chunk", "current_object"),
+    *("object_ref", "object_refs_added", "pack_object", "pack_state", "pack_state_tid", "temp_store"),
+    *("temp_blob_chunk", "temp_pack_visit", "temp_undo", "commit_lock"),
+)
+
+
+_RELSTORAGE_VIEWS = ("current_object_state",)  # RelStorage's PostgreSQL schema: its one view
+
+
+def _all_tables(cur: Any, schema: str) -> list[str]:
     cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (schema,))
     return [row[0] for row in cur.fetchall()]
+
+
+def _tables(cur: Any, schema: str) -> list[str]:
+    """RelStorage's tables in ``schema``: the only ones staged and replaced (never another application's)."""
+    own = _relstorage_tables()
+    return [table for table in _all_tables(cur, schema) if table in own]
+
+
+def refuse_shared_schema(dsn: str, location: str) -> None:
+    """TransferError when the target's schema holds tables that are not RelStorage's.
+
+    The database may be shared with another application; a copy or restore replaces every
+    table it writes to, so codx-db needs a database (or a schema, through the DSN's
+    search_path) of its own. Checked before anything is created there.
+    """
+    import psycopg2
+
+    try:
+        with _connection(dsn) as conn, conn.cursor() as cur:
+            own = _relstorage_tables()
+            found = [table for table in _all_tables(cur, _live_schema(cur)) if table not in own]
+    except psycopg2.Error:
+        return  # cannot connect: opening the storage says why, in its own words
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise TransferError(
+            f"{location} holds tables that are not codx-db's ({shown}): a copy or restore replaces "
+            "every table it writes to, so codx-db needs a database (or schema) of its own; nothing was written"
+        )
 
 
 def _sequences(cur: Any, schema: str) -> list[str]:
@@ -120,7 +170,7 @@ def staging_storage(dsn: str) -> Iterator[IStorage]:
         # unqualified names while only the live schema is on the search path.
         cur.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(live)))
         cur.execute("SELECT viewname, definition FROM pg_views WHERE schemaname = %s ORDER BY viewname", (live,))
-        views = cur.fetchall()
+        views = [(view, definition) for view, definition in cur.fetchall() if view in _RELSTORAGE_VIEWS]
         cur.execute(sql.SQL("SET search_path = {}, {}").format(staging, sql.Identifier(live)))
         for view, definition in views:
             cur.execute(sql.SQL("CREATE VIEW {}.{} AS ").format(staging, sql.Identifier(view)) + sql.SQL(definition))
