@@ -254,3 +254,24 @@ def test_the_async_twin_syncs(database: Database) -> None:
         return await users.sync([{"username": "admin", "role": "admin"}, {"username": "alice"}])
 
     assert anyio.run(main) == SyncReport(created=["admin", "alice"])
+
+
+def test_a_new_codx_junior_api_key_replaces_the_one_it_saved_before(users: UserDB) -> None:
+    """codx-junior keeps one api_key per user: saving another (rotating a leaked key) ends the old one.
+
+    The list codx-junior saves back holds "" for every key (secrets never come back): that keeps them.
+    """
+    own = users.create_api_key("bob", name="ci")  # made in codx-db: never replaced by a sync
+    records = saved_list(users)
+    by_name(records, "bob")["api_key"] = "old-leaked-key-0123456789abcdef"
+    users.sync(records)
+    assert users.get_by_api_key("old-leaked-key-0123456789abcdef") is not None
+    by_name(records, "bob")["api_key"] = "new-rotated-key-0123456789abcdef"
+    report = users.sync(records)
+    assert report.api_keys_added == ["bob"]
+    assert users.get_by_api_key("old-leaked-key-0123456789abcdef") is None
+    assert users.get_by_api_key("new-rotated-key-0123456789abcdef") is not None
+    users.sync(saved_list(users))  # api_key "" for everyone: nothing revoked
+    assert users.get_by_api_key("new-rotated-key-0123456789abcdef") is not None
+    assert users.get_by_api_key(own) is not None
+    assert [k.name for k in users.api_keys("bob")] == ["ci", "codx-junior"]

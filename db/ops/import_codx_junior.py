@@ -54,6 +54,7 @@ from db.ops.codx_junior_file import (
 from db.users import credentials, repository
 from db.users.models import User, UserContainer, email_key
 from db.users.schemas import projects_to_tuple, upgrade_project_tuple
+from db.users.sync import API_KEY_NAME, drop_replaced_keys  # the name an imported key is listed under
 
 __all__ = [
     "Conflict",
@@ -65,9 +66,6 @@ __all__ = [
     "read_codx_junior_settings",
     "read_settings_file",
 ]
-
-
-API_KEY_NAME = "codx-junior"  # the name an imported key is listed under
 
 
 @dataclass(frozen=True)
@@ -204,8 +202,10 @@ def import_codx_junior(
 
 
 def _import_key(store: credentials.CredentialStore | None, user: User, entry: ImportEntry, now: datetime) -> None:
-    if entry.api_key is not None and store is not None:
-        credentials.import_api_key(store, user.id, entry.api_key, API_KEY_NAME, now)
+    if entry.api_key is None or store is None:
+        return
+    if credentials.import_api_key(store, user.id, entry.api_key, API_KEY_NAME, now):
+        drop_replaced_keys(store, user.id, entry.api_key)  # codx-junior keeps one key per user
 
 
 def _plan(

@@ -32,7 +32,7 @@ from persistent import Persistent
 from pydantic import BaseModel, ConfigDict
 
 from db.errors import GenerationError, InvalidUserData
-from db.users.indexes import IndexSet, IndexTree, buckets_for
+from db.users.indexes import IndexSet, IndexTree, read_current_entry
 
 CREDENTIALS_KEY = "codx_db.credentials"
 
@@ -313,7 +313,9 @@ def revoke_user_api_keys(store: CredentialStore, user_id: str) -> int:
 def _remove_all_of_user(records: OOBTree, by_user: OOBTree, user_id: str, remove: Callable[[Any], None]) -> int:
     """Remove every record (token or key) the user's digest set names; return how many there were."""
     _check_user_id(user_id)
-    _pin_user_entry(by_user, user_id)
+    # What issuing a credential to this user writes: a revocation must conflict with one
+    # committed meanwhile (db/users/indexes.py ``read_current_entry``).
+    read_current_entry(by_user, user_id)
     digests = by_user.get(user_id)
     if digests is None:
         return 0
@@ -367,34 +369,6 @@ def _lookup(tree: OOBTree, secret: object) -> Any:
     if record is None or not hmac.compare_digest(record.digest, digest):
         return None
     return record
-
-
-def _pin_user_entry(by_user: OOBTree, user_id: str) -> None:
-    """``readCurrent`` what issuing a credential to ``user_id`` writes: its digest set, or the bucket taking it.
-
-    A revocation (password change, deactivation, deletion) that saw no credential, or not the
-    newest, wrote nothing an issue committed meanwhile wrote, so both committed and the new
-    credential outlived the revocation. Pinned, the revocation's commit conflicts, it is retried
-    on a fresh snapshot and revokes that credential too (the other order was already covered: an
-    issue ``readCurrent``s its user, which the revocation changed).
-    """
-    (bucket,) = buckets_for([(by_user, user_id)])
-    _read_current(by_user if bucket is None else bucket)  # None: the entries are inline in the tree
-    digests = by_user.get(user_id)
-    if digests is None:
-        return
-    _read_current(digests)
-    set_bucket = getattr(digests, "_firstbucket", None)
-    while set_bucket is not None:
-        _read_current(set_bucket)
-        set_bucket = set_bucket._next
-
-
-def _read_current(obj: Any) -> None:
-    if getattr(obj, "_p_jar", None) is None or obj._p_oid is None:
-        return  # not stored yet (this transaction's), or inline in its parent's record
-    obj._p_activate()  # a ghost's serial is unknown, and readCurrent would skip it
-    obj._p_jar.readCurrent(obj)
 
 
 def _user_set(index: OOBTree, user_id: str) -> OOTreeSet:

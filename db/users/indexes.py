@@ -195,3 +195,32 @@ def prefetch(objects: Iterable[Any]) -> None:
         jar = next(iter(ghosts.values()))._p_jar
         if jar is not None:
             jar.prefetch(list(ghosts.values()))
+
+
+def read_current_entry(tree: Any, key: Any) -> None:
+    """``readCurrent`` what adding to the set ``tree[key]`` writes: the set and its buckets, or the bucket for ``key``.
+
+    For the credential store (db/users/credentials.py): a revocation (password change,
+    deactivation, deletion) that saw no credential, or not the newest, wrote nothing an issue
+    committed meanwhile wrote, so both committed and the new credential outlived the revocation.
+    With these read current, the revocation's commit conflicts, it runs again on a fresh snapshot
+    and revokes that credential too (the other order was covered already: an issue
+    ``readCurrent``s its user, which the revocation changed).
+    """
+    (bucket,) = buckets_for([(tree, key)])
+    _read_current(tree if bucket is None else bucket)  # None: the entries are inline in the tree
+    digests = tree.get(key)
+    if digests is None:
+        return
+    _read_current(digests)
+    set_bucket = getattr(digests, "_firstbucket", None)
+    while set_bucket is not None:
+        _read_current(set_bucket)
+        set_bucket = set_bucket._next
+
+
+def _read_current(obj: Any) -> None:
+    if getattr(obj, "_p_jar", None) is None or obj._p_oid is None:
+        return  # not stored yet (this transaction's), or inline in its parent's record
+    obj._p_activate()  # a ghost's serial is unknown, and readCurrent would skip it
+    obj._p_jar.readCurrent(obj)

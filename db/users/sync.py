@@ -206,6 +206,7 @@ def sync_users(uow: UnitOfWork, records: list[SyncRecord], *, now: datetime, req
             except InvalidUserData as exc:
                 raise InvalidUserData([f"records[{record.index}].{message}" for message in exc.errors]) from None
             if added:
+                drop_replaced_keys(store, owner.id, record.api_key)
                 report["api_keys_added"].append(owner.username)
         if record.token_given:
             report["tokens_ignored"].append(owner.username)
@@ -214,6 +215,18 @@ def sync_users(uow: UnitOfWork, records: list[SyncRecord], *, now: datetime, req
     result = SyncReport(**{name: sorted(names, key=username_key) for name, names in report.items()})
     uow.note(result.note())
     return result
+
+
+def drop_replaced_keys(store: Any, user_id: str, kept: str) -> None:
+    """codx-junior keeps one api_key per user: a new one saved (a leaked key rotated) ends the one saved before.
+
+    Only keys a sync or import brought from codx-junior (``API_KEY_NAME``, imported); keys made
+    with ``create_api_key`` stay.
+    """
+    new = credentials.find_api_key(store, kept)
+    for info in credentials.list_api_keys(store, user_id):
+        if info.imported and info.name == API_KEY_NAME and (new is None or info.key_id != new.key_id):
+            credentials.revoke_api_key_id(store, user_id, info.key_id)
 
 
 def _match(users: UserContainer, records: list[SyncRecord]) -> dict[int, User]:
