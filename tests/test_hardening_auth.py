@@ -365,3 +365,25 @@ def test_an_imported_bcrypt_hash_of_a_password_over_72_bytes_still_verifies() ->
     stored = bcrypt_module.hashpw(long_password.encode()[:72], bcrypt_module.gensalt(rounds=4)).decode()
     assert verify_password(stored, long_password) == (True, True)  # matches, and asks for argon2id
     assert verify_password(stored, long_password[:71] + "x" + long_password[72:])[0] is False
+
+
+@pytest.mark.parametrize(
+    ("stored_hash", "said"),
+    [
+        pytest.param(_bcrypt_like(3), "bcrypt cost 3 is below 4", id="bcrypt-cost-3"),
+        pytest.param(_argon2_like(1, 1, 1), "below argon2's minimums", id="argon2-m1-t1-p1"),
+        pytest.param(_argon2_like(65_536, 0, 1), "below argon2's minimums", id="argon2-t0"),
+        pytest.param(_argon2_like(65_536, 3, 0), "below argon2's minimums", id="argon2-p0"),
+    ],
+)
+def test_import_refuses_a_hash_that_can_never_verify_saying_why(
+    memory_db: Database, stored_hash: str, said: str
+) -> None:
+    """Parameters below what bcrypt or argon2 accept: such a hash never verifies, so the import refuses it
+    (it was imported, for a user who could never log in), and the message says too low, not too costly."""
+    with pytest.raises(InvalidUserData) as info:
+        UserDB(memory_db).import_users([{"username": "legacy", "password_hash": stored_hash}])
+    message = str(info.value)
+    assert said in message and "too long" not in message, message
+    assert stored_hash not in message
+    assert UserDB(memory_db).count() == 0

@@ -117,7 +117,9 @@ def hash_cost_problem(stored_hash: str) -> str | None:
         if match is None:
             return "not a well-formed bcrypt hash"
         cost = int(match.group(1))
-        if not BCRYPT_MIN_COST <= cost <= BCRYPT_MAX_COST:
+        if cost < BCRYPT_MIN_COST:
+            return f"bcrypt cost {cost} is below {BCRYPT_MIN_COST}{_NEVER_VERIFIES}"
+        if cost > BCRYPT_MAX_COST:
             return f"bcrypt cost {cost} is outside {BCRYPT_MIN_COST}..{BCRYPT_MAX_COST}{_TOO_COSTLY}"
         return None
     if stored_hash.startswith("$argon2"):
@@ -125,6 +127,11 @@ def hash_cost_problem(stored_hash: str) -> str | None:
             params = argon2.extract_parameters(stored_hash)
         except InvalidHashError:
             return "not a well-formed argon2 hash"
+        if params.time_cost < 1 or params.parallelism < 1 or params.memory_cost < 8 * params.parallelism:
+            return (
+                f"argon2 parameters m={params.memory_cost}, t={params.time_cost}, p={params.parallelism} are "
+                f"below argon2's minimums (t >= 1, p >= 1, m >= 8 x p){_NEVER_VERIFIES}"
+            )
         if params.memory_cost > ARGON2_MAX_MEMORY_KIB:
             return f"argon2 memory {params.memory_cost} KiB is above {ARGON2_MAX_MEMORY_KIB} KiB{_TOO_COSTLY}"
         if params.time_cost > ARGON2_MAX_TIME_COST:
@@ -141,6 +148,7 @@ def hash_cost_problem(stored_hash: str) -> str | None:
 
 
 _TOO_COSTLY = " (verifying it would hold a login for too long): the user must be given a new password"
+_NEVER_VERIFIES = " (no password can ever match it): the user must be given a new password"
 
 
 def verify_password(stored_hash: str | None, password: str) -> tuple[bool, bool]:
