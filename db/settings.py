@@ -324,6 +324,16 @@ def _warn_unknown_variables() -> None:
     for name in os.environ:
         if name.startswith(ENV_PREFIX + "DB_") and name not in known:
             log.warning("unknown setting %s is ignored (known: %sDB_...; see the README)", name, ENV_PREFIX)
+    # The .env file is read too (names in any case, as pydantic-settings matches them).
+    env_file = Path(str(CodxJuniorGlobalSettings.model_config.get("env_file") or ".env"))
+    if not env_file.is_file():
+        return
+    from dotenv import dotenv_values
+
+    for name in dotenv_values(env_file):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX + "DB_") and upper not in known:
+            log.warning("unknown setting %s (in %s) is ignored (see the README)", upper, env_file)
 
 
 def _check_creatable(path: Path, setting: str) -> None:

@@ -146,6 +146,20 @@ def test_choices_ignore_case(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.db_backend, settings.db_startup) == ("memory", "evolve")
 
 
+def test_a_typo_in_the_env_file_is_warned_about_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The settings read ``.env`` as well as the environment: a misspelt name there must not pass in silence."""
+    (tmp_path / ".env").write_text("CODX_JUNIOR_DB_BAKEND=postgres\ncodx_junior_db_pool_sise=3\nOTHER_APP_X=1\n")
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING)
+    settings = CodxJuniorGlobalSettings.load()
+    assert settings.db_backend == "file"  # the misspelt line was not applied
+    assert "unknown setting CODX_JUNIOR_DB_BAKEND (in .env)" in caplog.text
+    assert "unknown setting CODX_JUNIOR_DB_POOL_SISE (in .env)" in caplog.text
+    assert "OTHER_APP_X" not in caplog.text
+
+
 def test_typos_and_unused_dsn_are_warned_about(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
