@@ -114,9 +114,7 @@ class CredentialService:
                 raise InvalidUserData(
                     [f"username: {shown(user.username)} is disabled: no token; enable the user first"]
                 )
-            store = credentials.install_credentials(uow.root)  # lazily on a database older than the store
-            self._record_actor(uow, _credentials_of(user.id))
-            return credentials.issue_token(store, user.id, ttl, self.clock())
+            return self._issue(uow, user, ttl)
 
         return self._write(issue)
 
@@ -136,11 +134,14 @@ class CredentialService:
             uow.connection.readCurrent(user)
             if not user.is_active or user.password_hash != password_hash:
                 return None
-            store = credentials.install_credentials(uow.root)
-            self._record_actor(uow, _credentials_of(user.id))
-            return credentials.issue_token(store, user.id, ttl, self.clock())
+            return self._issue(uow, user, ttl)
 
         return self._write(issue)
+
+    def _issue(self, uow: UnitOfWork, user: User, ttl: timedelta) -> str:
+        store = credentials.install_credentials(uow.root)  # lazily on a database older than the store
+        self._record_actor(uow, _credentials_of(user.id))
+        return credentials.issue_token(store, user.id, ttl, self.clock())
 
     def _ttl(self, ttl: timedelta | None) -> timedelta:
         if ttl is None:
