@@ -275,3 +275,31 @@ def test_a_new_codx_junior_api_key_replaces_the_one_it_saved_before(users: UserD
     assert users.get_by_api_key("new-rotated-key-0123456789abcdef") is not None
     assert users.get_by_api_key(own) is not None
     assert [k.name for k in users.api_keys("bob")] == ["ci", "codx-junior"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        # dave's new username is alice's email: a login by that name could mean either
+        ({"dave": {"username": "alice@example.com"}}, "records[3].username: the same as the email of records[1]"),
+        (
+            {"bob": {"email": "ops@example.com"}, "dave": {"username": "ops@example.com"}},
+            "records[3].username: the same as the email of records[2]",
+        ),
+        (
+            {"bob": {"username": "ops@example.com"}, "dave": {"email": "ops@example.com"}},
+            "records[3].email: the same as the username of records[2]",
+        ),
+    ],
+)
+def test_a_username_that_is_another_records_email_is_refused(
+    users: UserDB, changes: dict[str, dict[str, str]], named: str
+) -> None:
+    before = state(users)
+    records = [user.model_dump() for user in users.iter_users()]
+    for username, fields in changes.items():
+        by_name(records, username).update(fields)
+    with pytest.raises(InvalidUserData) as caught:
+        users.sync(records)
+    assert caught.value.errors == [named]
+    assert state(users) == before
