@@ -11,6 +11,7 @@ from db.async_user_db import AsyncUserDB
 from db.codx_junior import to_codx_junior
 from db.database import Database
 from db.errors import InvalidUserData
+from db.ops.check import check
 from db.user_db import UserDB
 from db.users.credentials import CREDENTIALS_KEY
 from db.users.sync import SyncReport
@@ -275,6 +276,78 @@ def test_a_new_codx_junior_api_key_replaces_the_one_it_saved_before(users: UserD
     assert users.get_by_api_key("new-rotated-key-0123456789abcdef") is not None
     assert users.get_by_api_key(own) is not None
     assert [k.name for k in users.api_keys("bob")] == ["ci", "codx-junior"]
+
+
+def in_order(records: list[dict[str, Any]], order: str) -> list[dict[str, Any]]:
+    return records if order == "listed" else records[::-1]
+
+
+@pytest.mark.parametrize("order", ["listed", "reversed"])
+def test_kept_users_swap_and_cycle_keys_in_any_order(users: UserDB, order: str) -> None:
+    """A sync describes the final state: keys may pass between kept users whatever the record order."""
+    users.update("alice", github="alice-gh")
+    users.update("dave", email="dave@example.com")
+    alice, bob, dave = (users.get(name).id for name in ("alice", "bob", "dave"))
+    records = [user.model_dump() for user in users.iter_users()]  # with ids: a rename keeps the user
+    to_alice, to_bob, to_dave = (by_name(records, name) for name in ("alice", "bob", "dave"))
+    to_alice.update(email="dave@example.com", github="bob-gh")
+    to_bob.update(username="dave", github="dave-gh", disabled=True, is_active=False)
+    to_dave.update(username="bob", email="alice@example.com", github="alice-gh")
+    report = users.sync(in_order(records, order))
+    assert (report.updated, report.unchanged, report.created, report.deleted) == (
+        ["alice", "bob", "dave"],
+        ["admin"],
+        [],
+        [],
+    )
+    assert (users.get("dave").id, users.get("bob").id) == (bob, dave)
+    assert (users.get_by_email("dave@example.com").id, users.get_by_email("alice@example.com").id) == (alice, dave)
+    found = {login: users.get_by_github(login) for login in ("bob-gh", "dave-gh", "alice-gh")}
+    assert {login: user.id for login, user in found.items() if user} == {
+        "bob-gh": alice,
+        "dave-gh": bob,
+        "alice-gh": dave,
+    }
+    assert [user.username for user in users.list(active=False)] == ["dave"]
+    assert users.authenticate("dave@example.com", PASSWORD).id == alice  # type: ignore[union-attr]
+    assert check(users.database).problems == []
+
+
+@pytest.mark.parametrize("order", ["listed", "reversed"])
+def test_a_kept_users_email_can_become_another_kept_users_username(users: UserDB, order: str) -> None:
+    alice, dave = users.get("alice").id, users.get("dave").id
+    records = [user.model_dump() for user in users.iter_users()]
+    by_name(records, "alice")["email"] = "alice@new.example"
+    by_name(records, "dave")["username"] = "alice@example.com"
+    assert users.sync(in_order(records, order)).updated == ["alice", "alice@example.com"]
+    assert users.get("alice@example.com").id == dave
+    assert users.get_by_email("alice@new.example").id == alice
+    assert users.authenticate("alice@new.example", PASSWORD).id == alice  # type: ignore[union-attr]
+    assert check(users.database).problems == []
+
+
+@pytest.mark.parametrize("order", ["listed", "reversed"])
+def test_a_kept_user_may_take_a_name_like_the_one_another_kept_user_leaves(users: UserDB, order: str) -> None:
+    records = [user.model_dump() for user in users.iter_users()]
+    to_alice, to_dave = by_name(records, "alice"), by_name(records, "dave")
+    to_alice["username"] = "carol"
+    to_dave["username"] = "a1ice"  # looks like 'alice', which no one holds once the sync is done
+    assert users.sync(in_order(records, order)).updated == ["a1ice", "carol"]
+    assert check(users.database).problems == []
+    to_alice["username"] = "alice"  # now both are listed: look-alikes in the final state
+    with pytest.raises(InvalidUserData, match=r"records\[3\]\.username: looks like records\[1\]"):
+        users.sync(records)
+
+
+def test_a_kept_user_takes_a_key_of_a_deleted_user(users: UserDB) -> None:
+    records = [r for r in saved_list(users) if r["username"] != "alice"]
+    by_name(records, "bob")["email"] = "alice@example.com"
+    by_name(records, "dave")["github"] = "bob-gh"
+    by_name(records, "bob")["github"] = ""
+    report = users.sync(records)
+    assert (report.deleted, report.updated) == (["alice"], ["bob", "dave"])
+    assert users.get_by_email("alice@example.com").username == "bob"
+    assert users.get_by_github("bob-gh").username == "dave"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

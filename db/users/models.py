@@ -228,45 +228,64 @@ class UserContainer(Persistent):
         self.length.change(-1)
 
     @staticmethod
-    def indexed(user: User) -> Indexed:
-        """The keys ``user`` is indexed under now (call before changing it, then ``reindex``)."""
-        return Indexed(user.username, user.email, user.is_active, user.github, project_ids(user), user.role == "admin")
+    def indexed(user: User, changes: Mapping[str, Any] | None = None) -> Indexed:
+        """The keys ``user`` is indexed under: now (take it before a change, then ``reindex``) or with ``changes``."""
+
+        def get(name: str) -> Any:
+            return changes[name] if changes is not None and name in changes else getattr(user, name)
+
+        projects = frozenset(entry[0] for entry in get("projects"))
+        return Indexed(get("username"), get("email"), get("is_active"), get("github"), projects, get("role") == "admin")
 
     def reindex(self, user: User, before: Indexed) -> None:
         """Move index entries after the fields of ``user`` indexed in ``before`` changed."""
+        self.unindex_changes(user, before, self.indexed(user))
+        self.index_changes(user, before)
+
+    def unindex_changes(self, user: User, before: Indexed, after: Indexed) -> None:
+        """Drop ``user``'s entries for the keys of ``before`` that ``after`` changes (``reindex``'s first half).
+
+        Alone, before the fields change, when users pass keys among themselves (a sync's swaps).
+        """
         # Touch an index only where its key changed: re-setting an unchanged entry still
         # rewrites its bucket (more to commit, and a conflict with every concurrent writer).
-        old_username, old_email = before.username, before.email
-        now = self.indexed(user)
         self._unindex_codx(
             user,
-            github=before.github if github_key(before.github) != github_key(now.github) else "",
-            projects=before.project_ids - now.project_ids,
-            admin=before.admin and not now.admin,
+            github=before.github if github_key(before.github) != github_key(after.github) else "",
+            projects=before.project_ids - after.project_ids,
+            admin=before.admin and not after.admin,
         )
+        old_ukey, new_ukey = username_key(before.username), username_key(after.username)
+        if old_ukey != new_ukey:
+            del self.by_username[old_ukey]
+        if self.inactive is not None and (old_ukey != new_ukey or (old_ukey in self.inactive) == after.is_active):
+            self.inactive.discard(old_ukey)
+        if before.username != after.username:
+            old_skeleton = username_skeleton(before.username)
+            if old_skeleton != username_skeleton(after.username):
+                self.discard_skeleton(user, old_skeleton)
+        for key in _email_keys(before.username, before.email) - _email_keys(after.username, after.email):
+            self._unclaim(key, user)
+
+    def index_changes(self, user: User, before: Indexed) -> None:
+        """Add ``user``'s entries for the keys it holds now that ``before`` did not (``reindex``'s second half)."""
+        now = self.indexed(user)
         self._index_codx(
             user,
             github=now.github if github_key(before.github) != github_key(now.github) else "",
             projects=now.project_ids - before.project_ids,
             admin=now.admin and not before.admin,
         )
-        old_ukey, new_ukey = username_key(old_username), username_key(user.username)
+        old_ukey, new_ukey = username_key(before.username), username_key(now.username)
         if old_ukey != new_ukey:
-            del self.by_username[old_ukey]
             self.by_username[new_ukey] = user.id
-        if self.inactive is not None and (old_ukey != new_ukey or (old_ukey in self.inactive) == user.is_active):
-            self.inactive.discard(old_ukey)
-            if not user.is_active:
-                self.inactive.add(new_ukey)
-        if old_username != user.username:
-            old_skeleton, new_skeleton = username_skeleton(old_username), username_skeleton(user.username)
-            if old_skeleton != new_skeleton:
-                self.discard_skeleton(user, old_skeleton)
+        if self.inactive is not None and not now.is_active and new_ukey not in self.inactive:
+            self.inactive.add(new_ukey)
+        if before.username != now.username:
+            new_skeleton = username_skeleton(now.username)
+            if new_skeleton != username_skeleton(before.username):
                 self.add_skeleton(user, new_skeleton)
-        old_ekeys, new_ekeys = _email_keys(old_username, old_email), _email_keys(user.username, user.email)
-        for key in old_ekeys - new_ekeys:
-            self._unclaim(key, user)
-        for key in new_ekeys - old_ekeys:
+        for key in _email_keys(now.username, now.email) - _email_keys(before.username, before.email):
             self.by_email[key] = user.id
 
     def _unclaim(self, key: str, user: User) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from db.database import UnitOfWork
@@ -20,6 +20,7 @@ from db.users.indexes import buckets_for, process_shard
 from db.users.indexes import prefetch as prefetch_ghosts  # add()'s own `prefetch` is a flag
 from db.users.models import (
     USERS_KEY,
+    Indexed,
     User,
     UserContainer,
     email_key,
@@ -78,9 +79,25 @@ def set_password_hash(user: User, password_hash: str, *, touch: bool = True) -> 
         user.touch()
 
 
-def apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str, Any]:
-    """Set validated fields on a stored user, keeping the indexes right; return what changed."""
+def release(users: UserContainer, user: User, fields: Mapping[str, Any]) -> Indexed:
+    """Drop the index entries of ``user`` that ``fields`` will change; ``apply(..., released=)`` the result.
+
+    For a batch whose users pass keys among themselves (a sync's swaps and cycles): once every
+    old key has left, ``apply`` checks each new key against the final state, whatever the order.
+    """
     before = users.indexed(user)
+    users.unindex_changes(user, before, users.indexed(user, fields))
+    return before
+
+
+def apply(
+    users: UserContainer, user: User, fields: Mapping[str, Any], released: Indexed | None = None
+) -> dict[str, Any]:
+    """Set validated fields on a stored user, keeping the indexes right; return what changed.
+
+    ``released``: what ``release`` returned for the same ``fields`` (the old entries are gone).
+    """
+    before = users.indexed(user) if released is None else released
     check_unique(
         users,
         fields.get("username", user.username),
@@ -93,6 +110,9 @@ def apply(users: UserContainer, user: User, fields: dict[str, Any]) -> dict[str,
         for name, value in changed.items():
             setattr(user, name, value)
         user.touch()
+    if released is not None:
+        users.index_changes(user, before)  # puts back what ``release`` took, changed or not
+    elif changed:
         users.reindex(user, before)
     return changed
 

@@ -11,7 +11,8 @@ rename looks like a delete and a create. ``UserDB.sync(records)`` gives that sav
    stored user with its ``id`` when it has one, else the user whose username is exactly the
    same (a case-only difference is not a match: codx-junior treats ``Bob`` and ``bob`` as two
    users). Stored users matched by no record are deleted (with their tokens and API keys),
-   matched users get the fields that differ, the other records become new users.
+   matched users get the fields that differ, the other records become new users. The records
+   are the final state: matched users may swap usernames, emails and GitHub logins, in any order.
 3. Omitted codx-junior fields mean codx-junior's defaults (the record is the whole user);
    ``full_name`` (unknown to codx-junior) is kept when omitted. An empty or missing ``token`` /
    ``api_key`` leaves stored credentials alone; a non-empty ``api_key`` is imported (hashed) for
@@ -34,7 +35,7 @@ from db.errors import InvalidUserData, UserAlreadyExists
 from db.users import access, credentials, repository
 from db.users import credential_service as creds
 from db.users.codx_junior_shape import api_key_of, check_codx_junior
-from db.users.models import User, UserContainer, email_key, github_key, username_key, username_skeleton
+from db.users.models import Indexed, User, UserContainer, email_key, github_key, username_key, username_skeleton
 from db.users.schemas import projects_to_tuple
 
 if TYPE_CHECKING:
@@ -201,11 +202,12 @@ def sync_users(uow: UnitOfWork, records: list[SyncRecord], *, now: datetime, req
         users.remove(user)
         creds.forget_credentials(uow.root, user)
         report["deleted"].append(user.username)
-    for record in records:
-        user = matches.get(record.index)
-        if user is None:
-            continue
-        changed = _update(users, user, record)
+    kept = [(record, matches[record.index]) for record in records if record.index in matches]
+    # The records are the final state: a key may pass between kept users (a swap, a cycle) in
+    # any record order, so every old key leaves the indexes before any new one is checked.
+    released = [repository.release(users, user, record.fields) for record, user in kept]
+    for (record, user), before in zip(kept, released, strict=True):
+        changed = _update(users, user, record, before)
         creds.forget_tokens_if_deactivated(uow.root, user, changed)
         report["updated" if changed else "unchanged"].append(user.username)
     owners = dict(matches)
@@ -270,9 +272,9 @@ def _match(users: UserContainer, records: list[SyncRecord]) -> dict[int, User]:
     return matches
 
 
-def _update(users: UserContainer, user: User, record: SyncRecord) -> dict[str, Any]:
+def _update(users: UserContainer, user: User, record: SyncRecord, released: Indexed) -> dict[str, Any]:
     try:
-        return repository.apply(users, user, record.fields)
+        return repository.apply(users, user, record.fields, released)
     except UserAlreadyExists as exc:
         raise UserAlreadyExists(exc.field, exc.value, where=f"records[{record.index}]", like=exc.like) from None
 
