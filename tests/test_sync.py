@@ -376,3 +376,22 @@ def test_a_username_that_is_another_records_email_is_refused(
         users.sync(records)
     assert caught.value.errors == [named]
     assert state(users) == before
+
+
+def test_a_refused_sync_writes_nothing_even_after_it_began_writing(users: UserDB) -> None:
+    """The no-admin check runs last, after deletes, swaps and creates: they are all rolled back."""
+    users.update("dave", email="dave@example.com")
+    before = state(users)
+    records = [user.model_dump() for user in users.iter_users() if user.username != "bob"]
+    by_name(records, "alice")["email"] = "dave@example.com"
+    by_name(records, "dave")["email"] = "alice@example.com"
+    by_name(records, "admin").update(disabled=True, is_active=False)
+    records.append({"username": "carol", "github": "bob-gh"})
+    with pytest.raises(InvalidUserData, match="no active admin would remain"):
+        users.sync(records)
+    assert state(users) == before
+    assert users.get_by_email("alice@example.com").username == "alice"
+    assert users.get_by_email("dave@example.com").username == "dave"
+    assert users.get_by_github("bob-gh").username == "bob"  # type: ignore[union-attr]
+    assert users.find("carol") is None
+    assert check(users.database).problems == []
