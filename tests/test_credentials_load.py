@@ -19,7 +19,7 @@ import pytest
 import ZODB
 from BTrees.OOBTree import OOBTree, OOTreeSet
 
-from db.check import check
+from db.check import check, repair
 from db.database import Database, UnitOfWork
 from db.errors import InvalidUserData
 from db.models import USERS_KEY
@@ -459,3 +459,48 @@ def test_two_first_logins_in_one_batch_exactly_one_wins(database: Database) -> N
     winner = next(password for password, won in outcomes.items() if won)
     loser = next(password for password, won in outcomes.items() if not won)
     assert users.authenticate("admin", winner) is not None and users.authenticate("admin", loser) is None
+
+
+def orphan_alice(database: Database) -> tuple[str, str, str]:
+    """alice with a token and an API key, then removed as code before 1e7c964 could leave her:
+    the user gone, her credentials kept (a deletion racing a login)."""
+    users = UserDB(database)
+    user_id = users.create(username="alice").id
+    token, key = users.issue_token("alice"), users.create_api_key("alice", "ci")
+
+    def remove_user_only(uow: UnitOfWork) -> None:
+        container = uow.root[USERS_KEY]
+        container.remove(container.users[user_id])
+
+    database.run(remove_user_only)
+    return user_id, token, key
+
+
+def test_check_finds_credentials_whose_user_is_gone_and_repair_drops_them(database: Database) -> None:
+    users = UserDB(database)
+    users.create(username="bob")
+    bob_token = users.issue_token("bob")
+    user_id, token, key = orphan_alice(database)
+
+    report = check(database)
+    orphans = [p for p in report.problems if p.code == "credential-orphan"]
+    assert [p.code for p in report.problems] == ["credential-orphan"] * 2, report.problems
+    assert all(user_id in p.message for p in orphans)
+    assert report.repairable
+
+    result = repair(database)
+    assert result.repaired and result.after.ok, result.after.problems
+    assert any("credential" in fix for fix in result.fixed), result.fixed
+
+    def left(uow: UnitOfWork) -> tuple[int, int, bool, bool]:
+        store = uow.root[CREDENTIALS_KEY]
+        return (
+            len(store.tokens),
+            len(store.api_keys),
+            user_id in store.tokens_by_user,
+            user_id in store.api_keys_by_user,
+        )
+
+    assert database.run(left) == (1, 0, False, False)  # bob's token only
+    assert users.get_by_token(bob_token) is not None
+    assert users.get_by_token(token) is None and users.get_by_api_key(key) is None

@@ -3,7 +3,9 @@
 The ``users`` BTree (id -> ``User``) is the source of truth. The username and email indexes,
 the set of inactive users' username keys (generation 2), the look-alike (skeleton) index
 (generation 3) and the ``Length`` count are derived from it, so they can be verified against it and rebuilt
-from it. A check reads one consistent snapshot (a single unit of work) and never writes.
+from it. Tokens and API keys of a user who no longer exists are revoked by ``repair`` (dead secrets:
+API keys never expire). A check reads one consistent snapshot (a single
+unit of work) and never writes.
 
 What cannot be derived is never "repaired": two users sharing a username or an email, a
 user stored under the wrong id, something that is not a user, an unknown generation or a
@@ -21,7 +23,7 @@ from typing import Any
 import migrations
 from db.database import Database, UnitOfWork
 from db.ops.check_claims import check_claims, claim_of, wanted_claims
-from db.ops.check_credentials import check_credentials
+from db.ops.check_credentials import check_credentials, drop_orphan_credentials
 from db.ops.check_lookups import check_layout, check_lookup_indexes, sync_lookup_indexes
 from db.ops.check_skeleton import check_skeleton, sync_skeleton
 from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
@@ -60,7 +62,8 @@ def repair(database: Database) -> RepairReport:
         rewrite = not before.problems and any(w.code in REWRITTEN_BY_REPAIR for w in before.warnings)
         if not (before.repairable or rewrite):
             return before, []
-        fixed = rebuild_indexes(uow.root[USERS_KEY])
+        container = uow.root[USERS_KEY]
+        fixed = rebuild_indexes(container) + drop_orphan_credentials(uow.root, container.users)
         uow.note(f"codx-db: check --repair: {len(fixed)} fixes")
         return before, fixed
 
@@ -113,7 +116,7 @@ def check_root(root: Any) -> CheckReport:
         check_skeleton(container.by_skeleton, users, problems, warnings)
     check_claims(container.by_email, users, generation, problems, warnings)
     check_lookup_indexes(container, users, generation, problems, warnings, _check_structure)
-    check_credentials(root, generation, problems, warnings, _check_structure)
+    check_credentials(root, container.users, generation, problems, warnings, _check_structure)
     if len(warnings) > MAX_WARNINGS:
         more = len(warnings) - MAX_WARNINGS
         del warnings[MAX_WARNINGS:]

@@ -3,16 +3,20 @@
 The store (db/users/credentials.py) is optional: a database that never wrote a credential has
 none. Its indexes are ``IndexTree``/``IndexSet`` from generation 6 (migrations/evolve6.py); an
 older class is a warning, as for the user indexes (db/ops/check_lookups.py ``check_layout``).
-Nothing here is repairable by ``--repair`` (which rebuilds the user indexes only): a damaged
-or inconsistent store is reported for a person (revoking the user's tokens rebuilds its set).
+A damaged or inconsistent store is reported for a person (revoking the user's tokens rebuilds
+its set). One thing ``--repair`` fixes: credentials of a user who no longer exists
+(``credential-orphan``; a deletion racing a login could leave them before 1e7c964). They cannot
+log in (no user to find), but API keys never expire: their digests would stay forever.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Container
 from typing import Any
 
 from db.ops.reports import Problem
+from db.users import credentials
 from db.users.credentials import CREDENTIALS_KEY
 from db.users.indexes import CREDENTIAL_INDEX_CLASSES, PER_USER_SET_INDEXES, IndexSet
 
@@ -25,9 +29,15 @@ CheckStructure = Callable[[str, Any, list[Problem]], None]
 
 
 def check_credentials(
-    root: Any, generation: int | None, problems: list[Problem], warnings: list[Problem], check_structure: CheckStructure
+    root: Any,
+    user_ids: Container[str],
+    generation: int | None,
+    problems: list[Problem],
+    warnings: list[Problem],
+    check_structure: CheckStructure,
 ) -> None:
-    """Structure of every index and per-user set; each record in its user's set; the layout (warnings)."""
+    """Structure of every index and per-user set; each record in its user's set and of a stored
+    user (``user_ids``); the layout (warnings)."""
     store = root.get(CREDENTIALS_KEY)
     if store is None:
         return
@@ -39,11 +49,20 @@ def check_credentials(
             check_structure(f"credential {name}[{user_id!r}]", digests, problems)
             old_sets += type(digests) is not IndexSet
     found: list[str] = []
+    orphans: list[str] = []
     for records, by_user in (("tokens", "tokens_by_user"), ("api_keys", "api_keys_by_user")):
         index, sets = getattr(store, records), getattr(store, by_user)
+        ownerless: Counter[str] = Counter()
         for digest, record in index.items():
             if digest not in sets.get(record.user_id, ()):
                 found.append(f"{records} record {digest[:12]} is not in {by_user} of user {record.user_id!r}")
+            if record.user_id not in user_ids:
+                ownerless[record.user_id] += 1
+        orphans += [
+            f"{count} {records} of user {user_id!r}, who no longer exists (they cannot log in; "
+            "`check --repair` revokes them)"
+            for user_id, count in sorted(ownerless.items())
+        ]
         listed = sum(len(digests) for digests in sets.values())
         if listed != len(index):
             found.append(f"{by_user} lists {listed} digests for {len(index)} {records}")
@@ -55,7 +74,24 @@ def check_credentials(
         problems.append(
             Problem(code="credential-inconsistent", message=f"and {len(found) - MAX_LISTED} more credential problems")
         )
+    problems += [Problem(code="credential-orphan", message=message) for message in orphans[:MAX_LISTED]]
+    if len(orphans) > MAX_LISTED:
+        problems.append(Problem(code="credential-orphan", message=f"and {len(orphans) - MAX_LISTED} more such users"))
     _check_layout(store, generation, old_sets, warnings)
+
+
+def drop_orphan_credentials(root: Any, user_ids: Container[str]) -> list[str]:
+    """Revoke the tokens and API keys of users who no longer exist (``repair``); one line per user."""
+    store = root.get(CREDENTIALS_KEY)
+    if store is None:
+        return []
+    owners = {record.user_id for index in (store.tokens, store.api_keys) for record in index.values()}
+    fixed = []
+    for user_id in sorted(owner for owner in owners if owner not in user_ids):
+        tokens = credentials.revoke_user_tokens(store, user_id)
+        keys = credentials.revoke_user_api_keys(store, user_id)
+        fixed.append(f"credentials: revoked {tokens} tokens and {keys} API keys of the missing user {user_id!r}")
+    return fixed
 
 
 def _check_layout(store: Any, generation: int | None, old_sets: int, warnings: list[Problem]) -> None:

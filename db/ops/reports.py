@@ -23,9 +23,11 @@ from pydantic import (
 # document; the counts are always complete.
 MAX_JSON_LISTED = 1000
 
-# Problems that ``repair`` fixes by rebuilding the indexes and the count from the users.
+# Problems that ``repair`` fixes: rebuilding the indexes and the count from the users, and
+# revoking the credentials of users who no longer exist.
 REPAIRABLE = frozenset(
     {
+        "credential-orphan",
         "index-wrong-partition",
         "github-dangling",
         "github-wrong-key",
@@ -161,7 +163,7 @@ class Problem(BaseModel):
 
     @property
     def repairable(self) -> bool:
-        """True when rebuilding the indexes from the users fixes it."""
+        """True when ``repair`` fixes it (db/ops/check.py)."""
         return self.code in REPAIRABLE
 
 
