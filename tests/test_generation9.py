@@ -13,8 +13,9 @@ import pytest
 import ZODB
 
 from db.check import check, repair
+from db.codx_junior import to_codx_junior
 from db.database import Database
-from db.errors import GenerationError, UserAlreadyExists, UserNotFound
+from db.errors import CodxDBError, GenerationError, UserAlreadyExists, UserNotFound
 from db.ops.check_claims import claim_of
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import open_storage
@@ -212,3 +213,33 @@ def test_an_email_from_before_the_claims_hands_its_key_to_the_claim_when_release
     finally:
         database.close()
     assert _claims(populated)["eve@example.com"] == "eve@example.com"
+
+
+def test_a_sync_keeps_a_pair_from_before_the_claims_and_refuses_a_new_one(populated: CodxJuniorGlobalSettings) -> None:
+    """A full-list sync (codx-junior's admin save) must go on working on a database that holds a
+    login-ambiguous pair from before generation 9 (a warning, as for other updates), while a
+    pair the sync would make is refused, in any record order, and nothing is written."""
+
+    def legacy(root: Any, container: Any) -> None:
+        del container.by_email["eve@example.com"]
+        container.add(User(id="f" * 32, username="frank", email="eve@example.com"))
+
+    _edit(populated, legacy)
+    database = Database(populated)
+    users = UserDB(database)
+    try:
+        users.create(username="admin", role="admin")
+        records = [to_codx_junior(user) for user in users.iter_users()]
+        next(r for r in records if r["username"] == "dave")["theme"] = "light"
+        assert users.sync(records).updated == ["dave"]
+        assert [w.code for w in check(database).warnings] == ["login-ambiguous"]
+
+        before = [user.model_dump() for user in users.iter_users()]
+        for order in (records, records[::-1]):
+            changed = [dict(r) for r in order]
+            next(r for r in changed if r["username"] == "dave")["email"] = "alice@example.com"  # alice's claim
+            with pytest.raises(CodxDBError, match=r"records\[\d+\]"):
+                users.sync(changed)
+        assert [user.model_dump() for user in users.iter_users()] == before
+    finally:
+        database.close()

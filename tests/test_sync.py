@@ -10,7 +10,7 @@ import pytest
 from db.async_user_db import AsyncUserDB
 from db.codx_junior import to_codx_junior
 from db.database import Database
-from db.errors import InvalidUserData
+from db.errors import InvalidUserData, UserAlreadyExists
 from db.ops.check import check
 from db.user_db import UserDB
 from db.users.credentials import CREDENTIALS_KEY
@@ -350,31 +350,27 @@ def test_a_kept_user_takes_a_key_of_a_deleted_user(users: UserDB) -> None:
     assert users.get_by_github("bob-gh").username == "dave"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("order", ["listed", "reversed"])
 @pytest.mark.parametrize(
-    ("changes", "named"),
+    ("changes", "value"),
     [
         # dave's new username is alice's email: a login by that name could mean either
-        ({"dave": {"username": "alice@example.com"}}, "records[3].username: the same as the email of records[1]"),
-        (
-            {"bob": {"email": "ops@example.com"}, "dave": {"username": "ops@example.com"}},
-            "records[3].username: the same as the email of records[2]",
-        ),
-        (
-            {"bob": {"username": "ops@example.com"}, "dave": {"email": "ops@example.com"}},
-            "records[3].email: the same as the username of records[2]",
-        ),
+        ({"dave": {"username": "alice@example.com"}}, "alice@example.com"),
+        ({"bob": {"email": "ops@example.com"}, "dave": {"username": "ops@example.com"}}, "ops@example.com"),
+        ({"bob": {"username": "ops@example.com"}, "dave": {"email": "ops@example.com"}}, "ops@example.com"),
     ],
 )
 def test_a_username_that_is_another_records_email_is_refused(
-    users: UserDB, changes: dict[str, dict[str, str]], named: str
+    users: UserDB, changes: dict[str, dict[str, str]], value: str, order: str
 ) -> None:
+    """Refused in the unit of work, whichever record comes first (a pair stored so before
+    generation 9 still syncs: tests/test_generation9.py), naming the record; nothing written."""
     before = state(users)
     records = [user.model_dump() for user in users.iter_users()]
     for username, fields in changes.items():
         by_name(records, username).update(fields)
-    with pytest.raises(InvalidUserData) as caught:
-        users.sync(records)
-    assert caught.value.errors == [named]
+    with pytest.raises(UserAlreadyExists, match=rf"records\[\d\]: a user with (username|email) '{value}'"):
+        users.sync(records if order == "listed" else records[::-1])
     assert state(users) == before
 
 

@@ -5,8 +5,8 @@ rename looks like a delete and a create. ``UserDB.sync(records)`` gives that sav
 
 1. Every record is checked before anything is read or written (``parse_records``): each
    record's problems are named ``records[i].field``, then duplicates across records (id,
-   username and look-alike, email, a username that is another record's email, GitHub login,
-   api_key). Any problem: InvalidUserData, nothing written.
+   username and look-alike, email, GitHub login, api_key). Any problem: InvalidUserData, nothing
+   written.
 2. One unit of work (``sync_users``; retried whole after a conflict): a record matches the
    stored user with its ``id`` when it has one, else the user whose username is exactly the
    same (a case-only difference is not a match: codx-junior treats ``Bob`` and ``bob`` as two
@@ -142,7 +142,9 @@ def _duplicates(parsed: list[SyncRecord]) -> list[str]:
     """``records[j].field: the same as records[i]`` for each key two records share.
 
     Every stored user the records leave out is deleted, so the records are the final state:
-    keys unique among them (and no login naming two of them) are unique in the database.
+    keys unique among them are unique in the database. A username that is another record's
+    email is left to ``sync_users`` (UserAlreadyExists naming the record): a pair stored so
+    before generation 9 must keep syncing, as it keeps updating (``repository.check_unique``).
     """
     problems: list[str] = []
     seen: dict[tuple[str, str], int] = {}  # (kind of key, key) -> the first record that holds it
@@ -153,12 +155,6 @@ def _duplicates(parsed: list[SyncRecord]) -> list[str]:
         if first != record.index:
             problems.append(f"records[{record.index}].{field}: {what} records[{first}]")
 
-    def check_other(record: SyncRecord, field: str, key: str, kind: str) -> None:
-        """Name ``record`` when an earlier record holds ``key`` as its ``kind`` (a different field)."""
-        first = seen.get((kind, key), record.index)
-        if first != record.index:
-            problems.append(f"records[{record.index}].{field}: the same as the {kind} of records[{first}]")
-
     for record in parsed:
         email = record.fields.get("email")
         if record.user_id is not None:
@@ -167,10 +163,6 @@ def _duplicates(parsed: list[SyncRecord]) -> list[str]:
         check(record, "username", username_skeleton(record.username), "skeleton", "looks like")
         if email:
             check(record, "email", email_key(email))
-        # A login is a username, else an email: one record's username must not be another's email.
-        check_other(record, "username", username_key(record.username), "email")
-        if email:
-            check_other(record, "email", email_key(email), "username")
         if record.fields.get("github"):
             check(record, "github", github_key(record.fields["github"]))
         if record.api_key is not None:
