@@ -7,6 +7,7 @@ in the working directory, then a secrets directory (one file per setting, e.g.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -323,7 +324,7 @@ def _warn_unknown_variables() -> None:
     known = {env_name(name) for name in CodxJuniorGlobalSettings.model_fields}
     for name in os.environ:
         if name.startswith(ENV_PREFIX + "DB_") and name not in known:
-            log.warning("unknown setting %s is ignored (known: %sDB_...; see the README)", name, ENV_PREFIX)
+            log.warning("unknown setting %s is ignored%s", name, _suggest(name, known))
     # The .env file is read too (names in any case, as pydantic-settings matches them).
     env_file = Path(str(CodxJuniorGlobalSettings.model_config.get("env_file") or ".env"))
     if not env_file.is_file():
@@ -333,7 +334,18 @@ def _warn_unknown_variables() -> None:
     for name in dotenv_values(env_file):
         upper = name.upper()
         if upper.startswith(ENV_PREFIX + "DB_") and upper not in known:
-            log.warning("unknown setting %s (in %s) is ignored (see the README)", upper, env_file)
+            log.warning("unknown setting %s (in %s) is ignored%s", upper, env_file, _suggest(upper, known))
+
+
+def _suggest(name: str, known: set[str]) -> str:
+    """``: did you mean X?`` for a near miss, else the list of names (for the warnings above)."""
+    prefix = ENV_PREFIX + "DB_"
+    # Compared without the shared prefix: with it every name looks like every other.
+    tails = {known_name.removeprefix(prefix): known_name for known_name in known}
+    close = difflib.get_close_matches(name.removeprefix(prefix), tails, n=1, cutoff=0.6)
+    if close:
+        return f": did you mean {tails[close[0]]}?"
+    return f" (known: {', '.join(sorted(known))}; see the README)"
 
 
 def _check_creatable(path: Path, setting: str) -> None:

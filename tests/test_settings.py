@@ -155,7 +155,7 @@ def test_a_typo_in_the_env_file_is_warned_about_too(
     caplog.set_level(logging.WARNING)
     settings = CodxJuniorGlobalSettings.load()
     assert settings.db_backend == "file"  # the misspelt line was not applied
-    assert "unknown setting CODX_JUNIOR_DB_BAKEND (in .env)" in caplog.text
+    assert "CODX_JUNIOR_DB_BAKEND (in .env) is ignored: did you mean CODX_JUNIOR_DB_BACKEND?" in caplog.text
     assert "unknown setting CODX_JUNIOR_DB_POOL_SISE (in .env)" in caplog.text
     assert "OTHER_APP_X" not in caplog.text
 
@@ -167,9 +167,22 @@ def test_typos_and_unused_dsn_are_warned_about(
     monkeypatch.setenv("CODX_JUNIOR_DB_DSN", f"host=db password={SECRET}")
     caplog.set_level(logging.WARNING)
     CodxJuniorGlobalSettings.load()
-    assert "unknown setting CODX_JUNIOR_DB_BAKCEND" in caplog.text
+    assert "unknown setting CODX_JUNIOR_DB_BAKCEND is ignored: did you mean CODX_JUNIOR_DB_BACKEND?" in caplog.text
     assert "DB_DSN is set but the backend is file" in caplog.text
     assert SECRET not in caplog.text
+
+
+def test_a_name_like_no_setting_gets_the_list_of_names(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CODX_JUNIOR_DB_PATH is what a newcomer guesses for the file: the warning must lead to the real name."""
+    monkeypatch.setenv("CODX_JUNIOR_DB_PATH", "/tmp/x.fs")
+    monkeypatch.setenv("CODX_JUNIOR_DB_ZZZZZZZZ", "1")
+    caplog.set_level(logging.WARNING)
+    CodxJuniorGlobalSettings.load()
+    assert "unknown setting CODX_JUNIOR_DB_PATH is ignored: did you mean CODX_JUNIOR_DB_FILE_PATH?" in caplog.text
+    assert "CODX_JUNIOR_DB_ZZZZZZZZ is ignored (known:" in caplog.text
+    assert "CODX_JUNIOR_DB_DSN" in caplog.text.split("DB_ZZZZZZZZ")[1]
 
 
 def test_relative_paths_are_made_absolute() -> None:
