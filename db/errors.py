@@ -31,6 +31,14 @@ class ConfigurationError(CodxDBError):
     """The settings are wrong; the message names the setting (never its secret value)."""
 
 
+class FileNotWritable(ConfigurationError):
+    """The database file cannot be opened for writing (its mode, an immutable file); ``summary`` as StorageInUse."""
+
+    def __init__(self, message: str, summary: str = "") -> None:
+        super().__init__(message)
+        self.summary = summary or message
+
+
 class NotADatabaseFile(ConfigurationError):
     """A path given as a FileStorage database (or backup) holds something else; nothing was changed."""
 
@@ -53,7 +61,18 @@ class StorageFull(CodxDBError):
 
 
 class StorageInUse(CodxDBError):
-    """The FileStorage file is locked by another process."""
+    """The FileStorage file is locked by another process.
+
+    ``summary``: which file and process, in a few words (a note can quote it; the message says more).
+    """
+
+    def __init__(self, message: str, summary: str = "") -> None:
+        super().__init__(message)
+        self.summary = summary or message
+
+
+class ReadOnlyDatabase(CodxDBError):
+    """A write to a database opened read-only (``db_read_only``); nothing was written."""
 
 
 class DatabaseUnavailable(CodxDBError):

@@ -33,6 +33,7 @@ from db.errors import (
     InvalidUserData,
     NotAuthenticated,
     PermissionDenied,
+    ReadOnlyDatabase,
     StorageInUse,
     UserAlreadyExists,
     UserNotFound,
@@ -237,7 +238,7 @@ CurrentSuperuser = Annotated[CodxUser, Depends(current_superuser)]
 
 # -- errors -> HTTP ------------------------------------------------------------------------------
 
-_UNAVAILABLE = (DatabaseUnavailable, DatabaseTimeout, GenerationError, StorageInUse, WriteContention)
+_UNAVAILABLE = (DatabaseUnavailable, DatabaseTimeout, GenerationError, ReadOnlyDatabase, StorageInUse, WriteContention)
 # WriteContention is 503, not 409: the request itself is fine and conflicts with no state the
 # client could change (409's meaning, as for UserAlreadyExists); the server was too busy with
 # other writers to apply it in time, and the same request may succeed later.

@@ -24,7 +24,7 @@ from ZODB.FileStorage.FileStorage import TempFormatter
 from ZODB.FileStorage.FileStorage import packed_version as FILESTORAGE_MAGIC
 from ZODB.interfaces import IStorage
 
-from db.errors import ConfigurationError, NotADatabaseFile, StorageFull, StorageInUse
+from db.errors import ConfigurationError, FileNotWritable, NotADatabaseFile, StorageFull, StorageInUse
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import StorageSpec
 
@@ -32,7 +32,13 @@ log = logging.getLogger(__name__)
 
 
 def file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
-    """The storage ``db_backend=file`` asks for (not opened yet)."""
+    """The storage ``db_backend=file`` asks for (not opened yet); read-only: db/file_read_only.py."""
+    if settings.db_read_only:
+        from db.file_read_only import open_read_only_file, read_only_errors
+
+        return StorageSpec(
+            lambda: open_read_only_file(settings.db_file_path, settings.db_blob_dir), errors=read_only_errors
+        )
     return StorageSpec(lambda: open_file_storage(settings.db_file_path, settings.db_blob_dir))
 
 
@@ -106,16 +112,19 @@ def open_file_storage(path: Path, blob_dir: Path | None = None) -> IStorage:
         _cut_incomplete_tail(path)
         storage = PrivateFileStorage(str(path), **kwargs)
     except LockError:
-        raise StorageInUse(_in_use_message(path)) from None
+        raise _in_use(path) from None
     except OSError as exc:
         _remove_ours(made)  # a failed open leaves nothing of its own beside the file
         if exc.errno in DISK_FULL_ERRNOS:
             raise StorageFull(path, free_bytes(path)) from None
         if isinstance(exc, PermissionError):
-            # FileStorage opens its file read-write, even for a command that only reads.
-            raise ConfigurationError(
-                f"db_file_path: cannot open {path} for writing ({exc.strerror}): codx-db needs write access "
-                "to the file and its directory, even to read (`codx-db backup` copies a file it cannot write)"
+            # FileStorage opens its file read-write unless told it only reads (db/file_read_only.py).
+            summary = f"{path} cannot be opened for writing ({exc.strerror})"
+            raise FileNotWritable(
+                f"db_file_path: {summary}: codx-db needs write access to the file and its directory to write; "
+                "commands that only read (info, check, user list) read it read-only, as does "
+                "CODX_JUNIOR_DB_READ_ONLY=true",
+                summary,
             ) from None
         raise
     storage.make_side_files_private()
@@ -350,15 +359,16 @@ class PrivateFileStorage(FileStorage):
             raise StorageFull(Path(self._file_name), free_bytes(Path(self._file_name))) from None
 
 
-def _in_use_message(path: Path) -> str:
+def _in_use(path: Path) -> StorageInUse:
     try:
         pid = Path(str(path) + ".lock").read_text().strip() or "unknown"
     except OSError:
         pid = "unknown"
-    return (
-        f"{path} is in use by another process (pid {pid}): a FileStorage file serves one "
-        "process at a time. Stop that process, or use the postgres backend "
-        "(CODX_JUNIOR_DB_BACKEND=postgres) for several processes."
+    summary = f"{path} is in use by another process (pid {pid})"
+    return StorageInUse(
+        f"{summary}: a FileStorage file serves one process at a time. Stop that process, or use the "
+        "postgres backend (CODX_JUNIOR_DB_BACKEND=postgres) for several processes.",
+        summary,
     )
 
 

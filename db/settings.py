@@ -96,6 +96,11 @@ class CodxJuniorGlobalSettings(BaseSettings):
     )
     db_file_path: Path = Field(default_factory=_default_file_path, description="FileStorage file (file backend)")
     db_dsn: SecretStr | None = Field(None, description="libpq DSN or postgresql:// URI (postgres backend); a secret")
+    db_read_only: bool = Field(
+        False,
+        description="file backend: open the file read-only, without its lock (readable while another process "
+        "writes it; a snapshot as of the open); writes raise ReadOnlyDatabase",
+    )
     db_config_file: Path | None = Field(
         None, description="ZConfig file (e.g. relstorage.conf); when set it wins over the backend"
     )
@@ -244,6 +249,9 @@ class CodxJuniorGlobalSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combination(self) -> CodxJuniorGlobalSettings:
+        if self.db_read_only and (self.db_config_file is not None or self.db_backend != "file"):
+            # PostgreSQL serves many processes at once: a read-only login role is the tool there.
+            raise ValueError("db_read_only: only the file backend opens read-only")
         if self.db_config_file is not None:
             try:
                 readable = self.db_config_file.is_file()
@@ -257,7 +265,7 @@ class CodxJuniorGlobalSettings(BaseSettings):
                 "db_dsn: the postgres backend needs a DSN "
                 f"(set {ENV_PREFIX}DB_DSN, e.g. postgresql://user@host:5432/codx)"
             )
-        if self.db_backend == "file":
+        if self.db_backend == "file" and not self.db_read_only:  # read-only creates nothing
             # A file placed beside codx-junior's settings is that variable's doing: name it.
             beside = "db_file_path" not in self.model_fields_set and self.global_settings_path is not None
             setting = "global_settings_path" if beside else "db_file_path"

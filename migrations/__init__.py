@@ -56,7 +56,7 @@ def open_hook(zodb: ZODB.DB, settings: CodxJuniorGlobalSettings) -> None:
     # imports this package) should not pay for until a database opens.
     from migrations import runner
 
-    runner.on_open(zodb, settings.db_startup, settings.db_migrate_batch_size)
+    runner.on_open(zodb, settings.db_startup, settings.db_migrate_batch_size, read_only=settings.db_read_only)
 
 
 register(SchemaManager(package="codx_db", steps="migrations"))

@@ -223,14 +223,21 @@ def _run_step(
         log.info("evolved %s to generation %d", schema.package, step.generation)
 
 
-def on_open(zodb: ZODB.DB, policy: StartupPolicy, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-    """Install a new database (or a newly registered package), then apply the startup policy to each package."""
+def on_open(
+    zodb: ZODB.DB, policy: StartupPolicy, batch_size: int = DEFAULT_BATCH_SIZE, *, read_only: bool = False
+) -> None:
+    """Install a new database (or a newly registered package), then apply the startup policy to each package.
+
+    ``read_only``: nothing is installed or evolved; a database below the minimum is refused.
+    """
     registry.mark_opened()
-    if install(zodb):
+    if read_only:
+        policy = "refuse"
+    elif install(zodb):
         return
     for plan in statuses(zodb):
-        if plan.up_to_date:
-            continue
+        if plan.up_to_date or (read_only and plan.current is None and plan.package != CODX_DB):
+            continue  # read-only: a package not installed yet is not read either
         schema = registry.get(plan.package)
         current = plan.current or 0
         if policy == "evolve":

@@ -26,6 +26,7 @@ from db.errors import (
     InvalidUserData,
     NotAuthenticated,
     PermissionDenied,
+    ReadOnlyDatabase,
     TransferError,
 )
 from db.fastapi import (
@@ -476,6 +477,7 @@ async def test_codx_db_errors_map_to_http_statuses(memory_db: Database) -> None:
         "denied": PermissionDenied("not an admin"),
         "unavailable": DatabaseUnavailable("PostgreSQL at db:5432 is unreachable"),
         "generation": GenerationError("run `codx-db migrate --apply`"),
+        "read-only": ReadOnlyDatabase("the database is opened read-only"),
         "transfer": TransferError("the backup file is not a codx-db backup"),
         "invalid": InvalidUserData(["records[3].email: not valid", "projects.0.project_id: is missing", "odd text"]),
     }
@@ -517,6 +519,7 @@ async def test_codx_db_errors_map_to_http_statuses(memory_db: Database) -> None:
         assert (await client.get("/raise/denied")).status_code == 403
         assert (await client.get("/raise/unavailable")).status_code == 503
         assert (await client.get("/raise/generation")).status_code == 503
+        assert (await client.get("/raise/read-only")).status_code == 503  # cannot write now; the request is fine
         response = await client.get("/raise/transfer")
         assert (response.status_code, response.json()) == (500, {"detail": "the backup file is not a codx-db backup"})
         response = await client.get("/raise/invalid")

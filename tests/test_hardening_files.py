@@ -352,12 +352,19 @@ def test_a_file_that_cannot_be_opened_for_writing_is_named_and_nothing_is_left(t
     subprocess.run(["chattr", "+i", str(path)], check=True)
     try:
         env = {**os.environ, **settings_env(settings), "HOME": str(tmp_path)}
-        result = subprocess.run(
-            [sys.executable, "-m", "db", "info"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
-        )
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "db", *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+            )
+
+        result, listed = run("user", "add", "bob", "--no-password"), run("user", "list")
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
     assert result.returncode == 1
     assert "unexpected" not in result.stderr, result.stderr
     assert str(path) in result.stderr and "write" in result.stderr, result.stderr
+    # A command that only reads reads it read-only, saying so.
+    assert listed.returncode == 0 and "alice" in listed.stdout, listed.stderr
+    assert f"{path} cannot be opened for writing" in listed.stderr and "read-only" in listed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before

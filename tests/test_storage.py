@@ -181,9 +181,10 @@ def test_file_backend_refuses_a_second_process(tmp_path: Path) -> None:
         assert str(path) in message
         assert f"pid {holder.pid}" in message
         assert "postgres" in message
-        # The CLI says the same in one line, exit code 1.
+        # The CLI says the same in one line, exit code 1, for a command that writes (one that
+        # only reads reads the file read-only: tests/test_read_only.py).
         cli = subprocess.run(
-            [sys.executable, "-m", "db", "info"],
+            [sys.executable, "-m", "db", "user", "add", "bob", "--no-password"],
             env={**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(path)},
             cwd=ROOT,
             capture_output=True,

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from db import db as global_database
 from db.cli import commands
@@ -27,7 +27,7 @@ from db.cli.progress import write
 from db.cli.render import render
 from db.cli.results import CommandError, Outcome, UsageError
 from db.database import Database
-from db.errors import CodxDBError
+from db.errors import CodxDBError, FileNotWritable, StorageInUse
 from migrations.runner import holds_database
 
 
@@ -70,10 +70,9 @@ class Cli:
             # RelStorage logs connection failures as warnings before raising; the CLI's own
             # one-line error says the same thing.
             logging.getLogger("relstorage").setLevel(logging.ERROR)
-        session = commands.Session(self.database, self.stdin, self.stdout, self.stderr)
         try:
             self._require_existing_database(args)
-            result = args.handler(session, args)
+            result = self._handle(args)
         except UsageError as exc:
             parser.print_usage(self.stderr)
             self._err(f"codx-db: error: {exc}")
@@ -95,6 +94,22 @@ class Cli:
         if outcome.result is not None:
             self._out(render(outcome.result, as_json=args.json))
         return 0 if outcome.ok else 1
+
+    def _handle(self, args: argparse.Namespace) -> Any:
+        """Run the command. One that only reads a file in use, or one it cannot write, reads it
+        read-only instead (db/file_read_only.py): `codx-db user list` works beside codx-api."""
+        try:
+            return args.handler(commands.Session(self.database, self.stdin, self.stdout, self.stderr), args)
+        except (StorageInUse, FileNotWritable) as exc:
+            settings = self.database.settings
+            writes = getattr(args, "repair", False) or getattr(args, "apply", False)
+            if not getattr(args, "reads", False) or writes or settings.db_read_only:
+                raise
+            summary = exc.summary
+        self.database.close()
+        self.database = Database(settings.with_overrides(db_read_only=True))
+        self._err(f"codx-db: note: {summary}: reading it read-only, as it is now")
+        return args.handler(commands.Session(self.database, self.stdin, self.stdout, self.stderr), args)
 
     def _require_existing_database(self, args: argparse.Namespace) -> None:
         """Refuse to work on an empty database (no file, no tables, no root) rather than create one.

@@ -33,20 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = commands.add_parser("info", parents=[common], help="backend, location, generation, users")
-    info.set_defaults(handler=cmd.cmd_info)
+    info.set_defaults(handler=cmd.cmd_info, reads=True)
 
     check = commands.add_parser(
         "check", parents=[common], help="verify indexes, counts, generation; --repair rebuilds indexes"
     )
     check.add_argument("--repair", action="store_true", help="rebuild the indexes and count from the users")
-    check.set_defaults(handler=cmd.cmd_check)
+    check.set_defaults(handler=cmd.cmd_check, reads=True)
 
     migrate = commands.add_parser("migrate", parents=[common], help="show pending generations; --apply runs them")
     mode = migrate.add_mutually_exclusive_group()
     mode.add_argument("--apply", action="store_true", help="run the pending steps")
     mode.add_argument("--dry-run", action="store_true", help="run the steps, then abort")
     migrate.add_argument("--to", type=int, metavar="N", help="target generation (default: latest)")
-    migrate.set_defaults(handler=cmd.cmd_migrate)
+    migrate.set_defaults(handler=cmd.cmd_migrate, reads=True)
     _add_data_commands(commands, common)
 
     user = commands.add_parser("user", parents=[common], help="manage users")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = users.add_parser("get", parents=[common], help="show a user (by username or email)")
     get.add_argument("username", help="username, or an email address")
-    get.set_defaults(handler=cmd.cmd_user_get)
+    get.set_defaults(handler=cmd.cmd_user_get, reads=True)
 
     ls = users.add_parser("list", parents=[common], help="list users sorted by username")
     ls.add_argument("--offset", type=int, default=0)
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     state = ls.add_mutually_exclusive_group()
     state.add_argument("--active", dest="active", action="store_const", const=True)
     state.add_argument("--inactive", dest="active", action="store_const", const=False)
-    ls.set_defaults(handler=cmd.cmd_user_list, active=None)
+    ls.set_defaults(handler=cmd.cmd_user_list, active=None, reads=True)
 
     upd = users.add_parser("update", parents=[common], help="change fields of a user")
     upd.add_argument("username")
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     history = users.add_parser("history", parents=[common], help="past versions of a user")
     history.add_argument("username")
     history.add_argument("--limit", type=int, default=20)
-    history.set_defaults(handler=cmd.cmd_user_history)
+    history.set_defaults(handler=cmd.cmd_user_history, reads=True)
 
     revert = users.add_parser("revert", parents=[common], help="restore a past version as a new change")
     revert.add_argument("username")
