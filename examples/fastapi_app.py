@@ -16,11 +16,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from db import UnitOfWork, db
-from db.errors import NotAuthenticated
-from db.fastapi import Credential, CurrentUser, Users, add_exception_handler, credential, lifespan
+from db.errors import NotAuthenticated, PermissionDenied
+from db.fastapi import (
+    Credential,
+    CurrentSuperuser,
+    CurrentUser,
+    Users,
+    add_exception_handler,
+    credential,
+    lifespan,
+)
 from db.schemas import CodxUser
 
 # Opens the database at start-up (a database the code refuses stops the boot), closes it at shutdown.
@@ -29,18 +37,22 @@ add_exception_handler(app)
 
 
 @app.get("/users/{username}")
-async def read_user(username: str, users: Users) -> CodxUser:
-    """One call, one unit of work; an unknown user is a 404."""
-    return await users.get(username)
+async def read_user(username: str, caller: CurrentUser, users: Users) -> CodxUser:
+    """One call, one unit of work; an unknown user is a 404. A user reads themself, an admin anyone (else 403)."""
+    user = await users.get(username)
+    if user.id != caller.id and not caller.is_superuser:
+        raise PermissionDenied("only an admin reads other users")
+    return user
 
 
 class Invitation(BaseModel):
-    usernames: list[str]
+    usernames: list[str] = Field(min_length=1, max_length=100)  # one request, one bounded transaction
 
 
 @app.post("/projects/{project_id}/invite", status_code=201)
-async def invite(project_id: str, invitation: Invitation, users: Users) -> list[CodxUser]:
-    """Several calls in one unit of work: all users are created, or none (409, 422); retried on conflict."""
+async def invite(project_id: str, invitation: Invitation, admin: CurrentSuperuser, users: Users) -> list[CodxUser]:
+    """Admins only (401 without a credential, 403 for a user). Several calls in one unit of work: all users
+    are created, or none (409, 422); retried on conflict."""
 
     def create_all(uow: UnitOfWork) -> list[CodxUser]:
         grant = [{"project_id": project_id, "permissions": "tasks"}]

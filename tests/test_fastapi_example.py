@@ -35,7 +35,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(params=BACKENDS)
-async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def anonymous(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The example app inside its lifespan (which opens and closes the global ``db``), on each backend."""
     db.configure(make_settings(request.param, request, tmp_path))
     try:
@@ -46,6 +46,33 @@ async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             yield test_client
     finally:
         db.close()
+
+
+@pytest.fixture
+async def client(anonymous: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The example app, called by an admin (an API key in X-API-Key)."""
+    UserDB(db).create(username="root", role="admin")
+    anonymous.headers["X-API-Key"] = UserDB(db).create_api_key("root")
+    return anonymous
+
+
+@pytest.mark.anyio
+async def test_reading_users_and_inviting_need_a_credential_and_the_right_role(anonymous: httpx.AsyncClient) -> None:
+    users = UserDB(db)
+    users.create(username="root", role="admin")
+    users.create(username="ann")
+    ann = {"X-API-Key": users.create_api_key("ann")}
+    admin = {"X-API-Key": users.create_api_key("root")}
+    invitation = {"usernames": ["mallory"]}
+    assert (await anonymous.get("/users/root")).status_code == 401
+    assert (await anonymous.post("/projects/secret/invite", json=invitation)).status_code == 401
+    assert (await anonymous.get("/users/root", headers=ann)).status_code == 403
+    assert (await anonymous.post("/projects/secret/invite", json=invitation, headers=ann)).status_code == 403
+    assert (await anonymous.get("/users/ann", headers=ann)).json()["username"] == "ann"  # themself
+    assert (await anonymous.get("/users/ann", headers=admin)).status_code == 200
+    too_many = {"usernames": [f"u{i}" for i in range(101)]}
+    assert (await anonymous.post("/projects/p/invite", json=too_many, headers=admin)).status_code == 422
+    assert users.find("mallory") is None and users.count() == 2
 
 
 @pytest.mark.anyio
@@ -69,11 +96,11 @@ async def test_invite_is_all_or_nothing(client: httpx.AsyncClient) -> None:
     UserDB(db).create(username="taken")
     response = await client.post("/projects/codx/invite", json={"usernames": ["new1", "new2", "TAKEN"]})
     assert response.status_code == 409 and "'TAKEN' already exists" in response.json()["detail"]
-    assert UserDB(db).find("new1") is None and UserDB(db).count() == 1
+    assert UserDB(db).find("new1") is None and UserDB(db).count() == 2
 
     response = await client.post("/projects/codx/invite", json={"usernames": ["new3", "bad\x00name"]})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["body", "username"]
-    assert UserDB(db).count() == 1
+    assert UserDB(db).count() == 2
 
     response = await client.post("/projects/codx/invite", json={"usernames": ["new1", "new2"]})
     assert response.status_code == 201
@@ -88,7 +115,7 @@ async def test_40_concurrent_invites_all_land(client: httpx.AsyncClient) -> None
         *(client.post("/projects/p/invite", json={"usernames": [f"a{i}", f"b{i}"]}) for i in range(40))
     )
     assert [r.status_code for r in responses] == [201] * 40
-    assert UserDB(db).count() == 80
+    assert UserDB(db).count() == 81  # and root
 
 
 async def ticks_during(work: Awaitable[T]) -> tuple[T, int]:
@@ -142,24 +169,24 @@ async def test_the_event_loop_keeps_ticking_while_8_logins_hash(client: httpx.As
 
 
 @pytest.mark.anyio
-async def test_login_gives_a_token_that_me_accepts_until_logout(client: httpx.AsyncClient) -> None:
-    response = await client.get("/me")
+async def test_login_gives_a_token_that_me_accepts_until_logout(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.get("/me")
     assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
     UserDB(db).create(username="meg", password="violet-harbour-tide")
-    response = await client.post("/login", json={"username": "MEG", "password": "violet-harbour-tide"})
+    response = await anonymous.post("/login", json={"username": "MEG", "password": "violet-harbour-tide"})
     assert response.status_code == 200
     token = response.json()["token"]
     assert token.startswith("cxt_") and response.json()["username"] == "meg"
     for header in ("Authorization", "Authentication"):  # the standard header and codx-junior's
-        response = await client.get("/me", headers={header: f"Bearer {token}"})
+        response = await anonymous.get("/me", headers={header: f"Bearer {token}"})
         assert (response.status_code, response.json()["username"]) == (200, "meg")
         assert "token" not in response.json()  # /me never echoes a credential
-    assert (await client.post("/logout", headers={"Authorization": f"Bearer {token}"})).status_code == 204
-    assert (await client.get("/me", headers={"Authorization": f"Bearer {token}"})).status_code == 401
+    assert (await anonymous.post("/logout", headers={"Authorization": f"Bearer {token}"})).status_code == 204
+    assert (await anonymous.get("/me", headers={"Authorization": f"Bearer {token}"})).status_code == 401
     # A password change ends every other session too.
-    token = (await client.post("/login", json={"username": "meg", "password": "violet-harbour-tide"})).json()["token"]
+    token = (await anonymous.post("/login", json={"username": "meg", "password": "violet-harbour-tide"})).json()["token"]
     UserDB(db).set_password("meg", "amber-canyon-drift")
-    assert (await client.get("/me", headers={"Authentication": f"Bearer {token}"})).status_code == 401
+    assert (await anonymous.get("/me", headers={"Authentication": f"Bearer {token}"})).status_code == 401
 
 
 # -- under uvicorn, in a real process --------------------------------------------------------------------
@@ -200,13 +227,20 @@ def _wait_until_answering(process: subprocess.Popen[bytes], url: str, log: Path)
 @pytest.mark.slow
 def test_uvicorn_serves_the_example_and_closes_the_database(tmp_path: Path) -> None:
     settings = CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs")
+    database = Database(settings)
+    try:
+        UserDB(database).create(username="root", role="admin")
+        admin = {"X-API-Key": UserDB(database).create_api_key("root")}
+    finally:
+        database.close()
     log = tmp_path / "uvicorn.log"
     process, url = _start_uvicorn(settings, log)
     try:
         _wait_until_answering(process, url, log)
-        response = httpx.post(f"{url}/projects/codx/invite", json={"usernames": ["ann", "bob"]}, timeout=30)
+        invitation = {"usernames": ["ann", "bob"]}
+        response = httpx.post(f"{url}/projects/codx/invite", json=invitation, headers=admin, timeout=30)
         assert response.status_code == 201, response.text
-        response = httpx.get(f"{url}/users/ANN", timeout=30)
+        response = httpx.get(f"{url}/users/ANN", headers=admin, timeout=30)
         assert (response.status_code, response.json()["username"]) == (200, "ann")
     finally:
         process.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown runs the lifespan's end
@@ -218,7 +252,7 @@ def test_uvicorn_serves_the_example_and_closes_the_database(tmp_path: Path) -> N
     # The lifespan closed the FileStorage: this process can open it (no lock left) and read it.
     database = Database(settings)
     try:
-        assert UserDB(database).count() == 2
+        assert UserDB(database).count() == 3
     finally:
         database.close()
 
