@@ -184,7 +184,8 @@ async def test_login_gives_a_token_that_me_accepts_until_logout(anonymous: httpx
     assert (await anonymous.post("/logout", headers={"Authorization": f"Bearer {token}"})).status_code == 204
     assert (await anonymous.get("/me", headers={"Authorization": f"Bearer {token}"})).status_code == 401
     # A password change ends every other session too.
-    token = (await anonymous.post("/login", json={"username": "meg", "password": "violet-harbour-tide"})).json()["token"]
+    login = {"username": "meg", "password": "violet-harbour-tide"}
+    token = (await anonymous.post("/login", json=login)).json()["token"]
     UserDB(db).set_password("meg", "amber-canyon-drift")
     assert (await anonymous.get("/me", headers={"Authentication": f"Bearer {token}"})).status_code == 401
 

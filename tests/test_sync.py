@@ -391,3 +391,22 @@ def test_a_refused_sync_writes_nothing_even_after_it_began_writing(users: UserDB
     assert users.get_by_github("bob-gh").username == "bob"  # type: ignore[union-attr]
     assert users.find("carol") is None
     assert check(users.database).problems == []
+
+
+def test_a_refused_sync_inside_a_callers_unit_of_work_leaves_nothing_of_its_own(users: UserDB) -> None:
+    """The caller catches the refusal and goes on: its commit must not save half a sync (deletes come first)."""
+    users.sync([*saved_list(users), {"username": "carol", "api_key": IMPORTED_KEY}])
+    before = state(users)
+    clash = [r for r in saved_list(users) if r["username"] != "alice"]  # alice deleted, then...
+    by_name(clash, "dave")["api_key"] = IMPORTED_KEY  # ...carol's key refused for dave
+    with users.database.transaction(note="admin UI save"):
+        with pytest.raises(InvalidUserData, match="no active admin would remain"):
+            users.sync([{"username": "bob"}])  # would delete the admin, alice, dave and carol first
+        with pytest.raises(InvalidUserData, match="api_key"):
+            users.sync(clash)
+        users.update("bob", full_name="Bob")  # the request goes on
+    after = state(users)
+    assert [u["username"] for u in after] == [u["username"] for u in before]
+    assert by_name(after, "bob")["full_name"] == "Bob"
+    assert users.get_by_api_key(IMPORTED_KEY).username == "carol"  # type: ignore[union-attr]
+    assert check(users.database).problems == []

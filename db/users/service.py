@@ -300,7 +300,7 @@ class UserService:
             def write(uow: UnitOfWork) -> T:
                 if self.actor and not uow.transaction.user:
                     uow.transaction.user = self.actor
-                return fn(uow)
+                return fn(uow) if not bulk else _all_or_nothing(uow, fn)
 
             return self.database.run(write, note=wrapped_note)
 
@@ -320,6 +320,24 @@ class UserService:
         """
         if self.actor and not uow.transaction.user:
             record_actor(uow.transaction, user_id, self.actor)
+
+
+def _all_or_nothing(uow: UnitOfWork, fn: Callable[[UnitOfWork], T]) -> T:
+    """Run a bulk write so that its error undoes its changes and notes, also in a caller's unit of work.
+
+    A bulk write (sync) may refuse after it began writing (deletes come first). In its own unit
+    of work the abort undoes it; joined to a caller's, a caller that catches the error and
+    commits would save half of it, so a savepoint marks where this call began.
+    """
+    txn = uow.transaction
+    savepoint = txn.savepoint(optimistic=True)
+    description, omitted = txn.description, uow._omitted_notes
+    try:
+        return fn(uow)
+    except Exception:
+        savepoint.rollback()
+        txn.description, uow._omitted_notes = description, omitted  # a savepoint keeps no metadata
+        raise
 
 
 def _keys(prepared: list[PreparedUser]) -> list[tuple[str, str | None, str]]:
