@@ -76,3 +76,33 @@ def test_a_change_between_the_check_and_the_token_wins(
     with database.transaction() as uow:
         store = uow.root.get(CREDENTIALS_KEY)
         assert store is None or len(store.tokens) == 0  # no token was issued
+
+
+def test_two_logins_that_both_rehash_both_succeed(users: UserDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests (two tabs) log in an imported bcrypt user at once: both verified the old hash;
+    the first replaces it with argon2id, the second finds it replaced. The password is right for
+    the new hash too, so both get a token. (A barrier after both rehashes makes the race certain.)"""
+    legacy = bcrypt.hashpw(b"tab-password-1", bcrypt.gensalt(rounds=4)).decode()
+    users.import_users([{"username": "old", "password_hash": legacy}])
+    original = login_module.hash_password
+    both_hashed = threading.Barrier(2, timeout=60)
+
+    def hash_then_wait(password: str) -> str:
+        new_hash = original(password)
+        both_hashed.wait()  # both logins verified the bcrypt hash and hold a new one
+        return new_hash
+
+    monkeypatch.setattr(login_module, "hash_password", hash_then_wait)
+    results: list[bool] = []
+
+    def log_in() -> None:
+        found = users.login("old", "tab-password-1")
+        results.append(found is not None and users.get_by_token(found[1]) is not None)
+
+    threads = [threading.Thread(target=log_in) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == [True, True]
+    assert users.login("old", "wrong") is None

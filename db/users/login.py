@@ -77,14 +77,23 @@ def verify(service: UserService, username_or_email: str, password: str) -> Verif
     user_id = found.id
     new_hash = hash_password(password)
 
-    def rehash(uow: UnitOfWork) -> Verified | None:
+    def rehash(uow: UnitOfWork) -> tuple[CodxUser, str | None] | None:
         user = repository.container(uow).users.get(user_id)
         if user is None or not user.is_active:
             return None
         # Only replace the hash we verified: a concurrent set_password wins.
         if user.password_hash == stored_hash:
             repository.set_password_hash(user, new_hash, touch=False)  # the same password: no change
-            return Verified(CodxUser.from_model(user), new_hash)
-        return Verified(CodxUser.from_model(user), stored_hash)
+        return CodxUser.from_model(user), user.password_hash
 
-    return service.write(rehash, f"rehash password of {found.username}")
+    answer = service.write(rehash, f"rehash password of {found.username}")
+    if answer is None:
+        return None
+    user, current = answer
+    if current == new_hash:
+        return Verified(user, new_hash)
+    # Replaced meanwhile: by another login's rehash of this same password (two tabs), or by a
+    # password change. The password counts only if it matches the hash stored now.
+    if current is None or hash_cost_problem(current) is not None or not verify_password(current, password)[0]:
+        return None
+    return Verified(user, current)
