@@ -243,6 +243,7 @@ class UserDB:
         Safer than the two calls: the token is issued only if the user still has the password
         that was verified, so a password change or deactivation landing between the two wins.
         """
+        ttl = self._credentials.check_ttl(ttl)  # bad input fails before a password is verified or rehashed
         verified = login.verify(self._users, username_or_email, password)
         if verified is None:
             return None

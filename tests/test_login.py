@@ -15,6 +15,8 @@ import bcrypt
 import pytest
 
 from db.database import Database
+from db.errors import InvalidUserData
+from db.models import USERS_KEY
 from db.user_db import UserDB
 from db.users import login as login_module
 from db.users.credentials import CREDENTIALS_KEY
@@ -106,3 +108,18 @@ def test_two_logins_that_both_rehash_both_succeed(users: UserDB, monkeypatch: py
         thread.join(120)
     assert results == [True, True]
     assert users.login("old", "wrong") is None
+
+
+@pytest.mark.parametrize("ttl", [5, "1h", -1.0])
+def test_a_bad_ttl_is_refused_before_the_password_is_checked_or_rehashed(users: UserDB, ttl: Any) -> None:
+    """The same error for a right and a wrong password, and an imported hash is not replaced first."""
+    legacy = bcrypt.hashpw(b"tab-password-1", bcrypt.gensalt(rounds=4)).decode()
+    users.import_users([{"username": "old", "password_hash": legacy}])
+    for password in ("tab-password-1", "wrong"):
+        with pytest.raises(InvalidUserData, match="ttl"):
+            users.login("old", password, ttl=ttl)
+
+    def stored(uow: Any) -> str:
+        return str(uow.root[USERS_KEY].find_by_username("old").password_hash)
+
+    assert users.database.run(stored) == legacy

@@ -106,7 +106,7 @@ class CredentialService:
     def issue_token(self, username: str, ttl: timedelta | None = None) -> str:
         """A new access token for an active user, valid ``ttl`` (default ``db_token_ttl_hours``); shown once."""
         require_str("username", username)
-        ttl = self._ttl(ttl)
+        ttl = self.check_ttl(ttl)
 
         def issue(uow: UnitOfWork) -> str:
             user = self._credential_owner(uow, username)
@@ -125,7 +125,7 @@ class CredentialService:
         committed after the password was verified wins (None), and one committing meanwhile
         conflicts with this unit's ``readCurrent`` of the user (it runs again and sees it).
         """
-        ttl = self._ttl(ttl)
+        ttl = self.check_ttl(ttl)
 
         def issue(uow: UnitOfWork) -> str | None:
             user = _users(uow).users.get(user_id)
@@ -143,7 +143,8 @@ class CredentialService:
         self._record_actor(uow, _credentials_of(user.id))
         return credentials.issue_token(store, user.id, ttl, self.clock())
 
-    def _ttl(self, ttl: timedelta | None) -> timedelta:
+    def check_ttl(self, ttl: timedelta | None) -> timedelta:
+        """``ttl``, or the default lifetime when None; InvalidUserData for anything else (checked before any work)."""
         if ttl is None:
             ttl = timedelta(hours=self.database.settings.db_token_ttl_hours)
         if not isinstance(ttl, timedelta) or not MIN_TTL <= ttl <= MAX_TTL:
