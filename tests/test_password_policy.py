@@ -176,3 +176,28 @@ def test_a_broken_plugged_in_validator_is_a_configuration_error_naming_the_setti
 def test_an_unknown_built_in_name_fails_when_settings_load() -> None:
     with pytest.raises(ConfigurationError, match=r"db_password_validators\): unknown password validator 'strong'"):
         settings(db_password_validators="length,strong")
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("\uff50\uff41\uff53\uff53\uff57\uff4f\uff52\uff44\uff11", "password1"),  # fullwidth
+        ("\U0001d429\U0001d41a\U0001d42c\U0001d42c\U0001d430\U0001d428\U0001d42b\U0001d41d1", "password1"),  # bold
+    ],
+)
+def test_the_policy_judges_the_password_that_is_hashed(tmp_path: Path, typed: str, meant: str) -> None:
+    """A password is hashed (and later typed) in its NFKC form: a fullwidth "password1" logs in as "password1",
+    so the policy must refuse it as it refuses "password1"."""
+    from db.database import Database
+    from db.user_db import UserDB
+
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="memory"))
+    try:
+        users = UserDB(database)
+        with pytest.raises(InvalidUserData, match="too common"):
+            users.create(username="ann", password=meant)
+        with pytest.raises(InvalidUserData, match="too common"):
+            users.create(username="ann", password=typed)
+        assert users.find("ann") is None
+    finally:
+        database.close()

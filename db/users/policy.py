@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from db.errors import ConfigurationError, InvalidUserData
 from db.settings import PASSWORD_VALIDATOR_NAMES, CodxJuniorGlobalSettings, env_name
+from db.users.passwords import normalize_password
 
 
 class PasswordContext(NamedTuple):
@@ -129,7 +130,11 @@ class PasswordPolicy:
         return cls([_build(name, settings) for name in names])
 
     def problems(self, password: str, context: PasswordContext | None = None) -> list[str]:
-        """Every problem with the password, each as ``password: ...`` (empty when it passes)."""
+        """Every problem with the password, each as ``password: ...`` (empty when it passes).
+
+        Judged in the NFKC form it is hashed in (and typed in at login): fullwidth "password1" is "password1".
+        """
+        password = normalize_password(password)  # after check_password's length bound: never quadratic
         found = []
         for validator in self.validators:
             problem = validator.validate(password, context)
