@@ -31,6 +31,7 @@ from db.database import Database, UnitOfWork
 from db.user_db import UserDB
 from db.users.credentials import ApiKeyInfo
 from db.users.history import UserRevision
+from db.users.models import utcnow
 from db.users.schemas import CodxUser, ProjectPermission
 from db.users.service import MAX_PAGE
 from db.users.sync import SyncReport
@@ -80,16 +81,17 @@ class AsyncUserDB:
     def __init__(
         self,
         database: Database | None = None,
-        *,
         actor: str | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
         limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
-        """``actor`` names who makes the changes; ``limiter`` may be shared by several instances.
+        """``actor`` and ``clock`` as for ``UserDB``; ``limiter`` may be shared by several instances.
 
         Instances over one database should share one limiter (the lifespan makes one instance):
         each default limiter allows ``db_pool_size`` threads of its own.
         """
-        self.user_db = UserDB(database, actor)
+        self.user_db = UserDB(database, actor, clock=clock)
         self.database: Database = self.user_db.database
         self.actor = actor
         # anyio >= 4.2 lets a limiter be made outside a running event loop (bound on first use).

@@ -9,7 +9,7 @@ import threading
 import typing
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,26 @@ def parity_problems(sync_cls: type, async_cls: type) -> list[str]:
 def test_every_public_user_db_method_has_an_async_twin_with_the_same_signature() -> None:
     assert len(_public_methods(UserDB)) >= 13  # get ... revert today; issue 13 adds more
     assert parity_problems(UserDB, AsyncUserDB) == [], "add the twins to AsyncUserDB in db/async_user_db.py"
+
+
+def test_the_constructors_match_too() -> None:
+    """``UserDB(db, "alice")`` and ``AsyncUserDB(db, "alice")``; a clock for both (token expiry tests)."""
+    sync_params = list(inspect.signature(UserDB).parameters.values())
+    async_params = list(inspect.signature(AsyncUserDB).parameters.values())
+    assert async_params[: len(sync_params)] == sync_params
+    assert [p.name for p in async_params[len(sync_params) :]] == ["limiter"]
+
+
+@pytest.mark.anyio
+async def test_an_async_user_db_with_an_actor_and_a_clock(memory_db: Database) -> None:
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    users = AsyncUserDB(memory_db, "admin-ui", clock=lambda: now[0])
+    await users.create(username="ann")
+    token = await users.issue_token("ann", ttl=timedelta(hours=1))
+    assert (await users.get_by_token(token)) is not None
+    now[0] += timedelta(hours=2)
+    assert (await users.get_by_token(token)) is None
+    assert (await users.history("ann"))[0].by == "admin-ui"
 
 
 def test_the_parity_check_sees_missing_and_drifted_twins() -> None:
