@@ -214,10 +214,10 @@ class AsyncUserDB:
         return await self._call(self.user_db.authenticate, username_or_email, password)
 
     async def login(
-        self, username_or_email: str, password: str, ttl: timedelta | None = None
+        self, username_or_email: str, password: str, ttl: timedelta | None = None, *, first_login: bool = False
     ) -> tuple[CodxUser, str] | None:
         """``authenticate`` and a new token in one call, the token only for the password verified."""
-        return await self._call(self.user_db.login, username_or_email, password, ttl)
+        return await self._call(self.user_db.login, username_or_email, password, ttl, first_login=first_login)
 
     async def delete(self, username: str) -> None:
         """Delete a user; raises UserNotFound."""

@@ -237,14 +237,19 @@ class UserDB:
         """
         return self._users.authenticate(username_or_email, password)
 
-    def login(self, username_or_email: str, password: str, ttl: timedelta | None = None) -> tuple[CodxUser, str] | None:
+    def login(
+        self, username_or_email: str, password: str, ttl: timedelta | None = None, *, first_login: bool = False
+    ) -> tuple[CodxUser, str] | None:
         """``authenticate``, then a new access token: ``(user, token)``, or None as ``authenticate`` answers.
 
         Safer than the two calls: the token is issued only if the user still has the password
         that was verified, so a password change or deactivation landing between the two wins.
+        ``first_login=True``: an active user with no password yet sets this one (codx-junior's
+        first login; the policy applies), in the same call, so an unknown name answers None as a
+        wrong password does (``has_password`` raises UserNotFound: a 404 that names who exists).
         """
         ttl = self._credentials.check_ttl(ttl)  # bad input fails before a password is verified or rehashed
-        verified = login.verify(self._users, username_or_email, password)
+        verified = login.verify(self._users, username_or_email, password, first_login)
         if verified is None:
             return None
         token = self._credentials.issue_login_token(verified.user.id, verified.password_hash, ttl)

@@ -78,7 +78,8 @@ async def login(body: Login, users: Users) -> LoggedIn:
 
     The token is shown once (codx-db keeps only its hash) and lasts ``db_token_ttl_hours``.
     """
-    found = await users.login(body.username, body.password)  # the token only for the password verified
+    # first_login: a user with no password yet sets this one (codx-junior); the token only for the password verified
+    found = await users.login(body.username, body.password, first_login=True)
     if found is None:
         raise NotAuthenticated("wrong username or password")
     user, token = found

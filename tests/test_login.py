@@ -123,3 +123,46 @@ def test_a_bad_ttl_is_refused_before_the_password_is_checked_or_rehashed(users: 
         return str(uow.root[USERS_KEY].find_by_username("old").password_hash)
 
     assert users.database.run(stored) == legacy
+
+
+def test_first_login_claims_a_password_less_account_in_the_same_call(users: UserDB) -> None:
+    """codx-junior's first login: a user with no password (the default admin, a GitHub user) sets
+    it by logging in. One call, so an unknown name answers as a wrong password does (None), not
+    UserNotFound (a 404 that tells which names exist)."""
+    users.create(username="gh-user", github="gh-user")  # no password
+    users.create(username="off", is_active=False)
+    assert users.login("nobody", PASSWORD, first_login=True) is None
+    assert users.login("off", PASSWORD, first_login=True) is None
+    assert users.login("gh-user", PASSWORD) is None  # without first_login: no claim
+    found = users.login("gh-user", PASSWORD, first_login=True)
+    assert found is not None and users.get_by_token(found[1]) == found[0]
+    assert users.login("gh-user", "another-password-9", first_login=True) is None  # claimed: a wrong password now
+    assert users.login("gh-user", PASSWORD, first_login=True) is not None
+    assert users.login("alice", "wrong password", first_login=True) is None  # has a password: no claim
+    assert users.login("alice", PASSWORD, first_login=True) is not None
+
+
+def test_a_first_login_with_a_weak_password_sets_nothing(users: UserDB) -> None:
+    users.create(username="gh-user")
+    with pytest.raises(InvalidUserData, match="password"):
+        users.login("gh-user", "short", first_login=True)
+    assert users.has_password("gh-user") is False
+
+
+def test_two_first_logins_one_claims_the_other_is_refused(users: UserDB) -> None:
+    users.create(username="admin2", role="admin")
+    start = threading.Barrier(2, timeout=60)
+    results: dict[str, bool] = {}
+
+    def claim(password: str) -> None:
+        start.wait()
+        results[password] = users.login("admin2", password, first_login=True) is not None
+
+    threads = [threading.Thread(target=claim, args=(pw,)) for pw in ("first-horse-11", "second-horse-22")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(results.values()) == [False, True]
+    [winner] = [pw for pw, ok in results.items() if ok]
+    assert users.login("admin2", winner) is not None

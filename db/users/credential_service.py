@@ -87,17 +87,21 @@ class CredentialService:
         commit conflicts, its unit of work is retried, sees the winner's password and answers
         False. Exactly one True. Tokens are left alone (a GitHub login may have issued one).
         """
+        return self.claim_first_password(username, password) is not None
+
+    def claim_first_password(self, username: str, password: str) -> tuple[CodxUser, str] | None:
+        """``set_password_if_unset``, answering the user and the hash it set (None: it set none)."""
         password_hash = self.new_password_hash_for(username, password)
 
-        def set_if_unset(uow: UnitOfWork) -> bool:
+        def set_if_unset(uow: UnitOfWork) -> tuple[CodxUser, str] | None:
             user = _get(_users(uow), username)
             if not user.is_active or user.password_hash is not None:
-                return False
+                return None
             user.password_hash = password_hash
             user.touch()
             uow.note(f"codx-db: set first password of {user.username}")
             self._record_actor(uow, user.id)
-            return True
+            return CodxUser.from_model(user), password_hash
 
         return self._write(set_if_unset)
 

@@ -36,8 +36,12 @@ class Verified(NamedTuple):
     password_hash: str
 
 
-def verify(service: UserService, username_or_email: str, password: str) -> Verified | None:
-    """The active user this login and password name, with the hash they matched; else None."""
+def verify(service: UserService, username_or_email: str, password: str, first_login: bool = False) -> Verified | None:
+    """The active user this login and password name, with the hash they matched; else None.
+
+    ``first_login``: an active user with no password yet (codx-junior's default admin, a GitHub
+    user) takes this one (the policy applies: InvalidUserData); of two racing, one wins.
+    """
     if not isinstance(username_or_email, str) or not isinstance(password, str):
         return None
     if len(password) > MAX_PASSWORD_LENGTH:
@@ -60,6 +64,9 @@ def verify(service: UserService, username_or_email: str, password: str) -> Verif
     if found is None:
         dummy_verify(password)
         return None
+    if stored_hash is None and first_login and found.is_active:
+        claimed = service.credentials.claim_first_password(found.username, password)
+        return None if claimed is None else Verified(*claimed)
     problem = None if stored_hash is None else hash_cost_problem(stored_hash)
     if problem is not None:
         log.warning(
