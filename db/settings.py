@@ -247,6 +247,16 @@ class CodxJuniorGlobalSettings(BaseSettings):
         # Absolute, so messages and `codx-db info` say exactly which file is meant.
         return value.expanduser().absolute() if value is not None else None
 
+    @field_validator("db_file_path")
+    @classmethod
+    def _follow_links(cls, value: Path) -> Path:
+        # Often a link into a mounted volume: pack, restore and the lock must work on the file it
+        # names (pack and restore rename files into place: through the link they replaced the link).
+        try:
+            return value.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise ValueError(f"{value} cannot be resolved ({exc})") from None
+
     @model_validator(mode="after")
     def _check_combination(self) -> CodxJuniorGlobalSettings:
         if self.db_read_only and (self.db_config_file is not None or self.db_backend != "file"):

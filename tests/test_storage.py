@@ -373,3 +373,35 @@ def test_configure_with_overrides_validates_them() -> None:
     assert "hunter2" not in repr(database.settings) and "password=***" in database.settings.location
     with pytest.raises(ConfigurationError, match="CODX_JUNIOR_DB_POOL_SIZE"):
         database.configure(database.settings, db_pool_size=0)
+
+
+def test_a_database_path_that_is_a_symlink_works_on_the_file_it_names(tmp_path: Path) -> None:
+    """CODX_JUNIOR_DB_FILE_PATH is often a link into a mounted volume: pack and restore must
+    replace the volume's file, not the link (later writes would land outside the volume)."""
+    volume, app = tmp_path / "volume", tmp_path / "app"
+    volume.mkdir()
+    app.mkdir()
+    real, link = volume / "users.fs", app / "users.fs"
+    env = {**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(real), "CODX_JUNIOR_DB_PASSWORD_VALIDATORS": ""}
+
+    def cli(*args: str, path: Path = link) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "db", *args],
+            env={**env, "CODX_JUNIOR_DB_FILE_PATH": str(path)},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert cli("user", "add", "u1", "--no-password", path=real).returncode == 0
+    link.symlink_to(real)
+    assert CodxJuniorGlobalSettings.load(db_file_path=link).db_file_path == real
+    for args in (["pack"], ["user", "add", "u2", "--no-password"], ["backup", str(tmp_path / "b.fs")]):
+        result = cli(*args)
+        assert result.returncode == 0, (args, result.stderr)
+    assert cli("restore", str(tmp_path / "b.fs"), "--force").returncode == 0
+    assert cli("user", "add", "u3", "--no-password").returncode == 0
+    assert link.is_symlink() and sorted(p.name for p in app.iterdir()) == ["users.fs"]
+    listed = cli("user", "list", path=real)
+    assert all(name in listed.stdout for name in ("u1", "u2", "u3")), listed.stdout
