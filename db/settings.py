@@ -315,11 +315,13 @@ class CodxJuniorGlobalSettings(BaseSettings):
     @classmethod
     def load(cls, **overrides: Any) -> CodxJuniorGlobalSettings:
         """Load settings, turning validation errors into one ConfigurationError per setting."""
-        _warn_unknown_variables()
         try:
+            _warn_unknown_variables()
             settings = cls(_secrets_dir=_secrets_dir(), **overrides)  # type: ignore[call-arg]
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(_not_utf8(exc)) from None
         if settings.db_dsn is not None and settings.kind == "file":
             log.warning(
                 "%sDB_DSN is set but the backend is file (%s): the DSN is not used; "
@@ -329,6 +331,20 @@ class CodxJuniorGlobalSettings(BaseSettings):
                 ENV_PREFIX,
             )
         return settings
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    """Which settings file is not UTF-8, and where; never its bytes (a .env holds secrets)."""
+    env_file = Path(str(CodxJuniorGlobalSettings.model_config.get("env_file") or ".env"))
+    data = exc.object if isinstance(exc.object, bytes) else b""
+    try:
+        named = env_file.is_file() and env_file.read_bytes() == data
+    except OSError:
+        named = False
+    where = f"{env_file.absolute()}" if named else "a settings file (.env or a secrets file)"
+    line = data[: exc.start].count(b"\n") + 1
+    column = exc.start - data.rfind(b"\n", 0, exc.start)
+    return f"{where} is not UTF-8 text (line {line}, byte {column}): save it as UTF-8"
 
 
 def env_name(setting: str) -> str:

@@ -160,6 +160,17 @@ def test_a_typo_in_the_env_file_is_warned_about_too(
     assert "OTHER_APP_X" not in caplog.text
 
 
+def test_an_env_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not "unexpected UnicodeDecodeError": the file, the line, what to do; never the bytes (a secret)."""
+    (tmp_path / ".env").write_bytes(b"CODX_JUNIOR_DB_BACKEND=file\nOTHER_PASSWORD=caf\xe9-secret\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as caught:
+        CodxJuniorGlobalSettings.load()
+    message = str(caught.value)
+    assert ".env" in message and "line 2" in message and "UTF-8" in message
+    assert "secret" not in message and "caf" not in message
+
+
 def test_typos_and_unused_dsn_are_warned_about(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
