@@ -259,6 +259,8 @@ class CodxJuniorGlobalSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combination(self) -> CodxJuniorGlobalSettings:
+        for name in ("db_blob_dir", "db_cache_dir"):
+            _check_directory(getattr(self, name), name)
         if self.db_read_only and (self.db_config_file is not None or self.db_backend != "file"):
             # PostgreSQL serves many processes at once: a read-only login role is the tool there.
             raise ValueError("db_read_only: only the file backend opens read-only")
@@ -380,6 +382,17 @@ def _suggest(name: str, known: set[str]) -> str:
     if close:
         return f": did you mean {tails[close[0]]}?"
     return f" (known: {', '.join(sorted(known))}; see the README)"
+
+
+def _check_directory(path: Path | None, setting: str) -> None:
+    """Fail now if ``path`` is, or would be made below, something that is not a directory."""
+    try:
+        while path is not None and not path.exists():
+            path = path.parent if path.parent != path else None
+        if path is not None and not path.is_dir():
+            raise ValueError(f"{setting}: {path} is not a directory")
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ValueError(f"{setting}: {exc.strerror}") from None
 
 
 def _check_creatable(path: Path, setting: str) -> None:

@@ -171,6 +171,17 @@ def test_an_env_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path, mon
     assert "secret" not in message and "caf" not in message
 
 
+@pytest.mark.parametrize("setting", ["db_blob_dir", "db_cache_dir"])
+def test_a_directory_setting_naming_a_file_is_refused_at_load(tmp_path: Path, setting: str) -> None:
+    """Named at load, before the database file or its directory is created."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for path in (a_file, a_file / "below"):
+        with pytest.raises(ConfigurationError, match=f"{setting}.*not a directory"):
+            CodxJuniorGlobalSettings.load(db_file_path=tmp_path / "data" / "users.fs", **{setting: path})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 def test_typos_and_unused_dsn_are_warned_about(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
