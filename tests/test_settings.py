@@ -129,6 +129,17 @@ def test_a_message_quoting_a_dsn_secret_is_scrubbed() -> None:
     assert SECRET not in message and message.count("***") == 2
 
 
+@pytest.mark.parametrize(
+    "dsn", [f"postgresql://codx:pa@{SECRET}@127.0.0.1:5432/codx", f"postgresql://codx:x@{SECRET}@h1,h2/codx"]
+)
+def test_a_uri_whose_password_holds_an_unencoded_at_sign_is_refused_unechoed(dsn: str) -> None:
+    """libpq splits at the first '@': the rest of the password became the host name, shown by
+    `info` and every connection error. Refused at load, saying to percent-encode it."""
+    with pytest.raises(ConfigurationError) as caught:
+        CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=dsn)
+    assert "%40" in str(caught.value) and SECRET not in str(caught.value)
+
+
 def test_unparsable_dsn_is_not_echoed() -> None:
     assert mask_dsn(f"host=x password={SECRET} 'unterminated") == "<unparsable DSN>"
 
