@@ -35,7 +35,6 @@ def check_dsn(dsn: str) -> None:
         params = parse_dsn(dsn)
     except Exception:  # noqa: BLE001 - psycopg2's message quotes the DSN; never show it
         raise ValueError("not a valid libpq DSN or postgresql:// URI (value hidden)") from None
-    # libpq only checks the port when connecting; a typo should fail at load time.
     if "@" in params.get("host", ""):
         # libpq split a URI at its first "@": the rest of the password is now the host name,
         # which `info` and every connection error would show.
@@ -43,6 +42,7 @@ def check_dsn(dsn: str) -> None:
             "the host in the DSN holds an '@' (value hidden): in a postgresql:// URI, percent-encode "
             "an '@' in the password as %40 (or give the password in PGPASSWORD)"
         )
+    # libpq only checks the port when connecting; a typo should fail at load time.
     if not all(p.strip().isdigit() for p in params.get("port", "5432").split(",")):
         raise ValueError("the port in the DSN is not a number")
 
