@@ -19,6 +19,7 @@ db/users/codx_junior_shape.py and are re-exported here.
 from __future__ import annotations
 
 import json
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -50,6 +51,9 @@ __all__ = [  # the re-exports; the file models are public by their own names
 ]
 
 MAX_NAME_CHARS = 64  # of a username, project id or field name quoted from the file in a message
+# codx-junior's global_settings.json is kilobytes (a megabyte at ten thousand users): a bigger
+# file is something else, and json.loads would hold it several times over in memory.
+MAX_IMPORT_FILE_BYTES = 64 * 2**20
 
 NOT_BCRYPT = (
     "is not a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters): codx-db imports codx-junior's hashes, "
@@ -277,6 +281,14 @@ def kind(value: Any) -> str:
 
 def _load_json(path: Path) -> Any:
     try:
+        # Looked at before it is opened: a FIFO would wait for a writer forever, /dev/zero fill memory.
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise CodxJuniorFileError(f"{path}: not a regular file (codx-junior's global_settings.json is one)")
+        if status.st_size > MAX_IMPORT_FILE_BYTES:
+            raise CodxJuniorFileError(
+                f"{path}: larger than {MAX_IMPORT_FILE_BYTES // 2**20} MiB: not codx-junior's global_settings.json"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CodxJuniorFileError(f"{path}: no such file") from None

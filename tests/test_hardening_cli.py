@@ -5,6 +5,7 @@ Every test runs the real command line in a child process, on real files and real
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,10 +17,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from db.codx_junior import MAX_IMPORT_FILE_BYTES
 from db.database import Database
 from db.models import USERS_KEY, User, UserContainer
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
+from db.users.passwords import MAX_PASSWORD_LENGTH
 from migrations.runner import FILESTORAGE_HEADER, GENERATION_KEY
 from tests.conftest import ROOT, run_cli, settings_env
 
@@ -227,6 +230,45 @@ def test_deeply_nested_json_is_refused_naming_the_file(depth: int, tmp_path: Pat
     assert_quiet_stderr(result)
     assert str(path) in result.stderr and "nests too deeply" in result.stderr, result.stderr
     assert not settings.db_file_path.exists()  # the file is read before the database is opened
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_an_import_path_that_is_no_regular_json_file_is_refused_at_once(kind: str, tmp_path: Path) -> None:
+    """A FIFO waited for a writer forever, /dev/zero filled memory: refused before reading, named."""
+    path = tmp_path / "global_settings.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/zero")
+    else:
+        with open(path, "wb") as file:
+            file.truncate(MAX_IMPORT_FILE_BYTES + 1)  # sparse: no disk used
+    settings = _file_settings(tmp_path)
+    result = run_cli(settings, "import-codx-junior", str(path), timeout=60)
+    assert result.returncode == 1
+    assert_quiet_stderr(result)
+    expected = "larger than" if kind == "huge" else "not a regular file"
+    assert str(path) in result.stderr and expected in result.stderr, result.stderr
+    assert not settings.db_file_path.exists()
+
+
+def test_a_password_on_stdin_is_read_bounded(tmp_path: Path) -> None:
+    """--password-stdin read a line of any length into memory; now at most one past the limit."""
+    from db.cli import Cli
+
+    class CountingInput(io.StringIO):
+        longest = 0
+
+        def readline(self, size: int | None = -1, /) -> str:
+            line = super().readline(-1 if size is None else size)
+            CountingInput.longest = max(CountingInput.longest, len(line))
+            return line
+
+    stderr = io.StringIO()
+    cli = Cli(Database(_file_settings(tmp_path)), stdin=CountingInput("x" * 5_000_000), stderr=stderr)
+    assert cli.run(["user", "add", "ann", "--password-stdin"]) == 1
+    assert "at most 1024 characters" in stderr.getvalue(), stderr.getvalue()
+    assert CountingInput.longest <= MAX_PASSWORD_LENGTH + 2
 
 
 # -- item 8: long lists are capped ----------------------------------------------------------------------

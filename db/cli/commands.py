@@ -27,6 +27,7 @@ from db.ops.reports import CheckReport, InfoReport, MigrationReport, PendingStep
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from db.users.models import USERS_KEY, login_claim
+from db.users.passwords import MAX_PASSWORD_LENGTH
 from db.users.schemas import CodxUser
 from migrations.runner import (
     GENERATION_KEY,
@@ -308,7 +309,8 @@ def _login() -> str:
 
 def _read_password(session: Session, from_stdin: bool, confirm: bool) -> str:
     if from_stdin or not session.stdin.isatty():
-        line = session.stdin.readline()
+        # Bounded: one character past the longest password, so the check below names it.
+        line = session.stdin.readline(MAX_PASSWORD_LENGTH + 2)
         if not line:
             raise InvalidUserData(["password: nothing was read from stdin"])
         return line.rstrip("\r\n")
