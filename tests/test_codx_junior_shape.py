@@ -128,3 +128,21 @@ def test_project_access_is_codx_junior_get_user_project_access(database: Databas
     assert project_access(alice, "nowhere") == ""
     assert project_access(erin, "nowhere") == "admin"
     assert summary(alice) == {"username": "Alice Smith@home", "avatar": "/avatars/alice.png"}
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"email": "not-an-email", "theme": 7}, ["username: is missing", "email", "theme"]),
+        ({"username": "ann", "disabled": "no", "email": "nope"}, ["disabled: must be true or false", "email"]),
+        ({"username": "ann", "colour": "red", "projects": "p1"}, ["colour: unknown field", "projects"]),
+    ],
+)
+def test_a_record_with_several_bad_fields_names_every_one(record: dict[str, Any], expected: list[str]) -> None:
+    """One answer listing every problem, not the first kind only (a form shows them all at once)."""
+    with pytest.raises(InvalidUserData) as caught:
+        from_codx_junior(record)
+    errors = caught.value.errors
+    for part in expected:
+        assert any(error.startswith(part) for error in errors), (part, errors)
+    assert sum(error.startswith("username") for error in errors) == (0 if "username" in record else 1)

@@ -119,12 +119,12 @@ def check_codx_junior(data: Mapping[str, Any], extra: tuple[str, ...] = ()) -> t
         if data.get(name) is not None and not isinstance(data[name], str):
             problems.append(f"{name}: must be a string")
     username = data.get("username")
-    if username is None or (isinstance(username, str) and not username.strip()):
+    missing = username is None or (isinstance(username, str) and not username.strip())
+    if missing:
         problems.append("username: is missing")
     active = _is_active(data, problems)
-    if problems:
-        raise InvalidUserData(problems)
-    fields: dict[str, Any] = {"username": username, "is_active": active}
+    # The other fields are checked too (a placeholder for a missing username): every problem in one answer.
+    fields: dict[str, Any] = {"username": "placeholder" if missing else username, "is_active": active}
     email = data.get("email")
     fields["email"] = None if email == "" else email
     for name, default in _NONE_MEANS.items():
@@ -139,7 +139,12 @@ def check_codx_junior(data: Mapping[str, Any], extra: tuple[str, ...] = ()) -> t
         fields["projects"] = [_project_from_codx_junior(entry) for entry in fields["projects"]]
     if isinstance(fields["apps"], tuple):
         fields["apps"] = list(fields["apps"])
-    checked = UserCreate.parse(fields)  # every field rule; InvalidUserData lists each problem
+    try:
+        checked = UserCreate.parse(fields)  # every field rule; InvalidUserData lists each problem
+    except InvalidUserData as exc:
+        raise InvalidUserData(problems + exc.errors) from None
+    if problems:
+        raise InvalidUserData(problems)
     return checked, {key for key in data if key not in SECRET_FIELDS}
 
 
