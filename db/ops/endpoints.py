@@ -265,9 +265,12 @@ class StorageTarget(Target):
         # would share the staging schema.
         with startup_lock(self.spec.dsn):
             if self.spec.dsn is not None:
-                from db.pg.replace import refuse_shared_schema
+                from db.pg.replace import refuse_sessions_in_use, refuse_shared_schema
 
                 refuse_shared_schema(self.spec.dsn, self.location)  # before anything is created
+                # An application connected to the target would keep its cache of the old data
+                # and lose the writes it makes after the replacement.
+                refuse_sessions_in_use(self.spec.dsn, self.location)
             storage = self.spec.open()  # creates RelStorage's tables in a new database
             try:
                 replaced = None
@@ -296,7 +299,7 @@ class StorageTarget(Target):
                 finally:
                     prepared.close()
                 if prepared.commit:
-                    replace_from_staging(dsn)
+                    replace_from_staging(dsn, self.location)
 
     def _in_place(self, storage: IStorage, replaced: dict[str, Any] | None) -> Iterator[Prepared]:
         """A storage that is not PostgreSQL (a ZConfig file): only an empty one can be a target."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from ZODB.interfaces import IStorage
 
 from db.errors import TransferError
+from db.pg.connect import STARTUP_LOCK_KEY
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,69 @@ def refuse_shared_schema(dsn: str, location: str) -> None:
             f"{location} holds tables that are not codx-db's ({shown}): a copy or restore replaces "
             "every table it writes to, so codx-db needs a database (or schema) of its own; nothing was written"
         )
+
+
+# Short sessions codx-db opens to ask the server a question (pg_identity, pg_size, the
+# explanation of a lost connection): they cache no data, so they do not make a database "in use".
+PROBE_APPLICATION_NAMES = ("codx-db transfer", "codx-db diagnosis")
+# The advisory lock key as pg_locks shows it: a bigint key is split into two 32-bit oids.
+_LOCK_CLASSID, _LOCK_OBJID = (STARTUP_LOCK_KEY >> 32) & 0xFFFFFFFF, STARTUP_LOCK_KEY & 0xFFFFFFFF
+SHOWN_SESSIONS = 5
+SETTLE_SECONDS = 2.0
+
+
+def _other_sessions(cur: Any) -> list[tuple[str | None, str | None]]:
+    """(application_name, client address) of the other client sessions on the current database.
+
+    The caller holds codx-db's startup lock, so the one session holding it is the caller's own.
+    Another role's session shows without its application_name or address: it still counts.
+    A session closed a moment ago (this process's own storages, just closed) stays listed
+    until its server process exits: ask again for up to ``SETTLE_SECONDS`` before answering.
+    """
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        sessions = _listed_sessions(cur)
+        if not sessions or time.monotonic() >= deadline:
+            return sessions
+        time.sleep(0.05)
+
+
+def _listed_sessions(cur: Any) -> list[tuple[str | None, str | None]]:
+    # pg_stat_activity is read once per transaction unless the snapshot is cleared.
+    cur.execute("SELECT pg_stat_clear_snapshot()")
+    cur.execute(
+        "SELECT application_name, host(client_addr) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+        "AND coalesce(application_name, '') <> ALL(%s) "
+        "AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1) "
+        "ORDER BY application_name, client_addr",
+        (list(PROBE_APPLICATION_NAMES), _LOCK_CLASSID, _LOCK_OBJID),
+    )
+    return [(row[0] or None, row[1]) for row in cur.fetchall()]
+
+
+def _in_use_message(location: str, sessions: list[tuple[str | None, str | None]], outcome: str) -> str:
+    counts = Counter(
+        f"{repr(name) if name else 'an unnamed session'} from {address or 'a local socket'}"
+        for name, address in sessions
+    )
+    shown = [f"{who} ({n} sessions)" if n > 1 else who for who, n in list(counts.items())[:SHOWN_SESSIONS]]
+    more = f" and {len(counts) - SHOWN_SESSIONS} more" if len(counts) > SHOWN_SESSIONS else ""
+    count = len(sessions)
+    return (
+        f"{location} is in use: {count} other session{'s' if count != 1 else ''} connected to the database "
+        f"({', '.join(shown)}{more}). An application connected while its database is replaced keeps serving "
+        f"its cached data and loses the writes it makes afterwards: stop the applications first; {outcome}"
+    )
+
+
+def refuse_sessions_in_use(dsn: str, location: str) -> None:
+    """TransferError when other sessions are connected to the target database (call under the startup lock)."""
+    with _connection(dsn) as conn, conn.cursor() as cur:
+        sessions = _other_sessions(cur)
+    if sessions:
+        raise TransferError(_in_use_message(location, sessions, "nothing was written"))
 
 
 def _sequences(cur: Any, schema: str) -> list[str]:
@@ -216,12 +282,19 @@ def _staging_dsn(dsn: str, live: str) -> str:
     return make_dsn(dsn, options=f"{options} -c search_path={path}".strip())
 
 
-def replace_from_staging(dsn: str) -> None:
+def replace_from_staging(dsn: str, location: str = "the target database") -> None:
     """Move the staged data into the live tables in one transaction (old data visible until it commits).
 
-    RelStorage's commit lock is held meanwhile, so no application commits in between.
+    RelStorage's commit lock is held meanwhile, so no application commits in between. Call it
+    under the startup lock, so no application finishes opening the database meanwhile.
     """
     with _connection(dsn) as conn, conn.cursor() as cur:
+        # Again, now that the copy is done: a session that connected meanwhile (a RelStorage
+        # user that does not take codx-db's startup lock, or an application waiting for it)
+        # may hold or be about to hold data the replacement makes stale.
+        sessions = _other_sessions(cur)
+        if sessions:
+            raise TransferError(_in_use_message(location, sessions, "nothing was replaced"))
         live = _live_schema(cur)
         tables = [t for t in _tables(cur, live) if t != COMMIT_LOCK_TABLE]
         staged = set(_tables(cur, STAGING_SCHEMA))

@@ -1,0 +1,76 @@
+"""Defects a review found in copy, backup, restore and pack (one test or more per defect)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from db.database import Database
+from db.errors import TransferError
+from db.ops.progress import QuietProgress
+from db.transfer import backup, restore
+from db.user_db import UserDB
+from tests.test_restore_force import add_users, usernames
+from tests.test_transfer import file_settings, pg_settings
+
+# -- a PostgreSQL target in use by an application --------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_restore_force_refuses_a_postgres_database_an_application_is_connected_to(pg_dsn: str, tmp_path: Path) -> None:
+    """The application would keep its cache and lose later writes: refuse, name the sessions, write nothing."""
+    live = file_settings(tmp_path / "live" / "users.fs")
+    add_users(live, "new", 3)
+    path = tmp_path / "backup.fs"
+    assert backup(live, path).ok
+    target = pg_settings(pg_dsn)
+    add_users(target, "old", 2)
+    app = Database(target)
+    try:
+        UserDB(app).count()  # the application's sessions are open, its cache warm
+        with pytest.raises(TransferError) as refused:
+            restore(path, target, force=True)
+        message = str(refused.value)
+        assert "stop" in message and "nothing was written" in message
+        assert "RS: " in message  # RelStorage's application_name for its sessions
+        assert "session" in message
+        assert "password" not in message.lower()
+        assert usernames(target) == ["old00000", "old00001"]
+    finally:
+        app.close()
+    # Once the application stopped, the same restore goes through.
+    assert restore(path, target, force=True).ok
+    assert usernames(target) == ["new00000", "new00001", "new00002"]
+
+
+class ConnectsAfterCopy(QuietProgress):
+    """An application that connects to the target while the copy runs (it waits for the startup lock)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn: Any = None
+
+    def finish(self) -> None:
+        self.conn = psycopg2.connect(self.dsn, application_name="late-app")
+
+
+@pytest.mark.postgres
+def test_restore_force_keeps_the_old_data_when_an_application_connects_during_the_copy(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    live = file_settings(tmp_path / "live" / "users.fs")
+    add_users(live, "new", 3)
+    path = tmp_path / "backup.fs"
+    assert backup(live, path).ok
+    target = pg_settings(pg_dsn)
+    add_users(target, "old", 2)
+    late = ConnectsAfterCopy(pg_dsn)
+    try:
+        with pytest.raises(TransferError, match=r"1 other session .*'late-app'.*nothing was replaced"):
+            restore(path, target, force=True, progress=late)
+    finally:
+        late.conn.close()
+    assert usernames(target) == ["old00000", "old00001"]
