@@ -11,10 +11,10 @@ import pytest
 from db.database import Database
 from db.errors import TransferError
 from db.ops.progress import QuietProgress
-from db.transfer import backup, restore
+from db.transfer import backup, copy_database, restore, target_settings
 from db.user_db import UserDB
 from tests.test_restore_force import add_users, usernames
-from tests.test_transfer import file_settings, pg_settings
+from tests.test_transfer import file_settings, pg_settings, populate, stored_states
 
 # -- a PostgreSQL target in use by an application --------------------------------------------------
 
@@ -74,3 +74,59 @@ def test_restore_force_keeps_the_old_data_when_an_application_connects_during_th
     finally:
         late.conn.close()
     assert usernames(target) == ["old00000", "old00001"]
+
+
+# -- a <filestorage> config file as a copy target ----------------------------------------------------
+
+
+def filestorage_config(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<filestorage>\n{body}\n</filestorage>\n", encoding="utf-8")
+    return path
+
+
+class FailsAfterCopy(QuietProgress):
+    """The copy is written, then the process fails (as a kill or a full disk would)."""
+
+    def finish(self) -> None:
+        raise RuntimeError("stopped after the copy")
+
+
+class SourceChangesAfterCopy(QuietProgress):
+    """Someone writes to the source between the copy and its verification: the verification fails."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def finish(self) -> None:
+        database = Database(self.source)
+        try:
+            UserDB(database).create(username="written-meanwhile")
+        finally:
+            database.close()
+
+
+def test_copy_to_a_filestorage_config_leaves_nothing_when_it_fails_or_does_not_verify(tmp_path: Path) -> None:
+    """A failed copy into a config's <filestorage> must not leave a partial database that reads as ok."""
+    source = file_settings(tmp_path / "dev" / "users.fs")
+    populate(source)
+    target_file = tmp_path / "target" / "users.fs"
+    target_file.parent.mkdir()  # ZConfig wants the file's directory to exist
+    config = filestorage_config(tmp_path / "target.conf", f"path {target_file}")
+    with pytest.raises(RuntimeError, match="stopped after the copy"):
+        copy_database(source, target_settings(config_file=config), progress=FailsAfterCopy())
+    assert not target_file.exists() or target_file.stat().st_size <= 4
+
+    report = copy_database(source, target_settings(config_file=config), progress=SourceChangesAfterCopy(source))
+    assert not report.ok
+    assert not target_file.exists() or target_file.stat().st_size <= 4
+
+    report = copy_database(source, target_settings(config_file=config))
+    assert report.ok
+    assert stored_states(file_settings(target_file)) == stored_states(source)
+    assert target_file.stat().st_mode & 0o077 == 0
+
+    read_only = filestorage_config(tmp_path / "read-only.conf", f"path {tmp_path / 'target' / 'ro.fs'}\nread-only true")
+    with pytest.raises(TransferError, match="read-only <filestorage>: it cannot be a target"):
+        copy_database(source, target_settings(config_file=read_only))
+    assert not (tmp_path / "target" / "ro.fs").exists()

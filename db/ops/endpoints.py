@@ -320,6 +320,14 @@ def settings_target(settings: CodxJuniorGlobalSettings) -> Target:
         raise TransferError("a memory database cannot be a target: it disappears with its process")
     if settings.kind == "file":
         return FileTarget(settings.db_file_path)
+    from db.pg.config import config_file_storage  # lazy: loads RelStorage, as a config file does anyway
+
+    if settings.kind == "config" and (section := config_file_storage(settings)) is not None:
+        # A config's <filestorage> is a file like any other: written under a temporary name
+        # and renamed into place once verified, so a failed or killed copy leaves no part of it.
+        if section.read_only:
+            raise TransferError(f"{settings.location} describes a read-only <filestorage>: it cannot be a target")
+        return FileTarget(section.path)
     return StorageTarget(settings)
 
 

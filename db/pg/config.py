@@ -6,6 +6,7 @@ lives here; a ``<filestorage>`` section works too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,32 @@ from db.settings import CodxJuniorGlobalSettings
 from db.storage import StorageSpec
 
 
-def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
-    """The storage ``db_config_file`` describes, failing fast on a file that does not parse."""
+@dataclass(frozen=True)
+class ConfigFileStorage:
+    """A config file's ``<filestorage>`` section: the parts codx-db reads from it."""
+
+    path: Path
+    blob_dir: Path | None
+    read_only: bool
+
+
+def config_file_storage(settings: CodxJuniorGlobalSettings) -> ConfigFileStorage | None:
+    """The ``<filestorage>`` that ``db_config_file`` describes, or None for another storage."""
+    return _file_storage_section(_load_factory(settings))
+
+
+def _file_storage_section(factory: Any) -> ConfigFileStorage | None:
+    config = getattr(factory, "config", None)
+    path = getattr(config, "path", None)
+    if type(factory).__name__ != "FileStorage" or not path:
+        return None
+    blob_dir = getattr(config, "blob_dir", None)
+    read_only = bool(getattr(config, "read_only", False))
+    return ConfigFileStorage(Path(path), Path(blob_dir) if blob_dir else None, read_only)
+
+
+def _load_factory(settings: CodxJuniorGlobalSettings) -> Any:
+    """ZODB's storage factory for ``db_config_file``, failing fast on a file that does not parse."""
     assert settings.db_config_file is not None
     path = settings.db_config_file
     try:
@@ -32,7 +57,12 @@ def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
             config, _ = ZConfig.loadConfigFile(schema, file, url=path.resolve().as_uri())
     except (ZConfig.ConfigurationError, OSError) as exc:
         raise ConfigurationError(f"db_config_file: {path}: {exc}") from None
-    factory = config.storage
+    return config.storage
+
+
+def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
+    """The storage ``db_config_file`` describes, failing fast on a file that does not parse."""
+    factory = _load_factory(settings)
     dsn = _relstorage_dsn(factory)
 
     def open_from_config() -> IStorage:
