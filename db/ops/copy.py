@@ -34,11 +34,11 @@ from db.ops.endpoints import (
     FileTarget,
     Source,
     Target,
-    file_has_data,
     has_data,
     settings_source,
     settings_target,
 )
+from db.ops.files import file_has_data
 from db.ops.progress import ProgressSink, QuietProgress
 from db.ops.reports import TransferReport
 from db.ops.verify import generation_of, reading, verify

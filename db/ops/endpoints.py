@@ -10,7 +10,6 @@ staging schema. A crash at any moment leaves the old data or the new.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from ZODB.utils import z64
 from db.database import Database
 from db.display import plural
 from db.errors import StorageInUse, TargetNotEmpty, TransferError
+from db.ops.files import file_has_data, install_file, remove_leftover_partials, remove_storage_files
 from db.ops.verify import describe_file, describe_storage
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import (
@@ -37,10 +37,6 @@ from db.storage import (
 )
 
 log = logging.getLogger(__name__)
-
-# FileStorage files begin with a 4-byte magic number; anything longer holds transactions.
-FILESTORAGE_HEADER = 4
-
 
 # -- sources ------------------------------------------------------------------------------------
 
@@ -226,7 +222,7 @@ class FileTarget(Target):
             raise StorageInUse(f"{path} is in use by another process: stop it before replacing its database") from None
         try:
             # Under the lock, no other copy into this file runs: any partial copy is a leftover.
-            _remove_leftover_partials(path)
+            remove_leftover_partials(path)
             replaced = None
             if exists and file_has_data(path):
                 replaced = describe_file(path)
@@ -241,9 +237,9 @@ class FileTarget(Target):
                 finally:
                     prepared.close()
                 if prepared.commit:
-                    _install_file(partial, path)
+                    install_file(partial, path)
             finally:
-                _remove_storage_files(partial)
+                remove_storage_files(partial)
         finally:
             lock.close()
 
@@ -348,43 +344,6 @@ def has_data(storage: IStorage) -> bool:
     except POSKeyError:
         return False
     return True
-
-
-def file_has_data(path: Path) -> bool:
-    try:
-        return path.stat().st_size > FILESTORAGE_HEADER
-    except FileNotFoundError:
-        return False
-
-
-def _install_file(partial: Path, path: Path) -> None:
-    """Move a verified copy into place, with its index: the old file until the rename, the new one after."""
-    with open(partial, "rb") as file:
-        os.fsync(file.fileno())  # the new bytes are on disk before the name points at them
-    index = Path(f"{path}.index")
-    # The old index must never describe the new file: FileStorage rebuilds a missing one.
-    index.unlink(missing_ok=True)
-    os.replace(partial, path)
-    partial_index = Path(f"{partial}.index")
-    if partial_index.exists():
-        os.replace(partial_index, index)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # and the rename itself survives a power cut
-    finally:
-        os.close(directory)
-
-
-def _remove_leftover_partials(path: Path) -> None:
-    """Remove the partial copies a killed copy or restore into ``path`` left beside it."""
-    for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}.partial-*")):
-        leftover.unlink(missing_ok=True)
-        log.warning("removed %s, left by a copy or restore that did not finish", leftover)
-
-
-def _remove_storage_files(path: Path) -> None:
-    for suffix in ("", ".index", ".lock", ".tmp", ".index.index_tmp"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _settings_identity(settings: CodxJuniorGlobalSettings) -> tuple[str, ...] | None:

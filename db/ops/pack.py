@@ -11,7 +11,8 @@ import ZODB
 
 from db.database import Database
 from db.errors import TransferError
-from db.ops.endpoints import file_has_data, has_data, settings_source
+from db.ops.endpoints import has_data, settings_source
+from db.ops.files import file_has_data
 from db.ops.reports import PackReport
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import file_storage_exists, storage_spec
