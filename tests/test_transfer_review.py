@@ -130,3 +130,48 @@ def test_copy_to_a_filestorage_config_leaves_nothing_when_it_fails_or_does_not_v
     with pytest.raises(TransferError, match="read-only <filestorage>: it cannot be a target"):
         copy_database(source, target_settings(config_file=read_only))
     assert not (tmp_path / "target" / "ro.fs").exists()
+
+
+# -- file targets: side files of the database, symlinks ------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".pack", ".old", ".tr3", ".index.index_tmp"])
+def test_backup_and_copy_refuse_a_side_file_of_the_database(suffix: str, tmp_path: Path) -> None:
+    """FileStorage deletes or overwrites these names (next open, next pack): a backup there would be lost."""
+    source = file_settings(tmp_path / "data" / "users.fs")
+    add_users(source, "u", 2)
+    side = tmp_path / "data" / f"users.fs{suffix}"
+    link = tmp_path / "elsewhere" / "backup.fs"
+    link.parent.mkdir()
+    link.symlink_to(side)  # the same name reached through a symlink
+    for target in (side, link):
+        with pytest.raises(TransferError, match=r"side file of the database .*users\.fs.*choose another"):
+            backup(source, target)
+        with pytest.raises(TransferError, match=r"side file of the database .*users\.fs.*choose another"):
+            copy_database(source, target)
+    assert sorted(p.name for p in side.parent.iterdir()) == sorted(
+        ["users.fs", "users.fs.index", "users.fs.lock", "users.fs.tmp"]
+    )
+
+
+def test_restore_and_copy_into_a_symlink_replace_the_file_it_points_to(tmp_path: Path) -> None:
+    """A database reached through a symlink (into a mounted volume) is replaced there; the link stays."""
+    real = tmp_path / "volume" / "users.fs"
+    add_users(file_settings(real), "old", 2)
+    link = tmp_path / "app" / "users.fs"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    other = file_settings(tmp_path / "other" / "users.fs")
+    add_users(other, "new", 3)
+    path = tmp_path / "backup.fs"
+    assert backup(other, path).ok
+
+    assert restore(path, file_settings(link), force=True).ok
+    assert link.is_symlink() and link.resolve() == real
+    assert usernames(file_settings(real)) == ["new00000", "new00001", "new00002"]
+
+    add_users(other, "more", 1)
+    assert copy_database(other, link, force=True).ok
+    assert link.is_symlink()
+    assert usernames(file_settings(real)) == ["more00000", "new00000", "new00001", "new00002"]
+    assert not list(link.parent.glob("users.fs.*"))  # nothing written beside the link

@@ -38,7 +38,7 @@ from db.ops.endpoints import (
     settings_source,
     settings_target,
 )
-from db.ops.files import file_has_data
+from db.ops.files import file_has_data, side_file_suffix
 from db.ops.progress import ProgressSink, QuietProgress
 from db.ops.reports import TransferReport
 from db.ops.verify import generation_of, reading, verify
@@ -67,6 +67,7 @@ def copy_database(
     """
     src = settings_source(source, read_only=False)
     tgt = FileTarget(target) if isinstance(target, Path) else settings_target(target)
+    _refuse_side_file(src, tgt)
     return _transfer("copy", src, tgt, force=force, live=False, progress=progress)
 
 
@@ -84,9 +85,11 @@ def backup(
     The verification compares every user the source has not changed since the snapshot.
     """
     src = DatabaseSource(source) if isinstance(source, Database) else settings_source(source, read_only=True)
+    tgt = FileTarget(path)
+    _refuse_side_file(src, tgt)
     if path.exists():
         raise TransferError(f"{path} already exists: a backup is always written to a new file")
-    return _transfer("backup", src, FileTarget(path), force=False, live=True, progress=progress)
+    return _transfer("backup", src, tgt, force=False, live=True, progress=progress)
 
 
 def restore(
@@ -116,6 +119,19 @@ def target_settings(*, dsn: str | None = None, config_file: Path | None = None) 
             db_backend="postgres", db_dsn=dsn, db_config_file=None, db_cache_dir=None, db_blob_dir=None
         )
     return CodxJuniorGlobalSettings.load(db_config_file=config_file, db_cache_dir=None, db_blob_dir=None)
+
+
+def _refuse_side_file(source: Source, target: Target) -> None:
+    """Refuse a target named like a file FileStorage keeps beside the source database: it would be lost."""
+    if source.file is None or not isinstance(target, FileTarget):
+        return
+    suffix = side_file_suffix(source.file, target.path)
+    if suffix is not None:
+        raise TransferError(
+            f"{target.location} is a side file of the database {source.file} (FileStorage deletes or "
+            f"overwrites its {suffix} file when it opens or packs the database): choose another name; "
+            "nothing was written"
+        )
 
 
 # -- the copy itself -----------------------------------------------------------------------------

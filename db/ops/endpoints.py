@@ -24,7 +24,7 @@ from ZODB.utils import z64
 from db.database import Database
 from db.display import plural
 from db.errors import StorageInUse, TargetNotEmpty, TransferError
-from db.ops.files import file_has_data, install_file, remove_leftover_partials, remove_storage_files
+from db.ops.files import file_has_data, install_file, remove_leftover_partials, remove_storage_files, resolved
 from db.ops.verify import describe_file, describe_storage
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import (
@@ -46,6 +46,7 @@ class Source:
 
     location: str
     identity: tuple[str, ...] | None = None
+    file: Path | None = None  # the FileStorage file read, symlinks resolved (None: not a file)
 
     def storage(self) -> contextlib.AbstractContextManager[IStorage]:
         """The storage to copy from, closed afterwards."""
@@ -68,7 +69,8 @@ class FileSource(Source):
         self.read_only = read_only
         self.location = location
         self.whole = whole  # a backup file: it must end with a complete transaction
-        self.identity = ("file", os.path.realpath(path))
+        self.file = resolved(path)
+        self.identity = ("file", str(self.file))
 
     @contextlib.contextmanager
     def storage(self) -> Iterator[IStorage]:
@@ -101,7 +103,8 @@ class SpecSource(Source):
     def __init__(self, settings: CodxJuniorGlobalSettings) -> None:
         self.spec = storage_spec(settings)
         self.location = settings.location
-        self.identity = pg_identity(self.spec.dsn) if self.spec.dsn else None
+        self.file = settings_file(settings)
+        self.identity = _settings_identity(settings)
 
     @contextlib.contextmanager
     def storage(self) -> Iterator[IStorage]:
@@ -122,6 +125,7 @@ class DatabaseSource(Source):
         self.db = database
         settings = database.settings
         self.location = settings.location
+        self.file = settings_file(settings)
         self.identity = _settings_identity(settings)
 
     @contextlib.contextmanager
@@ -201,11 +205,12 @@ class FileTarget(Target):
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        # A symlink (into a mounted volume) stays a symlink: the file it points to is replaced.
+        self.path = resolved(path)
         self.location = str(path)
 
     def identity(self) -> tuple[str, ...] | None:
-        return ("file", os.path.realpath(self.path))
+        return ("file", str(self.path))
 
     @contextlib.contextmanager
     def prepared(self, force: bool) -> Iterator[Prepared]:
@@ -346,9 +351,22 @@ def has_data(storage: IStorage) -> bool:
     return True
 
 
-def _settings_identity(settings: CodxJuniorGlobalSettings) -> tuple[str, ...] | None:
+def settings_file(settings: CodxJuniorGlobalSettings) -> Path | None:
+    """The FileStorage file ``settings`` describe (a config's ``<filestorage>`` too), resolved; else None."""
     if settings.kind == "file":
-        return ("file", os.path.realpath(settings.db_file_path))
+        return resolved(settings.db_file_path)
+    if settings.kind == "config":
+        from db.pg.config import config_file_storage  # lazy: loads RelStorage, as a config file does anyway
+
+        section = config_file_storage(settings)
+        return resolved(section.path) if section is not None else None
+    return None
+
+
+def _settings_identity(settings: CodxJuniorGlobalSettings) -> tuple[str, ...] | None:
+    file = settings_file(settings)
+    if file is not None:
+        return ("file", str(file))
     if settings.kind == "memory":
         return None
     spec = storage_spec(settings)

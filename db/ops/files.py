@@ -5,12 +5,31 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 # FileStorage files begin with a 4-byte magic number; anything longer holds transactions.
 FILESTORAGE_HEADER = 4
+# The files FileStorage (and codx-db's opening of it) keeps beside a database ``<path>``, each
+# deleted or overwritten by it: ``.pack`` at the next open, ``.old`` at the next pack, ``.tmp``,
+# ``.lock`` and the index while open, ``.trN`` when a damaged tail is cut.
+SIDE_SUFFIXES = (".pack", ".old", ".tmp", ".lock", ".index", ".index.index_tmp")
+_NUMBERED_TAIL = re.compile(r"\.tr\d+")
+
+
+def side_file_suffix(database: Path, candidate: Path) -> str | None:
+    """The suffix when ``candidate`` names a side file of ``database`` (both resolved paths), else None."""
+    if candidate.parent != database.parent or not candidate.name.startswith(database.name):
+        return None
+    suffix = candidate.name[len(database.name) :]
+    return suffix if suffix in SIDE_SUFFIXES or _NUMBERED_TAIL.fullmatch(suffix) else None
+
+
+def resolved(path: Path) -> Path:
+    """``path`` with every symlink followed (a dangling link: the path it points to)."""
+    return Path(os.path.realpath(path))
 
 
 def file_has_data(path: Path) -> bool:
