@@ -15,7 +15,8 @@ import ZODB.config
 from ZODB.interfaces import IStorage
 
 from db.errors import ConfigurationError
-from db.file_storage import file_storage_exists
+from db.file_read_only import open_read_only_file, read_only_errors
+from db.file_storage import open_file_storage
 from db.pg.connect import unavailable_on_connect_error, unit_errors
 from db.pg.dsn import keyword_dsn
 from db.pg.storage import prepare_adapter
@@ -63,12 +64,12 @@ def _load_factory(settings: CodxJuniorGlobalSettings) -> Any:
 def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
     """The storage ``db_config_file`` describes, failing fast on a file that does not parse."""
     factory = _load_factory(settings)
+    section = _file_storage_section(factory)
+    if section is not None:
+        return _file_storage_spec(section)
     dsn = _relstorage_dsn(factory)
 
     def open_from_config() -> IStorage:
-        path = getattr(getattr(factory, "config", None), "path", None)
-        if type(factory).__name__ == "FileStorage" and path:
-            file_storage_exists(Path(path))  # a <filestorage> pointed at something else: refuse, change nothing
         with unavailable_on_connect_error(dsn):
             storage: IStorage = factory.open()
         adapter = getattr(storage, "_adapter", None)
@@ -79,6 +80,19 @@ def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
 
     # A lost connection is not explained by asking the server (only the postgres backend does).
     return StorageSpec(open_from_config, dsn=dsn, errors=unit_errors(None))
+
+
+def _file_storage_spec(section: ConfigFileStorage) -> StorageSpec:
+    """A ``<filestorage>`` opened as the file backend opens its file, not by ZODB's plain factory.
+
+    So the file and its side files are private (0600) whatever the umask, a second process
+    gets ``StorageInUse`` naming the holder, a file that is not a FileStorage is refused
+    untouched, and ``read-only`` opens it without its lock. The section's other options
+    (create, quota, pack-gc, pack-keep-old, packer) are not used.
+    """
+    if section.read_only:
+        return StorageSpec(lambda: open_read_only_file(section.path, section.blob_dir), errors=read_only_errors)
+    return StorageSpec(lambda: open_file_storage(section.path, section.blob_dir))
 
 
 def _relstorage_dsn(factory: Any) -> str | None:

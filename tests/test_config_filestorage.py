@@ -1,0 +1,84 @@
+"""A ``<filestorage>`` in a config file (``db_config_file``) opens like the file backend does."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from db.database import Database
+from db.errors import ReadOnlyDatabase, StorageInUse
+from db.settings import CodxJuniorGlobalSettings
+from db.user_db import UserDB
+from tests.conftest import ROOT
+
+
+def config_settings(tmp_path: Path, path: Path, extra: str = "") -> CodxJuniorGlobalSettings:
+    config = tmp_path / "db.conf"
+    config.write_text(f"<filestorage>\n  path {path}\n{extra}</filestorage>\n", encoding="utf-8")
+    return CodxJuniorGlobalSettings.load(db_config_file=config, db_password_validators="")
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_the_database_and_its_side_files_are_private(tmp_path: Path, umask_022: None) -> None:
+    """The file holds password hashes: 0600, whatever the umask (as with CODX_JUNIOR_DB_FILE_PATH)."""
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "data" / "users.fs"
+    database = Database(config_settings(tmp_path, path))
+    try:
+        UserDB(database).create(username="eve", password="Corr3ct-horse-battery")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+    finally:
+        database.close()
+    modes.update({p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()})
+    assert {"users.fs", "users.fs.lock", "users.fs.tmp", "users.fs.index"} <= set(modes)
+    assert {name: mode for name, mode in modes.items() if mode & 0o077} == {}
+
+
+def test_a_second_process_gets_storage_in_use(tmp_path: Path) -> None:
+    path = tmp_path / "users.fs"
+    settings = config_settings(tmp_path, path)
+    assert settings.db_config_file is not None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
+        env={**os.environ, "CODX_JUNIOR_DB_CONFIG_FILE": str(settings.db_config_file)},
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(StorageInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
+            Database(settings).open()
+    finally:
+        holder.communicate("", timeout=60)
+
+
+def test_a_read_only_filestorage_is_opened_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "users.fs"
+    database = Database(config_settings(tmp_path, path))
+    UserDB(database).create(username="eve")
+    database.close()
+    (tmp_path / "users.fs.lock").unlink()
+    reader = Database(config_settings(tmp_path, path, "  read-only true\n"))
+    try:
+        assert UserDB(reader).count() == 1
+        with pytest.raises(ReadOnlyDatabase):
+            UserDB(reader).create(username="mallory")
+    finally:
+        reader.close()
+    assert not (tmp_path / "users.fs.lock").exists()  # read-only takes no lock
