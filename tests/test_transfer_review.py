@@ -132,6 +132,15 @@ def test_copy_to_a_filestorage_config_leaves_nothing_when_it_fails_or_does_not_v
     assert not (tmp_path / "target" / "ro.fs").exists()
 
 
+def test_copy_to_a_mappingstorage_config_is_refused_clearly(tmp_path: Path) -> None:
+    source = file_settings(tmp_path / "dev" / "users.fs")
+    add_users(source, "u", 2)
+    config = tmp_path / "memory.conf"
+    config.write_text("<mappingstorage>\n</mappingstorage>\n", encoding="utf-8")
+    with pytest.raises(TransferError, match=r"MappingStorage.*cannot copy into.*--to-file.*nothing was written"):
+        copy_database(source, target_settings(config_file=config))
+
+
 # -- file targets: side files of the database, symlinks ------------------------------------------------
 
 

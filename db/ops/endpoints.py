@@ -306,6 +306,14 @@ class StorageTarget(Target):
         """A storage that is not PostgreSQL (a ZConfig file): only an empty one can be a target."""
         prepared = Prepared(storage, replaced)
         try:
+            if not callable(getattr(storage, "copyTransactionsFrom", None)):
+                # ZODB's MappingStorage (and any storage without it): the copy cannot start, and
+                # an in-memory storage would vanish with this process anyway.
+                raise TransferError(
+                    f"{self.location} describes a {type(storage).__name__}, which codx-db cannot copy into (it has "
+                    "no copyTransactionsFrom; an in-memory storage ends with the process): copy to a file with "
+                    "--to-file or to PostgreSQL with --to-dsn; nothing was written"
+                )
             if replaced is not None:
                 raise TransferError(
                     f"{self.location} holds data and cannot be replaced safely (only a FileStorage file "
