@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from psycopg2.extensions import make_dsn
 
 from db.database import Database
 from db.errors import TransferError
@@ -74,6 +75,34 @@ def test_restore_force_keeps_the_old_data_when_an_application_connects_during_th
     finally:
         late.conn.close()
     assert usernames(target) == ["old00000", "old00001"]
+
+
+@pytest.mark.postgres
+def test_copy_to_another_schema_of_the_same_database(pg_dsn: str, tmp_path: Path) -> None:
+    """Another schema (the DSN's search_path) is not "the same database"; RelStorage cannot use it: say so."""
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("CREATE SCHEMA tenant2")
+    finally:
+        conn.close()
+    source = pg_settings(pg_dsn)
+    populate(source)
+    tenant = make_dsn(pg_dsn, options="-c search_path=tenant2")
+    with pytest.raises(TransferError) as refused:
+        copy_database(source, target_settings(dsn=tenant))
+    message = str(refused.value)
+    assert "same database" not in message
+    assert "the schema tenant2" in message and "public" in message and "nothing was written" in message
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant2'")
+            assert cur.fetchone()[0] == 0  # nothing created there
+    finally:
+        conn.close()
+    with pytest.raises(TransferError, match="same database"):
+        copy_database(source, target_settings(dsn=make_dsn(pg_dsn, host="localhost")), force=True)
 
 
 # -- a <filestorage> config file as a copy target ----------------------------------------------------

@@ -14,15 +14,21 @@ from db.settings import mask_dsn
 
 
 def pg_identity(dsn: str) -> tuple[str, ...]:
-    """What identifies a PostgreSQL database whatever the DSN's spelling (localhost, 127.0.0.1, socket)."""
+    """What identifies a codx-db database on PostgreSQL whatever the DSN's spelling (localhost, 127.0.0.1, socket).
+
+    A codx-db database is a schema: RelStorage's tables live in the DSN's current schema, so
+    two schemas of one PostgreSQL database (search_path in the DSN's options) are two databases.
+    """
     with _connection(dsn) as conn, conn.cursor() as cur:
         # The server's start time and the database's oid: two databases share both only
-        # if they are the same database.
+        # if they are the same database; the schema's oid tells its schemas apart.
         cur.execute(
-            "SELECT pg_postmaster_start_time()::text, oid::text FROM pg_database WHERE datname = current_database()"
+            "SELECT pg_postmaster_start_time()::text, d.oid::text, "
+            "(SELECT n.oid::text FROM pg_namespace n WHERE n.nspname = current_schema()) "
+            "FROM pg_database d WHERE d.datname = current_database()"
         )
-        started, oid = cur.fetchone()
-    return ("postgres", started, oid)
+        started, oid, schema = cur.fetchone()
+    return ("postgres", started, oid, schema or "")
 
 
 def pg_size(dsn: str) -> tuple[int, int]:

@@ -31,6 +31,8 @@ from db.pg.connect import STARTUP_LOCK_KEY
 log = logging.getLogger(__name__)
 
 STAGING_SCHEMA = "codx_db_staging"
+# The only schema RelStorage 4's PostgreSQL installer works in (see refuse_shared_schema).
+RELSTORAGE_SCHEMA = "public"
 # The one-row table RelStorage locks (FOR UPDATE) to serialise commits; it is not data.
 COMMIT_LOCK_TABLE = "commit_row_lock"
 # Rows a new RelStorage schema holds before any data: (table, which rows).
@@ -101,20 +103,32 @@ def _tables(cur: Any, schema: str) -> list[str]:
 
 
 def refuse_shared_schema(dsn: str, location: str) -> None:
-    """TransferError when the target's schema holds tables that are not RelStorage's.
+    """TransferError when the target's schema is not one RelStorage can use, or holds tables not RelStorage's.
 
     The database may be shared with another application; a copy or restore replaces every
-    table it writes to, so codx-db needs a database (or a schema, through the DSN's
-    search_path) of its own. Checked before anything is created there.
+    table it writes to, so codx-db needs a database of its own, and RelStorage its schema
+    public there. Checked before anything is created there.
     """
     import psycopg2
 
     try:
         with _connection(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_schema()")
+            schema = cur.fetchone()[0]
             own = _relstorage_tables()
-            found = [table for table in _all_tables(cur, _live_schema(cur)) if table not in own]
+            found = [table for table in _all_tables(cur, schema) if table not in own] if schema else []
     except psycopg2.Error:
         return  # cannot connect: opening the storage says why, in its own words
+    if schema != RELSTORAGE_SCHEMA:
+        # RelStorage 4 installs its stored procedures in public and checks for its tables in
+        # every schema: in another schema it fails half-way (UndefinedTable, AssertionError).
+        where = f"the schema {schema}" if schema else "no schema (its search_path names none that exists)"
+        raise TransferError(
+            f"{location} is {where}: RelStorage keeps codx-db's tables only in the schema "
+            f"{RELSTORAGE_SCHEMA} (its stored procedures live there, and it looks for its tables in every "
+            "schema), so a codx-db database on PostgreSQL is a database of its own: create one for it; "
+            "nothing was written"
+        )
     if found:
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise TransferError(
