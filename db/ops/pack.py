@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ZODB
@@ -37,7 +39,8 @@ def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackRe
     path = settings.db_file_path if settings.kind == "file" else None
     mode = path.stat().st_mode & 0o777 if path is not None and path.exists() else None
     if isinstance(source, Database):
-        source.open().pack(days=days)
+        with _without_zodb_pack_log():
+            source.open().pack(days=days)
     else:
         src = settings_source(settings, read_only=False)
         with src.storage() as storage:
@@ -45,7 +48,8 @@ def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackRe
                 raise TransferError(f"{settings.location} holds no database: nothing to pack")
             zodb = ZODB.DB(storage, database_name="codx-db pack")
             try:
-                zodb.pack(days=days)
+                with _without_zodb_pack_log():
+                    zodb.pack(days=days)
             finally:
                 zodb.close()
     if path is not None and mode is not None:
@@ -69,6 +73,29 @@ def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackRe
         records_after=after[1],
         notes=notes,
     )
+
+
+class _DropPackLog(logging.Filter):
+    """Drops ZODB.DB's ``logger.exception("packing")``: the error it logs is raised to the caller anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "packing" and record.levelno >= logging.ERROR)
+
+
+@contextlib.contextmanager
+def _without_zodb_pack_log() -> Iterator[None]:
+    """Silence ZODB's log of a failed pack while codx-db packs.
+
+    ZODB logs the error with its traceback, then re-raises it: codx-db reports it in one line
+    (a full disk: StorageFull), so the log would only repeat it, as a traceback.
+    """
+    logger = logging.getLogger("ZODB.DB")
+    drop = _DropPackLog()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _size_measure(settings: CodxJuniorGlobalSettings) -> Callable[[], Sizes]:
