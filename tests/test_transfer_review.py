@@ -10,7 +10,7 @@ import pytest
 from psycopg2.extensions import make_dsn
 
 from db.database import Database
-from db.errors import TransferError
+from db.errors import StorageInUse, TransferError
 from db.ops.progress import QuietProgress
 from db.transfer import backup, copy_database, restore, target_settings
 from db.user_db import UserDB
@@ -213,3 +213,29 @@ def test_restore_and_copy_into_a_symlink_replace_the_file_it_points_to(tmp_path:
     assert link.is_symlink()
     assert usernames(file_settings(real)) == ["more00000", "new00000", "new00001", "new00002"]
     assert not list(link.parent.glob("users.fs.*"))  # nothing written beside the link
+
+
+# -- backup files: no lock left beside them; a second backup to the same path -------------------------
+
+
+def test_a_backup_leaves_no_lock_file_and_a_concurrent_backup_is_named_as_such(tmp_path: Path) -> None:
+    from zc.lockfile import LockFile
+
+    source = file_settings(tmp_path / "data" / "users.fs")
+    add_users(source, "u", 2)
+    first = tmp_path / "backups" / "first.fs"
+    assert backup(source, first).ok
+    assert not Path(f"{first}.lock").exists()
+    assert sorted(p.name for p in first.parent.iterdir()) == ["first.fs", "first.fs.index"]
+
+    second = tmp_path / "backups" / "second.fs"
+    running = LockFile(f"{second}.lock")  # another backup to the same path, still writing
+    try:
+        with pytest.raises(StorageInUse) as refused:
+            backup(source, second)
+    finally:
+        running.close()
+    message = str(refused.value)
+    assert "another backup or copy" in message and str(second) in message
+    assert "replacing its database" not in message
+    assert not second.exists()

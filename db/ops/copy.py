@@ -85,7 +85,7 @@ def backup(
     The verification compares every user the source has not changed since the snapshot.
     """
     src = DatabaseSource(source) if isinstance(source, Database) else settings_source(source, read_only=True)
-    tgt = FileTarget(path)
+    tgt = FileTarget(path, backup=True)
     _refuse_side_file(src, tgt)
     if path.exists():
         raise TransferError(f"{path} already exists: a backup is always written to a new file")

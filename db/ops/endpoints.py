@@ -24,7 +24,14 @@ from ZODB.utils import z64
 from db.database import Database
 from db.display import plural
 from db.errors import StorageInUse, TargetNotEmpty, TransferError
-from db.ops.files import file_has_data, install_file, remove_leftover_partials, remove_storage_files, resolved
+from db.ops.files import (
+    file_has_data,
+    install_file,
+    remove_leftover_partials,
+    remove_storage_files,
+    resolved,
+    target_in_use,
+)
 from db.ops.verify import describe_file, describe_storage
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import (
@@ -204,10 +211,13 @@ class FileTarget(Target):
     failed copy leaves whatever was there before untouched.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, backup: bool = False) -> None:
         # A symlink (into a mounted volume) stays a symlink: the file it points to is replaced.
         self.path = resolved(path)
         self.location = str(path)
+        # A backup is a new file no application opens: only another backup or copy contends
+        # for its lock, and the lock file goes when the backup ends.
+        self.backup = backup
 
     def identity(self) -> tuple[str, ...] | None:
         return ("file", str(self.path))
@@ -224,7 +234,7 @@ class FileTarget(Target):
         try:
             lock = LockFile(str(path) + ".lock")
         except LockError:
-            raise StorageInUse(f"{path} is in use by another process: stop it before replacing its database") from None
+            raise target_in_use(path, self.backup) from None
         try:
             # Under the lock, no other copy into this file runs: any partial copy is a leftover.
             remove_leftover_partials(path)
@@ -246,6 +256,9 @@ class FileTarget(Target):
             finally:
                 remove_storage_files(partial)
         finally:
+            if self.backup:
+                # Removed while still held: a second backup that opened it meanwhile finds the file there.
+                Path(f"{path}.lock").unlink(missing_ok=True)
             lock.close()
 
 

@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from db.errors import StorageInUse
+
 log = logging.getLogger(__name__)
 
 # FileStorage files begin with a 4-byte magic number; anything longer holds transactions.
@@ -67,3 +69,17 @@ def remove_leftover_partials(path: Path) -> None:
 def remove_storage_files(path: Path) -> None:
     for suffix in ("", ".index", ".lock", ".tmp", ".index.index_tmp"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def target_in_use(path: Path, backup: bool) -> StorageInUse:
+    """The error for a target file whose lock another process holds."""
+    if not backup:
+        return StorageInUse(f"{path} is in use by another process: stop it before replacing its database")
+    try:
+        pid = Path(f"{path}.lock").read_text("ascii", "replace").strip() or "unknown"  # zc.lockfile's
+    except OSError:
+        pid = "unknown"
+    return StorageInUse(
+        f"another backup or copy into {path} is running (pid {pid}): wait for it, or write this backup "
+        "to another path; nothing was written"
+    )
