@@ -98,8 +98,8 @@ class CodxJuniorGlobalSettings(BaseSettings):
     db_dsn: SecretStr | None = Field(None, description="libpq DSN or postgresql:// URI (postgres backend); a secret")
     db_read_only: bool = Field(
         False,
-        description="file backend: open the file read-only, without its lock (readable while another process "
-        "writes it; a snapshot as of the open); writes raise ReadOnlyDatabase",
+        description="file backend (or a config file's <filestorage>): open the file read-only, without its "
+        "lock (readable while another process writes it; a snapshot as of the open); writes raise ReadOnlyDatabase",
     )
     db_config_file: Path | None = Field(
         None, description="ZConfig file (e.g. relstorage.conf); when set it wins over the backend"
@@ -261,8 +261,9 @@ class CodxJuniorGlobalSettings(BaseSettings):
     def _check_combination(self) -> CodxJuniorGlobalSettings:
         for name in ("db_blob_dir", "db_cache_dir"):
             _check_directory(getattr(self, name), name)
-        if self.db_read_only and (self.db_config_file is not None or self.db_backend != "file"):
+        if self.db_read_only and self.db_config_file is None and self.db_backend != "file":
             # PostgreSQL serves many processes at once: a read-only login role is the tool there.
+            # (A config file's storage is checked when it is read: db/pg/config.py.)
             raise ValueError("db_read_only: only the file backend opens read-only")
         if self.db_config_file is not None:
             try:

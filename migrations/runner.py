@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import transaction
@@ -278,18 +279,29 @@ def holds_database(settings: CodxJuniorGlobalSettings) -> bool:
     """
     if settings.kind == "memory":
         return True
-    if settings.kind == "file":
+    path = settings.db_file_path if settings.kind == "file" else _config_file_path(settings)
+    if path is not None:
         from db.storage import file_storage_exists
 
         # Refuses (NotADatabaseFile) a FIFO, a directory or a file that is not a FileStorage,
         # without opening it: reading a FIFO would wait for a writer forever.
-        if not file_storage_exists(settings.db_file_path):
+        if not file_storage_exists(path):
             return False
-        return settings.db_file_path.stat().st_size > len(FILESTORAGE_HEADER)
+        return path.stat().st_size > len(FILESTORAGE_HEADER)
     from db.storage import storage_spec
 
     dsn = storage_spec(settings).dsn
     return True if dsn is None else _postgres_holds_database(dsn)
+
+
+def _config_file_path(settings: CodxJuniorGlobalSettings) -> Path | None:
+    """The file of a config file's ``<filestorage>`` (None: another storage, or no config file)."""
+    if settings.kind != "config":
+        return None
+    from db.pg.config import config_file_storage
+
+    section = config_file_storage(settings)
+    return None if section is None else section.path
 
 
 def _postgres_holds_database(dsn: str) -> bool:

@@ -82,3 +82,53 @@ def test_a_read_only_filestorage_is_opened_read_only(tmp_path: Path) -> None:
     finally:
         reader.close()
     assert not (tmp_path / "users.fs.lock").exists()  # read-only takes no lock
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "db", *args],
+        env={**os.environ, "CODX_JUNIOR_DB_CONFIG_FILE": str(config), "CODX_JUNIOR_DB_PASSWORD_VALIDATORS": ""},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_cli_reads_a_config_filestorage_in_use_read_only(tmp_path: Path) -> None:
+    """As for CODX_JUNIOR_DB_FILE_PATH (tests/test_read_only.py): reading commands read it, writing ones refuse."""
+    path = tmp_path / "users.fs"
+    settings = config_settings(tmp_path, path)
+    assert settings.db_config_file is not None
+    database = Database(settings)
+    UserDB(database).create(username="eve")
+    database.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
+        env={**os.environ, "CODX_JUNIOR_DB_CONFIG_FILE": str(settings.db_config_file)},
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        listed = cli(settings.db_config_file, "user", "list")
+        added = cli(settings.db_config_file, "user", "add", "bob", "--no-password")
+    finally:
+        holder.communicate("", timeout=60)
+    assert listed.returncode == 0 and "eve" in listed.stdout, listed.stderr
+    assert "read-only" in listed.stderr
+    assert added.returncode == 1 and f"in use by another process (pid {holder.pid})" in added.stderr
+
+
+def test_reading_commands_create_no_database_where_the_config_points(tmp_path: Path) -> None:
+    path = tmp_path / "users.fs"  # its directory exists: ZConfig refuses a path whose directory does not
+    settings = config_settings(tmp_path, path)
+    assert settings.db_config_file is not None
+    for args in (["info"], ["user", "list"], ["check"]):
+        result = cli(settings.db_config_file, *args)
+        assert "Traceback" not in result.stderr, result.stderr
+    assert not path.exists()
+    info = cli(settings.db_config_file, "info")
+    assert info.returncode == 0 and "empty" in info.stdout, info.stdout

@@ -66,7 +66,11 @@ def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
     factory = _load_factory(settings)
     section = _file_storage_section(factory)
     if section is not None:
-        return _file_storage_spec(section)
+        return _file_storage_spec(section, settings.db_read_only)
+    if settings.db_read_only:
+        raise ConfigurationError(
+            f"db_read_only: only a file opens read-only, and {settings.db_config_file} describes no <filestorage>"
+        )
     dsn = _relstorage_dsn(factory)
 
     def open_from_config() -> IStorage:
@@ -82,7 +86,7 @@ def config_file_spec(settings: CodxJuniorGlobalSettings) -> StorageSpec:
     return StorageSpec(open_from_config, dsn=dsn, errors=unit_errors(None))
 
 
-def _file_storage_spec(section: ConfigFileStorage) -> StorageSpec:
+def _file_storage_spec(section: ConfigFileStorage, read_only: bool) -> StorageSpec:
     """A ``<filestorage>`` opened as the file backend opens its file, not by ZODB's plain factory.
 
     So the file and its side files are private (0600) whatever the umask, a second process
@@ -90,7 +94,7 @@ def _file_storage_spec(section: ConfigFileStorage) -> StorageSpec:
     untouched, and ``read-only`` opens it without its lock. The section's other options
     (create, quota, pack-gc, pack-keep-old, packer) are not used.
     """
-    if section.read_only:
+    if section.read_only or read_only:
         return StorageSpec(lambda: open_read_only_file(section.path, section.blob_dir), errors=read_only_errors)
     return StorageSpec(lambda: open_file_storage(section.path, section.blob_dir))
 
