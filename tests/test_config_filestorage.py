@@ -132,3 +132,38 @@ def test_reading_commands_create_no_database_where_the_config_points(tmp_path: P
     assert not path.exists()
     info = cli(settings.db_config_file, "info")
     assert info.returncode == 0 and "empty" in info.stdout, info.stdout
+
+
+def test_a_config_naming_a_link_locks_the_file_the_link_names(tmp_path: Path) -> None:
+    """Two names, one file, one lock: a process on the real path and one on a config naming a link
+    to it must not both write it (they corrupted it), and pack keeps the link."""
+    (tmp_path / "vol").mkdir()
+    real, link = tmp_path / "vol" / "users.fs", tmp_path / "link.fs"
+    database = Database(CodxJuniorGlobalSettings.load(db_file_path=real, db_password_validators=""))
+    UserDB(database).create(username="eve")
+    database.close()
+    link.symlink_to(real)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
+        env={**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(real)},
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(StorageInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
+            Database(config_settings(tmp_path, link)).open()
+    finally:
+        holder.communicate("", timeout=60)
+    settings = config_settings(tmp_path, link)
+    assert settings.db_config_file is not None
+    assert cli(settings.db_config_file, "pack").returncode == 0
+    assert cli(settings.db_config_file, "user", "add", "carol", "--no-password").returncode == 0
+    assert link.is_symlink()
+    database = Database(CodxJuniorGlobalSettings.load(db_file_path=real))
+    try:
+        assert UserDB(database).find("carol") is not None
+    finally:
+        database.close()

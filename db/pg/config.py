@@ -45,7 +45,13 @@ def _file_storage_section(factory: Any) -> ConfigFileStorage | None:
         return None
     blob_dir = getattr(config, "blob_dir", None)
     read_only = bool(getattr(config, "read_only", False))
-    return ConfigFileStorage(Path(path), Path(blob_dir) if blob_dir else None, read_only)
+    # The file a link names, as for db_file_path: one file, one lock, whatever name reaches it
+    # (two names, two locks: two processes wrote it at once), and pack renames the file, not the link.
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ConfigurationError(f"db_config_file: {path} cannot be resolved ({exc})") from None
+    return ConfigFileStorage(resolved, Path(blob_dir) if blob_dir else None, read_only)
 
 
 def _load_factory(settings: CodxJuniorGlobalSettings) -> Any:
