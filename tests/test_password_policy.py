@@ -201,3 +201,19 @@ def test_the_policy_judges_the_password_that_is_hashed(tmp_path: Path, typed: st
         assert users.find("ann") is None
     finally:
         database.close()
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "\ufdfa",  # one character, 18 after NFKC
+        "\u33ff" * 3,  # 3 characters, 9 after NFKC
+        "\ufb03" * 3,  # 3 ligatures, 9 letters after NFKC
+        "e\u0301" * 4,  # 8 characters typed (NFD), 4 after NFKC
+    ],
+)
+def test_the_minimum_length_counts_the_shorter_of_typed_and_normalized(password: str) -> None:
+    """NFKC can lengthen a password (a ligature, a symbol that is a word) or shorten it (an accent
+    typed apart): the minimum holds for both forms, as neither is shorter than the rule asks."""
+    problems = PasswordPolicy.from_settings(CodxJuniorGlobalSettings.load(db_backend="memory")).problems(password)
+    assert "password: must be at least 8 characters" in problems

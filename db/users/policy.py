@@ -134,10 +134,13 @@ class PasswordPolicy:
 
         Judged in the NFKC form it is hashed in (and typed in at login): fullwidth "password1" is "password1".
         """
-        password = normalize_password(password)  # after check_password's length bound: never quadratic
+        normalized = normalize_password(password)  # after check_password's length bound: never quadratic
+        # NFKC lengthens some passwords (a ligature, a symbol standing for a word) and shortens
+        # others (an accent typed apart): a length holds for the shorter form.
+        shorter = min(password, normalized, key=len)
         found = []
         for validator in self.validators:
-            problem = validator.validate(password, context)
+            problem = validator.validate(shorter if isinstance(validator, MinimumLength) else normalized, context)
             if problem:
                 found.append(f"password: {problem}")
         return found
