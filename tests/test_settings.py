@@ -130,7 +130,13 @@ def test_a_message_quoting_a_dsn_secret_is_scrubbed() -> None:
 
 
 @pytest.mark.parametrize(
-    "dsn", [f"postgresql://codx:pa@{SECRET}@127.0.0.1:5432/codx", f"postgresql://codx:x@{SECRET}@h1,h2/codx"]
+    "dsn",
+    [
+        f"postgresql://codx:pa@{SECRET}@127.0.0.1:5432/codx",
+        f"postgresql://codx:x@{SECRET}@h1,h2/codx",
+        f"postgresql://codx:s3cret@{SECRET}/9x@127.0.0.1:5432/codx",  # host "Hunter2-secret", dbname the rest
+        f"postgres://codx:a:b@{SECRET}:x@127.0.0.1/codx",
+    ],
 )
 def test_a_uri_whose_password_holds_an_unencoded_at_sign_is_refused_unechoed(dsn: str) -> None:
     """libpq splits at the first '@': the rest of the password became the host name, shown by

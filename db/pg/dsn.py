@@ -35,16 +35,25 @@ def check_dsn(dsn: str) -> None:
         params = parse_dsn(dsn)
     except Exception:  # noqa: BLE001 - psycopg2's message quotes the DSN; never show it
         raise ValueError("not a valid libpq DSN or postgresql:// URI (value hidden)") from None
-    if "@" in params.get("host", ""):
-        # libpq split a URI at its first "@": the rest of the password is now the host name,
-        # which `info` and every connection error would show.
+    if _unencoded_at(dsn, params):
+        # libpq split a URI at its first "@": the rest of the password became the host name (or
+        # the database name), which `info` and every connection error would show.
         raise ValueError(
-            "the host in the DSN holds an '@' (value hidden): in a postgresql:// URI, percent-encode "
-            "an '@' in the password as %40 (or give the password in PGPASSWORD)"
+            "the DSN holds an '@' outside its user:password@ separator (value hidden): in a postgresql:// "
+            "URI, percent-encode an '@' in the password as %40 (or give the password in PGPASSWORD)"
         )
     # libpq only checks the port when connecting; a typo should fail at load time.
     if not all(p.strip().isdigit() for p in params.get("port", "5432").split(",")):
         raise ValueError("the port in the DSN is not a number")
+
+
+def _unencoded_at(dsn: str, params: dict[str, str]) -> bool:
+    """An '@' libpq did not read as the user:password@ separator (an unencoded one in the password)."""
+    text = dsn.strip()
+    if text.startswith(("postgresql://", "postgres://")):
+        before_query = text.split("?", 1)[0]
+        return before_query.count("@") > 1
+    return "@" in params.get("host", "")
 
 
 def scrub(message: str, dsn: str | None) -> str:
