@@ -410,3 +410,21 @@ def test_a_refused_sync_inside_a_callers_unit_of_work_leaves_nothing_of_its_own(
     assert by_name(after, "bob")["full_name"] == "Bob"
     assert users.get_by_api_key(IMPORTED_KEY).username == "carol"  # type: ignore[union-attr]
     assert check(users.database).problems == []
+
+
+def test_a_rename_by_id_frees_the_old_name_for_a_new_record(users: UserDB) -> None:
+    """The records are the final state: bob (by id) becomes robert and a new bob is created."""
+    records = saved_list(users)
+    bob = users.get("bob")
+    by_name(records, "bob").update(id=bob.id, username="robert")
+    records.append({"username": "bob", "email": "new-bob@example.com"})
+    for order in (records, records[::-1]):
+        state_before = state(users)
+        report = users.sync(order)
+        assert users.get("robert").id == bob.id
+        assert users.get("bob").id != bob.id and users.get("bob").email == "new-bob@example.com"
+        assert report.created == ["bob"] and "robert" in report.updated
+        assert check(users.database).problems == []
+        users.delete("bob")
+        users.update("robert", username="bob")
+        assert state(users)[0]["username"] == state_before[0]["username"]

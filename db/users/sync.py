@@ -240,11 +240,15 @@ def drop_replaced_keys(store: Any, user_id: str, kept: str) -> None:
 
 
 def _match(users: UserContainer, records: list[SyncRecord]) -> dict[int, User]:
-    """record index -> the stored user it describes (by id, else by exact username)."""
+    """record index -> the stored user it describes (by id, else by exact username).
+
+    Ids first: a user a record names by id is that record's, so an id-less record with the user's
+    old name is a new user (a rename by id that frees the name for someone else).
+    """
     matches: dict[int, User] = {}
     claimed: dict[str, int] = {}
     problems: list[str] = []
-    for record in records:
+    for record in sorted(records, key=lambda record: record.user_id is None):  # stable: ids first
         if record.user_id is not None:
             user = users.users.get(record.user_id)
             if user is None:
@@ -252,7 +256,7 @@ def _match(users: UserContainer, records: list[SyncRecord]) -> dict[int, User]:
                 continue
         else:
             user = users.find_by_username(record.username)
-            if user is None or user.username != record.username:
+            if user is None or user.username != record.username or user.id in claimed:
                 continue  # a new user (a case-only difference is another user, as in codx-junior)
         first = claimed.setdefault(user.id, record.index)
         if first != record.index:
@@ -260,8 +264,13 @@ def _match(users: UserContainer, records: list[SyncRecord]) -> dict[int, User]:
             continue
         matches[record.index] = user
     if problems:
-        raise InvalidUserData(problems)
+        raise InvalidUserData(sorted(problems, key=_record_order))
     return matches
+
+
+def _record_order(problem: str) -> int:
+    """records[i] messages in record order (the id pass runs first)."""
+    return int(problem.split("]", 1)[0].removeprefix("records["))
 
 
 def _update(users: UserContainer, user: User, record: SyncRecord, released: Indexed) -> dict[str, Any]:
