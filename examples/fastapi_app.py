@@ -78,8 +78,9 @@ async def login(body: Login, users: Users) -> LoggedIn:
 
     The token is shown once (codx-db keeps only its hash) and lasts ``db_token_ttl_hours``.
     """
-    # first_login: a user with no password yet sets this one (codx-junior); the token only for the password verified
-    found = await users.login(body.username, body.password, first_login=True)
+    # Not first_login=True here: the users /invite makes have no password, and on a public endpoint
+    # whoever logs in first would set it. The token only for the password verified.
+    found = await users.login(body.username, body.password)
     if found is None:
         raise NotAuthenticated("wrong username or password")
     user, token = found

@@ -173,11 +173,11 @@ async def test_login_gives_a_token_that_me_accepts_until_logout(anonymous: httpx
     response = await anonymous.get("/me")
     assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
     UserDB(db).create(username="meg", password="violet-harbour-tide")
-    UserDB(db).create(username="new-admin", role="admin")  # no password yet: the first login sets it
-    first = {"username": "new-admin", "password": "amber-canyon-drift"}
-    assert (await anonymous.post("/login", json=first)).status_code == 200
-    assert (await anonymous.post("/login", json={**first, "password": "other-canyon-drift"})).status_code == 401
+    UserDB(db).create(username="invitee")  # no password yet (as /invite makes them): not claimable here
+    first = {"username": "invitee", "password": "amber-canyon-drift"}
+    assert (await anonymous.post("/login", json=first)).status_code == 401
     assert (await anonymous.post("/login", json={**first, "username": "nobody"})).status_code == 401
+    assert UserDB(db).has_password("invitee") is False
     response = await anonymous.post("/login", json={"username": "MEG", "password": "violet-harbour-tide"})
     assert response.status_code == 200
     token = response.json()["token"]
