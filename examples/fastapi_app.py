@@ -1,6 +1,7 @@
 """codx-api style endpoints over codx-db: ``async def`` endpoints, AsyncUserDB and codx-db's dependencies.
 
-Run it:  pip install 'codx-db[fastapi]' && uvicorn examples.fastapi_app:app
+Run it:  pip install -e '.[fastapi]' && codx-db user add admin --role admin && uvicorn examples.fastapi_app:app
+(the first admin before the server starts: on the file backend the server then holds the file)
 (the database comes from the CODX_JUNIOR_DB_* settings, as for the CLI).
 
 Every ``await users.X(...)`` runs UserDB's ``X`` on a worker thread (at most ``db_pool_size`` at

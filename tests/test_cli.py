@@ -203,3 +203,14 @@ def test_info_masks_the_dsn_password(pg_password_dsn: Callable[[str], str]) -> N
     assert "backend: postgres" in result.stdout
     wrong = CLI({**env, "CODX_JUNIOR_DB_DSN": make_dsn(dsn_with_password, password="Wr0ngPassw0rd")})("info")
     assert "Wr0ngPassw0rd" not in wrong.stdout + wrong.stderr
+
+
+def test_a_full_page_says_more_users_follow_and_how_to_see_them(cli: CLI) -> None:
+    for name in ("ann", "bob", "cy"):
+        assert cli("user", "add", name, "--no-password").returncode == 0
+    page = cli("user", "list", "--limit", "2")
+    assert page.stdout.splitlines()[-1] == "(2 users; more follow: --after bob for the next page, or a larger --limit)"
+    last = cli("user", "list", "--limit", "2", "--after", "bob")
+    assert last.stdout.splitlines()[-1] == "(1 user)"
+    exact = cli("user", "list", "--limit", "3")
+    assert exact.stdout.splitlines()[-1] == "(3 users)"  # a full page that is the last says nothing more

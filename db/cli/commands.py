@@ -189,12 +189,13 @@ def cmd_user_get(session: Session, args: argparse.Namespace) -> CodxUser:
 
 
 def cmd_user_list(session: Session, args: argparse.Namespace) -> UserList:
-    """A page of users."""
-    return UserList(
-        _users(session, args).list(
-            offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix, after=args.after
-        )
+    """A page of users, and whether more follow it (a full page could be the last)."""
+    users = _users(session, args)
+    page = users.list(offset=args.offset, limit=args.limit, active=args.active, prefix=args.prefix, after=args.after)
+    more = len(page) == args.limit and bool(
+        users.list(limit=1, active=args.active, prefix=args.prefix, after=page[-1].username)
     )
+    return UserList(page, more)
 
 
 def cmd_user_update(session: Session, args: argparse.Namespace) -> CodxUser:

@@ -12,6 +12,7 @@ only a few dozen lines.
 from __future__ import annotations
 
 import json
+import shlex
 import unicodedata
 from functools import singledispatch
 from typing import Any
@@ -135,7 +136,11 @@ def _(result: UserList) -> list[str]:
         "  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in [list(headers), *rows]
     ]
-    lines.append(f"({len(users)} user{'s' if len(users) != 1 else ''})")
+    count = f"{len(users)} user{'s' if len(users) != 1 else ''}"
+    if result.more:
+        last = users[-1].username
+        count += f"; more follow: --after {shlex.quote(last)} for the next page, or a larger --limit"
+    lines.append(f"({count})")
     return lines
 
 

@@ -40,9 +40,10 @@ class Message:
 
 @dataclass
 class UserList:
-    """A page of users (a table)."""
+    """A page of users (a table); ``more``: users follow the page (the text says how to see them)."""
 
     users: list[CodxUser]
+    more: bool = False
 
 
 @dataclass
