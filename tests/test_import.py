@@ -594,3 +594,26 @@ def test_the_file_import_and_sync_store_a_codx_junior_user_alike(tmp_path: Path)
         assert UserDB(database).get("admin").role == "user"
     finally:
         database.close()
+
+
+def test_a_dry_run_on_a_location_with_no_database_creates_none(
+    persistent_settings: CodxJuniorGlobalSettings,
+) -> None:
+    """The first thing to try on a fresh install: its report says 'nothing written', and nothing is
+    (no file, no RelStorage tables: a later copy would then need --force)."""
+    from migrations.runner import holds_database
+    from tests.conftest import run_cli_in_process
+
+    assert not holds_database(persistent_settings)
+    result = run_cli_in_process(persistent_settings, "import-codx-junior", str(SAMPLE), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing written" in result.stdout and "admin" in result.stdout
+    assert not holds_database(persistent_settings)
+    if persistent_settings.kind == "file":
+        assert not persistent_settings.db_file_path.exists()
+
+
+def test_passwords_put_in_users_are_named_with_where_they_belong(memory_db: Database, tmp_path: Path) -> None:
+    path = write_json(tmp_path, {"users": [{"username": "olivia", "role": "admin", "password": "$2b$12$" + "a" * 53}]})
+    report = import_codx_junior(memory_db, path, dry_run=True)
+    assert any("user_logins" in warning for warning in report.warnings), report.warnings

@@ -270,9 +270,18 @@ def cmd_copy(session: Session, args: argparse.Namespace) -> Outcome:
 def cmd_import_codx_junior(session: Session, args: argparse.Namespace) -> Outcome:
     """Import codx-junior's users (all or nothing, or the valid ones with --skip-invalid); exit 1 on conflicts."""
     actor = getattr(args, "actor", None) or f"{_login()} (codx-db import-codx-junior)"
-    report = import_codx_junior(
-        session.database, args.path, dry_run=args.dry_run, skip_invalid=args.skip_invalid, actor=actor
-    )
+    database = session.database
+    if args.dry_run and not holds_database(database.settings):
+        # Nothing there yet: an empty database is all a dry run checks against, and opening the
+        # configured one would create it (a file, RelStorage's tables) although nothing is written.
+        database = Database(database.settings.with_overrides(db_backend="memory", db_config_file=None))
+    try:
+        report = import_codx_junior(
+            database, args.path, dry_run=args.dry_run, skip_invalid=args.skip_invalid, actor=actor
+        )
+    finally:
+        if database is not session.database:
+            database.close()
     return Outcome(report, ok=report.ok)
 
 

@@ -162,6 +162,13 @@ def read_settings_file(path: Path) -> SettingsFile:
             f"{credentials.SHORT_IMPORTED_KEY} characters): imported so it keeps working; rotate it "
             f"(`create_api_key`, then `revoke_api_key`): {joined(short, MAX_LISTED_LOGINS)}"
         )
+    passwords = ignored.pop("password", 0)
+    if passwords:
+        # A guess at the file's shape that would import users without their passwords.
+        warnings.append(
+            f"password in users[] ({passwords} user{'' if passwords == 1 else 's'}) left out: codx-junior keeps "
+            'password hashes in user_logins[] ({"username": ..., "password": "$2b$..."}), which is read'
+        )
     tokens = ignored.pop("token", 0)
     if tokens:
         warnings.append(

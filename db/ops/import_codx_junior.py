@@ -141,7 +141,7 @@ class ImportReport:
         if self.without_password:
             lines.append(
                 f"no password:  {len(self.without_password)}  {joined(self.without_password, MAX_LISTED_NAMES)} "
-                "(they set it at their first login, or `codx-db user passwd NAME` does)"
+                "(`codx-db user passwd NAME` sets one; with login(first_login=True), whoever logs in first does)"
             )
         if self.normalized:
             lines.append(f"normalised:   {len(self.normalized)} field(s) stored differently from the file")
