@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from psycopg2.extensions import make_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from db.database import Database
 from db.errors import StorageInUse, TransferError
@@ -38,7 +38,8 @@ def test_restore_force_refuses_a_postgres_database_an_application_is_connected_t
         assert "stop" in message and "nothing was written" in message
         assert "RS: " in message  # RelStorage's application_name for its sessions
         assert "session" in message
-        assert "password" not in message.lower()
+        secret = parse_dsn(pg_dsn).get("password")  # CI's server has one, the local one none
+        assert not secret or f"password={secret}" not in message  # masked (password=***) if named at all
         assert usernames(target) == ["old00000", "old00001"]
     finally:
         app.close()
