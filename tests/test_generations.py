@@ -447,3 +447,39 @@ def test_two_processes_on_an_empty_postgres_database_run_each_step_once(
     after = stored(settings, package.name)
     assert after["mapping"] == {"codx_db": migrations.GENERATION, package.name: 2}
     assert after["legacy"] == migrations.GENERATION
+
+
+def test_migrate_reports_each_registered_package(package: StepsPackage, tmp_path: Path) -> None:
+    """An application's package (registered in the process running the command) is shown, pending and
+    applied, in text and JSON; 'nothing to do' only when no package has a step pending."""
+    import io
+    import json
+
+    from db.cli import Cli
+
+    settings = file_settings(tmp_path)
+    package.register()
+    database = Database(settings)
+    database.open()  # installs both packages at their latest (0 for the test package)
+    database.close()
+    package.write("evolve1", "Give every user a badge.")
+    package.set(1)
+
+    def migrate(*args: str) -> tuple[int, str]:
+        out = io.StringIO()
+        code = Cli(Database(settings), stdout=out, stderr=io.StringIO()).run(["migrate", *args])
+        return code, out.getvalue()
+
+    code, text = migrate()
+    assert code == 0 and f"{package.name}: generation 0 -> 1" in text and "Give every user a badge." in text
+    assert "nothing to do" not in text
+    code, text = migrate("--json")
+    [other] = json.loads(text)["packages"]
+    assert (other["package"], other["current"], other["target"], other["applied"]) == (package.name, 0, 1, [])
+    code, text = migrate("--apply", "--json")
+    assert code == 0, text
+    [other] = json.loads(text)["packages"]
+    assert (other["current"], other["applied"]) == (1, [1]) and json.loads(text)["applied"] == []
+    assert stored(settings, package.name)["log"] == ["install", "evolve1"]
+    code, text = migrate()
+    assert "up to date: nothing to do" in text

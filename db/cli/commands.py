@@ -23,20 +23,23 @@ from db.importer import import_codx_junior
 from db.ops.check import check, check_root, repair
 from db.ops.copy import backup, copy_database, restore, target_settings
 from db.ops.pack import pack
-from db.ops.reports import CheckReport, InfoReport, MigrationReport, PendingStep, RepairReport
+from db.ops.reports import CheckReport, InfoReport, MigrationReport, PackageMigration, PendingStep, RepairReport
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from db.users.models import USERS_KEY, login_claim
 from db.users.passwords import MAX_PASSWORD_LENGTH
 from db.users.schemas import CodxUser
+from migrations.registry import CODX_DB
 from migrations.runner import (
     GENERATION_KEY,
+    MigrationStatus,
     check_target,
     evolve,
     holds_database,
     open_for_migration,
     read_generation,
     status,
+    statuses,
 )
 
 EMPTY = "empty: no codx-db database here yet"
@@ -130,20 +133,34 @@ def cmd_migrate(session: Session, args: argparse.Namespace) -> MigrationReport:
     check_target(args.to)  # before opening: opening an empty location would create a database
     with open_for_migration(settings) as zodb:
         before = status(zodb, args.to)
+        # --to names codx-db's target: then codx-db's steps alone run (runner.evolve).
+        others = [plan for plan in statuses(zodb) if plan.package != CODX_DB] if args.to is None else []
         report = MigrationReport(
             current=before.current,
             target=before.target,
             minimum=before.minimum,
-            pending=[PendingStep(generation=s.generation, description=s.description) for s in before.pending],
+            pending=_pending(before),
             dry_run=bool(args.dry_run),
+            packages=[
+                PackageMigration(package=p.package, current=p.current, target=p.target, pending=_pending(p))
+                for p in others
+            ],
         )
         if args.apply or args.dry_run:
             ran = evolve(
                 zodb, args.to, dry_run=args.dry_run, progress=progress, batch_size=settings.db_migrate_batch_size
             )
-            report.applied = [s.generation for s in ran]
+            report.applied = [s.generation for s in ran if s.package == CODX_DB]
             report.current = status(zodb).current if not args.dry_run else before.current
+            for other in report.packages:
+                other.applied = [s.generation for s in ran if s.package == other.package]
+                if not args.dry_run:
+                    other.current = status(zodb, package=other.package).current
     return report
+
+
+def _pending(plan: MigrationStatus) -> list[PendingStep]:
+    return [PendingStep(generation=s.generation, description=s.description) for s in plan.pending]
 
 
 def cmd_check(session: Session, args: argparse.Namespace) -> Outcome:

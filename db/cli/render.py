@@ -27,6 +27,7 @@ from db.ops.reports import (
     InfoReport,
     MigrationReport,
     PackReport,
+    PendingStep,
     RepairReport,
     Report,
     TransferReport,
@@ -199,15 +200,27 @@ def _(report: MigrationReport) -> list[str]:
         f"current generation: {current}",
         f"target generation:  {report.target} (minimum {report.minimum})",
     ]
-    if not report.pending:
+    lines += _step_lines(report.pending, report.applied, report.dry_run)
+    for other in report.packages:
+        current = "new" if other.current is None else other.current
+        lines.append(f"{other.package}: generation {current} -> {other.target}")
+        lines += _step_lines(other.pending, other.applied, report.dry_run)
+    pending = report.pending or any(other.pending for other in report.packages)
+    applied = report.applied or any(other.applied for other in report.packages)
+    if not pending:
         lines.append("up to date: nothing to do")
-    for step in report.pending:
-        done = "applied" if step.generation in report.applied else "pending"
-        if report.dry_run and done == "applied":
+    elif not applied:
+        lines.append("run `codx-db migrate --apply` to apply")
+    return lines
+
+
+def _step_lines(pending: list[PendingStep], applied: list[int], dry_run: bool) -> list[str]:
+    lines = []
+    for step in pending:
+        done = "applied" if step.generation in applied else "pending"
+        if dry_run and done == "applied":
             done = "ran (dry run, aborted)"
         lines.append(f"  {step.generation:>3}  {done:<8}  {step.description}")
-    if report.pending and not report.applied:
-        lines.append("run `codx-db migrate --apply` to apply")
     return lines
 
 

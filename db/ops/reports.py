@@ -289,8 +289,21 @@ class PendingStep(BaseModel):
     description: str
 
 
+class PackageMigration(BaseModel):
+    """Another registered package's generations (an application's): as ``MigrationReport``'s own fields."""
+
+    package: str
+    current: int | None
+    target: int
+    pending: list[PendingStep]
+    applied: list[int] = Field(default_factory=list)
+
+
 class MigrationReport(Report):
-    """The generation status, and the steps a ``migrate --apply`` or ``--dry-run`` ran."""
+    """codx-db's generation status, and the steps a ``migrate --apply`` or ``--dry-run`` ran.
+
+    ``packages``: every other package registered in the process that ran it (an application's).
+    """
 
     current: int | None
     target: int
@@ -298,6 +311,7 @@ class MigrationReport(Report):
     pending: list[PendingStep]
     applied: list[int] = Field(default_factory=list)
     dry_run: bool = False
+    packages: list[PackageMigration] = Field(default_factory=list)
 
 
 def describe_user(user: Any) -> str:
