@@ -218,8 +218,10 @@ async def current_user(
         )
     user = await _lookup(users, found)
     if user is None:
-        what = "token" if found.kind == "token" else "API key"
-        raise NotAuthenticated(f"the {what} is unknown, expired or revoked, or its user is disabled: log in again")
+        if found.kind == "token":
+            raise NotAuthenticated("the token is unknown, expired or revoked, or its user is disabled: log in again")
+        # API keys do not expire, and logging in gives a token, not a key.
+        raise NotAuthenticated("the API key is unknown or revoked, or its user is disabled: ask for a new key")
     return user
 
 

@@ -164,3 +164,25 @@ def test_a_revision_from_before_generation_1_reads_its_role_as_evolve1_set_it(is
     found = snapshot(stored)
     assert found.role == role and found.is_superuser is is_superuser
     assert found.theme == "dim" and found.projects == ()
+
+
+def test_revert_to_a_revisions_own_time_restores_that_revision(history_db: Database) -> None:
+    """history() shows each revision's time; giving it back to revert must pick that revision, not
+    the one before (a demoted admin came back as admin: the time was rounded, sometimes down)."""
+    users = UserDB(history_db)
+    users.create(username="mallory", role="admin")
+    for i in range(24):
+        users.update("mallory", full_name=f"v{i}", role="user" if i % 2 else "admin")
+    for revision in users.history("mallory", limit=24)[1:]:
+        assert users.revert("mallory", revision.at).full_name == revision.user.full_name
+        assert users.get("mallory").role == revision.user.role
+    # The text history prints that time to the microsecond, so a time copied from it works too.
+    from db.cli.render import render
+    from db.cli.results import RevisionList
+
+    for revision in users.history("mallory", limit=5)[1:]:
+        line = next(
+            line for line in render(RevisionList([revision]), as_json=False).splitlines() if revision.tid in line
+        )
+        copied = line.split()[1]
+        assert users.revert("mallory", copied).full_name == revision.user.full_name

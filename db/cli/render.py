@@ -154,7 +154,7 @@ def _(result: RevisionList) -> list[str]:
     lines = []
     for revision in result.revisions:
         by = f" by {revision.by}" if revision.by else ""
-        lines.append(f"{revision.tid}  {revision.at.isoformat(timespec='seconds')}{by}  {revision.description}")
+        lines.append(f"{revision.tid}  {revision.at.isoformat(timespec='microseconds')}{by}  {revision.description}")
         for name, (old, new) in revision.changes.items():
             lines.append(f"    {name}: {_literal(old)} -> {_literal(new)}")
     return lines

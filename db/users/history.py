@@ -10,9 +10,10 @@ fields that changed. Password hashes are never shown: a changed hash reads "chan
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from persistent.timestamp import TimeStamp
 from pydantic import BaseModel, ConfigDict
 from ZODB.utils import p64, u64
 
@@ -90,7 +91,7 @@ def revisions(connection: Any, user: User, limit: int) -> list[UserRevision]:
         result.append(
             UserRevision(
                 tid=tid_to_str(entry["tid"]),
-                at=datetime.fromtimestamp(entry["time"], UTC),
+                at=revision_time(entry["tid"]),
                 by=actor_of(entry, user.id),
                 description=entry.get("description") or "",
                 changes=_changes(previous, state),
@@ -129,6 +130,18 @@ def actor_of(entry: dict[str, Any], user_id: str) -> str | None:
     return user_name or None
 
 
+def revision_time(tid: bytes) -> datetime:
+    """When a revision was written, to the microsecond, rounded down: exactly what ``revisions`` shows,
+    so that time given back to ``state_at`` finds that revision (a float compare rounded either way).
+
+    A tid holds minutes since 1900 and the fraction of the minute in units of 60/2**32 seconds.
+    """
+    stamp = TimeStamp(tid)
+    minute = datetime(stamp.year(), stamp.month(), stamp.day(), stamp.hour(), stamp.minute(), tzinfo=UTC)
+    fraction = int.from_bytes(tid, "big") & 0xFFFFFFFF
+    return minute + timedelta(microseconds=fraction * 60_000_000 // 2**32)
+
+
 def state_at(connection: Any, user: User, tid: bytes | None, when: datetime | None) -> dict[str, Any]:
     """The stored state of ``user`` written by ``tid``, or the last one at or before ``when``."""
     ensure_history(connection.db().storage)
@@ -136,7 +149,7 @@ def state_at(connection: Any, user: User, tid: bytes | None, when: datetime | No
     for entry in entries:  # newest first
         if tid is not None and entry["tid"] == tid:
             return _state(connection, user, entry["tid"])
-        if when is not None and entry["time"] <= when.timestamp():
+        if when is not None and revision_time(entry["tid"]) <= when:
             return _state(connection, user, entry["tid"])
     return {}
 
