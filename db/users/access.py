@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from db.database import UnitOfWork
 from db.errors import GenerationError, InvalidUserData
 from db.users import repository
+from db.users.history import note_user
 from db.users.keys import require_str
 from db.users.models import User, UserContainer, github_key, username_key
 from db.users.normalize import MAX_PROJECTS
@@ -155,7 +156,7 @@ class AccessService:
 
         def write(uow: UnitOfWork) -> CodxUser:
             user = grant(repository.container(uow), username, project)
-            uow.note(f"codx-db: grant project {project.project_id} to {user.username}")
+            note_user(uow, user.id, f"codx-db: grant project {project.project_id} to {user.username}")
             return CodxUser.from_model(user)
 
         return self.users.write(write, None)
@@ -171,7 +172,7 @@ class AccessService:
             done = revoke(users, username, project_id)
             if done:
                 user = repository.get(users, username)
-                uow.note(f"codx-db: revoke project {project_id} from {user.username}")
+                note_user(uow, user.id, f"codx-db: revoke project {project_id} from {user.username}")
                 # A bool answer names no user: record the actor here (history; group commit).
                 self.users.record_actor(uow, user.id)
             return done

@@ -35,7 +35,7 @@ from db.database import Database, UnitOfWork
 from db.errors import InvalidUserData, UserNotFound, shown
 from db.users import credentials
 from db.users.credentials import CREDENTIALS_KEY, MAX_TTL, MIN_TTL, ApiKeyInfo, CredentialStore
-from db.users.history import record_actor
+from db.users.history import note_user, record_actor
 from db.users.keys import require_str
 from db.users.models import USERS_KEY, User, UserContainer, utcnow
 from db.users.passwords import check_password, hash_password
@@ -99,7 +99,7 @@ class CredentialService:
                 return None
             user.password_hash = password_hash
             user.touch()
-            uow.note(f"codx-db: set first password of {user.username}")
+            note_user(uow, user.id, f"codx-db: set first password of {user.username}")
             self._record_actor(uow, user.id)
             return CodxUser.from_model(user), password_hash
 

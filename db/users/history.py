@@ -42,6 +42,9 @@ MAX_REVISIONS = 100_000
 # that user (a group commit of several actors' writes, db/group_commit.py). Older transactions
 # lack it: their user names the actor.
 ACTORS_KEY = "codx_actors"
+# user id -> that user's notes, in a transaction shared by several writes (a group commit batch):
+# its description holds every write's note, a user's revision shows its own.
+NOTES_KEY = "codx_notes"
 
 
 class UserRevision(BaseModel):
@@ -93,7 +96,7 @@ def revisions(connection: Any, user: User, limit: int) -> list[UserRevision]:
                 tid=tid_to_str(entry["tid"]),
                 at=revision_time(entry["tid"]),
                 by=actor_of(entry, user.id),
-                description=entry.get("description") or "",
+                description=description_of(entry, user.id),
                 changes=_changes(previous, state),
                 user=snapshot(state),
             )
@@ -114,20 +117,42 @@ def record_actor(txn: Any, user_id: str, actor: str) -> None:
         actors[user_id] = f"{known}, {actor}"
 
 
+def record_note(txn: Any, user_id: str, note: str) -> None:
+    """Record in ``txn``'s extension that ``note`` is about the user ``user_id`` (``description_of``)."""
+    notes: dict[str, str] = txn.extension.setdefault(NOTES_KEY, {})
+    notes[user_id] = f"{notes[user_id]}\n{note}" if user_id in notes else note
+
+
+def note_user(uow: Any, user_id: str, note: str) -> None:
+    """``uow.note(note)``, and the note recorded as ``user_id``'s (its history shows its own notes)."""
+    uow.note(note)
+    record_note(uow.transaction, user_id, note)
+
+
 def actor_of(entry: dict[str, Any], user_id: str) -> str | None:
     """Who made a history entry's change to ``user_id``: the recorded actor, else the transaction's user."""
-    # FileStorage and RelStorage merge the extension into the entry; MappingStorage nests it.
-    actors = entry.get(ACTORS_KEY)
-    if actors is None:
-        extension = entry.get("extension")
-        actors = extension.get(ACTORS_KEY) if isinstance(extension, dict) else None
-    actor = actors.get(user_id) if isinstance(actors, dict) else None
-    if isinstance(actor, bytes):
-        actor = actor.decode("utf-8", "replace")
-    if isinstance(actor, str) and actor:
+    actor = _extension_value(entry, ACTORS_KEY, user_id)
+    if actor:
         return actor
     user_name = entry.get("user_name")
     return user_name or None
+
+
+def description_of(entry: dict[str, Any], user_id: str) -> str:
+    """The notes of a history entry about ``user_id``; the whole description when none was recorded."""
+    return _extension_value(entry, NOTES_KEY, user_id) or entry.get("description") or ""
+
+
+def _extension_value(entry: dict[str, Any], key: str, user_id: str) -> str | None:
+    # FileStorage and RelStorage merge the extension into the entry; MappingStorage nests it.
+    mapping = entry.get(key)
+    if mapping is None:
+        extension = entry.get("extension")
+        mapping = extension.get(key) if isinstance(extension, dict) else None
+    value = mapping.get(user_id) if isinstance(mapping, dict) else None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
 
 
 def revision_time(tid: bytes) -> datetime:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from db.database import UnitOfWork
 from db.errors import shown
 from db.users import repository
+from db.users.history import record_note
 from db.users.keys import fits
 from db.users.models import UserContainer
 from db.users.passwords import MAX_PASSWORD_LENGTH, dummy_verify, hash_cost_problem, hash_password, verify_password
@@ -91,6 +92,9 @@ def verify(service: UserService, username_or_email: str, password: str, first_lo
         # Only replace the hash we verified: a concurrent set_password wins.
         if user.password_hash == stored_hash:
             repository.set_password_hash(user, new_hash, touch=False)  # the same password: no change
+            # In a shared batch the transaction names no one: its history entry needs both.
+            service.record_actor(uow, user_id)
+            record_note(uow.transaction, user_id, f"codx-db: rehash password of {user.username}")
         return CodxUser.from_model(user), user.password_hash
 
     answer = service.write(rehash, f"rehash password of {found.username}")

@@ -18,7 +18,17 @@ from db.database import Database, UnitOfWork
 from db.errors import HistoryUnavailable, InvalidUserData, UserNotFound, shown
 from db.users import credential_service as creds
 from db.users import listing, login, repository
-from db.users.history import TRACKED_FIELDS, UserRevision, record_actor, revisions, snapshot, state_at, tid_from_str
+from db.users.history import (
+    TRACKED_FIELDS,
+    UserRevision,
+    note_user,
+    record_actor,
+    record_note,
+    revisions,
+    snapshot,
+    state_at,
+    tid_from_str,
+)
 from db.users.keys import KEY_INPUT_MAX, fits, require_str
 from db.users.models import UserContainer
 from db.users.policy import PasswordContext, PasswordPolicy
@@ -153,7 +163,7 @@ class UserService:
             changed = repository.apply(users, user, fields)
             creds.forget_tokens_if_deactivated(uow.root, user, changed)
             if changed:
-                uow.note(f"codx-db: update user {old_username}: {', '.join(sorted(changed))}")
+                note_user(uow, user.id, f"codx-db: update user {old_username}: {', '.join(sorted(changed))}")
             return CodxUser.from_model(user)
 
         return self.write(update, None)
@@ -169,7 +179,7 @@ class UserService:
             creds.forget_tokens(uow.root, user)  # a new password ends every session
             self.record_actor(uow, user.id)
             # The stored name: the one given may carry 100 kB of trimmed spaces.
-            uow.note(f"codx-db: set password of {user.username}")
+            note_user(uow, user.id, f"codx-db: set password of {user.username}")
 
         self.write(set_password, None)
 
@@ -182,7 +192,7 @@ class UserService:
             user = repository.get(users, username)
             users.remove(user)
             creds.forget_credentials(uow.root, user)  # tokens and API keys die with the user
-            uow.note(f"codx-db: delete user {user.username}")
+            note_user(uow, user.id, f"codx-db: delete user {user.username}")
 
         self.write(delete, None)
 
@@ -223,7 +233,9 @@ class UserService:
             old_username = user.username
             changed = repository.apply(users, user, UserUpdate.parse(fields).changes())
             creds.forget_tokens_if_deactivated(uow.root, user, changed)
-            uow.note(f"codx-db: revert user {old_username} to {to if isinstance(to, str) else to.isoformat()}")
+            note_user(
+                uow, user.id, f"codx-db: revert user {old_username} to {to if isinstance(to, str) else to.isoformat()}"
+            )
             return CodxUser.from_model(user)
 
         return self.write(revert, None)
@@ -308,6 +320,8 @@ class UserService:
             result = fn(uow)
             if isinstance(result, CodxUser):
                 self.record_actor(uow, result.id)
+                if wrapped_note:  # the batch's description holds every write's note
+                    record_note(uow.transaction, result.id, wrapped_note)
             return result
 
         return self.database.submit(submitted, note=wrapped_note, user=self.actor)
