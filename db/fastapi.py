@@ -169,16 +169,22 @@ _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="API 
 
 
 def credential(
+    connection: HTTPConnection,  # not Request: a WebSocket endpoint has the same headers
     authorization: Annotated[HTTPAuthorizationCredentials | None, Security(_authorization)],
     authentication: Annotated[str | None, Security(_authentication)],
     api_key: Annotated[str | None, Security(_api_key)],
 ) -> Credential | None:
     """The request's credential: ``Authorization: Bearer``, else ``Authentication: Bearer``, else ``X-API-Key``.
 
-    The first one present decides: a bad token never falls through to a key.
+    The first one present decides: a bad token never falls through to a key, nor does a header
+    that is there but empty or of another scheme (``Basic``): FastAPI's readers answer None for
+    those, as for an absent header, so presence is read from the request itself.
     """
     if authorization is not None:
         return Credential("token", authorization.credentials)
+    headers = connection.headers
+    if "authorization" in headers or (not authentication and CODX_JUNIOR_TOKEN_HEADER in headers):
+        return Credential("token", "")  # present but not a bearer token: matches nobody
     if authentication:
         # codx-junior takes the last word of the header: "Bearer <token>" (or a bare token).
         words = authentication.split()

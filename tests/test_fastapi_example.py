@@ -276,3 +276,20 @@ def test_uvicorn_refuses_to_start_on_a_database_newer_than_the_code(tmp_path: Pa
     output = log.read_text()
     assert returncode != 0, output
     assert "GenerationTooHigh" in output and "newer" in output and "Application startup failed" in output
+
+
+@pytest.mark.anyio
+async def test_the_first_credential_header_present_decides_even_malformed(anonymous: httpx.AsyncClient) -> None:
+    """A present Authorization (Basic, an empty Bearer) or Authentication header decides: a valid
+    X-API-Key behind it must not be used (a proxy's service key would lend its identity)."""
+    UserDB(db).create(username="svc", role="admin")
+    key = UserDB(db).create_api_key("svc")
+    assert (await anonymous.get("/me", headers={"X-API-Key": key})).json()["username"] == "svc"
+    for header, value in (
+        ("Authorization", "Basic dXNlcjpwYXNz"),
+        ("Authorization", "Bearer"),
+        ("Authorization", ""),
+        ("Authentication", ""),
+    ):
+        response = await anonymous.get("/me", headers={header: value, "X-API-Key": key})
+        assert response.status_code == 401, (header, value, response.text)
