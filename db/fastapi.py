@@ -30,11 +30,14 @@ from db.errors import (
     DatabaseTimeout,
     DatabaseUnavailable,
     GenerationError,
+    HistoryUnavailable,
     InvalidUserData,
     NotAuthenticated,
     PermissionDenied,
     ReadOnlyDatabase,
+    StorageFull,
     StorageInUse,
+    TransactionTooLarge,
     UserAlreadyExists,
     UserNotFound,
     WriteContention,
@@ -259,7 +262,8 @@ def add_exception_handler(app: Starlette) -> None:
 
 
 async def codx_db_exception_handler(request: Request, exc: Exception) -> JSONResponse:
-    """404 not found, 409 already exists, 422 invalid (FastAPI's shape), 401, 403, 503 unavailable, else 500.
+    """404 not found (a user, a version), 409 already exists, 422 invalid (FastAPI's shape), 401, 403,
+    413 too large for one transaction, 503 unavailable, 507 storage full, else 500.
 
     503 also for ``WriteContention`` (too many concurrent writers), with ``Retry-After``.
 
@@ -276,6 +280,13 @@ async def codx_db_exception_handler(request: Request, exc: Exception) -> JSONRes
         status, headers = HTTPStatus.UNAUTHORIZED, {"WWW-Authenticate": "Bearer"}
     elif isinstance(exc, PermissionDenied):
         status = HTTPStatus.FORBIDDEN
+    elif isinstance(exc, HistoryUnavailable):
+        status = HTTPStatus.NOT_FOUND  # no such version (or no history kept): not a server failure
+    elif isinstance(exc, TransactionTooLarge):
+        status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE  # split the request (batch_size)
+    elif isinstance(exc, StorageFull):
+        status = HTTPStatus.INSUFFICIENT_STORAGE
+        log.error("%s %s: %s", request.method, request.url.path, exc)  # an operator must act; no traceback
     elif isinstance(exc, _UNAVAILABLE):
         status = HTTPStatus.SERVICE_UNAVAILABLE
         if isinstance(exc, WriteContention):

@@ -23,10 +23,13 @@ from db.database import Database, UnitOfWork
 from db.errors import (
     DatabaseUnavailable,
     GenerationError,
+    HistoryUnavailable,
     InvalidUserData,
     NotAuthenticated,
     PermissionDenied,
     ReadOnlyDatabase,
+    StorageFull,
+    TransactionTooLarge,
     TransferError,
 )
 from db.fastapi import (
@@ -498,6 +501,9 @@ async def test_codx_db_errors_map_to_http_statuses(memory_db: Database) -> None:
         "unavailable": DatabaseUnavailable("PostgreSQL at db:5432 is unreachable"),
         "generation": GenerationError("run `codx-db migrate --apply`"),
         "read-only": ReadOnlyDatabase("the database is opened read-only"),
+        "history": HistoryUnavailable("user 'ann' has no version at or before 2001-01-01"),
+        "full": StorageFull(Path("/data/users.fs"), 0),
+        "too-large": TransactionTooLarge("one unit of work changes more objects than PostgreSQL can lock"),
         "transfer": TransferError("the backup file is not a codx-db backup"),
         "invalid": InvalidUserData(["records[3].email: not valid", "projects.0.project_id: is missing", "odd text"]),
     }
@@ -540,6 +546,11 @@ async def test_codx_db_errors_map_to_http_statuses(memory_db: Database) -> None:
         assert (await client.get("/raise/unavailable")).status_code == 503
         assert (await client.get("/raise/generation")).status_code == 503
         assert (await client.get("/raise/read-only")).status_code == 503  # cannot write now; the request is fine
+        # A client's mistake (no such version) is no server failure; a full disk and a too-large
+        # request say which, and none of them logs an ERROR with a traceback.
+        assert (await client.get("/raise/history")).status_code == 404
+        assert (await client.get("/raise/full")).status_code == 507
+        assert (await client.get("/raise/too-large")).status_code == 413
         response = await client.get("/raise/transfer")
         assert (response.status_code, response.json()) == (500, {"detail": "the backup file is not a codx-db backup"})
         response = await client.get("/raise/invalid")
