@@ -7,11 +7,13 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from db.database import Database
 from db.errors import HistoryUnavailable, InvalidUserData, UserAlreadyExists
+from db.models import USERS_KEY
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from tests.conftest import ROOT, make_settings, settings_env
@@ -186,3 +188,23 @@ def test_revert_to_a_revisions_own_time_restores_that_revision(history_db: Datab
         )
         copied = line.split()[1]
         assert users.revert("mallory", copied).full_name == revision.user.full_name
+
+
+def test_revert_checks_only_the_fields_it_changes(history_db: Database) -> None:
+    """A user stored before today's rules (a mixed-script name kept from before generation 3) can be
+    updated in its other fields; reverting such an update must work too, not refuse the name."""
+    users = UserDB(history_db)
+    users.create(username="keeper", full_name="First")
+
+    def legacy_name(uow: Any) -> None:  # as older code could store it
+        container = uow.root[USERS_KEY]
+        user = container.find_by_username("keeper")
+        before = container.indexed(user)
+        user.username = "\u0430dmin"  # Cyrillic a + Latin: refused today
+        container.reindex(user, before)
+
+    history_db.run(legacy_name)
+    users.update("\u0430dmin", full_name="Second")
+    before_update = users.history("\u0430dmin", limit=2)[1]
+    assert users.revert("\u0430dmin", before_update.tid).full_name == "First"
+    assert users.get("\u0430dmin").full_name == "First"

@@ -227,7 +227,11 @@ class UserService:
             state = state_at(uow.connection, user, tid, when)
             if not state:
                 raise HistoryUnavailable(f"user {shown(user.username)} has no version at or before {shown(str(to))}")
-            fields = snapshot(state).model_dump(include=set(TRACKED_FIELDS))
+            # Only the fields that change are checked (as update checks only those it is given): a
+            # value stored before today's rules (a look-alike name) must not block the others.
+            now = CodxUser.from_model(user).model_dump(include=set(TRACKED_FIELDS))
+            then = snapshot(state).model_dump(include=set(TRACKED_FIELDS))
+            fields = {name: value for name, value in then.items() if now.get(name) != value}
             if "projects" in fields:
                 fields["projects"] = list(fields["projects"])  # UserUpdate takes a list
             old_username = user.username
