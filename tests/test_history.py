@@ -208,3 +208,15 @@ def test_revert_checks_only_the_fields_it_changes(history_db: Database) -> None:
     before_update = users.history("\u0430dmin", limit=2)[1]
     assert users.revert("\u0430dmin", before_update.tid).full_name == "First"
     assert users.get("\u0430dmin").full_name == "First"
+
+
+def test_many_changes_in_one_transaction_fit_its_metadata(history_db: Database) -> None:
+    """Per-user notes are bounded: FileStorage refuses a transaction whose extension passes 64 KiB."""
+    users = UserDB(history_db)
+    users.import_users([{"username": f"bulk{i:04d}"} for i in range(1_500)])
+    with history_db.transaction(note="rename everyone"):
+        for i in range(1_500):
+            users.update(f"bulk{i:04d}", full_name=f"Bulk user number {i} with a long enough name")
+    assert users.get("bulk1499").full_name.endswith("1499 with a long enough name")
+    first, last = users.history("bulk0000")[0], users.history("bulk1499")[0]
+    assert "bulk0000" in first.description and first.tid == last.tid

@@ -117,10 +117,19 @@ def record_actor(txn: Any, user_id: str, actor: str) -> None:
         actors[user_id] = f"{known}, {actor}"
 
 
+# FileStorage refuses a transaction whose extension passes 64 KiB: per-user notes stop here (a
+# group commit batch holds 64 writes by default); past it, history shows the whole description.
+MAX_NOTED_USERS = 100
+MAX_NOTE_CHARS = 300
+
+
 def record_note(txn: Any, user_id: str, note: str) -> None:
     """Record in ``txn``'s extension that ``note`` is about the user ``user_id`` (``description_of``)."""
     notes: dict[str, str] = txn.extension.setdefault(NOTES_KEY, {})
-    notes[user_id] = f"{notes[user_id]}\n{note}" if user_id in notes else note
+    if user_id in notes:
+        notes[user_id] = f"{notes[user_id]}\n{note}"[:MAX_NOTE_CHARS]
+    elif len(notes) < MAX_NOTED_USERS:
+        notes[user_id] = note[:MAX_NOTE_CHARS]
 
 
 def note_user(uow: Any, user_id: str, note: str) -> None:
