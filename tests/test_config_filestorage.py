@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -16,6 +17,24 @@ from db.errors import ReadOnlyDatabase, StorageInUse
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from tests.conftest import ROOT
+
+
+@contextlib.contextmanager
+def holding(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """Another process with the database ``env`` names open, until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        yield holder
+    finally:
+        holder.communicate("", timeout=60)
 
 
 def config_settings(tmp_path: Path, path: Path, extra: str = "") -> CodxJuniorGlobalSettings:
@@ -52,20 +71,9 @@ def test_a_second_process_gets_storage_in_use(tmp_path: Path) -> None:
     path = tmp_path / "users.fs"
     settings = config_settings(tmp_path, path)
     assert settings.db_config_file is not None
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
-        env={**os.environ, "CODX_JUNIOR_DB_CONFIG_FILE": str(settings.db_config_file)},
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        with pytest.raises(StorageInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
-            Database(settings).open()
-    finally:
-        holder.communicate("", timeout=60)
+    env = {"CODX_JUNIOR_DB_CONFIG_FILE": str(settings.db_config_file)}
+    with holding(env) as holder, pytest.raises(StorageInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
+        Database(settings).open()
 
 
 def test_a_read_only_filestorage_is_opened_read_only(tmp_path: Path) -> None:
@@ -103,20 +111,9 @@ def test_the_cli_reads_a_config_filestorage_in_use_read_only(tmp_path: Path) -> 
     database = Database(settings)
     UserDB(database).create(username="eve")
     database.close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
-        env={**os.environ, "CODX_JUNIOR_DB_CONFIG_FILE": str(settings.db_config_file)},
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+    with holding({"CODX_JUNIOR_DB_CONFIG_FILE": str(settings.db_config_file)}) as holder:
         listed = cli(settings.db_config_file, "user", "list")
         added = cli(settings.db_config_file, "user", "add", "bob", "--no-password")
-    finally:
-        holder.communicate("", timeout=60)
     assert listed.returncode == 0 and "eve" in listed.stdout, listed.stderr
     assert "read-only" in listed.stderr
     assert added.returncode == 1 and f"in use by another process (pid {holder.pid})" in added.stderr
@@ -143,20 +140,12 @@ def test_a_config_naming_a_link_locks_the_file_the_link_names(tmp_path: Path) ->
     UserDB(database).create(username="eve")
     database.close()
     link.symlink_to(real)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
-        env={**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(real)},
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        with pytest.raises(StorageInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
-            Database(config_settings(tmp_path, link)).open()
-    finally:
-        holder.communicate("", timeout=60)
+    in_use = r"in use by another process \(pid {}\)"
+    with (
+        holding({"CODX_JUNIOR_DB_FILE_PATH": str(real)}) as holder,
+        pytest.raises(StorageInUse, match=in_use.format(holder.pid)),
+    ):
+        Database(config_settings(tmp_path, link)).open()
     settings = config_settings(tmp_path, link)
     assert settings.db_config_file is not None
     assert cli(settings.db_config_file, "pack").returncode == 0
