@@ -424,3 +424,16 @@ def test_migrate_on_a_new_database_says_so_and_apply_installs_it(tmp_path: Path)
     report = json.loads(run_cli(settings, "migrate", "--apply", "--json").stdout)
     assert report["current"] == migrations.GENERATION and report["pending"] == []
     assert stored_generation(settings) == migrations.GENERATION
+
+
+def test_migrate_to_a_generation_below_the_database_says_generations_only_go_up(tmp_path: Path) -> None:
+    """Not "up to date: nothing to do": a person asking for 5 on a generation-9 database wants to
+    go back, which no step does (a backup does)."""
+    settings = CodxJuniorGlobalSettings.load(db_file_path=tmp_path / "users.fs")
+    assert run_cli(settings, "user", "add", "ann", "--no-password").returncode == 0
+    for args in (("migrate", "--to", "5"), ("migrate", "--apply", "--to", "5")):
+        result = run_cli(settings, *args)
+        assert result.returncode == 1, result.stdout
+        assert f"generation {migrations.GENERATION}" in result.stderr and "only go up" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert stored_generation(settings) == migrations.GENERATION

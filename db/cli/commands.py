@@ -133,6 +133,11 @@ def cmd_migrate(session: Session, args: argparse.Namespace) -> MigrationReport:
     check_target(args.to)  # before opening: opening an empty location would create a database
     with open_for_migration(settings) as zodb:
         before = status(zodb, args.to)
+        if args.to is not None and before.current is not None and args.to < before.current:
+            raise CommandError(
+                f"--to {args.to}: the database is at generation {before.current}, and generations only go up "
+                "(to go back, restore a backup made before the migration)"
+            )
         # --to names codx-db's target: then codx-db's steps alone run (runner.evolve).
         others = [plan for plan in statuses(zodb) if plan.package != CODX_DB] if args.to is None else []
         report = MigrationReport(
