@@ -214,3 +214,16 @@ def test_a_full_page_says_more_users_follow_and_how_to_see_them(cli: CLI) -> Non
     assert last.stdout.splitlines()[-1] == "(1 user)"
     exact = cli("user", "list", "--limit", "3")
     assert exact.stdout.splitlines()[-1] == "(3 users)"  # a full page that is the last says nothing more
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("user", "add", "zed", "--role", "user", "--superuser", "--no-password"),
+        ("user", "update", "zed", "--role", "user", "--superuser"),
+        ("user", "update", "zed", "--role", "admin", "--no-superuser"),
+    ],
+)
+def test_contradicting_role_flags_are_a_usage_error(cli: CLI, args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.returncode == 2 and "contradict" in result.stderr, result.stderr

@@ -187,6 +187,7 @@ def cmd_check(session: Session, args: argparse.Namespace) -> Outcome:
 
 def cmd_user_add(session: Session, args: argparse.Namespace) -> CodxUser:
     """Create a user."""
+    _check_role_flags(args.role, True if args.superuser else None)
     password = None if args.no_password else _read_password(session, args.password_stdin, confirm=True)
     return _users(session, args).create(
         username=args.username,
@@ -229,6 +230,7 @@ def cmd_user_update(session: Session, args: argparse.Namespace) -> CodxUser:
         changes["email"] = None
     elif args.email is not None:
         changes["email"] = args.email
+    _check_role_flags(args.role, args.is_superuser)
     for name in ("full_name", "is_superuser", "is_active"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -350,6 +352,13 @@ def _read_password(session: Session, from_stdin: bool, confirm: bool) -> str:
     if confirm and getpass.getpass("Repeat password: ") != password:
         raise InvalidUserData(["password: the two entries differ"])
     return password
+
+
+def _check_role_flags(role: str | None, is_superuser: bool | None) -> None:
+    """--role and --superuser / --no-superuser that contradict: a usage error (exit 2), before a prompt."""
+    if role is not None and is_superuser is not None and (role == "admin") != is_superuser:
+        flag = "--superuser" if is_superuser else "--no-superuser"
+        raise UsageError(f"--role {role} and {flag} contradict each other (--role admin makes a superuser)")
 
 
 def _profile_changes(args: argparse.Namespace) -> dict[str, Any]:
