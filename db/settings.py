@@ -7,7 +7,6 @@ in the working directory, then a secrets directory (one file per setting, e.g.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from db import settings_sources as sources
 from db.errors import ConfigurationError, shown
 
 log = logging.getLogger(__name__)
@@ -318,13 +318,16 @@ class CodxJuniorGlobalSettings(BaseSettings):
     @classmethod
     def load(cls, **overrides: Any) -> CodxJuniorGlobalSettings:
         """Load settings, turning validation errors into one ConfigurationError per setting."""
+        env_file = Path(str(cls.model_config.get("env_file") or ".env"))
         try:
-            _warn_unknown_variables()
+            # CODX_JUNIOR_ is shared with codx-junior's other settings, so unknown names in
+            # general are fine; but CODX_JUNIOR_DB_* are ours: a typo must not pass in silence.
+            sources.warn_unknown(ENV_PREFIX + "DB_", {env_name(name) for name in cls.model_fields}, env_file)
             settings = cls(_secrets_dir=_secrets_dir(), **overrides)  # type: ignore[call-arg]
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
         except UnicodeDecodeError as exc:
-            raise ConfigurationError(_not_utf8(exc)) from None
+            raise ConfigurationError(sources.not_utf8(exc, env_file)) from None
         if settings.db_dsn is not None and settings.kind == "file":
             log.warning(
                 "%sDB_DSN is set but the backend is file (%s): the DSN is not used; "
@@ -336,53 +339,9 @@ class CodxJuniorGlobalSettings(BaseSettings):
         return settings
 
 
-def _not_utf8(exc: UnicodeDecodeError) -> str:
-    """Which settings file is not UTF-8, and where; never its bytes (a .env holds secrets)."""
-    env_file = Path(str(CodxJuniorGlobalSettings.model_config.get("env_file") or ".env"))
-    data = exc.object if isinstance(exc.object, bytes) else b""
-    try:
-        named = env_file.is_file() and env_file.read_bytes() == data
-    except OSError:
-        named = False
-    where = f"{env_file.absolute()}" if named else "a settings file (.env or a secrets file)"
-    line = data[: exc.start].count(b"\n") + 1
-    column = exc.start - data.rfind(b"\n", 0, exc.start)
-    return f"{where} is not UTF-8 text (line {line}, byte {column}): save it as UTF-8"
-
-
 def env_name(setting: str) -> str:
     """The environment variable of a setting: db_pool_size -> CODX_JUNIOR_DB_POOL_SIZE."""
     return ENV_PREFIX + setting.upper()
-
-
-def _warn_unknown_variables() -> None:
-    # CODX_JUNIOR_ is shared with codx-junior's other settings, so unknown names in general
-    # are fine; but CODX_JUNIOR_DB_* are ours, and a typo there should not pass in silence.
-    known = {env_name(name) for name in CodxJuniorGlobalSettings.model_fields}
-    for name in os.environ:
-        if name.startswith(ENV_PREFIX + "DB_") and name not in known:
-            log.warning("unknown setting %s is ignored%s", name, _suggest(name, known))
-    # The .env file is read too (names in any case, as pydantic-settings matches them).
-    env_file = Path(str(CodxJuniorGlobalSettings.model_config.get("env_file") or ".env"))
-    if not env_file.is_file():
-        return
-    from dotenv import dotenv_values
-
-    for name in dotenv_values(env_file):
-        upper = name.upper()
-        if upper.startswith(ENV_PREFIX + "DB_") and upper not in known:
-            log.warning("unknown setting %s (in %s) is ignored%s", upper, env_file, _suggest(upper, known))
-
-
-def _suggest(name: str, known: set[str]) -> str:
-    """``: did you mean X?`` for a near miss, else the list of names (for the warnings above)."""
-    prefix = ENV_PREFIX + "DB_"
-    # Compared without the shared prefix: with it every name looks like every other.
-    tails = {known_name.removeprefix(prefix): known_name for known_name in known}
-    close = difflib.get_close_matches(name.removeprefix(prefix), tails, n=1, cutoff=0.6)
-    if close:
-        return f": did you mean {tails[close[0]]}?"
-    return f" (known: {', '.join(sorted(known))}; see the README)"
 
 
 def _check_directory(path: Path | None, setting: str) -> None:

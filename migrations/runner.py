@@ -281,7 +281,7 @@ def holds_database(settings: CodxJuniorGlobalSettings) -> bool:
         return True
     path = settings.db_file_path if settings.kind == "file" else _config_file_path(settings)
     if path is not None:
-        from db.storage import file_storage_exists
+        from db.file_storage import file_storage_exists
 
         # Refuses (NotADatabaseFile) a FIFO, a directory or a file that is not a FileStorage,
         # without opening it: reading a FIFO would wait for a writer forever.
