@@ -26,6 +26,7 @@ from transaction.interfaces import TransientError
 from ZODB.Connection import Connection
 
 from db import forks
+from db.actors import check_actor
 from db.contention import conflict_where, pool_exhausted, write_contention
 from db.errors import StorageInUse
 from db.group_commit import GroupCommitStats, queue_for
@@ -244,6 +245,7 @@ class Database:
     @contextlib.contextmanager
     def transaction(self, note: str | None = None, user: str | None = None) -> Iterator[UnitOfWork]:
         """A unit of work: commit at the end, abort on error; nested calls join the open one."""
+        check_actor(user, "user")
         current = self.current()
         if current is not None:
             if note:
@@ -266,6 +268,7 @@ class Database:
         ``db_conflict_deadline`` has not passed: a count alone runs out in a burst of writers
         on a fast machine, a time alone gives nothing on a slow one. Then ``WriteContention``.
         """
+        check_actor(user, "user")
         current = self.current()
         if current is not None:
             if note:
@@ -305,6 +308,7 @@ class Database:
         ``user`` is the transaction's user when every write of the batch has the same one.
         ``db_group_commit=false`` makes it ``run``.
         """
+        check_actor(user, "user")
         if self.current() is not None or not self.settings.db_group_commit:
             return self.run(fn, note=note, user=user)
         return queue_for(self).submit(self, fn, note, user)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from db.actors import check_actor
 from db.database import Database
 from db.users import login
 from db.users import sync as user_sync
@@ -53,7 +54,7 @@ class UserDB:
         tokens are issued and checked at (tests move it past an expiry).
         """
         self.database: Database = _global_database() if database is None else database
-        self.actor = actor
+        self.actor = actor = check_actor(actor)
         self.clock = clock
         self._credentials = CredentialService(self.database, clock, actor=actor)
         self._users = UserService(self.database, self._credentials, actor)

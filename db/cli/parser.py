@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from db.actors import check_actor
 from db.cli import commands as cmd
 from db.display import shorten
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
-    parser.add_argument("--actor", help="who makes the changes, recorded in history (default: your login)")
+    parser.add_argument("--actor", type=_actor, help="who makes the changes, recorded in history (default: your login)")
     # The same options after a sub-command; SUPPRESS keeps a sub-parser's default from
     # overwriting a value given before the sub-command ("codx-db --json user list").
     common = argparse.ArgumentParser(add_help=False)
@@ -138,6 +139,13 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             flag, dest="projects", action="append", type=_project(children), metavar="ID=PERMISSIONS", help=text
         )
+
+
+def _actor(text: str) -> str | None:
+    try:
+        return check_actor(text, "the name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _days(text: str) -> float:
