@@ -385,6 +385,32 @@ def test_a_revision_in_a_shared_batch_describes_its_own_user_only(history_db: Da
     assert "rehash" in rehash.description and "secret-merger" not in rehash.description, rehash.description
 
 
+def test_a_batch_too_big_for_filestorages_metadata_commits_each_write_alone(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """200 writers, each its own actor of 100 characters (4 bytes each in UTF-8), in one batch
+    (db_group_commit_max raised): the actors alone pass FileStorage's 64 KiB of extension. The batch is refused at its
+    commit, split, and every write commits alone, each revision naming its own actor."""
+    settings = make_settings("file", request, tmp_path, db_keep_history=True, db_group_commit_max=300)
+    database = Database(settings)
+    try:
+        writers = {f"w{i:03d}": UserDB(database, actor=f"{i:03d}" + "\U0001d544" * 97) for i in range(200)}
+        calls = Calls()
+        with busy_leader(database):
+            for name, users in writers.items():
+                calls.start(name, lambda name=name, users=users: users.create(username=name))  # type: ignore[misc]
+            wait_queued(database, len(writers))
+        outcomes = calls.join()
+        assert all(outcome.username == name for name, outcome in outcomes.items()), outcomes
+        assert stats(database).split == len(writers)
+        reader = UserDB(database)
+        for name, users in writers.items():
+            assert reader.history(name)[0].by == users.actor
+        assert check(database).ok
+    finally:
+        database.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_gets_a_fresh_queue(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     database = Database(make_settings("memory", request, tmp_path))

@@ -220,3 +220,19 @@ def test_many_changes_in_one_transaction_fit_its_metadata(history_db: Database) 
     assert users.get("bulk1499").full_name.endswith("1499 with a long enough name")
     first, last = users.history("bulk0000")[0], users.history("bulk1499")[0]
     assert "bulk0000" in first.description and first.tid == last.tid
+
+
+def test_many_changes_to_users_with_long_non_ascii_names_fit_its_metadata(history_db: Database) -> None:
+    """The per-user notes are bounded in bytes: 150 updates of users with 244-character CJK names in
+    one unit of work made FileStorage refuse it ("too much extension data": 3 bytes a character)."""
+    users = UserDB(history_db, actor="管理者")
+    digits = str.maketrans("0123456789", "〇一二三四五六七八九")
+    names = ["名" * 240 + f"{i:04d}".translate(digits) for i in range(150)]
+    users.import_users([{"username": name} for name in names])
+    with history_db.transaction(note="rename everyone"):
+        for name in names:
+            users.update(name, full_name="Renamed")
+    assert users.get(names[-1]).full_name == "Renamed"
+    first, last = users.history(names[0])[0], users.history(names[-1])[0]
+    assert first.tid == last.tid and first.by == "管理者"
+    assert first.description.startswith("codx-db: update user 名"), first.description

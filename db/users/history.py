@@ -117,19 +117,29 @@ def record_actor(txn: Any, user_id: str, actor: str) -> None:
         actors[user_id] = f"{known}, {actor}"
 
 
-# FileStorage refuses a transaction whose extension passes 64 KiB: per-user notes stop here (a
-# group commit batch holds 64 writes by default); past it, history shows the whole description.
+# FileStorage refuses a transaction whose extension passes 64 KiB, counted in UTF-8 bytes (a CJK
+# character takes 3): per-user notes stop at MAX_NOTED_USERS users (a group commit batch holds 64
+# writes by default; past them history shows the whole description), each at MAX_NOTE_BYTES: at
+# most ~28 KiB. Actors take one entry per write of a batch of several actors, each at most 400
+# bytes (db/actors.py): ~26 KiB for 64. A batch whose extension is refused anyway (a
+# db_group_commit_max in the hundreds) is split, and each write commits alone.
 MAX_NOTED_USERS = 100
-MAX_NOTE_CHARS = 300
+MAX_NOTE_BYTES = 240
+
+
+def _fitted(text: str) -> str:
+    """``text`` cut to at most MAX_NOTE_BYTES of UTF-8, on a character boundary."""
+    data = text.encode("utf-8")
+    return text if len(data) <= MAX_NOTE_BYTES else data[:MAX_NOTE_BYTES].decode("utf-8", "ignore")
 
 
 def record_note(txn: Any, user_id: str, note: str) -> None:
     """Record in ``txn``'s extension that ``note`` is about the user ``user_id`` (``description_of``)."""
     notes: dict[str, str] = txn.extension.setdefault(NOTES_KEY, {})
     if user_id in notes:
-        notes[user_id] = f"{notes[user_id]}\n{note}"[:MAX_NOTE_CHARS]
+        notes[user_id] = _fitted(f"{notes[user_id]}\n{note}")
     elif len(notes) < MAX_NOTED_USERS:
-        notes[user_id] = note[:MAX_NOTE_CHARS]
+        notes[user_id] = _fitted(note)
 
 
 def note_user(uow: Any, user_id: str, note: str) -> None:
