@@ -43,8 +43,7 @@ from db.errors import (
     WriteContention,
     shown,
 )
-from db.ops.import_codx_junior import import_codx_junior
-from db.user_db import UserDB
+from db.ops.import_codx_junior import import_at_first_start
 from db.users.schemas import CodxUser
 
 __all__ = [
@@ -101,7 +100,8 @@ def lifespan(
     ``import_from``: codx-junior's ``global_settings.json``. When the file exists and the database
     has no users yet, its users are imported once at start-up (``--skip-invalid``: refused
     entries are logged by position and reason), so switching a running
-    codx-junior to codx-db needs no separate step. Later starts find users and import nothing.
+    codx-junior to codx-db needs no separate step. The import is recorded in the database: later
+    starts import nothing, even once every user was deleted (a revoked key stays revoked).
     """
 
     @asynccontextmanager
@@ -126,10 +126,12 @@ def lifespan(
 
 
 def _first_start_import(database: Database, path: Path, actor: str | None) -> None:
-    """Import codx-junior's users into an empty database (the one-time switch), or do nothing."""
-    if not path.is_file() or UserDB(database).count():
+    """Import codx-junior's users into a database that never had them (the one-time switch), or do nothing."""
+    if not path.is_file() or database.settings.db_read_only:
         return
-    report = import_codx_junior(database, path, skip_invalid=True, actor=actor)
+    report = import_at_first_start(database, path, actor)
+    if report is None:
+        return  # switched before: a record of it, or users
     log.info("imported %d codx-junior users from %s", len(report.created), path)
     for refusal in report.refused:
         log.warning("codx-junior import: %s not imported: %s", refusal.where, "; ".join(refusal.reasons))

@@ -346,6 +346,42 @@ async def test_lifespan_imports_codx_junior_users_once_into_an_empty_database(tm
 
 
 @pytest.mark.anyio
+async def test_a_start_up_import_never_runs_twice_even_once_every_user_is_gone(tmp_path: Path) -> None:
+    """Before, the only guard was "no users yet": an app whose users were all deleted imported the
+    old file again at its next start, bringing back a revoked API key and the old passwords."""
+    settings_file = tmp_path / "global_settings.json"
+    key = "OldLeakedKey-0123456789abcdef"
+    settings_file.write_text(json.dumps({"users": [{"username": "admin", "role": "admin", "api_key": key}]}))
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs"))
+    async with lifespan(database, import_from=settings_file)(FastAPI()) as state:
+        users = state[STATE_KEY]
+        assert (await users.get_by_api_key(key)) is not None
+        assert await users.revoke_api_key(key)
+        await users.delete("admin")
+    async with lifespan(database, import_from=settings_file)(FastAPI()) as state:
+        users = state[STATE_KEY]
+        assert await users.count() == 0
+        assert await users.get_by_api_key(key) is None
+    database.close()
+
+
+@pytest.mark.anyio
+async def test_a_database_switched_before_the_import_was_recorded_is_not_imported_into(tmp_path: Path) -> None:
+    """A database with users and no record of an import (made before codx-db recorded it) counts
+    as switched: its first start with ``import_from`` records that, and imports nothing later."""
+    settings_file = tmp_path / "global_settings.json"
+    settings_file.write_text(json.dumps({"users": [{"username": "ghost"}]}))
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs"))
+    UserDB(database).create(username="only")
+    async with lifespan(database, import_from=settings_file)(FastAPI()) as state:
+        assert await state[STATE_KEY].find("ghost") is None
+        await state[STATE_KEY].delete("only")
+    async with lifespan(database, import_from=settings_file)(FastAPI()) as state:
+        assert await state[STATE_KEY].count() == 0
+    database.close()
+
+
+@pytest.mark.anyio
 async def test_lifespan_fails_at_boot_on_a_database_newer_than_the_code(tmp_path: Path) -> None:
     database = Database(CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs"))
     with database.transaction() as uow:

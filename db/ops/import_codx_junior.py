@@ -56,12 +56,17 @@ from db.users.models import User, UserContainer, email_key
 from db.users.schemas import projects_to_tuple, upgrade_project_tuple
 from db.users.sync import API_KEY_NAME, drop_replaced_keys  # the name an imported key is listed under
 
+# Where an import that wrote is recorded: {"source": file name or None, "at": ISO time, "created": n}.
+IMPORTED_KEY = "codx_db.codx_junior_import"
+
 __all__ = [
+    "IMPORTED_KEY",
     "Conflict",
     "ImportEntry",
     "ImportReport",
     "Refusal",
     "SettingsFile",
+    "import_at_first_start",
     "import_codx_junior",
     "read_codx_junior_settings",
     "read_settings_file",
@@ -162,15 +167,38 @@ def import_codx_junior(
 
     With ``skip_invalid`` the valid users are imported and every refused entry is in the
     report's ``refused``, with its reasons and fix; without it a refused entry is a
-    CodxJuniorFileError naming every problem, and nothing is written.
+    CodxJuniorFileError naming every problem, and nothing is written. An import that writes
+    records it in the database (``IMPORTED_KEY``).
     """
+    report = _import(database, path, dry_run, skip_invalid, actor, first_start=False)
+    assert report is not None  # only a first-start import answers None
+    return report
+
+
+def import_at_first_start(database: Database, path: Path, actor: str | None) -> ImportReport | None:
+    """An app's start-up import (``--skip-invalid``): only into a database that never had one.
+
+    None, and nothing imported, when the database holds a record of an import (``IMPORTED_KEY``)
+    or any user: users deleted and keys revoked in codx-db never come back from the old file. A
+    database found with users and no record (switched before codx-db kept one) gets the record.
+    """
+    return _import(database, path, False, True, actor, first_start=True)
+
+
+def _import(
+    database: Database, path: Path, dry_run: bool, skip_invalid: bool, actor: str | None, *, first_start: bool
+) -> ImportReport | None:
     parsed = read_settings_file(path)
     if parsed.refused and not skip_invalid:
         raise CodxJuniorFileError(f"{path}: " + "; ".join(capped(parsed.problems(), MAX_LISTED_PROBLEMS)))
     entries, warnings = parsed.entries, parsed.warnings
 
-    def run(uow: UnitOfWork) -> ImportReport:
+    def run(uow: UnitOfWork) -> ImportReport | None:
         users = repository.container(uow)
+        if first_start and (IMPORTED_KEY in uow.root or len(users)):
+            if IMPORTED_KEY not in uow.root:
+                uow.root[IMPORTED_KEY] = {"source": None, "at": datetime.now(UTC).isoformat(), "created": 0}
+            return None
         report = _plan(users, uow.root.get(credentials.CREDENTIALS_KEY), entries, str(path), dry_run)
         report.warnings = list(warnings)
         report.refused = list(parsed.refused)
@@ -192,6 +220,7 @@ def import_codx_junior(
         uow.note(
             f"codx-db: import-codx-junior {path.name}: {len(report.created)} created, {len(report.updated)} updated"
         )
+        uow.root[IMPORTED_KEY] = {"source": path.name, "at": now.isoformat(), "created": len(report.created)}
         report.written = True
         return report
 
