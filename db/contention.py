@@ -10,7 +10,7 @@ from transaction.interfaces import TransientError
 from ZODB.utils import oid_repr
 
 from db.display import shorten
-from db.errors import DatabaseTimeout, WriteContention
+from db.errors import CommitOutcomeUnknown, DatabaseTimeout, DatabaseUnavailable, WriteContention
 from db.settings import CodxJuniorGlobalSettings, env_name
 
 
@@ -22,6 +22,15 @@ def pool_exhausted(settings: CodxJuniorGlobalSettings) -> DatabaseTimeout:
         f"bounds the units of work open at once in this process, {env_name('db_pool_timeout')} how long one "
         "waits for a connection. Raise the pool size to the number of threads using the database "
         "(AnyIO/Starlette: 40), or keep slow work out of `with db.transaction():`"
+    )
+
+
+def commit_outcome_unknown(exc: DatabaseUnavailable) -> CommitOutcomeUnknown:
+    """The connection was lost during ``commit()``: PostgreSQL may have committed before the answer was lost."""
+    if isinstance(exc, CommitOutcomeUnknown):
+        return exc
+    return CommitOutcomeUnknown(
+        f"{exc} (during the commit): the change may or may not have been saved; read it back before trying again"
     )
 
 

@@ -27,8 +27,8 @@ from ZODB.Connection import Connection
 
 from db import forks
 from db.actors import check_actor
-from db.contention import conflict_where, pool_exhausted, write_contention
-from db.errors import StorageInUse
+from db.contention import commit_outcome_unknown, conflict_where, pool_exhausted, write_contention
+from db.errors import DatabaseUnavailable, StorageInUse
 from db.group_commit import GroupCommitStats, queue_for
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import StorageErrors, no_storage_errors, storage_spec
@@ -366,8 +366,11 @@ class Database:
                 uow.closed = True
                 self._current.set(None)
             uow.finish_notes()
-            with errors(started):
-                manager.commit()
+            try:
+                with errors(started):
+                    manager.commit()
+            except DatabaseUnavailable as exc:
+                raise commit_outcome_unknown(exc) from exc
         finally:
             if _in_transaction(manager):
                 _abort_quietly(manager)

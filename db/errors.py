@@ -84,6 +84,14 @@ class DatabaseUnavailable(CodxDBError):
     """
 
 
+class CommitOutcomeUnknown(DatabaseUnavailable):
+    """The connection was lost while the change was being committed: it may or may not be saved.
+
+    PostgreSQL may have committed before the answer was lost. Read the change back before trying
+    again; codx-db never runs such a write again by itself (a group-commit batch is not split).
+    """
+
+
 class DatabaseTimeout(CodxDBError):
     """A wait ran out: a server-side limit, the commit lock, or a connection from the pool.
 

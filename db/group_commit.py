@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from transaction.interfaces import TransientError
 
 from db import forks
-from db.errors import CodxDBError
+from db.errors import CodxDBError, CommitOutcomeUnknown
 
 if TYPE_CHECKING:
     from db.database import Database, UnitOfWork
@@ -211,9 +211,9 @@ class GroupCommit:
                     if request.note:
                         uow.note(request.note)
                     outcomes.append((True, request.fn(uow)))
-                except TransientError:
-                    raise  # a conflict: run retries the whole batch
-                except Exception as exc:  # this request's own answer (or, without savepoints, the signal)
+                except (TransientError, KeyboardInterrupt, SystemExit):
+                    raise  # a conflict: run retries the whole batch; an interrupt of this thread
+                except BaseException as exc:  # this request's own answer (or, without savepoints, the signal)
                     if savepoint is None:
                         raise _NeedSavepoints from exc
                     savepoint.rollback()
@@ -228,7 +228,14 @@ class GroupCommit:
                 outcomes = database.run(body, user=common)
             except _NeedSavepoints:
                 careful[0] = True
+            if careful[0]:  # outside the except: the requests' errors must not chain to the signal
                 outcomes = database.run(body, user=common)
+        except CommitOutcomeUnknown as exc:
+            # The server may have committed the batch: running its writes again could do them
+            # twice. Every request gets the error, each its own instance (no shared traceback).
+            for request in batch:
+                request.answer(False, CommitOutcomeUnknown(str(exc)))
+            return
         except Exception as exc:  # noqa: BLE001 - split: each request gets its own answer alone
             log.debug("group commit of %d writes failed (%s): each runs alone", len(batch), type(exc).__name__)
             with self._lock:
