@@ -56,7 +56,9 @@ async def run_in_thread(fn: Callable[[], T], limiter: anyio.CapacityLimiter | No
         with anyio.CancelScope(shield=True):
             try:
                 result = await anyio.to_thread.run_sync(fn, limiter=limiter)
-            except Exception as exc:  # noqa: BLE001 - re-raised below as is (a task group would wrap it)
+            except anyio.get_cancelled_exc_class():
+                raise  # not the thread's: the task group's own (the scope is shielded)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below as is (a task group would wrap it)
                 outcome.append((False, exc))
             else:
                 outcome.append((True, result))

@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
+from db.async_user_db import run_in_thread
 from db.database import Database, UnitOfWork
 from db.errors import (
     DatabaseUnavailable,
@@ -610,3 +611,26 @@ def test_iter_users_refuses_a_bad_batch_as_the_sync_twin_does(memory_db: Databas
     with pytest.raises(InvalidUserData) as async_error:
         asyncio.run(collect())
     assert str(async_error.value) == str(sync_error.value)
+
+
+@pytest.mark.anyio
+async def test_a_base_exception_from_the_thread_comes_through_as_itself(tmp_path: Path) -> None:
+    """Before, a BaseException other than Exception came out wrapped in a BaseExceptionGroup, so an
+    ``except SystemExit`` (or the caller's own BaseException class) did not match it."""
+
+    class Boom(BaseException):
+        pass
+
+    def boom(uow: UnitOfWork) -> None:
+        raise Boom("from the unit of work")
+
+    database = Database(CodxJuniorGlobalSettings.load(db_backend="memory"))
+    with pytest.raises(Boom, match="from the unit of work"):
+        await AsyncUserDB(database).run(boom)
+
+    def leave() -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit):
+        await run_in_thread(leave)
+    database.close()
