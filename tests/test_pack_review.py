@@ -56,3 +56,33 @@ def test_pack_on_a_full_disk_logs_no_zodb_traceback(small_disk: Path, caplog: py
     # Only during codx-db's pack: ZODB's log is untouched afterwards.
     logging.getLogger("ZODB.DB").error("packing")
     assert [r.getMessage() for r in caplog.records if r.name == "ZODB.DB"] == ["packing"]
+
+
+# -- PostgreSQL: RelStorage's garbage collection races concurrent commits (zodb/relstorage#325) ----
+# A review packed a history-free database while two processes created users: 15 acknowledged users
+# stayed in the indexes with their objects deleted (POSKeyError on every read). pack now runs only
+# with no other session connected, under the startup lock (an application starting waits).
+
+
+@pytest.mark.postgres
+def test_a_postgresql_pack_is_refused_while_an_application_is_connected(pg_dsn: str) -> None:
+    from db.errors import TransferError
+    from db.settings import CodxJuniorGlobalSettings
+
+    settings = CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn)
+    app = Database(settings)
+    users = UserDB(app)
+    users.create(username="kept")
+    users.create(username="gone")
+    users.delete("gone")
+    try:
+        with pytest.raises(TransferError, match=r"in use: .*other session.*nothing was packed"):
+            pack(settings)
+        with pytest.raises(TransferError, match="codx-db pack"):
+            pack(app)  # in the application itself: its own sessions are writers too
+    finally:
+        app.close()
+    report = pack(settings)  # nobody connected: it runs
+    assert report.records_after is not None and report.records_before is not None
+    assert report.records_after < report.records_before
+    assert UserDB(Database(settings)).get("kept").username == "kept"

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ZODB
+from ZODB.interfaces import IStorage
 
 from db.database import Database
 from db.errors import TransferError
@@ -17,7 +18,7 @@ from db.ops.endpoints import has_data, settings_source
 from db.ops.files import file_has_data
 from db.ops.reports import PackReport
 from db.settings import CodxJuniorGlobalSettings
-from db.storage import file_storage_exists, storage_spec
+from db.storage import file_storage_exists, startup_lock, storage_spec
 
 Sizes = tuple[int | None, int | None]  # (bytes, object records); None when unknown
 
@@ -39,11 +40,15 @@ def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackRe
     path = settings.db_file_path if settings.kind == "file" else None
     mode = path.stat().st_mode & 0o777 if path is not None and path.exists() else None
     if isinstance(source, Database):
+        if storage_spec(settings).dsn is not None:  # PostgreSQL, also through a config file
+            raise TransferError(
+                f"{settings.location}: on PostgreSQL a pack runs with no application connected "
+                f"({_PACK_RACE}): stop the applications and run `codx-db pack`; nothing was packed"
+            )
         with _without_zodb_pack_log():
             source.open().pack(days=days)
     else:
-        src = settings_source(settings, read_only=False)
-        with src.storage() as storage:
+        with _storage_alone(settings) as storage:
             if not has_data(storage):
                 raise TransferError(f"{settings.location} holds no database: nothing to pack")
             zodb = ZODB.DB(storage, database_name="codx-db pack")
@@ -73,6 +78,33 @@ def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackRe
         records_after=after[1],
         notes=notes,
     )
+
+
+_PACK_RACE = "RelStorage's garbage collection races concurrent commits: zodb/relstorage#325"
+
+
+@contextlib.contextmanager
+def _storage_alone(settings: CodxJuniorGlobalSettings) -> Iterator[IStorage]:
+    """The storage to pack; on PostgreSQL with no other session connected, and none opening until the end.
+
+    A review packed a history-free database while two processes created users: 15 acknowledged
+    users kept their index entries and lost their objects. Holding the startup lock makes an
+    application starting meanwhile wait at its open. A file is locked by FileStorage itself.
+    """
+    spec = storage_spec(settings)
+    if spec.dsn is None:  # a file, memory, or a config file's <filestorage>
+        with settings_source(settings, read_only=False).storage() as storage:
+            yield storage
+        return
+    from db.pg.replace import refuse_sessions_in_use
+
+    with startup_lock(spec.dsn):
+        refuse_sessions_in_use(spec.dsn, settings.location, pack=True)
+        storage = spec.open()
+        try:
+            yield storage
+        finally:
+            storage.close()
 
 
 class _DropPackLog(logging.Filter):

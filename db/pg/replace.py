@@ -177,7 +177,20 @@ def _listed_sessions(cur: Any) -> list[tuple[str | None, str | None]]:
     return [(row[0] or None, row[1]) for row in cur.fetchall()]
 
 
-def _in_use_message(location: str, sessions: list[tuple[str | None, str | None]], outcome: str) -> str:
+# Why a connected application must stop first, by operation.
+_REPLACED = (
+    "An application connected while its database is replaced keeps serving its cached data and loses the "
+    "writes it makes afterwards"
+)
+_PACKED = (
+    "RelStorage's garbage collection races concurrent commits and can delete the objects they write "
+    "(zodb/relstorage#325)"
+)
+
+
+def _in_use_message(
+    location: str, sessions: list[tuple[str | None, str | None]], outcome: str, why: str = _REPLACED
+) -> str:
     counts = Counter(
         f"{repr(name) if name else 'an unnamed session'} from {address or 'a local socket'}"
         for name, address in sessions
@@ -187,16 +200,20 @@ def _in_use_message(location: str, sessions: list[tuple[str | None, str | None]]
     count = len(sessions)
     return (
         f"{location} is in use: {count} other session{'s' if count != 1 else ''} connected to the database "
-        f"({', '.join(shown)}{more}). An application connected while its database is replaced keeps serving "
-        f"its cached data and loses the writes it makes afterwards: stop the applications first; {outcome}"
+        f"({', '.join(shown)}{more}). {why}: stop the applications first; {outcome}"
     )
 
 
-def refuse_sessions_in_use(dsn: str, location: str) -> None:
-    """TransferError when other sessions are connected to the target database (call under the startup lock)."""
+def refuse_sessions_in_use(dsn: str, location: str, *, pack: bool = False) -> None:
+    """TransferError when other sessions are connected to the database (call under the startup lock).
+
+    ``pack``: the message says why a pack needs them gone, and that nothing was packed.
+    """
     with _connection(dsn) as conn, conn.cursor() as cur:
         sessions = _other_sessions(cur)
     if sessions:
+        if pack:
+            raise TransferError(_in_use_message(location, sessions, "nothing was packed", _PACKED))
         raise TransferError(_in_use_message(location, sessions, "nothing was written"))
 
 
