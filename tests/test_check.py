@@ -340,3 +340,34 @@ def test_check_reads_email_keys_the_way_the_models_do(memory_db: Database) -> No
     stored = users.get("full").email
     assert stored is not None
     assert memory_db.run(lambda uow: email_key(stored) in uow.root[USERS_KEY].by_email)
+
+
+@pytest.mark.postgres
+def test_a_user_whose_object_is_gone_is_a_problem_not_a_crash(pg_dsn: str) -> None:
+    """The damage a pack racing writers left (POSKeyError on every read of the user): check crashed
+    with RelStorage's internals and the DSN in its message; it now names each such user, and
+    --repair, which cannot bring an object back, changes nothing."""
+    import psycopg2
+    from ZODB.utils import u64
+
+    settings = CodxJuniorGlobalSettings.load(db_backend="postgres", db_dsn=pg_dsn)
+    database = Database(settings)
+    users = UserDB(database)
+    for name in ("alice", "bob", "carol"):
+        users.create(username=name, email=f"{name}@example.com")
+    bob_id = users.get("bob").id
+    oid = database.run(lambda uow: u64(uow.root[USERS_KEY].users[bob_id]._p_oid))
+    database.close()
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM object_state WHERE zoid = %s", (oid,))
+
+    for args in (("check",), ("check", "--repair")):
+        result = run_cli_in_process(settings, *args)
+        assert result.returncode == 1, result
+        assert "object-missing" in result.stdout and repr(bob_id) in result.stdout, result.stdout
+        assert "Traceback" not in result.stderr and "dsn" not in (result.stdout + result.stderr).lower()
+    as_json = json.loads(run_cli_in_process(settings, "--json", "check").stdout)
+    codes = [p["code"] for p in as_json["problems"]]
+    # Then bob's index entries, which lead nowhere now.
+    assert codes[0] == "object-missing" and all(code.endswith("-dangling") for code in codes[1:]), codes
+    assert not as_json["problems"][0]["repairable"]

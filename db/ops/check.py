@@ -20,6 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from persistent import Persistent
+from ZODB.POSException import POSKeyError
+from ZODB.utils import oid_repr
+
 import migrations
 from db.database import Database, UnitOfWork
 from db.ops.check_claims import check_claims, claim_of, wanted_claims
@@ -232,6 +236,18 @@ def _valid_users(container: UserContainer, problems: list[Problem]) -> list[User
     valid: list[User] = []
     seen: dict[str, dict[str, User]] = {"username": {}, "email": {}}  # kind -> key -> first user
     for key, user in container.users.items():
+        try:
+            if isinstance(user, Persistent):
+                user._p_activate()  # its record: gone after a pack that raced writers (POSKeyError)
+        except POSKeyError:
+            problems.append(
+                Problem(
+                    code="object-missing",
+                    message=f"users[{key!r}]: its stored object {oid_repr(user._p_oid)} is missing from the "
+                    "storage, so the user cannot be read (a damaged database: restore a backup)",
+                )
+            )
+            continue
         if not isinstance(user, User):
             problems.append(
                 Problem(code="not-a-user", message=f"users[{key!r}] holds a {type(user).__name__}, not a User")
