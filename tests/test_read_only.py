@@ -182,3 +182,23 @@ def test_a_file_the_holder_created_reads_without_a_stale_index_warning(tmp_path:
     assert listed.stderr.splitlines() == [
         f"codx-db: note: {path} is in use by another process (pid {holder.pid}): reading it read-only, as it is now"
     ]
+
+
+def test_authenticate_on_a_read_only_database_skips_the_rehash(tmp_path: Path) -> None:
+    """A user imported with codx-junior's bcrypt hash is rehashed at its first login; on a read-only
+    database that write raised ReadOnlyDatabase, and only for the right password (a wrong one gave
+    None): a 503 that told the password was right."""
+    import bcrypt
+
+    settings = CodxJuniorGlobalSettings.load(db_backend="file", db_file_path=tmp_path / "users.fs")
+    database = Database(settings)
+    legacy = bcrypt.hashpw(b"old-codx-junior-pw", bcrypt.gensalt(rounds=4)).decode()
+    UserDB(database).import_users([{"username": "bob", "password_hash": legacy}])
+    database.close()
+    before = files(tmp_path)
+    reader = Database(settings.with_overrides(db_read_only=True))
+    users = UserDB(reader)
+    assert users.authenticate("bob", "old-codx-junior-pw") is not None
+    assert users.authenticate("bob", "wrong") is None
+    reader.close()
+    assert files(tmp_path) == before

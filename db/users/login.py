@@ -80,8 +80,8 @@ def verify(service: UserService, username_or_email: str, password: str, first_lo
     ok, needs_rehash = verify_password(stored_hash, password)
     if not ok or not found.is_active or stored_hash is None:
         return None
-    if not needs_rehash:
-        return Verified(found, stored_hash)
+    if not needs_rehash or service.database.open().storage.isReadOnly():
+        return Verified(found, stored_hash)  # read-only: the old hash still verifies; rehash later
     user_id = found.id
     new_hash = hash_password(password)
 
