@@ -27,6 +27,7 @@ from db.async_user_db import AsyncUserDB, run_in_thread
 from db.database import Database
 from db.errors import (
     CodxDBError,
+    CommitOutcomeUnknown,
     DatabaseTimeout,
     DatabaseUnavailable,
     GenerationError,
@@ -287,17 +288,35 @@ async def codx_db_exception_handler(request: Request, exc: Exception) -> JSONRes
     elif isinstance(exc, TransactionTooLarge):
         status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE  # split the request (batch_size)
     elif isinstance(exc, StorageFull):
-        status = HTTPStatus.INSUFFICIENT_STORAGE
         log.error("%s %s: %s", request.method, request.url.path, exc)  # an operator must act; no traceback
+        return JSONResponse({"detail": _STORAGE_FULL}, HTTPStatus.INSUFFICIENT_STORAGE)
     elif isinstance(exc, _UNAVAILABLE):
-        status = HTTPStatus.SERVICE_UNAVAILABLE
         if isinstance(exc, WriteContention):
             headers = {"Retry-After": RETRY_AFTER_SECONDS}
         log.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse({"detail": _unavailable(exc)}, HTTPStatus.SERVICE_UNAVAILABLE, headers=headers)
     else:
-        status = HTTPStatus.INTERNAL_SERVER_ERROR
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error"}, HTTPStatus.INTERNAL_SERVER_ERROR)
     return JSONResponse({"detail": str(exc)}, status, headers=headers)
+
+
+# A server-side failure tells the client what happened to its request, never the infrastructure
+# behind it (libpq names the server's address, port and database; files have paths): the whole
+# message is in the server's log.
+_STORAGE_FULL = "the database's storage is full: the change was not saved"
+
+
+def _unavailable(exc: Exception) -> str:
+    if isinstance(exc, CommitOutcomeUnknown):
+        return "the database connection was lost during the commit: the change may or may not have been saved"
+    if isinstance(exc, WriteContention):
+        return str(exc)  # attempts, seconds and the conflict's class: nothing of the infrastructure
+    if isinstance(exc, DatabaseTimeout):
+        return "the database did not answer in time: try again later"
+    if isinstance(exc, ReadOnlyDatabase):
+        return "the database is read-only: the change was not saved"
+    return "the database is unavailable: try again later"
 
 
 # "records[3].email: message", "projects.0.project_id: message", "email: message"
