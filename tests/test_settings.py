@@ -129,6 +129,21 @@ def test_a_message_quoting_a_dsn_secret_is_scrubbed() -> None:
     assert SECRET not in message and message.count("***") == 2
 
 
+@pytest.mark.parametrize("password", ["e", "review", "5"])
+def test_scrubbing_a_short_password_leaves_the_words_that_contain_it(password: str) -> None:
+    """Before, every occurrence was replaced: "conn***ction to s***rv***r" for the password "e", and
+    'database "***_b_nonexist"' gave the password "review" away by its gap."""
+    from db.pg.dsn import scrub
+
+    dsn = f"host=127.0.0.1 dbname=review_b_nonexist user=postgres password={password}"
+    message = (
+        'connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "review_b_nonexist" does not exist'
+    )
+    assert scrub(message, dsn) == message
+    quoted = f'missing "=" after "{password}" in connection info string'
+    assert scrub(quoted, dsn) == 'missing "=" after "***" in connection info string'
+
+
 @pytest.mark.parametrize(
     "dsn",
     [

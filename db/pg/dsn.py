@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from psycopg2.extensions import make_dsn, parse_dsn
 
 # libpq parameters that hold a secret: the password, and the passphrase of the client's TLS key.
@@ -67,7 +69,9 @@ def scrub(message: str, dsn: str | None) -> str:
     for name in SECRET_PARAMS:
         secret = params.get(name)
         if secret:
-            message = message.replace(secret, "***")
+            # Whole occurrences only: a password "e" must not turn "connection" into "conn***ction"
+            # (and the gaps in a database name would spell a short password out).
+            message = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", message)
     return message
 
 
