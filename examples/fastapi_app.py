@@ -39,11 +39,11 @@ add_exception_handler(app)
 
 @app.get("/users/{username}")
 async def read_user(username: str, caller: CurrentUser, users: Users) -> CodxUser:
-    """One call, one unit of work; an unknown user is a 404. A user reads themself, an admin anyone (else 403)."""
-    user = await users.get(username)
-    if user.id != caller.id and not caller.is_superuser:
+    """One call, one unit of work. A user reads themself, an admin anyone (an unknown user is a 404 for
+    admins only: to others every other name is the same 403, so they cannot tell who exists)."""
+    if username != caller.username and not caller.is_superuser:
         raise PermissionDenied("only an admin reads other users")
-    return user
+    return await users.get(username)
 
 
 class Invitation(BaseModel):

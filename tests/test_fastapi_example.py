@@ -70,6 +70,9 @@ async def test_reading_users_and_inviting_need_a_credential_and_the_right_role(a
     assert (await anonymous.post("/projects/secret/invite", json=invitation, headers=ann)).status_code == 403
     assert (await anonymous.get("/users/ann", headers=ann)).json()["username"] == "ann"  # themself
     assert (await anonymous.get("/users/ann", headers=admin)).status_code == 200
+    # A user cannot tell who exists: another user and no user answer the same 403 (was 403 / 404).
+    assert (await anonymous.get("/users/nobody", headers=ann)).status_code == 403
+    assert (await anonymous.get("/users/nobody", headers=admin)).status_code == 404
     too_many = {"usernames": [f"u{i}" for i in range(101)]}
     assert (await anonymous.post("/projects/p/invite", json=too_many, headers=admin)).status_code == 422
     assert users.find("mallory") is None and users.count() == 2
