@@ -164,7 +164,9 @@ class CodxJuniorGlobalSettings(BaseSettings):
         True,
         description="threads of this process share one commit per batch of UserDB writes (db/group_commit.py)",
     )
-    db_group_commit_max: int = Field(64, ge=1, le=10_000, description="most writes one group commit takes")
+    db_group_commit_max: int = Field(
+        64, ge=1, le=100, description="most writes one group commit takes (each keeps its own history note: 100)"
+    )
     db_fast_pickling: bool = Field(
         True,
         description="pickle stored objects with a C-speed persistent_id where ZODB's answers are known "

@@ -388,13 +388,15 @@ def test_a_revision_in_a_shared_batch_describes_its_own_user_only(history_db: Da
 def test_a_batch_too_big_for_filestorages_metadata_commits_each_write_alone(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """200 writers, each its own actor of 100 characters (4 bytes each in UTF-8), in one batch
-    (db_group_commit_max raised): the actors alone pass FileStorage's 64 KiB of extension. The batch is refused at its
-    commit, split, and every write commits alone, each revision naming its own actor."""
-    settings = make_settings("file", request, tmp_path, db_keep_history=True, db_group_commit_max=300)
+    """100 writers (the largest batch), each its own actor of 100 characters (4 bytes each in UTF-8)
+    creating a user with a long CJK name: the actors and the notes pass FileStorage's 64 KiB of
+    extension. The batch is refused at its commit, split, and every write commits alone, each
+    revision naming its own actor."""
+    settings = make_settings("file", request, tmp_path, db_keep_history=True, db_group_commit_max=100)
     database = Database(settings)
     try:
-        writers = {f"w{i:03d}": UserDB(database, actor=f"{i:03d}" + "\U0001d544" * 97) for i in range(200)}
+        names = ["名" * 70 + f"{i:03d}" for i in range(100)]
+        writers = {name: UserDB(database, actor=name[-3:] + "\U0001d544" * 97) for name in names}
         calls = Calls()
         with busy_leader(database):
             for name, users in writers.items():

@@ -369,3 +369,13 @@ def test_a_bad_codx_junior_settings_path_gives_one_error(monkeypatch: pytest.Mon
         "invalid settings: CODX_JUNIOR_GLOBAL_SETTINGS_PATH (global_settings_path): "
         "a path must not contain a NUL character"
     )
+
+
+def test_a_group_commit_batch_is_at_most_100_writes() -> None:
+    """Each write of a batch keeps its own history note for 100 users (db/users/history.py); a
+    larger batch showed the users past the 100th the whole batch's description (found by a review)."""
+    from db.errors import ConfigurationError
+
+    assert CodxJuniorGlobalSettings.load(db_group_commit_max=100).db_group_commit_max == 100
+    with pytest.raises(ConfigurationError, match="db_group_commit_max"):
+        CodxJuniorGlobalSettings.load(db_group_commit_max=101)

@@ -118,11 +118,11 @@ def record_actor(txn: Any, user_id: str, actor: str) -> None:
 
 
 # FileStorage refuses a transaction whose extension passes 64 KiB, counted in UTF-8 bytes (a CJK
-# character takes 3): per-user notes stop at MAX_NOTED_USERS users (a group commit batch holds 64
-# writes by default; past them history shows the whole description), each at MAX_NOTE_BYTES: at
-# most ~28 KiB. Actors take one entry per write of a batch of several actors, each at most 400
-# bytes (db/actors.py): ~26 KiB for 64. A batch whose extension is refused anyway (a
-# db_group_commit_max in the hundreds) is split, and each write commits alone.
+# character takes 3): per-user notes stop at MAX_NOTED_USERS users (a group commit batch holds at
+# most db_group_commit_max, 100; past them, in a caller's big unit of work, history shows the
+# whole description), each at MAX_NOTE_BYTES: at most ~28 KiB. Actors take one entry per write of
+# a batch of several actors, each at most 400 bytes (db/actors.py): ~26 KiB for the default 64. A
+# batch whose extension is refused anyway is split, and each write commits alone.
 MAX_NOTED_USERS = 100
 MAX_NOTE_BYTES = 240
 
