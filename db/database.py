@@ -78,6 +78,7 @@ class UnitOfWork:
         self.thread = threading.get_ident()
         self.closed = False
         self._omitted_notes = 0
+        self.named_by: str | None = None  # the actor a UserDB write named the transaction after
 
     @property
     def transaction(self) -> transaction.Transaction:

@@ -236,3 +236,20 @@ def test_many_changes_to_users_with_long_non_ascii_names_fit_its_metadata(histor
     first, last = users.history(names[0])[0], users.history(names[-1])[0]
     assert first.tid == last.tid and first.by == "管理者"
     assert first.description.startswith("codx-db: update user 名"), first.description
+
+
+def test_two_actors_in_one_unit_of_work_are_each_named(history_db: Database) -> None:
+    """Before, the first UserDB's actor became the transaction's user and the second's change was
+    recorded as the first's: dave's history said alice. A caller's own user still wins."""
+    alice, bob = UserDB(history_db, actor="alice"), UserDB(history_db, actor="bob")
+    for name in ("carol", "dave", "erin"):
+        alice.create(username=name)
+    with history_db.transaction(note="two admins"):
+        alice.update("carol", full_name="by alice")
+        bob.update("dave", full_name="by bob")
+        bob.grant_project("dave", "p1", "tasks")
+    assert alice.history("carol")[0].by == "alice"
+    assert [r.by for r in alice.history("dave")[:1]] == ["bob"]
+    with history_db.transaction(user="ops"):
+        bob.update("erin", full_name="by ops")
+    assert alice.history("erin")[0].by == "ops"

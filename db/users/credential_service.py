@@ -35,7 +35,7 @@ from db.database import Database, UnitOfWork
 from db.errors import InvalidUserData, UserNotFound, shown
 from db.users import credentials
 from db.users.credentials import CREDENTIALS_KEY, MAX_TTL, MIN_TTL, ApiKeyInfo, CredentialStore
-from db.users.history import note_user, record_actor
+from db.users.history import name_transaction, needs_actor, note_user, record_actor
 from db.users.keys import require_str
 from db.users.models import USERS_KEY, User, UserContainer, utcnow
 from db.users.passwords import check_password, hash_password
@@ -286,8 +286,7 @@ class CredentialService:
         if bulk or self.database.current() is not None:
 
             def write(uow: UnitOfWork) -> T:
-                if self.actor and not uow.transaction.user:
-                    uow.transaction.user = self.actor
+                name_transaction(uow, self.actor)
                 return fn(uow)
 
             return self.database.run(write)
@@ -299,7 +298,7 @@ class CredentialService:
         Only when the transaction's user does not already say it: a group commit of several
         actors' writes has none (db/users/history.py reads the map, then the user).
         """
-        if self.actor and not uow.transaction.user:
+        if self.actor and needs_actor(uow, self.actor):
             record_actor(uow.transaction, user_id, self.actor)
 
 

@@ -104,6 +104,25 @@ def revisions(connection: Any, user: User, limit: int) -> list[UserRevision]:
     return result
 
 
+def name_transaction(uow: Any, actor: str | None) -> None:
+    """Make ``actor`` the transaction's user when nobody is named yet (not the caller, no earlier write)."""
+    if actor and not uow.transaction.user:
+        uow.transaction.user = actor
+        uow.named_by = actor
+
+
+def needs_actor(uow: Any, actor: str | None) -> bool:
+    """True when ``actor``'s change must be recorded per user: the transaction's user does not say it.
+
+    None named it (a group commit of several actors), or an earlier write named it after another
+    actor (two UserDBs in one caller's unit of work). A user the caller gave wins.
+    """
+    if not actor:
+        return False
+    user = uow.transaction.user
+    return not user or (getattr(uow, "named_by", None) is not None and user != actor)
+
+
 def record_actor(txn: Any, user_id: str, actor: str) -> None:
     """Record in ``txn``'s extension that ``actor`` changed the user ``user_id``.
 

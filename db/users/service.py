@@ -21,6 +21,8 @@ from db.users import listing, login, repository
 from db.users.history import (
     TRACKED_FIELDS,
     UserRevision,
+    name_transaction,
+    needs_actor,
     note_user,
     record_actor,
     record_note,
@@ -314,9 +316,13 @@ class UserService:
         if bulk or self.database.current() is not None:
 
             def write(uow: UnitOfWork) -> T:
-                if self.actor and not uow.transaction.user:
-                    uow.transaction.user = self.actor
-                return fn(uow) if not bulk else _all_or_nothing(uow, fn)
+                name_transaction(uow, self.actor)
+                if bulk:
+                    return _all_or_nothing(uow, fn)
+                result = fn(uow)
+                if isinstance(result, CodxUser):
+                    self.record_actor(uow, result.id)  # a second actor in a caller's unit of work
+                return result
 
             return self.database.run(write, note=wrapped_note)
 
@@ -336,7 +342,7 @@ class UserService:
         Needed only when the transaction's user does not already say it: a group commit of
         several actors' writes has none (db/users/history.py reads the map, then the user).
         """
-        if self.actor and not uow.transaction.user:
+        if self.actor and needs_actor(uow, self.actor):
             record_actor(uow.transaction, user_id, self.actor)
 
 
