@@ -30,39 +30,17 @@ from db.actors import check_actor
 from db.contention import commit_outcome_unknown, conflict_where, pool_exhausted, write_contention
 from db.errors import DatabaseUnavailable, StorageInUse
 from db.group_commit import GroupCommitStats, queue_for
+
+# Re-exported: migrations and db/__init__.py register their hooks through db.database.
+from db.open_hooks import OpenHook as OpenHook
+from db.open_hooks import open_hooks
+from db.open_hooks import register_open_hook as register_open_hook
 from db.settings import CodxJuniorGlobalSettings
 from db.storage import StorageErrors, no_storage_errors, storage_spec
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Something to do with a freshly opened ZODB.DB before anyone uses it (codx-db's generations
-# install or evolve the database). Runs under the startup lock; raising refuses the open.
-OpenHook = Callable[[ZODB.DB, CodxJuniorGlobalSettings], None]
-
-# name -> hook, in registration order. The core knows no hook by name: `import db` wires
-# codx-db's generations in (db/__init__.py), so the arrows point down, from migrations to here.
-_open_hooks: dict[str, OpenHook] = {}
-_open_hooks_lock = threading.Lock()
-
-
-def register_open_hook(name: str, hook: OpenHook) -> None:
-    """Run ``hook(zodb, settings)`` whenever a ``Database`` opens, after the hooks registered before it.
-
-    Idempotent by name: registering a name again replaces its hook and keeps its place (a
-    module imported twice, or reloaded, does not run twice). A hook registered after a
-    ``Database`` opened runs from that database's next open on.
-    """
-    with _open_hooks_lock:
-        _open_hooks[name] = hook
-
-
-def open_hooks() -> list[tuple[str, OpenHook]]:
-    """The registered hooks, in the order they run."""
-    with _open_hooks_lock:
-        return list(_open_hooks.items())
-
 
 # Characters of transaction description kept; FileStorage refuses more than 65535 bytes.
 NOTE_LIMIT = 8000

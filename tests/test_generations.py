@@ -18,6 +18,7 @@ import ZODB
 
 import migrations
 from db import database as database_module
+from db import open_hooks as open_hooks_module
 from db.database import Database, register_open_hook
 from db.errors import GenerationError, GenerationTooHigh, GenerationTooLow, StepFailed
 from db.models import USERS_KEY, User
@@ -82,7 +83,7 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registrations made by the test end with it (the registry is process-wide)."""
     monkeypatch.setattr(registry, "_managers", dict(registry._managers))
     monkeypatch.setattr(registry, "_opened", False)
-    monkeypatch.setattr(database_module, "_open_hooks", dict(database_module._open_hooks))
+    monkeypatch.setattr(open_hooks_module, "_open_hooks", dict(open_hooks_module._open_hooks))
 
 
 @pytest.fixture
