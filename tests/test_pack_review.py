@@ -86,3 +86,23 @@ def test_a_postgresql_pack_is_refused_while_an_application_is_connected(pg_dsn: 
     assert report.records_after is not None and report.records_before is not None
     assert report.records_after < report.records_before
     assert UserDB(Database(settings)).get("kept").username == "kept"
+
+
+def test_a_pack_with_nothing_to_pack_keeps_the_previous_old_file(tmp_path: Path) -> None:
+    """ZODB's FileStorage.pack deletes <file>.old before it finds there is nothing to pack: a second
+    pack in a row lost the copy from before the first (the README says it is kept)."""
+    settings = file_settings(tmp_path / "users.fs")
+    database = Database(settings)
+    users = UserDB(database)
+    for i in range(5):
+        users.create(username=f"u{i}")
+        users.update(f"u{i}", full_name="history to pack")
+    database.close()
+    original = settings.db_file_path.read_bytes()
+    first = pack(settings)
+    old = Path(f"{settings.db_file_path}.old")
+    assert old.read_bytes() == original and any(".old" in note for note in first.notes)
+    second = pack(settings)
+    assert old.exists() and old.read_bytes() == original, "the copy from before the first pack is gone"
+    assert any(".old" in note for note in second.notes)
+    assert not Path(f"{settings.db_file_path}.old.keep").exists()

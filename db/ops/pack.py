@@ -39,24 +39,8 @@ def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackRe
     notes: list[str] = []
     path = settings.db_file_path if settings.kind == "file" else None
     mode = path.stat().st_mode & 0o777 if path is not None and path.exists() else None
-    if isinstance(source, Database):
-        if storage_spec(settings).dsn is not None:  # PostgreSQL, also through a config file
-            raise TransferError(
-                f"{settings.location}: on PostgreSQL a pack runs with no application connected "
-                f"({_PACK_RACE}): stop the applications and run `codx-db pack`; nothing was packed"
-            )
-        with _without_zodb_pack_log():
-            source.open().pack(days=days)
-    else:
-        with _storage_alone(settings) as storage:
-            if not has_data(storage):
-                raise TransferError(f"{settings.location} holds no database: nothing to pack")
-            zodb = ZODB.DB(storage, database_name="codx-db pack")
-            try:
-                with _without_zodb_pack_log():
-                    zodb.pack(days=days)
-            finally:
-                zodb.close()
+    with _old_file_kept(path):
+        _pack(source, settings, days)
     if path is not None and mode is not None:
         # FileStorage writes the packed file anew with the umask's mode: keep it private.
         os.chmod(path, mode)
@@ -78,6 +62,52 @@ def pack(source: CodxJuniorGlobalSettings | Database, days: float = 0) -> PackRe
         records_after=after[1],
         notes=notes,
     )
+
+
+def _pack(source: CodxJuniorGlobalSettings | Database, settings: CodxJuniorGlobalSettings, days: float) -> None:
+    if isinstance(source, Database):
+        if storage_spec(settings).dsn is not None:  # PostgreSQL, also through a config file
+            raise TransferError(
+                f"{settings.location}: on PostgreSQL a pack runs with no application connected "
+                f"({_PACK_RACE}): stop the applications and run `codx-db pack`; nothing was packed"
+            )
+        with _without_zodb_pack_log():
+            source.open().pack(days=days)
+    else:
+        with _storage_alone(settings) as storage:
+            if not has_data(storage):
+                raise TransferError(f"{settings.location} holds no database: nothing to pack")
+            zodb = ZODB.DB(storage, database_name="codx-db pack")
+            try:
+                with _without_zodb_pack_log():
+                    zodb.pack(days=days)
+            finally:
+                zodb.close()
+
+
+@contextlib.contextmanager
+def _old_file_kept(path: Path | None) -> Iterator[None]:
+    """Keep ``<file>.old`` when the pack writes no new one.
+
+    ZODB's FileStorage.pack deletes the ``.old`` before it finds there is nothing to pack (a second
+    pack in a row): the copy from before the last pack was lost. A hard link (no copy) keeps it
+    until the pack is over; a link a killed pack left is dropped by the next one.
+    """
+    if path is None:
+        yield
+        return
+    old, keep = Path(f"{path}.old"), Path(f"{path}.old.keep")
+    keep.unlink(missing_ok=True)
+    if old.exists():
+        os.link(old, keep)
+    try:
+        yield
+    finally:
+        if keep.exists():
+            if old.exists():
+                keep.unlink()
+            else:
+                os.replace(keep, old)
 
 
 _PACK_RACE = "RelStorage's garbage collection races concurrent commits: zodb/relstorage#325"
