@@ -437,3 +437,13 @@ def test_migrate_to_a_generation_below_the_database_says_generations_only_go_up(
         assert f"generation {migrations.GENERATION}" in result.stderr and "only go up" in result.stderr
         assert "Traceback" not in result.stderr
     assert stored_generation(settings) == migrations.GENERATION
+
+
+def test_migrate_to_an_old_generation_where_there_is_no_database_creates_none(tmp_path: Path) -> None:
+    """Before, `migrate --apply --to 3` on an empty location installed the code's generation and said
+    "up to date" (found by a review); a new database is always installed at the code's generation."""
+    settings = CodxJuniorGlobalSettings.load(db_file_path=tmp_path / "users.fs")
+    result = run_cli(settings, "migrate", "--apply", "--to", "3")
+    assert result.returncode == 1, result.stdout
+    assert "no database" in result.stderr and f"generation {migrations.GENERATION}" in result.stderr
+    assert not settings.db_file_path.exists()

@@ -131,6 +131,11 @@ def cmd_migrate(session: Session, args: argparse.Namespace) -> MigrationReport:
 
     settings = session.database.settings
     check_target(args.to)  # before opening: opening an empty location would create a database
+    if args.to is not None and args.to < migrations.GENERATION and not holds_database(settings):
+        raise CommandError(
+            f"--to {args.to}: {settings.location} holds no database yet, and a new one is installed at this "
+            f"code's generation {migrations.GENERATION} (--to only moves an existing database); nothing was created"
+        )
     with open_for_migration(settings) as zodb:
         before = status(zodb, args.to)
         if args.to is not None and before.current is not None and args.to < before.current:
