@@ -128,8 +128,8 @@ def lifespan(
 
 def _first_start_import(database: Database, path: Path, actor: str | None) -> None:
     """Import codx-junior's users into a database that never had them (the one-time switch), or do nothing."""
-    if not path.is_file() or database.settings.db_read_only:
-        return
+    if not path.is_file() or database.settings.db_read_only or database.open().storage.isReadOnly():
+        return  # read-only (the setting, or a config's read-only storage): nothing can be imported
     report = import_at_first_start(database, path, actor)
     if report is None:
         return  # switched before: a record of it, or users

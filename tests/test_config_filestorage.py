@@ -156,3 +156,29 @@ def test_a_config_naming_a_link_locks_the_file_the_link_names(tmp_path: Path) ->
         assert UserDB(database).find("carol") is not None
     finally:
         database.close()
+
+
+def test_a_start_up_import_on_a_read_only_config_filestorage_starts(tmp_path: Path) -> None:
+    """A database with users and no import record gets the record at its first start with
+    import_from; on a read-only <filestorage> that write refused the start (a review)."""
+    import asyncio
+    import json
+
+    from fastapi import FastAPI
+
+    from db.fastapi import STATE_KEY, lifespan
+
+    path = tmp_path / "users.fs"
+    database = Database(CodxJuniorGlobalSettings.load(db_file_path=path))
+    UserDB(database).create(username="old")
+    database.close()
+    source = tmp_path / "global_settings.json"
+    source.write_text(json.dumps({"users": [{"username": "new"}]}))
+    reader = Database(config_settings(tmp_path, path, "  read-only true\n"))
+
+    async def start() -> int:
+        async with lifespan(reader, import_from=source)(FastAPI()) as state:
+            return await state[STATE_KEY].count()
+
+    assert asyncio.run(start()) == 1
+    reader.close()

@@ -196,7 +196,7 @@ def _import(
     def run(uow: UnitOfWork) -> ImportReport | None:
         users = repository.container(uow)
         if first_start and (IMPORTED_KEY in uow.root or len(users)):
-            if IMPORTED_KEY not in uow.root:
+            if IMPORTED_KEY not in uow.root and not uow.connection.db().storage.isReadOnly():
                 uow.root[IMPORTED_KEY] = {"source": None, "at": datetime.now(UTC).isoformat(), "created": 0}
             return None
         report = _plan(users, uow.root.get(credentials.CREDENTIALS_KEY), entries, str(path), dry_run)
