@@ -25,6 +25,32 @@ def pool_exhausted(settings: CodxJuniorGlobalSettings) -> DatabaseTimeout:
     )
 
 
+class VoteMarker:
+    """A resource of the transaction sorted first: its ``tpc_vote`` runs before the storage's.
+
+    Until then nothing was sent that could commit (RelStorage borrows its store session in
+    ``tpc_begin`` and commits in its vote), so a lost connection means the change was not saved;
+    from then on it may have been.
+    """
+
+    transaction_manager = None
+
+    def __init__(self) -> None:
+        self.voting = False
+
+    def sortKey(self) -> str:
+        return "\x00 codx-db vote marker"
+
+    def tpc_vote(self, txn: object) -> None:
+        self.voting = True
+
+    def abort(self, txn: object) -> None: ...
+    def tpc_begin(self, txn: object) -> None: ...
+    def commit(self, txn: object) -> None: ...
+    def tpc_finish(self, txn: object) -> None: ...
+    def tpc_abort(self, txn: object) -> None: ...
+
+
 def commit_outcome_unknown(exc: DatabaseUnavailable) -> CommitOutcomeUnknown:
     """The connection was lost during ``commit()``: PostgreSQL may have committed before the answer was lost."""
     if isinstance(exc, CommitOutcomeUnknown):

@@ -27,7 +27,7 @@ from ZODB.Connection import Connection
 
 from db import forks
 from db.actors import check_actor
-from db.contention import commit_outcome_unknown, conflict_where, pool_exhausted, write_contention
+from db.contention import VoteMarker, commit_outcome_unknown, conflict_where, pool_exhausted, write_contention
 from db.errors import DatabaseUnavailable, StorageInUse
 from db.group_commit import GroupCommitStats, queue_for
 
@@ -345,11 +345,15 @@ class Database:
                 uow.closed = True
                 self._current.set(None)
             uow.finish_notes()
+            marker = VoteMarker()
+            uow.transaction.join(marker)
             try:
                 with errors(started):
                     manager.commit()
             except DatabaseUnavailable as exc:
-                raise commit_outcome_unknown(exc) from exc
+                if marker.voting:  # lost once the vote began: the server may have committed
+                    raise commit_outcome_unknown(exc) from exc
+                raise
         finally:
             if _in_transaction(manager):
                 _abort_quietly(manager)

@@ -198,6 +198,7 @@ class GroupCommit:
         # "group commit"). Requests rarely fail; when one does, the batch is aborted and run
         # again with a savepoint per request, so that one is rolled back alone.
         careful = [False]
+        last: list[list[tuple[bool, Any]] | None] = [None]  # the outcomes of the body that went to commit
 
         def body(uow: UnitOfWork) -> list[tuple[bool, Any]]:
             runs[0] += 1
@@ -221,6 +222,7 @@ class GroupCommit:
                     txn.description, uow._omitted_notes = description, omitted
                     outcomes.append((False, exc))
             committing[0] = True
+            last[0] = outcomes
             return outcomes
 
         try:
@@ -232,9 +234,10 @@ class GroupCommit:
                 outcomes = database.run(body, user=common)
         except CommitOutcomeUnknown as exc:
             # The server may have committed the batch: running its writes again could do them
-            # twice. Every request gets the error, each its own instance (no shared traceback).
-            for request in batch:
-                request.answer(False, CommitOutcomeUnknown(str(exc)))
+            # twice. Each request gets the error (its own instance: no shared traceback), but one
+            # whose own error was rolled back before the commit keeps that error.
+            for request, (ok, value) in zip(batch, last[0] or [(True, None)] * len(batch), strict=True):
+                request.answer(False, value if not ok else CommitOutcomeUnknown(str(exc)))
             return
         except Exception as exc:  # noqa: BLE001 - split: each request gets its own answer alone
             log.debug("group commit of %d writes failed (%s): each runs alone", len(batch), type(exc).__name__)

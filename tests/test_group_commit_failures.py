@@ -55,6 +55,17 @@ class _LostAtFinish:
             raise psycopg2.OperationalError("server closed the connection unexpectedly")
 
 
+class _LostAtBegin(_LostAtFinish):
+    """The connection lost before anything was sent (a store session that cannot be opened)."""
+
+    def tpc_begin(self, txn: Any) -> None:
+        if self.times[0] > 0:
+            self.times[0] -= 1
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+    def tpc_finish(self, txn: Any) -> None: ...
+
+
 def _increment(key: str, lost: _LostAtFinish | None = None) -> Any:
     def fn(uow: UnitOfWork) -> None:
         log = uow.root[LOG_KEY]
@@ -135,3 +146,39 @@ def test_a_request_error_carries_nothing_of_its_batch_mates(request: pytest.Fixt
     printed = "".join(traceback.format_exception(error))
     assert "bob@corp.example" not in printed and "_NeedSavepoints" not in printed, printed
     database.close()
+
+
+@pytest.mark.postgres
+def test_a_commit_that_failed_before_its_vote_is_plainly_unavailable_and_its_batch_split(
+    pg_database: Database,
+) -> None:
+    """Nothing was sent: not "may or may not have been saved" (a review of the first fix), and a
+    batch can safely run its writes again alone."""
+    with pytest.raises(DatabaseUnavailable) as alone:
+        pg_database.run(_increment("alone", _LostAtBegin([1])))
+    assert not isinstance(alone.value, CommitOutcomeUnknown)
+    lost = _LostAtBegin([1])
+    calls = Calls()
+    with busy_leader(pg_database):
+        calls.start("k0", lambda: pg_database.submit(_increment("k0", lost)))
+        calls.start("k1", lambda: pg_database.submit(_increment("k1")))
+        wait_queued(pg_database, 2)
+    assert calls.join() == {"k0": None, "k1": None}  # split, each committed alone
+    assert pg_database.run(lambda uow: dict(uow.root[LOG_KEY])) == {"k0": 1, "k1": 1}
+
+
+@pytest.mark.postgres
+def test_a_request_that_failed_on_its_own_keeps_its_error_when_the_outcome_is_unknown(
+    pg_database: Database,
+) -> None:
+    users = UserDB(pg_database)
+    users.create(username="taken")
+    lost = _LostAtFinish([1])
+    calls = Calls()
+    with busy_leader(pg_database):
+        calls.start("w", lambda: pg_database.submit(_increment("w", lost)))
+        calls.start("dup", lambda: users.create(username="taken"))
+        wait_queued(pg_database, 2)
+    outcomes = calls.join()
+    assert isinstance(outcomes["w"], CommitOutcomeUnknown)
+    assert isinstance(outcomes["dup"], UserAlreadyExists), outcomes["dup"]
