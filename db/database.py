@@ -57,6 +57,7 @@ class UnitOfWork:
         self.closed = False
         self._omitted_notes = 0
         self.named_by: str | None = None  # the actor a UserDB write named the transaction after
+        self.named_changes: set[str] = set()  # users that actor changed (history.note_actor)
 
     @property
     def transaction(self) -> transaction.Transaction:

@@ -253,3 +253,9 @@ def test_two_actors_in_one_unit_of_work_are_each_named(history_db: Database) -> 
     with history_db.transaction(user="ops"):
         bob.update("erin", full_name="by ops")
     assert alice.history("erin")[0].by == "ops"
+    # Both changing one user: both named, in order (the first named the transaction).
+    with history_db.transaction():
+        alice.update("carol", full_name="first alice")
+        bob.update("carol", theme="dark")
+        alice.update("carol", full_name="then alice again")
+    assert alice.history("carol")[0].by == "alice, bob"

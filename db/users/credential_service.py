@@ -35,7 +35,7 @@ from db.database import Database, UnitOfWork
 from db.errors import InvalidUserData, UserNotFound, shown
 from db.users import credentials
 from db.users.credentials import CREDENTIALS_KEY, MAX_TTL, MIN_TTL, ApiKeyInfo, CredentialStore
-from db.users.history import name_transaction, needs_actor, note_user, record_actor
+from db.users.history import name_transaction, note_actor, note_user
 from db.users.keys import require_str
 from db.users.models import USERS_KEY, User, UserContainer, utcnow
 from db.users.passwords import check_password, hash_password
@@ -298,8 +298,7 @@ class CredentialService:
         Only when the transaction's user does not already say it: a group commit of several
         actors' writes has none (db/users/history.py reads the map, then the user).
         """
-        if self.actor and needs_actor(uow, self.actor):
-            record_actor(uow.transaction, user_id, self.actor)
+        note_actor(uow, user_id, self.actor)
 
 
 # -- revocation hooks: called by UserDB's writes inside their unit of work -----------------------

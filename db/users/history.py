@@ -111,16 +111,28 @@ def name_transaction(uow: Any, actor: str | None) -> None:
         uow.named_by = actor
 
 
-def needs_actor(uow: Any, actor: str | None) -> bool:
-    """True when ``actor``'s change must be recorded per user: the transaction's user does not say it.
+def note_actor(uow: Any, user_id: str, actor: str | None) -> None:
+    """Record that ``actor`` changed ``user_id`` where the transaction's user does not say it.
 
-    None named it (a group commit of several actors), or an earlier write named it after another
-    actor (two UserDBs in one caller's unit of work). A user the caller gave wins.
+    A user the caller gave wins. A group commit of several actors names nobody: every change is
+    recorded. In a caller's unit of work the first UserDB write names the transaction
+    (``name_transaction``); a second actor's change is recorded per user, after the first
+    actor's when that one changed the same user (kept in memory until then, not stored).
     """
     if not actor:
-        return False
-    user = uow.transaction.user
-    return not user or (getattr(uow, "named_by", None) is not None and user != actor)
+        return
+    txn, named_by = uow.transaction, getattr(uow, "named_by", None)
+    if not txn.user:
+        record_actor(txn, user_id, actor)
+    elif named_by is None or txn.user != named_by:
+        return  # the caller's user (or a batch's single actor) says it
+    elif actor == named_by and user_id not in txn.extension.get(ACTORS_KEY, {}):
+        uow.named_changes.add(user_id)
+    else:
+        if user_id in uow.named_changes:
+            uow.named_changes.discard(user_id)
+            record_actor(txn, user_id, named_by)
+        record_actor(txn, user_id, actor)
 
 
 def record_actor(txn: Any, user_id: str, actor: str) -> None:

@@ -22,9 +22,8 @@ from db.users.history import (
     TRACKED_FIELDS,
     UserRevision,
     name_transaction,
-    needs_actor,
+    note_actor,
     note_user,
-    record_actor,
     record_note,
     revisions,
     snapshot,
@@ -342,8 +341,7 @@ class UserService:
         Needed only when the transaction's user does not already say it: a group commit of
         several actors' writes has none (db/users/history.py reads the map, then the user).
         """
-        if self.actor and needs_actor(uow, self.actor):
-            record_actor(uow.transaction, user_id, self.actor)
+        note_actor(uow, user_id, self.actor)
 
 
 def _all_or_nothing(uow: UnitOfWork, fn: Callable[[UnitOfWork], T]) -> T:
