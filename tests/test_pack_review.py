@@ -106,3 +106,22 @@ def test_a_pack_with_nothing_to_pack_keeps_the_previous_old_file(tmp_path: Path)
     assert old.exists() and old.read_bytes() == original, "the copy from before the first pack is gone"
     assert any(".old" in note for note in second.notes)
     assert not Path(f"{settings.db_file_path}.old.keep").exists()
+
+
+def test_the_old_file_a_killed_pack_held_aside_comes_back(tmp_path: Path) -> None:
+    """A pack killed after FileStorage deleted <file>.old leaves only the hard link <file>.old.keep:
+    the next pack deleted it, and with it the only copy of the file before the last pack (a review)."""
+    import os
+
+    settings = file_settings(tmp_path / "users.fs")
+    database = Database(settings)
+    UserDB(database).create(username="u")
+    database.close()
+    pack(settings)  # the next one has nothing to pack: it writes no new .old
+    old, keep = Path(f"{settings.db_file_path}.old"), Path(f"{settings.db_file_path}.old.keep")
+    before = old.read_bytes()
+    os.link(old, keep)
+    old.unlink()  # where the killed pack stopped
+    pack(settings)
+    assert old.read_bytes() == before
+    assert not keep.exists()

@@ -91,13 +91,17 @@ def _old_file_kept(path: Path | None) -> Iterator[None]:
 
     ZODB's FileStorage.pack deletes the ``.old`` before it finds there is nothing to pack (a second
     pack in a row): the copy from before the last pack was lost. A hard link (no copy) keeps it
-    until the pack is over; a link a killed pack left is dropped by the next one.
+    until the pack is over; one a killed pack left is put back as ``.old`` by the next pack.
     """
     if path is None:
         yield
         return
     old, keep = Path(f"{path}.old"), Path(f"{path}.old.keep")
-    keep.unlink(missing_ok=True)
+    if keep.exists():  # left by a killed pack (or another pack running now): the copy comes back first
+        if old.exists():
+            keep.unlink()
+        else:
+            os.replace(keep, old)
     if old.exists():
         os.link(old, keep)
     try:
