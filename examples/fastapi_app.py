@@ -31,6 +31,7 @@ from db.fastapi import (
     lifespan,
 )
 from db.schemas import CodxUser
+from db.users.keys import same_username  # names compare as the index does: case-insensitive
 
 # Opens the database at start-up (a database the code refuses stops the boot), closes it at shutdown.
 app = FastAPI(title="codx-db example", lifespan=lifespan(db, actor="codx-api"))
@@ -41,7 +42,7 @@ add_exception_handler(app)
 async def read_user(username: str, caller: CurrentUser, users: Users) -> CodxUser:
     """One call, one unit of work. A user reads themself, an admin anyone (an unknown user is a 404 for
     admins only: to others every other name is the same 403, so they cannot tell who exists)."""
-    if username != caller.username and not caller.is_superuser:
+    if not same_username(username, caller.username) and not caller.is_superuser:
         raise PermissionDenied("only an admin reads other users")
     return await users.get(username)
 

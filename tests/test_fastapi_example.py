@@ -69,6 +69,8 @@ async def test_reading_users_and_inviting_need_a_credential_and_the_right_role(a
     assert (await anonymous.get("/users/root", headers=ann)).status_code == 403
     assert (await anonymous.post("/projects/secret/invite", json=invitation, headers=ann)).status_code == 403
     assert (await anonymous.get("/users/ann", headers=ann)).json()["username"] == "ann"  # themself
+    assert (await anonymous.get("/users/ANN", headers=ann)).status_code == 200  # names are case-insensitive
+    assert (await anonymous.get("/users/" + "a" * 5000, headers=ann)).status_code == 403  # not a 500
     assert (await anonymous.get("/users/ann", headers=admin)).status_code == 200
     # A user cannot tell who exists: another user and no user answer the same 403 (was 403 / 404).
     assert (await anonymous.get("/users/nobody", headers=ann)).status_code == 403

@@ -48,6 +48,11 @@ def username_key(username: str) -> str:
     return _fold(username)
 
 
+def same_username(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` name the same user (the index's comparison; False for text too long to)."""
+    return fits(a) and fits(b) and username_key(a) == username_key(b)
+
+
 def username_skeleton(username: str) -> str:
     """Look-alike key of a username (UTS #39 skeleton): admin with a Cyrillic U+0430 for its "a" shares "admin"'s."""
     return skeleton(unicodedata.normalize("NFKC", _bounded(username)).strip())
