@@ -22,7 +22,6 @@ from tests.conftest import make_settings, run_cli
 BAD_ACTORS: list[tuple[Any, type[Exception], str]] = [
     (123, TypeError, "actor must be a string or None, not int"),
     (b"alice", TypeError, "not bytes"),
-    ("", ValueError, "actor is blank"),
     ("   ", ValueError, "actor is blank"),
     ("x" * (MAX_ACTOR_CHARS + 1), ValueError, f"at most {MAX_ACTOR_CHARS} characters"),
     ("alice\nbob", ValueError, "unprintable character U+000A"),
@@ -67,7 +66,7 @@ def test_a_good_actor_is_recorded_as_given(database: Database) -> None:
 def test_async_user_db_refuses_it_too(database: Database) -> None:
     async def main() -> None:
         with pytest.raises(ValueError, match="actor is blank"):
-            AsyncUserDB(database, actor="")
+            AsyncUserDB(database, actor=" ")
         users = AsyncUserDB(database, actor="codx-api")
         await users.create(username="bob")
 
@@ -81,3 +80,25 @@ def test_cli_actor_is_a_usage_error(request: pytest.FixtureRequest, tmp_path: Pa
     assert result.returncode == 2, result
     assert "--actor" in result.stderr and "unprintable character U+000A" in result.stderr, result.stderr
     assert not settings.db_file_path.exists(), "nothing is created"
+
+
+def test_an_empty_actor_names_nobody_and_a_no_break_space_is_a_space(database: Database) -> None:
+    """ "" was always "nobody named" (a falsy user): kept. A no-break space is a space in a name."""
+    assert UserDB(database, actor="").actor is None
+    assert UserDB(database, actor="Ana\u00a0María").actor == "Ana\u00a0María"
+    with pytest.raises(ValueError, match="U\\+200B"):
+        UserDB(database, actor="ana\u200bmaria")
+
+
+def test_a_login_that_cannot_name_an_actor_does_not_break_the_cli(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default actor is "LOGIN (codx-db cli)": a 90-character $LOGNAME made every user command
+    fail with "unexpected ValueError" (a review); the tool's name stands in."""
+    settings = make_settings("file", request, tmp_path, db_keep_history=True)
+    monkeypatch.setenv("LOGNAME", "a" * 90)
+    monkeypatch.setenv("USER", "a" * 90)
+    added = run_cli(settings, "user", "add", "dana", "--no-password")
+    assert added.returncode == 0, added.stderr
+    history = run_cli(settings, "--json", "user", "history", "dana")
+    assert '"by": "codx-db cli"' in history.stdout.replace('": "', '": "'), history.stdout

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import migrations
+from db.actors import check_actor
 from db.cli.progress import Progress, write
 from db.cli.results import CheckResult, CommandError, Message, Outcome, RevisionList, UsageError, UserList
 from db.database import Database
@@ -298,7 +299,7 @@ def cmd_copy(session: Session, args: argparse.Namespace) -> Outcome:
 
 def cmd_import_codx_junior(session: Session, args: argparse.Namespace) -> Outcome:
     """Import codx-junior's users (all or nothing, or the valid ones with --skip-invalid); exit 1 on conflicts."""
-    actor = getattr(args, "actor", None) or f"{_login()} (codx-db import-codx-junior)"
+    actor = getattr(args, "actor", None) or _default_actor("codx-db import-codx-junior")
     database = session.database
     if args.dry_run and not holds_database(database.settings):
         # Nothing there yet: an empty database is all a dry run checks against, and opening the
@@ -336,14 +337,21 @@ def cmd_restore(session: Session, args: argparse.Namespace) -> Outcome:
 
 def _users(session: Session, args: argparse.Namespace) -> UserDB:
     # Changes made from the command line are recorded as made by the login that ran it.
-    return UserDB(session.database, actor=getattr(args, "actor", None) or f"{_login()} (codx-db cli)")
+    return UserDB(session.database, actor=getattr(args, "actor", None) or _default_actor("codx-db cli"))
 
 
-def _login() -> str:
+def _default_actor(tool: str) -> str:
+    """ "LOGIN (tool)": who the changes are recorded as without --actor; the tool alone if the login
+    cannot name an actor (too long, a tab in $LOGNAME), rather than refusing every command."""
     try:
-        return getpass.getuser()
+        login = getpass.getuser()
     except (OSError, KeyError):
-        return "unknown"
+        login = "unknown"
+    candidate = f"{login} ({tool})"
+    try:
+        return check_actor(candidate) or tool
+    except ValueError:
+        return tool
 
 
 def _read_password(session: Session, from_stdin: bool, confirm: bool) -> str:
