@@ -135,11 +135,14 @@ class GroupCommit:
                     self._leading = request.lead = True
             if not request.lead:
                 request.event.wait()
+            if request.state == _WAITING:  # promoted (or first): lead one batch, ours at its head
+                self._lead(database, request)
         except BaseException:
-            self._withdraw(request)  # interrupted while waiting (KeyboardInterrupt)
+            # Interrupted (KeyboardInterrupt) while waiting, or once promoted but before _lead took
+            # its batch: out of the queue, and the next in line leads (else nobody would, and every
+            # later submit would wait forever). Inside _lead, _lead has handed off already.
+            self._withdraw(request)
             raise
-        if request.state == _WAITING:  # promoted (or first): lead one batch, ours at its head
-            self._lead(database, request)
         if request.state == _SOLO:
             return database.run(fn, note=note, user=user)
         if request.error is not None:

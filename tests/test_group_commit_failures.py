@@ -11,6 +11,7 @@ Found by a review (each test failed before its fix):
 
 from __future__ import annotations
 
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from db.errors import CommitOutcomeUnknown, DatabaseUnavailable, UserAlreadyExis
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
 from tests.conftest import make_settings
-from tests.test_group_commit import Calls, busy_leader, stats, wait_queued
+from tests.test_group_commit import HANG, Calls, busy_leader, stats, wait_queued
 
 LOG_KEY = "test_log"
 
@@ -182,3 +183,37 @@ def test_a_request_that_failed_on_its_own_keeps_its_error_when_the_outcome_is_un
     outcomes = calls.join()
     assert isinstance(outcomes["w"], CommitOutcomeUnknown)
     assert isinstance(outcomes["dup"], UserAlreadyExists), outcomes["dup"]
+
+
+def test_an_interrupt_between_promotion_and_leading_leaves_the_queue_led(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt landing after a waiter was promoted, before it took its batch (a review's
+    suspicion, a window of a few bytecodes): the queue kept a leader nobody was, and every later
+    submit waited forever. The interrupt is made to land there by raising at _lead's first line."""
+    from db import group_commit
+
+    database = Database(make_settings("memory", request, tmp_path))
+    users = UserDB(database)
+    real_lead = group_commit.GroupCommit._lead
+    interrupted = threading.Event()
+
+    def lead(self: Any, database: Database, own: Any) -> None:
+        if own.fn.__name__ == "interrupted_here" and not interrupted.is_set():
+            interrupted.set()
+            raise KeyboardInterrupt
+        real_lead(self, database, own)
+
+    def interrupted_here(uow: UnitOfWork) -> None: ...
+
+    monkeypatch.setattr(group_commit.GroupCommit, "_lead", lead)
+    calls = Calls()
+    with busy_leader(database):
+        calls.start("promoted", lambda: database.submit(interrupted_here))
+        wait_queued(database, 1)
+    outcomes = calls.join()
+    assert isinstance(outcomes["promoted"], KeyboardInterrupt)
+    done = threading.Event()
+    threading.Thread(target=lambda: (users.create(username="after"), done.set()), daemon=True).start()
+    assert done.wait(HANG / 4), "a later submit waited for a leader that never led"
+    database.close()
