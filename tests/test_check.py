@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -343,7 +344,7 @@ def test_check_reads_email_keys_the_way_the_models_do(memory_db: Database) -> No
 
 
 @pytest.mark.postgres
-def test_a_user_whose_object_is_gone_is_a_problem_not_a_crash(pg_dsn: str) -> None:
+def test_a_user_whose_object_is_gone_is_a_problem_not_a_crash(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     """The damage a pack racing writers left (POSKeyError on every read of the user): check crashed
     with RelStorage's internals and the DSN in its message; it now names each such user, and
     --repair, which cannot bring an object back, changes nothing."""
@@ -361,12 +362,15 @@ def test_a_user_whose_object_is_gone_is_a_problem_not_a_crash(pg_dsn: str) -> No
     with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM object_state WHERE zoid = %s", (oid,))
 
+    caplog.set_level(logging.DEBUG)
     for args in (("check",), ("check", "--repair")):
         result = run_cli_in_process(settings, *args)
         assert result.returncode == 1, result
         assert "object-missing" in result.stdout and repr(bob_id) in result.stdout, result.stdout
         assert "Traceback" not in result.stderr and "dsn" not in (result.stdout + result.stderr).lower()
     as_json = json.loads(run_cli_in_process(settings, "--json", "check").stdout)
+    # ZODB logs each failed load with its traceback: check reports it once, as a problem.
+    assert not [r for r in caplog.records if "load state" in r.getMessage()], caplog.text[:500]
     codes = [p["code"] for p in as_json["problems"]]
     # Then bob's index entries, which lead nowhere now.
     assert codes[0] == "object-missing" and all(code.endswith("-dangling") for code in codes[1:]), codes

@@ -20,16 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from persistent import Persistent
-from ZODB.POSException import POSKeyError
-from ZODB.utils import oid_repr
-
 import migrations
 from db.database import Database, UnitOfWork
 from db.ops.check_claims import check_claims, claim_of, wanted_claims
 from db.ops.check_credentials import check_credentials, drop_orphan_credentials
 from db.ops.check_lookups import check_layout, check_lookup_indexes, sync_lookup_indexes
 from db.ops.check_skeleton import check_skeleton, sync_skeleton
+from db.ops.check_users import valid_users
 from db.ops.reports import CheckReport, Problem, RepairReport, describe_user
 from db.users.indexes import IndexSet, IndexTree, check_index
 from db.users.layout import PARTITIONED
@@ -95,7 +92,7 @@ def check_root(root: Any) -> CheckReport:
     for name in ("users", "by_username", "by_email"):
         _check_structure(name, getattr(container, name), problems)
 
-    users = _valid_users(container, problems)
+    users = valid_users(container, problems)
     _check_index("username", container.by_username, users, _username_key, problems)
     _check_index("email", container.by_email, users, _email_key, problems, also=claim_of)
     _check_inactive(container, users, generation, problems)
@@ -229,61 +226,6 @@ def _check_structure(name: str, tree: Any, problems: list[Problem]) -> None:
     except AssertionError as exc:
         first = (str(exc).strip().splitlines() or ["damaged"])[0]
         problems.append(Problem(code="btree-damaged", message=f"the {name} BTree is damaged: {first}"))
-
-
-def _valid_users(container: UserContainer, problems: list[Problem]) -> list[User]:
-    """Users stored under their own id; report (and leave out) everything else."""
-    valid: list[User] = []
-    seen: dict[str, dict[str, User]] = {"username": {}, "email": {}}  # kind -> key -> first user
-    for key, user in container.users.items():
-        try:
-            if isinstance(user, Persistent):
-                user._p_activate()  # its record: gone after a pack that raced writers (POSKeyError)
-        except POSKeyError:
-            problems.append(
-                Problem(
-                    code="object-missing",
-                    message=f"users[{key!r}]: its stored object {oid_repr(user._p_oid)} is missing from the "
-                    "storage, so the user cannot be read (a damaged database: restore a backup)",
-                )
-            )
-            continue
-        if not isinstance(user, User):
-            problems.append(
-                Problem(code="not-a-user", message=f"users[{key!r}] holds a {type(user).__name__}, not a User")
-            )
-            continue
-        if getattr(user, "id", None) != key:
-            problems.append(
-                Problem(
-                    code="user-wrong-id",
-                    message=f"user {describe_user(user)} is stored under id {key!r}, not its own id",
-                )
-            )
-            continue
-        if not isinstance(getattr(user, "username", None), str) or not username_key(user.username):
-            problems.append(Problem(code="user-invalid", message=f"user id {key!r} has no valid username"))
-            continue
-        if user.email is not None and not isinstance(user.email, str):
-            problems.append(
-                Problem(code="user-invalid", message=f"user {describe_user(user)} has an email that is not a string")
-            )
-            continue
-        keys = {"username": username_key(user.username), "email": email_key(user.email) if user.email else None}
-        for kind, unique_key in keys.items():
-            if unique_key is None:
-                continue
-            first = seen[kind].setdefault(unique_key, user)
-            if first is not user:
-                problems.append(
-                    Problem(
-                        code=f"{kind}-duplicate",
-                        message=f"users {describe_user(first)} and {describe_user(user)} "
-                        f"share the {kind} key {unique_key!r}",
-                    )
-                )
-        valid.append(user)
-    return valid
 
 
 def _username_key(user: User) -> str | None:
