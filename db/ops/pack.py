@@ -114,7 +114,10 @@ def _old_file_kept(path: Path | None) -> Iterator[None]:
                 os.replace(keep, old)
 
 
-_PACK_RACE = "RelStorage's garbage collection races concurrent commits: zodb/relstorage#325"
+_PACK_RACE = (
+    "RelStorage's garbage collection races concurrent commits and can delete the objects they write "
+    "(zodb/relstorage#325)"
+)
 
 
 @contextlib.contextmanager
@@ -133,7 +136,7 @@ def _storage_alone(settings: CodxJuniorGlobalSettings) -> Iterator[IStorage]:
     from db.pg.replace import refuse_sessions_in_use
 
     with startup_lock(spec.dsn):
-        refuse_sessions_in_use(spec.dsn, settings.location, pack=True)
+        refuse_sessions_in_use(spec.dsn, settings.location, why=_PACK_RACE, outcome="nothing was packed")
         storage = spec.open()
         try:
             yield storage

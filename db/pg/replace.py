@@ -177,19 +177,15 @@ def _listed_sessions(cur: Any) -> list[tuple[str | None, str | None]]:
     return [(row[0] or None, row[1]) for row in cur.fetchall()]
 
 
-# Why a connected application must stop first, by operation.
-_REPLACED = (
+# Why a connected application must stop first before its database is replaced (restore, copy).
+REPLACED = (
     "An application connected while its database is replaced keeps serving its cached data and loses the "
     "writes it makes afterwards"
-)
-_PACKED = (
-    "RelStorage's garbage collection races concurrent commits and can delete the objects they write "
-    "(zodb/relstorage#325)"
 )
 
 
 def _in_use_message(
-    location: str, sessions: list[tuple[str | None, str | None]], outcome: str, why: str = _REPLACED
+    location: str, sessions: list[tuple[str | None, str | None]], outcome: str, why: str = REPLACED
 ) -> str:
     counts = Counter(
         f"{repr(name) if name else 'an unnamed session'} from {address or 'a local socket'}"
@@ -204,17 +200,17 @@ def _in_use_message(
     )
 
 
-def refuse_sessions_in_use(dsn: str, location: str, *, pack: bool = False) -> None:
+def refuse_sessions_in_use(
+    dsn: str, location: str, *, why: str = REPLACED, outcome: str = "nothing was written"
+) -> None:
     """TransferError when other sessions are connected to the database (call under the startup lock).
 
-    ``pack``: the message says why a pack needs them gone, and that nothing was packed.
+    The message names them, ``why`` they must stop first, and the ``outcome``.
     """
     with _connection(dsn) as conn, conn.cursor() as cur:
         sessions = _other_sessions(cur)
     if sessions:
-        if pack:
-            raise TransferError(_in_use_message(location, sessions, "nothing was packed", _PACKED))
-        raise TransferError(_in_use_message(location, sessions, "nothing was written"))
+        raise TransferError(_in_use_message(location, sessions, outcome, why))
 
 
 def _sequences(cur: Any, schema: str) -> list[str]:
