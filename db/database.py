@@ -346,13 +346,15 @@ class Database:
                 uow.closed = True
                 self._current.set(None)
             uow.finish_notes()
-            marker = VoteMarker()
-            uow.transaction.join(marker)
+            # Only a storage that maps lost connections (PostgreSQL) needs to know when the vote began.
+            marker = None if errors is no_storage_errors else VoteMarker()
+            if marker is not None:
+                uow.transaction.join(marker)
             try:
                 with errors(started):
                     manager.commit()
             except DatabaseUnavailable as exc:
-                if marker.voting:  # lost once the vote began: the server may have committed
+                if marker is not None and marker.voting:  # lost once the vote began: maybe committed
                     raise commit_outcome_unknown(exc) from exc
                 raise
         finally:
