@@ -9,6 +9,7 @@ never skips, when no server can be had. The run ends with the source each Postgr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -283,3 +284,42 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{len(nodeids)} tests used: {source}")
         for nodeid in nodeids:
             terminalreporter.write_line(f"  {nodeid} -> {source}")
+
+
+@contextlib.contextmanager
+def holding(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """Another process with the database ``env`` names open, until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        yield holder
+    finally:
+        holder.communicate("", timeout=60)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (``384k``) inside the test's directory (needs root), unmounted afterwards."""
+    mount_point = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        reason = f"cannot mount a tmpfs for the full-disk test (needs root): {result.stderr.strip()}"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import subprocess
@@ -16,25 +15,7 @@ from db.database import Database
 from db.errors import ReadOnlyDatabase, StorageInUse
 from db.settings import CodxJuniorGlobalSettings
 from db.user_db import UserDB
-from tests.conftest import ROOT
-
-
-@contextlib.contextmanager
-def holding(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    """Another process with the database ``env`` names open, until the block ends."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        yield holder
-    finally:
-        holder.communicate("", timeout=60)
+from tests.conftest import ROOT, holding
 
 
 def config_settings(tmp_path: Path, path: Path, extra: str = "") -> CodxJuniorGlobalSettings:

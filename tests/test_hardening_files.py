@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from db.errors import NotADatabaseFile, StorageFull
 from db.settings import CodxJuniorGlobalSettings
 from db.transfer import backup, copy_database, pack, restore
 from db.user_db import UserDB
-from tests.conftest import IN_CI, ROOT, settings_env
+from tests.conftest import ROOT, mounted_tmpfs, settings_env
 
 NOTES = b"my notes: nothing to do with codx-db\n"
 
@@ -252,22 +251,8 @@ def test_a_damaged_last_transaction_is_cut_into_a_private_file(tmp_path: Path) -
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real, tiny file system (tmpfs, 384 KiB) mounted inside the test's directory."""
-    mount_point = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=384k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        reason = f"cannot mount a tmpfs for the full-disk test (needs root): {result.stderr.strip()}"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    with mounted_tmpfs(tmp_path, "384k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_is_a_clean_error_and_the_database_reopens_intact(tiny_disk: Path) -> None:

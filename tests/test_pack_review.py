@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,29 +12,15 @@ from db.database import Database
 from db.errors import StorageFull
 from db.transfer import pack
 from db.user_db import UserDB
-from tests.conftest import IN_CI
+from tests.conftest import mounted_tmpfs
 from tests.test_transfer import file_settings
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real tmpfs of 512 KiB inside the test's directory (needs root), unmounted afterwards."""
-    mount_point = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        reason = f"cannot mount a tmpfs for the full-disk test (needs root): {result.stderr.strip()}"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    with mounted_tmpfs(tmp_path, "512k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_pack_on_a_full_disk_logs_no_zodb_traceback(small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -19,7 +19,7 @@ from db.models import USERS_KEY, UserContainer
 from db.settings import CodxJuniorGlobalSettings
 from migrations import GENERATION
 from migrations.runner import GENERATION_KEY
-from tests.conftest import ROOT, run_python, settings_env
+from tests.conftest import ROOT, holding, run_python, settings_env
 
 
 def test_first_open_creates_root_containers(database: Database) -> None:
@@ -164,16 +164,7 @@ def test_file_backend_creates_private_files(tmp_path: Path) -> None:
 
 def test_file_backend_refuses_a_second_process(tmp_path: Path) -> None:
     path = tmp_path / "users.fs"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "from db import db; db.open(); print('open', flush=True); input()"],
-        env={**os.environ, "CODX_JUNIOR_DB_FILE_PATH": str(path)},
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+    with holding({"CODX_JUNIOR_DB_FILE_PATH": str(path)}) as holder:
         database = Database(CodxJuniorGlobalSettings.load(db_file_path=path))
         with pytest.raises(StorageInUse) as excinfo:
             database.open()
@@ -194,8 +185,6 @@ def test_file_backend_refuses_a_second_process(tmp_path: Path) -> None:
         assert cli.returncode == 1
         assert f"in use by another process (pid {holder.pid})" in cli.stderr
         assert "Traceback" not in cli.stderr
-    finally:
-        holder.communicate("\n", timeout=30)
 
 
 @pytest.mark.postgres

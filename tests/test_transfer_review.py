@@ -12,6 +12,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from db.database import Database
 from db.errors import StorageInUse, TransferError
 from db.ops.progress import QuietProgress
+from db.settings import CodxJuniorGlobalSettings
 from db.transfer import backup, copy_database, restore, target_settings
 from db.user_db import UserDB
 from tests.test_restore_force import add_users, usernames
@@ -20,15 +21,21 @@ from tests.test_transfer import file_settings, pg_settings, populate, stored_sta
 # -- a PostgreSQL target in use by an application --------------------------------------------------
 
 
-@pytest.mark.postgres
-def test_restore_force_refuses_a_postgres_database_an_application_is_connected_to(pg_dsn: str, tmp_path: Path) -> None:
-    """The application would keep its cache and lose later writes: refuse, name the sessions, write nothing."""
+def backup_of_new_and_pg_target_of_old(pg_dsn: str, tmp_path: Path) -> tuple[Path, CodxJuniorGlobalSettings]:
+    """A backup holding new00000..new00002, and a PostgreSQL target holding old00000 and old00001."""
     live = file_settings(tmp_path / "live" / "users.fs")
     add_users(live, "new", 3)
     path = tmp_path / "backup.fs"
     assert backup(live, path).ok
     target = pg_settings(pg_dsn)
     add_users(target, "old", 2)
+    return path, target
+
+
+@pytest.mark.postgres
+def test_restore_force_refuses_a_postgres_database_an_application_is_connected_to(pg_dsn: str, tmp_path: Path) -> None:
+    """The application would keep its cache and lose later writes: refuse, name the sessions, write nothing."""
+    path, target = backup_of_new_and_pg_target_of_old(pg_dsn, tmp_path)
     app = Database(target)
     try:
         UserDB(app).count()  # the application's sessions are open, its cache warm
@@ -63,12 +70,7 @@ class ConnectsAfterCopy(QuietProgress):
 def test_restore_force_keeps_the_old_data_when_an_application_connects_during_the_copy(
     pg_dsn: str, tmp_path: Path
 ) -> None:
-    live = file_settings(tmp_path / "live" / "users.fs")
-    add_users(live, "new", 3)
-    path = tmp_path / "backup.fs"
-    assert backup(live, path).ok
-    target = pg_settings(pg_dsn)
-    add_users(target, "old", 2)
+    path, target = backup_of_new_and_pg_target_of_old(pg_dsn, tmp_path)
     late = ConnectsAfterCopy(pg_dsn)
     try:
         with pytest.raises(TransferError, match=r"1 other session .*'late-app'.*nothing was replaced"):
