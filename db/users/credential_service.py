@@ -295,8 +295,8 @@ class CredentialService:
     def _record_actor(self, uow: UnitOfWork, user_id: str) -> None:
         """Name ``actor`` as the one who changed ``user_id`` (or, ``_credentials_of(id)``, its credentials).
 
-        Only when the transaction's user does not already say it: a group commit of several
-        actors' writes has none (db/users/history.py reads the map, then the user).
+        Recorded only where the transaction's user does not say it (history.note_actor: a group
+        commit of several actors, a second actor in a caller's unit of work).
         """
         note_actor(uow, user_id, self.actor)
 

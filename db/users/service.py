@@ -338,8 +338,8 @@ class UserService:
     def record_actor(self, uow: UnitOfWork, user_id: str) -> None:
         """Name this service's actor as the one who changed ``user_id`` in this unit of work.
 
-        Needed only when the transaction's user does not already say it: a group commit of
-        several actors' writes has none (db/users/history.py reads the map, then the user).
+        Recorded only where the transaction's user does not say it (history.note_actor: a group
+        commit of several actors, a second actor in a caller's unit of work).
         """
         note_actor(uow, user_id, self.actor)
 
